@@ -1,0 +1,353 @@
+//! The archive inside the payload: a deterministic tar of the manifest's files, compressed
+//! as a single zstd frame.
+//!
+//! Writing sorts entries by path and fixes owner, group, mtime and mode, so equal inputs give
+//! equal bytes. Reading is a single streaming pass: the compressed bytes are hashed as they
+//! are read, each file is hashed as it is written, and only regular files whose exact path
+//! and size the manifest names are accepted. Nothing written here is trusted until
+//! [`extract`] returns `Ok`: the caller extracts into a private temporary directory and
+//! renames it into place only then.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::manifest::{FileEntry, Manifest};
+use crate::trailer::Trailer;
+
+/// zstd window the packager writes with (`--long=27`, 128 MiB) and the largest the runtime
+/// accepts. A 140 MB sidecar gets most of its long-range matches within 128 MiB (about 23%
+/// of raw size at level 19, against 31% for the level's default 8 MiB window); the decoder
+/// needs at most this much memory for the window, and 27 is the largest window the zstd
+/// command-line tool decodes without a flag, so `zstd -d` can still inspect a payload by hand.
+pub const ZSTD_WINDOW_LOG: u32 = 27;
+/// Default compression level for releases.
+pub const ZSTD_RELEASE_LEVEL: i32 = 19;
+/// Compression level for quick development builds.
+pub const ZSTD_FAST_LEVEL: i32 = 3;
+
+/// Size of the buffer files are copied through: large enough that per-call overhead of the
+/// decoder, hasher and `write` vanishes, small enough to stay in L2.
+const COPY_BUFFER: usize = 256 * 1024;
+
+/// One file to put into an archive.
+#[derive(Debug, Clone)]
+pub struct ArchiveInput {
+    /// Where the file goes, as recorded in the manifest.
+    pub entry: FileEntry,
+    /// Where to read it from now.
+    pub source: PathBuf,
+}
+
+/// Writes the deterministic tar of `inputs` into `out`; returns its length.
+pub fn write_tar(out: impl Write, inputs: &[ArchiveInput], mtime: u64) -> Result<u64> {
+    let mut sorted: Vec<&ArchiveInput> = inputs.iter().collect();
+    sorted.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
+    let mut counter = CountingWriter { inner: out, count: 0 };
+    {
+        let mut builder = tar::Builder::new(&mut counter);
+        builder.mode(tar::HeaderMode::Deterministic);
+        for input in sorted {
+            let file = File::open(&input.source)
+                .map_err(|e| Error::io(format!("open {}", input.source.display()), e))?;
+            let mut header = tar::Header::new_ustar();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(input.entry.size);
+            header.set_mode(input.entry.mode & 0o777);
+            header.set_mtime(mtime);
+            header.set_uid(0);
+            header.set_gid(0);
+            builder
+                .append_data(&mut header, &input.entry.path, file.take(input.entry.size))
+                .map_err(|e| Error::io(format!("add {} to the archive", input.source.display()), e))?;
+        }
+        builder
+            .finish()
+            .map_err(|e| Error::io("finish the archive", e))?;
+    }
+    Ok(counter.count)
+}
+
+/// Compresses a tar with zstd at `level` with the long window, using `workers` threads
+/// (with the `multithread` feature; one otherwise).
+pub fn compress(tar: impl Read, out: impl Write, level: i32, workers: u32) -> Result<()> {
+    let mut encoder = zstd::stream::write::Encoder::new(out, level)
+        .map_err(|e| Error::io("start zstd", e))?;
+    let mut setup = || -> io::Result<()> {
+        encoder.long_distance_matching(true)?;
+        encoder.window_log(ZSTD_WINDOW_LOG)?;
+        encoder.include_checksum(false)?;
+        encoder.include_contentsize(false)?;
+        #[cfg(feature = "multithread")]
+        if workers > 0 {
+            encoder.multithread(workers)?;
+        }
+        #[cfg(not(feature = "multithread"))]
+        let _ = workers;
+        Ok(())
+    };
+    setup().map_err(|e| Error::io("configure zstd", e))?;
+    let mut tar = tar;
+    io::copy(&mut tar, &mut encoder).map_err(|e| Error::io("compress the archive", e))?;
+    encoder.finish().map_err(|e| Error::io("finish zstd", e))?;
+    Ok(())
+}
+
+/// Statistics of one extraction.
+#[derive(Debug, Clone, Default)]
+pub struct ExtractStats {
+    /// Compressed bytes read.
+    pub compressed: u64,
+    /// Tar bytes decoded.
+    pub uncompressed: u64,
+    /// Files written.
+    pub files: usize,
+}
+
+/// Extracts a payload into `dest` (an empty directory the caller owns), verifying every
+/// file against `manifest` and the whole stream against `trailer`. Files are flushed to
+/// disk; `dest` itself is not (the caller fsyncs directories before renaming).
+pub fn extract(
+    compressed: impl Read,
+    trailer: &Trailer,
+    manifest: &Manifest,
+    dest: &Path,
+) -> Result<ExtractStats> {
+    let hashing = HashingReader::new(compressed);
+    let mut decoder = zstd::stream::read::Decoder::new(hashing)
+        .map_err(|e| Error::io("start zstd", e))?;
+    decoder
+        .window_log_max(ZSTD_WINDOW_LOG)
+        .map_err(|e| Error::io("configure zstd", e))?;
+    let counting = CountingReader { inner: decoder, count: 0 };
+    let mut archive = tar::Archive::new(counting);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut buffer = vec![0u8; COPY_BUFFER];
+    let entries = archive
+        .entries()
+        .map_err(|e| decode_error("archive", e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| decode_error("archive", e))?;
+        let raw_path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let entry_type = entry.header().entry_type();
+        if entry_type != tar::EntryType::Regular {
+            return Err(Error::UnsafeEntry {
+                entry: raw_path,
+                reason: format!("it is a {entry_type:?}, only regular files are allowed"),
+            });
+        }
+        let Some((name, expected)) = manifest.entry_by_path(&raw_path) else {
+            return Err(Error::UnsafeEntry {
+                entry: raw_path,
+                reason: "the manifest does not name this path".into(),
+            });
+        };
+        if !seen.insert(name.to_string()) {
+            return Err(Error::UnsafeEntry {
+                entry: raw_path,
+                reason: "it appears twice in the archive".into(),
+            });
+        }
+        let size = entry.header().size().map_err(|e| decode_error("archive", e))?;
+        if size != expected.size {
+            return Err(Error::corrupt(
+                "archive",
+                format!("{raw_path} is {size} bytes, the manifest says {}", expected.size),
+            ));
+        }
+        write_verified(&mut entry, expected, dest, &mut buffer)?;
+    }
+    if let Some(missing) = manifest.files.keys().find(|n| !seen.contains(n.as_str())) {
+        return Err(Error::corrupt(
+            "archive",
+            format!("the manifest's file {missing:?} is missing from the archive"),
+        ));
+    }
+    // Read what is left (tar end blocks) so that the whole frame is hashed and checked.
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| decode_error("payload", e))?;
+    let uncompressed = rest.count;
+    let (compressed_len, digest) = rest.inner.finish().into_inner().finish();
+    if compressed_len != trailer.payload_len || digest != trailer.payload_sha256 {
+        return Err(Error::ChecksumMismatch {
+            what: "payload".into(),
+            expected: hex::encode(trailer.payload_sha256),
+            computed: hex::encode(digest),
+        });
+    }
+    if uncompressed != trailer.uncompressed_len {
+        return Err(Error::corrupt(
+            "payload",
+            format!(
+                "decoded {uncompressed} bytes, the trailer says {}",
+                trailer.uncompressed_len
+            ),
+        ));
+    }
+    Ok(ExtractStats {
+        compressed: compressed_len,
+        uncompressed,
+        files: seen.len(),
+    })
+}
+
+/// Writes one file of the manifest below `root` from `source`, hashing while writing:
+/// creates it exclusively (never follows or replaces anything already there), checks size
+/// and SHA-256, applies the mode and flushes it to disk. Shared by archive extraction and
+/// by installing from a bundle directory.
+pub fn write_verified(
+    source: &mut impl Read,
+    expected: &FileEntry,
+    root: &Path,
+    buffer: &mut [u8],
+) -> Result<()> {
+    let target = expected.path_in(root);
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("create directory {}", parent.display()), e))?;
+    }
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&target)
+        .map_err(|e| Error::io(format!("create {}", target.display()), e))?;
+    let mut hasher = Sha256::new();
+    let mut written = 0u64;
+    loop {
+        let n = match source.read(buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(decode_error("payload", e)),
+        };
+        written += n as u64;
+        if written > expected.size {
+            return Err(Error::corrupt(
+                "payload",
+                format!("{} is longer than the manifest's {} bytes", expected.path, expected.size),
+            ));
+        }
+        hasher.update(&buffer[..n]);
+        file.write_all(&buffer[..n])
+            .map_err(|e| Error::io(format!("write {}", target.display()), e))?;
+    }
+    if written != expected.size {
+        return Err(Error::corrupt(
+            "payload",
+            format!("{} has {written} bytes, the manifest says {}", expected.path, expected.size),
+        ));
+    }
+    let computed = hex::encode(hasher.finalize());
+    if computed != expected.sha256 {
+        return Err(Error::ChecksumMismatch {
+            what: expected.path.clone(),
+            expected: expected.sha256.clone(),
+            computed,
+        });
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Never setuid/setgid/sticky, never writable by others.
+        file.set_permissions(fs::Permissions::from_mode(expected.mode & 0o755))
+            .map_err(|e| Error::io(format!("set mode of {}", target.display()), e))?;
+    }
+    file.sync_all()
+        .map_err(|e| Error::io(format!("flush {}", target.display()), e))?;
+    Ok(())
+}
+
+/// Hashes a file on disk and checks it against its manifest entry.
+pub fn verify_file(expected: &FileEntry, root: &Path) -> Result<()> {
+    let path = expected.path_in(root);
+    let mut file =
+        File::open(&path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; COPY_BUFFER];
+    let mut size = 0u64;
+    loop {
+        let n = file
+            .read(&mut buffer)
+            .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buffer[..n]);
+    }
+    let computed = hex::encode(hasher.finalize());
+    if size != expected.size || computed != expected.sha256 {
+        return Err(Error::ChecksumMismatch {
+            what: path.display().to_string(),
+            expected: expected.sha256.clone(),
+            computed,
+        });
+    }
+    Ok(())
+}
+
+/// Decoder errors carry no path; anything the zstd or tar layer reports is damage.
+fn decode_error(what: &'static str, e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error().is_some() {
+        return Error::io(format!("read the {what}"), e);
+    }
+    Error::corrupt(what, e.to_string())
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        Self { inner, hasher: Sha256::new(), count: 0 }
+    }
+    fn finish(self) -> (u64, [u8; 32]) {
+        (self.count, self.hasher.finalize().into())
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+struct CountingReader<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+struct CountingWriter<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

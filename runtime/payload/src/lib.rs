@@ -1,0 +1,36 @@
+//! The payload format of openwork-server-v2, defined once for its writer (the packager)
+//! and its reader (the runtime).
+//!
+//! A packed executable is a stub plus one *region*:
+//!
+//! ```text
+//! [ zstd frame: tar of the sidecars ][ manifest JSON ][ 0-7 zero bytes ][ trailer, 128 bytes ]
+//! ```
+//!
+//! - [`trailer`]: the fixed-size trailer and its byte layout.
+//! - [`manifest`]: the JSON table of contents, also used by bundle and runtime directories.
+//! - [`region`]: building and validating a region given its bounds.
+//! - [`archive`]: the deterministic tar + zstd inside the region, and safe streaming
+//!   extraction with inline hashing.
+//! - [`container`]: where ELF, PE and Mach-O keep the region, one module each behind the
+//!   same two functions, `region_bounds` and `inject`.
+//! - [`targets`]: the target table from `targets/`.
+//!
+//! This crate knows nothing of async runtimes, HTTP or command lines, so that the packager,
+//! the runtime and fuzz targets can all use it. The byte layout is documented for humans in
+//! `docs/FORMAT.md`.
+#![deny(missing_docs)]
+
+pub mod archive;
+pub mod container;
+pub mod error;
+pub mod manifest;
+pub mod region;
+pub mod targets;
+pub mod trailer;
+
+pub use container::{Arch, BinaryInfo, ExecutableFormat};
+pub use error::{Error, ErrorKind, Result};
+pub use manifest::{FileEntry, Manifest};
+pub use region::PayloadRegion;
+pub use trailer::Trailer;
