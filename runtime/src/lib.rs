@@ -1,1 +1,29 @@
-//! placeholder
+//! The runtime of `openwork-server-v2`: finding the payload, and keeping an intact,
+//! versioned runtime directory of its sidecars.
+//!
+//! - [`source`]: where the payload comes from (bundle directory, bundle beside the
+//!   executable, or embedded), in that order.
+//! - [`layout`]: the data directory's layout, defined once.
+//! - [`install`]: the extraction protocol (warm check, lock, temp dir, verify, rename).
+//! - [`stamp`]: the completion stamp that makes warm starts cheap.
+//! - [`lock`]: OS file locks and leases, which a crash always releases.
+//! - [`gc`]: removal of unused runtimes and abandoned temp directories.
+//! - [`env_vars`], [`exit_code`]: the documented environment and exit codes.
+//!
+//! The command-line layer lives in the binary (`src/main.rs`, `src/cli/`); everything here
+//! can be called from tests without a process.
+
+pub mod env_vars;
+pub mod error;
+pub mod exit_code;
+pub mod gc;
+pub mod install;
+pub mod layout;
+pub mod lock;
+pub mod source;
+pub mod stamp;
+
+pub use error::{Error, Result};
+
+/// This server's version, which keys its runtime directories.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");

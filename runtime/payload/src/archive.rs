@@ -116,6 +116,32 @@ pub fn extract(
     manifest: &Manifest,
     dest: &Path,
 ) -> Result<ExtractStats> {
+    let mut buffer = vec![0u8; COPY_BUFFER];
+    for_each_file(compressed, trailer, manifest, |reader, entry| {
+        write_verified(reader, entry, dest, &mut buffer)
+    })
+}
+
+/// Decodes a payload and checks every file's size and SHA-256 without writing anything:
+/// what `inspect` and `runtime verify` use.
+pub fn verify_stream(compressed: impl Read, trailer: &Trailer, manifest: &Manifest) -> Result<ExtractStats> {
+    let mut buffer = vec![0u8; COPY_BUFFER];
+    for_each_file(compressed, trailer, manifest, |reader, entry| {
+        let (size, digest) = hash_reader(reader, &mut buffer).map_err(|e| decode_error("payload", e))?;
+        check_file(entry, size, digest)
+    })
+}
+
+/// The one reading loop behind [`extract`] and [`verify_stream`]: decodes the frame, accepts
+/// only regular files the manifest names (each once, with the manifest's size), hands each to
+/// `consume`, and finally checks that every manifest file was seen and that the frame's length,
+/// SHA-256 and decoded length match the trailer.
+fn for_each_file(
+    compressed: impl Read,
+    trailer: &Trailer,
+    manifest: &Manifest,
+    mut consume: impl FnMut(&mut dyn Read, &FileEntry) -> Result<()>,
+) -> Result<ExtractStats> {
     let hashing = HashingReader::new(compressed);
     let mut decoder = zstd::stream::read::Decoder::new(hashing)
         .map_err(|e| Error::io("start zstd", e))?;
@@ -125,7 +151,6 @@ pub fn extract(
     let counting = CountingReader { inner: decoder, count: 0 };
     let mut archive = tar::Archive::new(counting);
     let mut seen = std::collections::BTreeSet::new();
-    let mut buffer = vec![0u8; COPY_BUFFER];
     let entries = archive
         .entries()
         .map_err(|e| decode_error("archive", e))?;
@@ -158,7 +183,7 @@ pub fn extract(
                 format!("{raw_path} is {size} bytes, the manifest says {}", expected.size),
             ));
         }
-        write_verified(&mut entry, expected, dest, &mut buffer)?;
+        consume(&mut entry, expected)?;
     }
     if let Some(missing) = manifest.files.keys().find(|n| !seen.contains(n.as_str())) {
         return Err(Error::corrupt(
@@ -199,7 +224,7 @@ pub fn extract(
 /// and SHA-256, applies the mode and flushes it to disk. Shared by archive extraction and
 /// by installing from a bundle directory.
 pub fn write_verified(
-    source: &mut impl Read,
+    source: &mut dyn Read,
     expected: &FileEntry,
     root: &Path,
     buffer: &mut [u8],
@@ -236,20 +261,7 @@ pub fn write_verified(
         file.write_all(&buffer[..n])
             .map_err(|e| Error::io(format!("write {}", target.display()), e))?;
     }
-    if written != expected.size {
-        return Err(Error::corrupt(
-            "payload",
-            format!("{} has {written} bytes, the manifest says {}", expected.path, expected.size),
-        ));
-    }
-    let computed = hex::encode(hasher.finalize());
-    if computed != expected.sha256 {
-        return Err(Error::ChecksumMismatch {
-            what: expected.path.clone(),
-            expected: expected.sha256.clone(),
-            computed,
-        });
-    }
+    check_file(expected, written, hasher.finalize().into())?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -267,23 +279,39 @@ pub fn verify_file(expected: &FileEntry, root: &Path) -> Result<()> {
     let path = expected.path_in(root);
     let mut file =
         File::open(&path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-    let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; COPY_BUFFER];
+    let (size, digest) = hash_reader(&mut file, &mut buffer)
+        .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+    check_file(expected, size, digest)
+}
+
+fn hash_reader(reader: &mut dyn Read, buffer: &mut [u8]) -> io::Result<(u64, [u8; 32])> {
+    let mut hasher = Sha256::new();
     let mut size = 0u64;
     loop {
-        let n = file
-            .read(&mut buffer)
-            .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-        if n == 0 {
-            break;
-        }
+        let n = match reader.read(buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         size += n as u64;
         hasher.update(&buffer[..n]);
     }
-    let computed = hex::encode(hasher.finalize());
-    if size != expected.size || computed != expected.sha256 {
+    Ok((size, hasher.finalize().into()))
+}
+
+fn check_file(expected: &FileEntry, size: u64, digest: [u8; 32]) -> Result<()> {
+    if size != expected.size {
+        return Err(Error::corrupt(
+            "payload",
+            format!("{} has {size} bytes, the manifest says {}", expected.path, expected.size),
+        ));
+    }
+    let computed = hex::encode(digest);
+    if computed != expected.sha256 {
         return Err(Error::ChecksumMismatch {
-            what: path.display().to_string(),
+            what: expected.path.clone(),
             expected: expected.sha256.clone(),
             computed,
         });

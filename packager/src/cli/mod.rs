@@ -1,0 +1,223 @@
+//! The packager's command line: clap types converted into library requests.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use openwork_packager::constants::Constants;
+use openwork_packager::pack::{self, Compression, PackRequest, Versions};
+use openwork_packager::{Error, Result, inspect};
+use openwork_payload::targets;
+
+/// Builds and inspects openwork-server-v2 release artifacts.
+#[derive(Debug, Parser)]
+#[command(name = "openwork-packager", version, about)]
+pub struct Cli {
+    /// Version pins to use instead of the built-in constants.json
+    #[arg(long, global = true, value_name = "FILE")]
+    pub constants: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Put sidecars into a runtime stub: manifest, deterministic tar, zstd, inject, self-check
+    Pack(PackArgs),
+    /// Show where an artifact's payload sits and verify every hash in it
+    Inspect(InspectArgs),
+    /// Fetch the pinned opencode for a target into the cache
+    Fetch(FetchArgs),
+}
+
+/// `pack` arguments.
+#[derive(Debug, Args)]
+pub struct PackArgs {
+    /// The openwork-server-v2 stub built for --target
+    #[arg(long, value_name = "FILE")]
+    pub stub: PathBuf,
+    /// A sidecar as NAME=FILE (opencode is required, opencode-router optional)
+    #[arg(long = "sidecar", value_name = "NAME=FILE", required = true, value_parser = parse_sidecar)]
+    pub sidecars: Vec<(String, PathBuf)>,
+    /// Output file
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Target name from targets/ [default: the host's]
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Server version for the manifest [default: constants.json]
+    #[arg(long)]
+    pub server_version: Option<String>,
+    /// opencode version for the manifest [default: constants.json]
+    #[arg(long)]
+    pub opencode_version: Option<String>,
+    /// opencode-router version for the manifest [default: constants.json]
+    #[arg(long)]
+    pub router_version: Option<String>,
+    /// Compress quickly (zstd level 3) instead of for release (level 19, long window)
+    #[arg(long, conflicts_with = "level")]
+    pub fast: bool,
+    /// zstd level (1-22)
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22))]
+    pub level: Option<i32>,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `inspect` arguments.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The artifact
+    pub artifact: PathBuf,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `fetch` arguments.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Target name from targets/ [default: the host's]
+    #[arg(long)]
+    pub target: Option<String>,
+    /// opencode version [default: constants.json]
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Cache root [default: <repo>/.local/runtime-assets]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Use only the cache; fail rather than download
+    #[arg(long)]
+    pub offline: bool,
+}
+
+fn parse_sidecar(value: &str) -> std::result::Result<(String, PathBuf), String> {
+    let (name, path) = value
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=FILE, got {value:?}"))?;
+    if name.is_empty() || path.is_empty() {
+        return Err(format!("expected NAME=FILE, got {value:?}"));
+    }
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+fn target_by_name(name: Option<&str>) -> Result<&'static targets::Target> {
+    let name = match name {
+        Some(n) => n,
+        None => targets::host_name()
+            .ok_or_else(|| Error::Usage("this host is not a release target; pass --target".into()))?,
+    };
+    targets::by_name(name).ok_or_else(|| {
+        let known: Vec<_> = targets::all().iter().map(|t| t.name.as_str()).collect();
+        Error::Usage(format!("unknown target {name:?}; known: {}", known.join(", ")))
+    })
+}
+
+/// The mtime of archive entries: SOURCE_DATE_EPOCH for reproducible builds, else 0.
+fn source_date_epoch() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| Error::Usage(format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))),
+        Err(_) => Ok(0),
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let constants = Constants::load(cli.constants.as_deref())?;
+    match cli.command {
+        Command::Pack(args) => run_pack(args, &constants),
+        Command::Inspect(args) => run_inspect(args),
+        Command::Fetch(args) => run_fetch(args, &constants),
+    }
+}
+
+fn run_pack(args: PackArgs, constants: &Constants) -> Result<()> {
+    let PackArgs {
+        stub,
+        sidecars,
+        out,
+        target,
+        server_version,
+        opencode_version,
+        router_version,
+        fast,
+        level,
+        json,
+    } = args;
+    let mut compression = if fast { Compression::fast() } else { Compression::release() };
+    if let Some(level) = level {
+        compression.level = level;
+    }
+    let request = PackRequest {
+        stub,
+        sidecars,
+        out,
+        target: target_by_name(target.as_deref())?,
+        versions: Versions {
+            server: server_version.unwrap_or_else(|| constants.server_version.clone()),
+            opencode: opencode_version
+                .map(|v| v.trim_start_matches('v').to_string())
+                .unwrap_or_else(|| constants.opencode_version().to_string()),
+            router: router_version.unwrap_or_else(|| constants.router.version.clone()),
+        },
+        compression,
+        mtime: source_date_epoch()?,
+    };
+    let report = pack::pack(&request)?;
+    if json {
+        print_out(&format!("{}\n", serde_json::to_string_pretty(&report).expect("serialises")));
+    } else {
+        print_out(&format!(
+            "packed {} ({} bytes, sha256 {})\n  payload {} bytes from {} bytes of sidecars ({:.1}%), compressed in {:.1}s\n",
+            report.out.display(),
+            report.size,
+            report.sha256,
+            report.payload_size,
+            report.raw_size,
+            100.0 * report.payload_size as f64 / report.raw_size.max(1) as f64,
+            report.compress_seconds,
+        ));
+    }
+    Ok(())
+}
+
+fn run_inspect(args: InspectArgs) -> Result<()> {
+    let (inspection, failure) = inspect::inspect(&args.artifact)?;
+    if args.json {
+        print_out(&format!("{}\n", serde_json::to_string_pretty(&inspection).expect("serialises")));
+    } else {
+        print_out(&inspect::render(&args.artifact, &inspection));
+    }
+    match failure {
+        None => Ok(()),
+        Some(e) => Err(e.into()),
+    }
+}
+
+fn run_fetch(args: FetchArgs, constants: &Constants) -> Result<()> {
+    use openwork_packager::fetch::{FetchRequest, fetch_opencode_npm};
+    let FetchArgs { target, version, cache_dir, offline } = args;
+    let target = target_by_name(target.as_deref())?;
+    let mut request = FetchRequest::new(
+        target,
+        version.unwrap_or_else(|| constants.opencode_version().to_string()),
+    );
+    if let Some(dir) = cache_dir {
+        request.cache_root = dir;
+    }
+    request.offline = offline;
+    let fetched = fetch_opencode_npm(&request)?;
+    print_out(&format!("{}\n", fetched.path.display()));
+    Ok(())
+}
+
+/// Prints to stdout; a closed pipe is not an error.
+fn print_out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush());
+}

@@ -1,0 +1,157 @@
+//! The command line: clap types, converted into library calls. Nothing below `cli` is
+//! part of the library.
+
+mod runtime_cmd;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use openwork_runtime::env_vars;
+use openwork_runtime::exit_code::ExitCode;
+use openwork_runtime::install::VerifyMode;
+use openwork_runtime::Result;
+
+/// The OpenWork server: one executable that carries and supervises opencode.
+#[derive(Debug, Parser)]
+#[command(name = "openwork-server-v2", version, about)]
+pub struct Cli {
+    /// Data directory (runtimes, logs, tokens) [env: OPENWORK_DATA_DIR; default: the
+    /// platform's app-data directory]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Run the sidecars of this bundle directory (manifest.json + files) instead of the
+    /// embedded payload [env: OPENWORK_SERVER_V2_RUNTIME_BUNDLE_DIR]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub bundle_dir: Option<PathBuf>,
+    /// How much to check an existing runtime directory before using it
+    #[arg(long, global = true, value_enum, default_value_t = VerifyArg::Fast)]
+    pub verify: VerifyArg,
+    /// Seconds to wait for another process extracting the same runtime
+    /// [env: OPENWORK_SERVER_V2_LOCK_TIMEOUT; default: 120]
+    #[arg(long, global = true, value_name = "SECS")]
+    pub lock_timeout: Option<u64>,
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How much to check before use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerifyArg {
+    /// Compare size, mtime and file identity with the completion stamp
+    Fast,
+    /// Also rehash every file
+    Full,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines
+    Text,
+    /// One JSON object per line
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect and manage the extracted runtime
+    #[command(subcommand)]
+    Runtime(RuntimeCommand),
+}
+
+/// `runtime …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RuntimeCommand {
+    /// Show the payload source, manifest and runtime directory
+    Info(JsonFlag),
+    /// Rehash the payload and the extracted runtime; exit 4 if anything differs
+    Verify(JsonFlag),
+    /// Extract the runtime now (or check the existing one) and print its directory
+    Extract(JsonFlag),
+    /// Remove unused runtimes beyond the newest two, and abandoned temp directories
+    Gc(JsonFlag),
+    /// Print the runtime directory's path (without extracting)
+    Path,
+}
+
+/// `--json`.
+#[derive(Debug, clap::Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Settings every command shares, resolved from flags and environment.
+pub struct Settings {
+    pub data_dir: Option<PathBuf>,
+    pub bundle_dir: Option<(PathBuf, openwork_runtime::source::SourceKind)>,
+    pub verify: VerifyMode,
+    pub lock_timeout: Duration,
+}
+
+impl Settings {
+    fn from_cli(cli: &Cli) -> Settings {
+        use openwork_runtime::source::SourceKind;
+        let Cli {
+            data_dir,
+            bundle_dir,
+            verify,
+            lock_timeout,
+            log_format: _,
+            command: _,
+        } = cli;
+        let env_bundle = std::env::var_os(env_vars::OPENWORK_SERVER_V2_RUNTIME_BUNDLE_DIR)
+            .filter(|v| !v.is_empty())
+            .map(|v| (PathBuf::from(v), SourceKind::BundleEnv));
+        let lock_timeout = lock_timeout
+            .or_else(|| {
+                std::env::var(env_vars::OPENWORK_SERVER_V2_LOCK_TIMEOUT)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(120);
+        Settings {
+            data_dir: data_dir.clone(),
+            bundle_dir: bundle_dir
+                .clone()
+                .map(|d| (d, SourceKind::BundleFlag))
+                .or(env_bundle),
+            verify: match verify {
+                VerifyArg::Fast => VerifyMode::Fast,
+                VerifyArg::Full => VerifyMode::Full,
+            },
+            lock_timeout: Duration::from_secs(lock_timeout),
+        }
+    }
+}
+
+/// Sets up logging to stderr.
+pub fn init_logging(cli: &Cli) {
+    let level = std::env::var(env_vars::OPENWORK_LOG)
+        .ok()
+        .and_then(|v| v.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let settings = Settings::from_cli(&cli);
+    match cli.command {
+        Command::Runtime(command) => runtime_cmd::run(command, &settings),
+    }
+}

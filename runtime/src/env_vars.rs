@@ -1,0 +1,10 @@
+//! Every environment variable the runtime reads, in one place. docs/RUNTIME.md lists them.
+
+/// Overrides the data directory (default: the platform's app-data dir + `openwork-server-v2`).
+pub const OPENWORK_DATA_DIR: &str = "OPENWORK_DATA_DIR";
+/// A bundle directory (`manifest.json` + files) to run instead of the embedded payload.
+pub const OPENWORK_SERVER_V2_RUNTIME_BUNDLE_DIR: &str = "OPENWORK_SERVER_V2_RUNTIME_BUNDLE_DIR";
+/// Seconds to wait for another process's extraction before giving up (default 120).
+pub const OPENWORK_SERVER_V2_LOCK_TIMEOUT: &str = "OPENWORK_SERVER_V2_LOCK_TIMEOUT";
+/// Log filter: `error`, `warn`, `info` (default), `debug`, `trace`.
+pub const OPENWORK_LOG: &str = "OPENWORK_LOG";

@@ -1,0 +1,257 @@
+//! Making a runtime directory exist, complete and verified, from a payload source.
+//!
+//! The protocol (see docs/RUNTIME.md):
+//!
+//! - **Warm start**, lock-free: take a shared lease on `<dir>/.lease`, then check the stamp
+//!   (one `stat` per file). With `--verify full`, rehash every file too.
+//! - **First start or damage**: take the runtime's exclusive extraction lock (waiting, with a
+//!   message, up to the timeout), check again under the lock (another process may have just
+//!   finished), remove abandoned temp dirs of this runtime, move a damaged directory aside,
+//!   extract into a fresh temp dir (streaming decode, inline hashing, every file checked
+//!   against the manifest, files fsynced), write `manifest.json`, `.lease` and the stamp
+//!   last, fsync the directories, rename the temp dir into place and fsync the parent.
+//!
+//! A process killed at any point leaves either no directory (only temp litter, removed by
+//! the next extraction or GC) or a complete, stamped one: nothing partial is ever used.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use openwork_payload::archive;
+use openwork_payload::manifest::MANIFEST_FILE_NAME;
+
+use crate::error::{Error, Result, is_out_of_space};
+use crate::layout::{self, DataLayout, LEASE_FILE, LOCKS_DIR, STAMP_FILE, TMP_PREFIX, TRASH_PREFIX};
+use crate::lock::{self, Lease};
+use crate::source::PayloadSource;
+use crate::stamp::Stamp;
+
+/// How much a warm start checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VerifyMode {
+    /// Stamp only: size, mtime and identity of every file.
+    #[default]
+    Fast,
+    /// Stamp and a SHA-256 of every file.
+    Full,
+}
+
+/// Options for [`prepare`].
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    /// How much a warm start checks.
+    pub verify: VerifyMode,
+    /// How long to wait for another process's extraction.
+    pub lock_timeout: Duration,
+    /// The server version that keys the directory.
+    pub server_version: String,
+}
+
+/// A runtime directory in use by this process.
+#[derive(Debug)]
+pub struct PreparedRuntime {
+    /// The runtime directory.
+    pub dir: PathBuf,
+    /// Its key (directory name).
+    pub key: String,
+    /// Whether this call extracted it (false: it was already there).
+    pub extracted: bool,
+    /// Held for as long as this value lives.
+    _lease: Lease,
+}
+
+/// Ensures the runtime for `source` exists and is intact, and leases it.
+pub fn prepare(source: &PayloadSource, layout: &DataLayout, options: &PrepareOptions) -> Result<PreparedRuntime> {
+    let key = DataLayout::runtime_key(&options.server_version, &source.digest);
+    let dir = layout.runtime_dir(&key);
+    if let Some(lease) = try_warm(source, &dir, options.verify)? {
+        return Ok(PreparedRuntime { dir, key, extracted: false, _lease: lease });
+    }
+
+    fs::create_dir_all(layout.runtime_root.join(LOCKS_DIR)).map_err(|e| {
+        Error::io(format!("create {}", layout.runtime_root.display()), e)
+    })?;
+    let lock_path = layout.lock_file(&key);
+    let _lock = lock::lock_exclusive(&lock_path, options.lock_timeout, "to finish extracting this runtime")?;
+    if let Some(lease) = try_warm(source, &dir, options.verify)? {
+        return Ok(PreparedRuntime { dir, key, extracted: false, _lease: lease });
+    }
+
+    remove_scratch_dirs(layout, TMP_PREFIX, Some(&key));
+    if fs::symlink_metadata(&dir).is_ok() {
+        let reason = damage_reason(source, &dir);
+        tracing::warn!(dir = %dir.display(), %reason, "runtime directory is damaged; replacing it");
+        move_aside(layout, &key, &dir)?;
+    }
+
+    let tmp = layout.scratch_dir(TMP_PREFIX, &key);
+    let started = std::time::Instant::now();
+    if let Err(e) = extract_into(source, &tmp, layout) {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, &dir).map_err(|e| {
+        let _ = fs::remove_dir_all(&tmp);
+        Error::io(format!("rename {} to {}", tmp.display(), dir.display()), e)
+    })?;
+    layout::fsync_dir(&layout.runtime_root)
+        .map_err(|e| Error::io(format!("flush {}", layout.runtime_root.display()), e))?;
+    tracing::info!(
+        dir = %dir.display(),
+        files = source.manifest.files.len(),
+        bytes = source.manifest.total_size(),
+        ms = started.elapsed().as_millis() as u64,
+        "runtime extracted"
+    );
+    let lease = Lease::acquire(&dir.join(LEASE_FILE))?
+        .ok_or_else(|| Error::NotExtracted(dir.clone()))?;
+    Ok(PreparedRuntime { dir, key, extracted: true, _lease: lease })
+}
+
+/// Leases `dir` if it is complete and matches `source`.
+fn try_warm(source: &PayloadSource, dir: &Path, verify: VerifyMode) -> Result<Option<Lease>> {
+    let Some(lease) = Lease::acquire(&dir.join(LEASE_FILE))? else {
+        return Ok(None);
+    };
+    let Some(stamp) = Stamp::read(dir) else {
+        return Ok(None);
+    };
+    if let Err(reason) = stamp.check(dir, &source.manifest, &source.digest) {
+        tracing::debug!(dir = %dir.display(), %reason, "stamp check failed");
+        return Ok(None);
+    }
+    if verify == VerifyMode::Full {
+        if let Err(e) = verify_files(source, dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "full verification failed");
+            return Ok(None);
+        }
+    }
+    Ok(Some(lease))
+}
+
+/// Rehashes every file of `dir` against the manifest.
+pub fn verify_files(source: &PayloadSource, dir: &Path) -> Result<()> {
+    let on_disk = fs::read(dir.join(MANIFEST_FILE_NAME))
+        .map_err(|e| Error::io(format!("read {}", dir.join(MANIFEST_FILE_NAME).display()), e))?;
+    if on_disk != source.manifest_bytes {
+        return Err(Error::Damaged {
+            dir: dir.to_path_buf(),
+            reason: "manifest.json differs from the payload's".into(),
+        });
+    }
+    for entry in source.manifest.files.values() {
+        archive::verify_file(entry, dir).map_err(|e| Error::Damaged {
+            dir: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Why `dir` did not pass the warm check, for the log.
+fn damage_reason(source: &PayloadSource, dir: &Path) -> String {
+    match Stamp::read(dir) {
+        None => "no completion stamp".into(),
+        Some(stamp) => match stamp.check(dir, &source.manifest, &source.digest) {
+            Err(reason) => reason,
+            Ok(()) => match verify_files(source, dir) {
+                Err(e) => e.to_string(),
+                Ok(()) => "lease file missing".into(),
+            },
+        },
+    }
+}
+
+/// Renames `dir` to a trash name (atomic: no process can see it half-deleted), then
+/// deletes it, best effort.
+fn move_aside(layout: &DataLayout, key: &str, dir: &Path) -> Result<()> {
+    let trash = layout.scratch_dir(TRASH_PREFIX, key);
+    fs::rename(dir, &trash)
+        .map_err(|e| Error::io(format!("move damaged {} aside", dir.display()), e))?;
+    let _ = fs::remove_dir_all(&trash);
+    Ok(())
+}
+
+/// Removes scratch directories with `prefix`, for one key or all; best effort.
+pub(crate) fn remove_scratch_dirs(layout: &DataLayout, prefix: &str, only_key: Option<&str>) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(&layout.runtime_root) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(key) = layout::scratch_key(name, prefix) else { continue };
+        if only_key.is_some_and(|k| k != key) {
+            continue;
+        }
+        if fs::remove_dir_all(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    removed
+}
+
+/// Writes a complete runtime into the new directory `tmp`.
+fn extract_into(source: &PayloadSource, tmp: &Path, layout: &DataLayout) -> Result<()> {
+    let space = |context: String, e: std::io::Error| {
+        if is_out_of_space(&e) {
+            Error::DiskFull { context, data_dir: layout.data_dir.clone() }
+        } else {
+            Error::io(context, e)
+        }
+    };
+    let payload_error = |e: openwork_payload::Error| match e {
+        openwork_payload::Error::Io { context, source } => space(context, source),
+        other => Error::Payload(other),
+    };
+    fs::create_dir(tmp).map_err(|e| space(format!("create {}", tmp.display()), e))?;
+    match &source.embedded {
+        Some(embedded) => {
+            archive::extract(embedded.payload(), &embedded.trailer, &source.manifest, tmp)
+                .map_err(payload_error)?;
+        }
+        None => {
+            let mut buffer = vec![0u8; 256 * 1024];
+            for entry in source.manifest.files.values() {
+                let from = entry.path_in(&source.path);
+                let mut file = fs::File::open(&from)
+                    .map_err(|e| Error::io(format!("open bundle file {}", from.display()), e))?;
+                archive::write_verified(&mut file, entry, tmp, &mut buffer).map_err(payload_error)?;
+            }
+        }
+    }
+    let write_synced = |name: &str, bytes: &[u8]| -> Result<()> {
+        let path = tmp.join(name);
+        let mut file = fs::File::create_new(&path).map_err(|e| space(format!("create {}", path.display()), e))?;
+        std::io::Write::write_all(&mut file, bytes).map_err(|e| space(format!("write {}", path.display()), e))?;
+        file.sync_all().map_err(|e| space(format!("flush {}", path.display()), e))
+    };
+    write_synced(MANIFEST_FILE_NAME, &source.manifest_bytes)?;
+    write_synced(LEASE_FILE, b"")?;
+    let stamp = Stamp::record(tmp, &source.manifest, &source.digest)
+        .map_err(|e| Error::io(format!("stat files in {}", tmp.display()), e))?;
+    write_synced(STAMP_FILE, &stamp.to_json())?;
+    // Every directory the files went into, then the temp dir itself.
+    let mut dirs: Vec<PathBuf> = source
+        .manifest
+        .files
+        .values()
+        .flat_map(|e| {
+            let file = e.path_in(tmp);
+            file.ancestors()
+                .skip(1)
+                .take_while(|d| d.starts_with(tmp))
+                .map(Path::to_path_buf)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs.reverse();
+    for dir in dirs {
+        layout::fsync_dir(&dir).map_err(|e| Error::io(format!("flush {}", dir.display()), e))?;
+    }
+    Ok(())
+}

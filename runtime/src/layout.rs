@@ -1,0 +1,128 @@
+//! The data directory's layout, defined in one place.
+//!
+//! ```text
+//! <data dir>/                         --data-dir, OPENWORK_DATA_DIR, or <app data>/openwork-server-v2
+//!   runtime/
+//!     <version>-<digest16>/           one complete runtime: never modified once renamed here
+//!       manifest.json
+//!       bin/opencode, bin/opencode-router
+//!       .lease                        shared-locked by every process running this runtime
+//!       .stamp.json                   written last: size, mtime and file id of every file
+//!     .locks/<version>-<digest16>.lock   exclusive while extracting or removing that runtime
+//!     .tmp~<key>~<pid>-<nonce>/       an extraction in progress (or abandoned by a crash)
+//!     .trash~<key>~<pid>-<nonce>/     a runtime being deleted
+//! ```
+//!
+//! `<digest16>` is the first 16 hex digits of the manifest's SHA-256, which covers every
+//! file's SHA-256: the same content always lands in the same directory, whatever the
+//! compression or source (embedded or bundle), and different content never does.
+
+use std::path::{Path, PathBuf};
+
+use crate::env_vars;
+use crate::error::{Error, Result};
+
+/// Name of the directory under the data dir that holds runtimes.
+pub const RUNTIME_DIR_NAME: &str = "runtime";
+/// Lease lock file inside a runtime directory.
+pub const LEASE_FILE: &str = ".lease";
+/// Completion stamp inside a runtime directory.
+pub const STAMP_FILE: &str = ".stamp.json";
+/// Directory of per-runtime extraction locks.
+pub const LOCKS_DIR: &str = ".locks";
+/// Prefix of temporary extraction directories.
+pub const TMP_PREFIX: &str = ".tmp~";
+/// Prefix of directories being deleted.
+pub const TRASH_PREFIX: &str = ".trash~";
+
+/// Resolved paths for one data directory.
+#[derive(Debug, Clone)]
+pub struct DataLayout {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// `<data dir>/runtime`.
+    pub runtime_root: PathBuf,
+}
+
+impl DataLayout {
+    /// From `--data-dir`, else `OPENWORK_DATA_DIR`, else the platform's app-data directory.
+    pub fn resolve(flag: Option<PathBuf>) -> Result<DataLayout> {
+        let data_dir = match flag {
+            Some(dir) => dir,
+            None => match std::env::var_os(env_vars::OPENWORK_DATA_DIR) {
+                Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+                _ => dirs::data_dir()
+                    .ok_or(Error::NoDataDir)?
+                    .join("openwork-server-v2"),
+            },
+        };
+        let data_dir = std::path::absolute(&data_dir)
+            .map_err(|e| Error::io(format!("resolve {}", data_dir.display()), e))?;
+        Ok(DataLayout {
+            runtime_root: data_dir.join(RUNTIME_DIR_NAME),
+            data_dir,
+        })
+    }
+
+    /// The directory name for a server version and manifest digest.
+    pub fn runtime_key(server_version: &str, digest: &str) -> String {
+        format!("{server_version}-{}", &digest[..16.min(digest.len())])
+    }
+
+    /// `<runtime root>/<key>`.
+    pub fn runtime_dir(&self, key: &str) -> PathBuf {
+        self.runtime_root.join(key)
+    }
+
+    /// The extraction lock for `key`.
+    pub fn lock_file(&self, key: &str) -> PathBuf {
+        self.runtime_root.join(LOCKS_DIR).join(format!("{key}.lock"))
+    }
+
+    /// A fresh, unique temporary or trash directory path for `key`.
+    pub fn scratch_dir(&self, prefix: &str, key: &str) -> PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        self.runtime_root
+            .join(format!("{prefix}{key}~{}-{nanos:08x}", std::process::id()))
+    }
+}
+
+/// Parses a scratch directory name back into its key.
+pub fn scratch_key<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
+    name.strip_prefix(prefix)?.rsplit_once('~').map(|(key, _)| key)
+}
+
+/// Flushes a directory's entries to disk (a no-op where directories cannot be opened).
+pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_names_round_trip() {
+        let layout = DataLayout {
+            data_dir: "/d".into(),
+            runtime_root: "/d/runtime".into(),
+        };
+        let key = DataLayout::runtime_key("0.1.0-beta.1", &"ab".repeat(32));
+        assert_eq!(key, "0.1.0-beta.1-abababababababab");
+        let tmp = layout.scratch_dir(TMP_PREFIX, &key);
+        let name = tmp.file_name().unwrap().to_str().unwrap();
+        assert_eq!(scratch_key(name, TMP_PREFIX), Some(key.as_str()));
+        assert_eq!(scratch_key(name, TRASH_PREFIX), None);
+    }
+}
