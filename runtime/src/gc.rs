@@ -62,7 +62,7 @@ pub fn collect(layout: &DataLayout, current: Option<&str>) -> Result<GcReport> {
         .filter(|n| !n.starts_with('.'))
         .filter(|n| layout.runtime_dir(n).is_dir())
         .map(|n| {
-            let completed = Stamp::read(&layout.runtime_dir(&n)).map_or(0, |s| s.completed_at);
+            let completed = Stamp::read(&layout.runtime_dir(&n)).map_or(0, |s| s.completed_at_ms);
             (completed, n)
         })
         .collect();

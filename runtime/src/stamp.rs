@@ -27,8 +27,8 @@ pub struct Stamp {
     stamp_version: u32,
     /// The manifest digest this runtime was extracted from.
     pub manifest_sha256: String,
-    /// Unix time (seconds) the extraction finished.
-    pub completed_at: u64,
+    /// Unix time (milliseconds) the extraction finished.
+    pub completed_at_ms: u64,
     files: Vec<StampedFile>,
 }
 
@@ -86,14 +86,14 @@ impl Stamp {
             let meta = std::fs::symlink_metadata(&full)?;
             files.push(describe(path, &meta));
         }
-        let completed_at = std::time::SystemTime::now()
+        let completed_at_ms = std::time::SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
+            .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         Ok(Stamp {
             stamp_version: STAMP_VERSION,
             manifest_sha256: digest.to_string(),
-            completed_at,
+            completed_at_ms,
             files,
         })
     }

@@ -10,7 +10,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The executable carries no payload region at all.
-    #[error("no embedded payload found ({detail}); this executable was not packed by openwork-packager, or the payload was stripped")]
+    #[error("no embedded payload found ({detail}); this executable was not packed by openwork-packager, the file is truncated (an incomplete download?), or the payload was stripped")]
     NoPayload {
         /// Where the search stopped.
         detail: String,

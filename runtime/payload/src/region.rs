@@ -102,8 +102,14 @@ pub fn parse_region(file: &[u8], bounds: Range<usize>) -> Result<PayloadRegion<'
     };
     let payload = span("payload", trailer.payload_distance, trailer.payload_len)?;
     let manifest = span("manifest", trailer.manifest_distance, trailer.manifest_len)?;
-    if payload.end > manifest.start {
-        return Err(Error::corrupt("trailer", "payload and manifest overlap"));
+    // The writer lays the parts out back to back; demanding exactly that means every byte
+    // of the region is covered by a check (the padding must be the writer's zeros).
+    if payload.end != manifest.start {
+        return Err(Error::corrupt("trailer", "payload and manifest are not adjacent"));
+    }
+    let padding = &file[manifest.end..trailer_offset];
+    if padding.len() >= REGION_ALIGN || padding.iter().any(|b| *b != 0) {
+        return Err(Error::corrupt("payload region", "unexpected bytes between the manifest and the trailer"));
     }
     let manifest_bytes = &file[manifest.clone()];
     check_sha256("manifest", manifest_bytes, &trailer.manifest_sha256)?;

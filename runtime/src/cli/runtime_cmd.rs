@@ -41,6 +41,12 @@ pub fn run(command: RuntimeCommand, settings: &Settings) -> Result<ExitCode> {
         }
         RuntimeCommand::Extract(flag) => {
             let prepared = install::prepare(&source, &layout, &prepare_options(settings))?;
+            if prepared.extracted {
+                // A new runtime is the moment older ones may have become garbage.
+                if let Err(e) = gc::collect(&layout, Some(&prepared.key)) {
+                    tracing::warn!(error = %e, "garbage collection of old runtimes failed");
+                }
+            }
             if flag.json {
                 let out = json!({
                     "runtimeDir": prepared.dir,
