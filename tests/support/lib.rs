@@ -1,6 +1,8 @@
 //! Shared helpers for the end-to-end tests: where the workspace's binaries are, how to get a
 //! real stub for each target (cross-linked here with cargo-zigbuild), and small fixtures.
 
+pub mod fixtures;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -68,3 +70,4 @@ pub fn stub_for(target: &str) -> PathBuf {
     assert!(out.exists(), "{} was not produced", out.display());
     out
 }
+pub mod pki;

@@ -379,3 +379,219 @@ impl<W: Write> Write for CountingWriter<W> {
         self.inner.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::MANIFEST_VERSION;
+    use std::collections::BTreeMap;
+
+    /// A raw tar entry: any name and type, bypassing the tar crate's own path checks, as an
+    /// attacker's archive would.
+    fn raw_entry(out: &mut Vec<u8>, name: &str, kind: tar::EntryType, data: &[u8], link: &str) {
+        let mut header = tar::Header::new_ustar();
+        let raw = header.as_old_mut();
+        raw.name[..name.len()].copy_from_slice(name.as_bytes());
+        raw.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        header.set_entry_type(kind);
+        header.set_size(data.len() as u64);
+        header.set_mode(0o755);
+        header.set_cksum();
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+
+    fn manifest_for(files: &[(&str, &str, &[u8])]) -> Manifest {
+        let mut map = BTreeMap::new();
+        for (name, path, data) in files {
+            map.insert(
+                name.to_string(),
+                FileEntry {
+                    path: path.to_string(),
+                    size: data.len() as u64,
+                    sha256: hex::encode(Sha256::digest(data)),
+                    mode: 0o755,
+                },
+            );
+        }
+        Manifest {
+            manifest_version: MANIFEST_VERSION,
+            server_version: "0.1.0".into(),
+            opencode_version: "1".into(),
+            router_version: "1".into(),
+            target: "linux-x64".into(),
+            files: map,
+        }
+    }
+
+    /// Compresses `tar` and extracts it with a trailer that matches it exactly, so that
+    /// only the entry checks can refuse it.
+    fn extract_raw(tar: &[u8], manifest: &Manifest) -> (Result<ExtractStats>, tempfile::TempDir) {
+        let mut payload = Vec::new();
+        compress(tar, &mut payload, 3, 0).unwrap();
+        let trailer = Trailer {
+            payload_distance: 0,
+            payload_len: payload.len() as u64,
+            manifest_distance: 0,
+            manifest_len: 0,
+            uncompressed_len: tar.len() as u64,
+            payload_sha256: Sha256::digest(&payload).into(),
+            manifest_sha256: [0; 32],
+            format_minor: 0,
+        };
+        let dest = tempfile::tempdir().unwrap();
+        (extract(payload.as_slice(), &trailer, manifest, dest.path()), dest)
+    }
+
+    fn finish(mut tar: Vec<u8>) -> Vec<u8> {
+        tar.extend_from_slice(&[0; 1024]);
+        tar
+    }
+
+    const DATA: &[u8] = b"#!/bin/sh\necho sidecar\n";
+
+    #[test]
+    fn a_well_formed_archive_extracts() {
+        let manifest = manifest_for(&[("opencode", "bin/opencode", DATA)]);
+        let mut tar = Vec::new();
+        raw_entry(&mut tar, "bin/opencode", tar::EntryType::Regular, DATA, "");
+        let (result, dest) = extract_raw(&finish(tar), &manifest);
+        result.unwrap();
+        assert_eq!(fs::read(dest.path().join("bin/opencode")).unwrap(), DATA);
+    }
+
+    #[test]
+    fn hostile_entries_are_refused_and_nothing_escapes() {
+        use tar::EntryType::*;
+        let manifest = manifest_for(&[("opencode", "bin/opencode", DATA)]);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("dot-dot", {
+                let mut t = Vec::new();
+                raw_entry(&mut t, "../escaped", Regular, DATA, "");
+                t
+            }),
+            ("dot-dot inside", {
+                let mut t = Vec::new();
+                raw_entry(&mut t, "bin/../../escaped", Regular, DATA, "");
+                t
+            }),
+            ("absolute", {
+                let mut t = Vec::new();
+                raw_entry(&mut t, "/tmp/escaped", Regular, DATA, "");
+                t
+            }),
+            ("symlink at the manifest's path", {
+                let mut t = Vec::new();
+                raw_entry(&mut t, "bin/opencode", Symlink, b"", "/etc/passwd");
+                t
+            }),
+            ("hard link", {
+                let mut t = Vec::new();
+                raw_entry(&mut t, "bin/opencode", Link, b"", "/etc/passwd");
+                t
+            }),
+            ("character device", {
+                let mut t = Vec::new();
+                raw_entry(&mut t, "bin/opencode", Char, b"", "");
+                t
+            }),
+            ("directory", {
+                let mut t = Vec::new();
+                raw_entry(&mut t, "bin/opencode", Directory, b"", "");
+                t
+            }),
+            ("duplicate", {
+                let mut t = Vec::new();
+                raw_entry(&mut t, "bin/opencode", Regular, DATA, "");
+                raw_entry(&mut t, "bin/opencode", Regular, DATA, "");
+                t
+            }),
+            ("not in the manifest", {
+                let mut t = Vec::new();
+                raw_entry(&mut t, "bin/opencode", Regular, DATA, "");
+                raw_entry(&mut t, "bin/extra", Regular, DATA, "");
+                t
+            }),
+        ];
+        for (what, tar) in cases {
+            let (result, dest) = extract_raw(&finish(tar), &manifest);
+            let err = result.expect_err(what);
+            assert!(matches!(err, Error::UnsafeEntry { .. }), "{what}: {err}");
+            assert!(!dest.path().parent().unwrap().join("escaped").exists(), "{what}");
+            let link = dest.path().join("bin/opencode");
+            assert!(
+                fs::symlink_metadata(&link).map(|m| m.is_file()).unwrap_or(true),
+                "{what}: something other than a regular file was created"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_size_content_or_missing_files_are_refused() {
+        let manifest = manifest_for(&[("opencode", "bin/opencode", DATA), ("opencode-router", "bin/router", DATA)]);
+        let mut tar = Vec::new();
+        raw_entry(&mut tar, "bin/opencode", tar::EntryType::Regular, DATA, "");
+        let (result, _d) = extract_raw(&finish(tar), &manifest);
+        assert!(matches!(result, Err(Error::Corrupt { .. })), "missing file accepted");
+
+        let mut tar = Vec::new();
+        let mut evil = DATA.to_vec();
+        evil[0] ^= 1;
+        raw_entry(&mut tar, "bin/opencode", tar::EntryType::Regular, &evil, "");
+        raw_entry(&mut tar, "bin/router", tar::EntryType::Regular, DATA, "");
+        let (result, _d) = extract_raw(&finish(tar), &manifest);
+        assert!(matches!(result, Err(Error::ChecksumMismatch { .. })), "changed content accepted");
+
+        let mut tar = Vec::new();
+        raw_entry(&mut tar, "bin/opencode", tar::EntryType::Regular, &DATA[1..], "");
+        let (result, _d) = extract_raw(&finish(tar), &manifest);
+        assert!(matches!(result, Err(Error::Corrupt { .. })), "short file accepted");
+    }
+
+    #[test]
+    fn trailing_garbage_and_wrong_payload_hash_are_refused() {
+        let manifest = manifest_for(&[("opencode", "bin/opencode", DATA)]);
+        let mut tar = Vec::new();
+        raw_entry(&mut tar, "bin/opencode", tar::EntryType::Regular, DATA, "");
+        let tar = finish(tar);
+        let mut payload = Vec::new();
+        compress(tar.as_slice(), &mut payload, 3, 0).unwrap();
+        let mut trailer = Trailer {
+            payload_distance: 0,
+            payload_len: payload.len() as u64,
+            manifest_distance: 0,
+            manifest_len: 0,
+            uncompressed_len: tar.len() as u64,
+            payload_sha256: [1; 32],
+            manifest_sha256: [0; 32],
+            format_minor: 0,
+        };
+        let dest = tempfile::tempdir().unwrap();
+        let err = extract(payload.as_slice(), &trailer, &manifest, dest.path()).unwrap_err();
+        assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
+
+        payload.extend_from_slice(b"garbage after the frame");
+        trailer.payload_len = payload.len() as u64;
+        trailer.payload_sha256 = Sha256::digest(&payload).into();
+        let dest = tempfile::tempdir().unwrap();
+        assert!(extract(payload.as_slice(), &trailer, &manifest, dest.path()).is_err());
+    }
+
+    #[test]
+    fn deterministic_tar_is_byte_identical() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        fs::write(&a, DATA).unwrap();
+        let manifest = manifest_for(&[("opencode", "bin/opencode", DATA)]);
+        let input = ArchiveInput {
+            entry: manifest.files["opencode"].clone(),
+            source: a,
+        };
+        let mut first = Vec::new();
+        let mut second = Vec::new();
+        write_tar(&mut first, std::slice::from_ref(&input), 0).unwrap();
+        write_tar(&mut second, &[input], 0).unwrap();
+        assert_eq!(first, second);
+    }
+}

@@ -1,0 +1,342 @@
+//! Blocking HTTP for `fetch`: rustls with the operating system's trust store (intercepting
+//! corporate proxies put their CA there, and `SSL_CERT_FILE`/`SSL_CERT_DIR` are honoured),
+//! `HTTPS_PROXY`/`NO_PROXY` from the environment, and retries with exponential backoff on
+//! failures that retrying can fix (connect errors, timeouts, cut-off bodies, 408, 429, 5xx).
+//!
+//! Why reqwest 0.12 with `rustls-tls-native-roots` rather than 0.13 (whose default is
+//! rustls-platform-verifier): 0.12 with rustls-native-certs and ring is already in the
+//! lock file through apple-codesign, so the packager adds no TLS stack and no C/asm build
+//! (0.13's default provider is aws-lc-rs); both trust what the OS store trusts, which is
+//! what intercepting proxies and corporate users need. Moving to 0.13 is a feature switch
+//! if the platform verifier's revocation and macOS keychain policy handling become wanted.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
+use reqwest::{StatusCode, Url};
+
+use super::Progress;
+use super::error::{FetchError, Result, io_err};
+use super::registry::{Credential, redact_url};
+
+/// How many times a request is tried before giving up.
+pub(crate) const ATTEMPTS: u32 = 4;
+/// The wait before the second attempt; doubled for each further attempt.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// A connection or a read that makes no progress for this long fails (and is retried).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const USER_AGENT: &str = concat!("openwork-packager/", env!("CARGO_PKG_VERSION"));
+
+/// Why one attempt failed.
+pub(crate) enum Failure {
+    /// Worth another attempt.
+    Transient(String),
+    /// Not going to get better.
+    Fatal(FetchError),
+}
+
+/// An HTTP client for one fetch.
+pub(crate) struct Http<'a> {
+    client: Client,
+    progress: &'a Progress,
+}
+
+impl<'a> Http<'a> {
+    /// A client for talking to `registry`. A registry on the loopback interface (a local
+    /// mirror, a test server) is reached directly, never through a proxy.
+    pub(crate) fn new(registry: &Url, progress: &'a Progress) -> Result<Self> {
+        let mut builder = Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            // For the blocking client this bounds each wait (headers, every body read), not the
+            // whole transfer, so it is an idle timeout.
+            .timeout(IDLE_TIMEOUT)
+            .tls_built_in_native_certs(true);
+        if is_loopback(registry) {
+            builder = builder.no_proxy();
+        }
+        let client = builder.build().map_err(|e| FetchError::Http {
+            url: redact_url(registry),
+            attempts: 0,
+            detail: format!("cannot set up the HTTP client: {}", chain(&e)),
+        })?;
+        Ok(Http { client, progress })
+    }
+
+    /// GETs `url`, retrying transient failures; `on_success` consumes a 2xx response and
+    /// may itself fail transiently (a body cut off) or fatally.
+    pub(crate) fn get<T>(
+        &self,
+        url: &Url,
+        credential: Option<&Credential>,
+        accept: &str,
+        mut on_success: impl FnMut(Response) -> Result<T, Failure>,
+    ) -> Result<T> {
+        let shown = redact_url(url);
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=ATTEMPTS {
+            let mut request = self.client.get(url.clone()).header(ACCEPT, accept);
+            if let Some(credential) = credential {
+                let mut value =
+                    HeaderValue::from_str(&credential.header_value()).map_err(|_| {
+                        FetchError::Http {
+                            url: shown.clone(),
+                            attempts: 0,
+                            detail:
+                                "the configured registry credential is not a valid header value"
+                                    .into(),
+                        }
+                    })?;
+                value.set_sensitive(true);
+                request = request.header(AUTHORIZATION, value);
+            }
+            let failure = match request.send() {
+                Err(e) => Failure::Transient(chain(&e.without_url())),
+                Ok(response) if response.status().is_success() => match on_success(response) {
+                    Ok(value) => return Ok(value),
+                    Err(failure) => failure,
+                },
+                Ok(response) => status_failure(&shown, response.status()),
+            };
+            match failure {
+                Failure::Fatal(error) => return Err(error),
+                Failure::Transient(detail) if attempt == ATTEMPTS => {
+                    return Err(FetchError::Http {
+                        url: shown,
+                        attempts: ATTEMPTS,
+                        detail,
+                    });
+                }
+                Failure::Transient(detail) => {
+                    self.progress.line(format_args!(
+                        "GET {shown} failed ({detail}); retrying in {:.1} s (attempt {} of {ATTEMPTS})",
+                        backoff.as_secs_f64(),
+                        attempt + 1
+                    ));
+                    thread::sleep(backoff);
+                    backoff *= 2;
+                }
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// GETs a small document into memory.
+    pub(crate) fn get_bytes(
+        &self,
+        url: &Url,
+        credential: Option<&Credential>,
+        accept: &str,
+    ) -> Result<Vec<u8>> {
+        self.get(url, credential, accept, |mut response| {
+            let mut body = Vec::new();
+            response
+                .read_to_end(&mut body)
+                .map_err(|e| Failure::Transient(format!("reading the body: {e}")))?;
+            Ok(body)
+        })
+    }
+
+    /// Downloads `url` into `dest` (created or truncated on every attempt), feeding every
+    /// byte to a fresh `sink` per attempt; returns the sink and the byte count.
+    pub(crate) fn download<S: Write>(
+        &self,
+        url: &Url,
+        credential: Option<&Credential>,
+        dest: &Path,
+        mut new_sink: impl FnMut() -> S,
+    ) -> Result<(S, u64)> {
+        let shown = redact_url(url);
+        self.get(
+            url,
+            credential,
+            "application/octet-stream",
+            |mut response| {
+                let started = Instant::now();
+                let total = response.content_length();
+                let mut file = fs_err::File::create(dest).map_err(|e| Failure::Fatal(e.into()))?;
+                let mut sink = new_sink();
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut received = 0u64;
+                let mut reported = Reported::default();
+                self.progress.line(format_args!(
+                    "downloading {shown} ({})",
+                    total.map_or("size unknown".into(), megabytes)
+                ));
+                loop {
+                    let n = match response.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            return Err(Failure::Transient(format!(
+                                "download cut off after {}: {e}",
+                                megabytes(received)
+                            )));
+                        }
+                    };
+                    file.write_all(&buf[..n])
+                        .map_err(|e| Failure::Fatal(e.into()))?;
+                    sink.write_all(&buf[..n])
+                        .map_err(|e| Failure::Fatal(io_err("hash", dest)(e)))?;
+                    received += n as u64;
+                    if let Some(line) = reported.next(received, total) {
+                        self.progress.line(format_args!("  {line}"));
+                    }
+                }
+                if let Some(total) = total.filter(|&t| t != received) {
+                    return Err(Failure::Transient(format!(
+                        "received {received} of {total} bytes"
+                    )));
+                }
+                file.sync_all().map_err(|e| Failure::Fatal(e.into()))?;
+                let secs = started.elapsed().as_secs_f64();
+                self.progress.line(format_args!(
+                    "downloaded {} in {secs:.1} s ({:.1} MB/s)",
+                    megabytes(received),
+                    received as f64 / 1e6 / secs.max(1e-3)
+                ));
+                Ok((sink, received))
+            },
+        )
+    }
+}
+
+/// Progress lines every 10 % (or every 16 MB when the size is unknown).
+#[derive(Default)]
+struct Reported {
+    last: u64,
+}
+
+impl Reported {
+    fn next(&mut self, received: u64, total: Option<u64>) -> Option<String> {
+        match total {
+            Some(total) if total > 0 => {
+                let tenth = received * 10 / total;
+                (tenth > self.last && received < total).then(|| {
+                    self.last = tenth;
+                    format!(
+                        "{} / {} ({}%)",
+                        megabytes(received),
+                        megabytes(total),
+                        tenth * 10
+                    )
+                })
+            }
+            _ => {
+                let step = received / (16 << 20);
+                (step > self.last).then(|| {
+                    self.last = step;
+                    megabytes(received)
+                })
+            }
+        }
+    }
+}
+
+fn status_failure(url: &str, status: StatusCode) -> Failure {
+    if status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+    {
+        return Failure::Transient(format!("HTTP {status}"));
+    }
+    let hint = match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            "; the registry wants credentials: add `//<registry host>/<path>/:_authToken=${NPM_TOKEN}` to .npmrc"
+        }
+        StatusCode::NOT_FOUND => "; not found on this registry",
+        StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
+            "; the proxy wants credentials: put them in HTTPS_PROXY"
+        }
+        _ => "",
+    };
+    Failure::Fatal(FetchError::HttpStatus {
+        url: url.to_owned(),
+        status: status.as_u16(),
+        hint,
+    })
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host_str() {
+        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+/// An error and its causes, `a: b: c` (reqwest keeps the useful part in the sources).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// `46.1 MB`, `4.2 kB`, `129 bytes`.
+pub(crate) fn megabytes(bytes: u64) -> String {
+    match bytes {
+        0..1_000 => format!("{bytes} bytes"),
+        1_000..1_000_000 => format!("{:.1} kB", bytes as f64 / 1e3),
+        _ => format!("{:.1} MB", bytes as f64 / 1e6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_every_tenth() {
+        let mut r = Reported::default();
+        let lines: Vec<String> = (1..=100u64)
+            .filter_map(|i| r.next(i * 1_000_000, Some(100_000_000)))
+            .collect();
+        assert_eq!(lines.len(), 9, "{lines:?}");
+        assert_eq!(lines[0], "10.0 MB / 100.0 MB (10%)");
+        let mut r = Reported::default();
+        assert!(r.next(1 << 20, None).is_none());
+        assert!(r.next(17 << 20, None).is_some());
+        assert_eq!(
+            [megabytes(129), megabytes(4_210), megabytes(46_100_000)],
+            ["129 bytes", "4.2 kB", "46.1 MB"]
+        );
+    }
+
+    #[test]
+    fn status_classification() {
+        assert!(matches!(
+            status_failure("u", StatusCode::BAD_GATEWAY),
+            Failure::Transient(_)
+        ));
+        assert!(matches!(
+            status_failure("u", StatusCode::TOO_MANY_REQUESTS),
+            Failure::Transient(_)
+        ));
+        let Failure::Fatal(e) = status_failure("u", StatusCode::FORBIDDEN) else {
+            panic!("403 is fatal")
+        };
+        assert!(e.to_string().contains("_authToken"), "{e}");
+        assert!(is_loopback(&Url::parse("http://127.0.0.1:1/").unwrap()));
+        assert!(is_loopback(&Url::parse("http://localhost/").unwrap()));
+        assert!(is_loopback(&Url::parse("http://[::1]:8/").unwrap()));
+        assert!(!is_loopback(&Url::parse("http://192.0.2.1/").unwrap()));
+    }
+}

@@ -1,0 +1,392 @@
+//! The PE container end to end, on the real runtime stub cross-linked for `windows-x64`:
+//! pack, find, verify and extract; then sign with osslsigncode (a PKI made at test time)
+//! and do it all again; then damage the signed file and check that both our verifier and
+//! Authenticode notice.
+//!
+//! Needs `cargo-zigbuild` (or mingw-w64) for the stub, and the `openssl` and
+//! `osslsigncode` command line tools; a missing tool fails the test with a hint.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use openwork_payload::archive::{self, ArchiveInput};
+use openwork_payload::container::{self, ExecutableFormat};
+use openwork_payload::manifest::MANIFEST_VERSION;
+use openwork_payload::region::{REGION_ALIGN, build_region};
+use openwork_payload::{Error, FileEntry, Manifest, PayloadRegion};
+use openwork_tests::pki::{CodeSigningPki, require_tool};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+const TARGET: &str = "windows-x64";
+
+/// The unsigned Windows stub's bytes, built once per test process.
+fn stub() -> &'static [u8] {
+    static STUB: OnceLock<Vec<u8>> = OnceLock::new();
+    STUB.get_or_init(|| std::fs::read(openwork_tests::stub_for(TARGET)).expect("read the stub"))
+}
+
+/// Deterministic incompressible bytes, so that the payload has the size of its input.
+fn noise(seed: &str, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut counter = 0u64;
+    while out.len() < len {
+        let mut hasher = Sha256::new();
+        hasher.update(seed.as_bytes());
+        hasher.update(counter.to_le_bytes());
+        out.extend_from_slice(&hasher.finalize());
+        counter += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// A test's working directory, its sidecars and the region made of them.
+struct Packing {
+    dir: TempDir,
+    /// Logical name and contents of each sidecar.
+    sidecars: Vec<(String, Vec<u8>)>,
+    region: Vec<u8>,
+}
+
+impl Packing {
+    /// Two sidecars of odd sizes, a manifest for `windows-x64`, tar, zstd, region.
+    fn new() -> Packing {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spec = openwork_payload::targets::by_name(TARGET).expect("known target");
+        let sidecars = vec![
+            ("opencode".to_string(), noise("opencode", 256 * 1024 + 1001)),
+            (
+                "opencode-router".to_string(),
+                noise("router", 10 * 1024 + 3),
+            ),
+        ];
+        let mut inputs = Vec::new();
+        let mut files = std::collections::BTreeMap::new();
+        for (name, bytes) in &sidecars {
+            let source = dir.path().join(format!("{name}.in"));
+            std::fs::write(&source, bytes).expect("write sidecar");
+            let entry = FileEntry {
+                path: spec.sidecar_path(name),
+                size: bytes.len() as u64,
+                sha256: hex::encode(Sha256::digest(bytes)),
+                mode: 0o755,
+            };
+            files.insert(name.clone(), entry.clone());
+            inputs.push(ArchiveInput { entry, source });
+        }
+        let manifest = Manifest {
+            manifest_version: MANIFEST_VERSION,
+            server_version: "0.1.0".into(),
+            opencode_version: "1.2.27".into(),
+            router_version: "0.1.0".into(),
+            target: TARGET.into(),
+            files,
+        };
+        let mut tar = Vec::new();
+        let tar_len = archive::write_tar(&mut tar, &inputs, 0).expect("tar");
+        let mut zstd = Vec::new();
+        archive::compress(&tar[..], &mut zstd, archive::ZSTD_FAST_LEVEL, 0).expect("zstd");
+        let region = build_region(&zstd, &manifest.to_json(), tar_len);
+        Packing {
+            dir,
+            sidecars,
+            region,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Extracts `region` into a fresh directory and compares every file with its source.
+    fn assert_extracts(&self, region: &PayloadRegion<'_>, into: &str) {
+        let dest = self.path(into);
+        std::fs::create_dir(&dest).expect("create extraction dir");
+        let stats = archive::extract(region.payload, &region.trailer, &region.manifest, &dest)
+            .expect("extract the payload");
+        assert_eq!(stats.files, self.sidecars.len());
+        for (name, bytes) in &self.sidecars {
+            let entry = &region.manifest.files[name];
+            let extracted = std::fs::read(entry.path_in(&dest)).expect("read extracted file");
+            assert!(extracted == *bytes, "{name} differs after extraction");
+        }
+    }
+
+    /// Signs `input` into `output` with osslsigncode (SHA-256, no timestamp).
+    fn sign(&self, pki: &CodeSigningPki, input: &Path, output: &Path) {
+        let out = osslsigncode()
+            .args(["sign", "-h", "sha256", "-n", "openwork-server-v2 test"])
+            .arg("-certs")
+            .arg(&pki.leaf_cert)
+            .arg("-key")
+            .arg(&pki.leaf_key)
+            .arg("-in")
+            .arg(input)
+            .arg("-out")
+            .arg(output)
+            .output()
+            .expect("run osslsigncode sign");
+        assert!(
+            out.status.success(),
+            "osslsigncode sign failed:\n{}",
+            show(&out)
+        );
+    }
+}
+
+fn osslsigncode() -> Command {
+    require_tool("osslsigncode", "install it (apt: osslsigncode)");
+    Command::new("osslsigncode")
+}
+
+/// `osslsigncode verify` against the test CA only.
+fn verify(pki: &CodeSigningPki, file: &Path) -> Output {
+    osslsigncode()
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&pki.ca_cert)
+        .arg("-in")
+        .arg(file)
+        .output()
+        .expect("run osslsigncode verify")
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The file range of the certificate table, per goblin's reading of the Security directory.
+fn certificate_table(pe: &goblin::pe::PE<'_>) -> Option<std::ops::Range<usize>> {
+    let dir = pe
+        .header
+        .optional_header?
+        .data_directories
+        .get_certificate_table()
+        .copied()?;
+    let start = dir.virtual_address as usize;
+    Some(start..start + dir.size as usize)
+}
+
+/// Offsets of the optional header's CheckSum and of the Security directory entry.
+fn header_fields(data: &[u8]) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    let pe = u32::from_le_bytes(data[0x3c..0x40].try_into().unwrap()) as usize;
+    let optional = pe + 4 + 20;
+    let checksum = optional + 64;
+    let security = optional + 112 + 4 * 8; // PE32+
+    (checksum..checksum + 4, security..security + 8)
+}
+
+fn pack(packing: &Packing, stub: &[u8]) -> Vec<u8> {
+    let packed = container::inject(stub, &packing.region).expect("inject into the PE stub");
+    std::fs::write(packing.path("packed.exe"), &packed).expect("write packed.exe");
+    packed
+}
+
+#[test]
+fn unsigned_packed_stub_yields_its_payload() {
+    let packing = Packing::new();
+    let stub = stub();
+    let packed = pack(&packing, stub);
+
+    // The stub's bytes are untouched: its checksum is zero, so not even that changes.
+    assert_eq!(&packed[..stub.len()], stub);
+    let (format, region) = container::locate(&packed).expect("locate the payload");
+    assert_eq!(format, ExecutableFormat::Pe);
+    assert_eq!(region.payload_offset % REGION_ALIGN as u64, 0);
+    assert_eq!(region.span().end as usize, packed.len());
+    assert_eq!(&packed[region.span().start as usize..], &packing.region[..]);
+    region.verify_payload().expect("payload checksum");
+    assert_eq!(region.manifest.target, TARGET);
+    packing.assert_extracts(&region, "unsigned");
+
+    // An independent full parse still sees the same executable.
+    let before = goblin::pe::PE::parse(stub).expect("goblin parses the stub");
+    let after = goblin::pe::PE::parse(&packed).expect("goblin parses the packed file");
+    assert_eq!(after.entry, before.entry);
+    assert_eq!(after.sections, before.sections);
+    assert_eq!(after.libraries, before.libraries);
+    assert!(after.certificates.is_empty());
+    assert_eq!(
+        container::identify(&packed).unwrap().format,
+        ExecutableFormat::Pe
+    );
+}
+
+#[test]
+fn signed_packed_stub_verifies_and_yields_its_payload() {
+    let packing = Packing::new();
+    let pki = CodeSigningPki::generate(packing.dir.path());
+    let packed = pack(&packing, stub());
+    let signed_path = packing.path("signed.exe");
+    packing.sign(&pki, &packing.path("packed.exe"), &signed_path);
+
+    let out = verify(&pki, &signed_path);
+    assert!(
+        out.status.success(),
+        "osslsigncode verify failed:\n{}",
+        show(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Signature verification: ok"));
+
+    let signed = std::fs::read(&signed_path).expect("read signed.exe");
+    let pe = goblin::pe::PE::parse(&signed).expect("goblin parses the signed file");
+    assert_eq!(pe.certificates.len(), 1);
+    let table = certificate_table(&pe).expect("a Security directory");
+    assert_eq!(table.end, signed.len(), "the certificate table is last");
+
+    // Signing appended the table and set two header fields; the region did not move.
+    let (checksum, security) = header_fields(&signed);
+    let changed: Vec<usize> = (0..packed.len())
+        .filter(|&i| packed[i] != signed[i])
+        .collect();
+    assert!(
+        changed
+            .iter()
+            .all(|i| checksum.contains(i) || security.contains(i)),
+        "signing changed bytes outside CheckSum and the Security entry: {changed:x?}"
+    );
+    assert!(table.start >= packed.len());
+    assert!(signed[packed.len()..table.start].iter().all(|b| *b == 0));
+
+    let bounds = container::region_bounds(ExecutableFormat::Pe, &signed).unwrap();
+    assert_eq!(bounds.end, packed.len());
+    let (_, region) = container::locate(&signed).expect("locate in the signed file");
+    let (_, unsigned_region) = container::locate(&packed).unwrap();
+    assert_eq!(region.span(), unsigned_region.span());
+    region
+        .verify_payload()
+        .expect("payload checksum after signing");
+    packing.assert_extracts(&region, "signed");
+}
+
+#[test]
+fn a_flipped_payload_byte_fails_both_verifiers() {
+    let packing = Packing::new();
+    let pki = CodeSigningPki::generate(packing.dir.path());
+    pack(&packing, stub());
+    packing.sign(
+        &pki,
+        &packing.path("packed.exe"),
+        &packing.path("signed.exe"),
+    );
+    let signed = std::fs::read(packing.path("signed.exe")).unwrap();
+    let (_, region) = container::locate(&signed).unwrap();
+    let at = region.payload_offset as usize + region.payload.len() / 2;
+
+    let mut tampered = signed.clone();
+    tampered[at] ^= 0x01;
+    let tampered_path = packing.path("tampered.exe");
+    std::fs::write(&tampered_path, &tampered).unwrap();
+
+    // The trailer and manifest are intact, so the region is found; the payload hash fails.
+    let (_, region) = container::locate(&tampered).expect("region still found");
+    let err = region.verify_payload().unwrap_err();
+    assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
+    let dest = packing.path("tampered-out");
+    std::fs::create_dir(&dest).unwrap();
+    assert!(archive::extract(region.payload, &region.trailer, &region.manifest, &dest).is_err());
+
+    let out = verify(&pki, &tampered_path);
+    assert!(
+        !out.status.success(),
+        "osslsigncode accepted a tampered file:\n{}",
+        show(&out)
+    );
+
+    // A flipped manifest byte is caught before anything is extracted.
+    let mut tampered = signed;
+    tampered[region.manifest_offset as usize + 5] ^= 0x01;
+    let err = container::locate(&tampered).unwrap_err();
+    assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
+}
+
+#[test]
+fn injecting_into_a_signed_stub_is_refused() {
+    let packing = Packing::new();
+    let pki = CodeSigningPki::generate(packing.dir.path());
+    let stub_path = packing.path("stub.exe");
+    std::fs::write(&stub_path, stub()).unwrap();
+    packing.sign(&pki, &stub_path, &packing.path("signed-stub.exe"));
+    let signed_stub = std::fs::read(packing.path("signed-stub.exe")).unwrap();
+
+    let err = container::inject(&signed_stub, &packing.region).unwrap_err();
+    assert!(matches!(err, Error::Executable(_)), "{err}");
+    assert!(
+        err.to_string().contains("sign after packing, never before"),
+        "{err}"
+    );
+    // A signed stub without a payload is simply "no payload".
+    let err = container::locate(&signed_stub).unwrap_err();
+    assert!(matches!(err, Error::NoPayload { .. }), "{err}");
+}
+
+#[test]
+fn a_truncated_or_extended_signed_file_is_an_error_not_a_panic() {
+    let packing = Packing::new();
+    let pki = CodeSigningPki::generate(packing.dir.path());
+    let packed = pack(&packing, stub());
+    packing.sign(
+        &pki,
+        &packing.path("packed.exe"),
+        &packing.path("signed.exe"),
+    );
+    let signed = std::fs::read(packing.path("signed.exe")).unwrap();
+    let (_, region) = container::locate(&signed).unwrap();
+    let overlay_start = container::region_bounds(ExecutableFormat::Pe, &signed)
+        .unwrap()
+        .start;
+
+    let cuts = [
+        signed.len() - 1,
+        (packed.len() + signed.len()) / 2,
+        packed.len(),
+        region.trailer_offset as usize + 64,
+        region.manifest_offset as usize + 3,
+        region.payload_offset as usize + region.payload.len() / 2,
+        overlay_start,
+        overlay_start / 2,
+        0x200,
+        0x40,
+        2,
+        0,
+    ];
+    for cut in cuts {
+        let err = container::locate(&signed[..cut]).unwrap_err();
+        if cut >= overlay_start {
+            // The Security directory now points past the end: damaged, say so.
+            assert!(matches!(err, Error::Corrupt { .. }), "cut at {cut}: {err}");
+        }
+    }
+
+    // Bytes appended after the certificate table are outside every signature.
+    let mut extended = signed.clone();
+    extended.extend_from_slice(&[0; 8]);
+    let err = container::locate(&extended).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("after signing"), "{err}");
+}
+
+#[test]
+fn a_checksum_the_stub_carries_is_kept_true() {
+    // The cross-linked stub has CheckSum 0; one linked with /RELEASE would carry one.
+    let packing = Packing::new();
+    let mut stub = stub().to_vec();
+    let (checksum, _) = header_fields(&stub);
+    stub[checksum.clone()].copy_from_slice(&1u32.to_le_bytes());
+    let packed = pack(&packing, &stub);
+    let stored = u32::from_le_bytes(packed[checksum].try_into().unwrap());
+    assert_ne!(stored, 1);
+
+    // osslsigncode prints "Current" and "Calculated" checksums only when they differ.
+    let pki = CodeSigningPki::generate(packing.dir.path());
+    let out = verify(&pki, &packing.path("packed.exe"));
+    let text = show(&out);
+    assert!(!text.contains("invalid PE checksum"), "{text}");
+    assert!(text.contains(&format!("{stored:08X}")), "{text}");
+}
