@@ -74,28 +74,7 @@ impl Error {
             Error::Input { .. } => ExitCode::BadInput,
             Error::Usage(_) => ExitCode::Usage,
             Error::Io(_) => ExitCode::Io,
-            Error::Fetch(e) => fetch_exit_code(e),
+            Error::Fetch(e) => crate::fetch::exit_code(e),
         }
-    }
-}
-
-fn fetch_exit_code(e: &crate::fetch::FetchError) -> ExitCode {
-    use crate::fetch::FetchError as F;
-    match e {
-        F::InvalidVersion { .. } | F::UnknownTarget { .. } => ExitCode::Usage,
-        F::Constants { .. } | F::NoRegistry { .. } | F::InvalidRegistry { .. } => ExitCode::BadInput,
-        F::Offline { .. }
-        | F::Http { .. }
-        | F::HttpStatus { .. }
-        | F::VersionNotFound { .. }
-        | F::BadMetadata { .. } => ExitCode::Network,
-        F::IntegrityMismatch { .. }
-        | F::Sha256Mismatch { .. }
-        | F::MissingMember { .. }
-        | F::CacheCorrupt { .. } => {
-            ExitCode::Integrity
-        }
-        F::WrongBinary { .. } => ExitCode::WrongTarget,
-        F::Io { .. } | F::FsIo(_) => ExitCode::Io,
     }
 }

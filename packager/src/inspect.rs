@@ -58,9 +58,9 @@ pub fn inspect(path: &Path) -> Result<(Inspection, Option<openwork_payload::Erro
     let data = fs_err::read(path)?;
     let info = container::identify(&data)?;
     let (_, region) = container::locate(&data)?;
-    let check = region
-        .verify_payload()
-        .and_then(|()| archive::verify_stream(region.payload, &region.trailer, &region.manifest).map(|_| ()));
+    let check = region.verify_payload().and_then(|()| {
+        archive::verify_stream(region.payload, &region.trailer, &region.manifest).map(|_| ())
+    });
     let inspection = Inspection {
         format: info.format,
         arch: info.arch,
@@ -94,7 +94,10 @@ pub fn inspect(path: &Path) -> Result<(Inspection, Option<openwork_payload::Erro
 pub fn render(path: &Path, i: &Inspection) -> String {
     let mut out = String::new();
     out += &format!("artifact:   {} ({} bytes)\n", path.display(), i.size);
-    out += &format!("format:     {} {} (payload format {})\n", i.format, i.arch, i.format_version);
+    out += &format!(
+        "format:     {} {} (payload format {})\n",
+        i.format, i.arch, i.format_version
+    );
     out += &format!("target:     {}\n", i.target);
     out += &format!(
         "versions:   server {}, opencode {}, router {}\n",

@@ -1,10 +1,12 @@
 //! openwork-packager as a library: the release steps the `openwork-packager` CLI glues
 //! together, callable from tests and benchmarks without a process.
 
-pub mod fetch;
 pub mod constants;
 pub mod error;
+pub mod fetch;
 pub mod inspect;
 pub mod pack;
+pub mod release;
+pub mod stub;
 
 pub use error::{Error, ExitCode, Result};

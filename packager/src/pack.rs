@@ -120,21 +120,28 @@ pub fn check_regular_file(path: &Path, what: &str) -> Result<()> {
 }
 
 /// Checks that an executable fits `target`.
-pub fn check_binary_for_target(bytes: &[u8], path: &Path, what: &str, target: &Target) -> Result<BinaryInfo> {
+pub fn check_binary_for_target(
+    bytes: &[u8],
+    path: &Path,
+    what: &str,
+    target: &Target,
+) -> Result<BinaryInfo> {
     let info = container::identify(bytes).map_err(|e| Error::Input {
         path: path.to_path_buf(),
         reason: format!("the {what} is not a usable executable: {e}"),
     })?;
     if info.format != target.format || info.arch != target.arch {
-        return Err(Error::Payload(openwork_payload::Error::Executable(format!(
-            "{}: the {what} is {} {}, but target {} needs {} {}",
-            path.display(),
-            info.format,
-            info.arch,
-            target.name,
-            target.format,
-            target.arch
-        ))));
+        return Err(Error::Payload(openwork_payload::Error::Executable(
+            format!(
+                "{}: the {what} is {} {}, but target {} needs {} {}",
+                path.display(),
+                info.format,
+                info.arch,
+                target.name,
+                target.format,
+                target.arch
+            ),
+        )));
     }
     Ok(info)
 }
@@ -164,7 +171,7 @@ pub fn pack(req: &PackRequest) -> Result<PackReport> {
     let region = region::build_region(&payload, &manifest_json, uncompressed_len);
     let packed = container::inject(&stub, &region)?;
     self_check(&packed, &manifest_json)?;
-    write_atomically(&req.out, &packed)?;
+    write_atomically(&req.out, &packed, true)?;
     Ok(PackReport {
         out: req.out.clone(),
         size: packed.len() as u64,
@@ -206,7 +213,9 @@ fn build_manifest(req: &PackRequest) -> Result<(Manifest, Vec<ArchiveInput>)> {
         files.insert(name.clone(), entry);
     }
     if !files.contains_key("opencode") {
-        return Err(Error::Usage("an opencode sidecar is required: --sidecar opencode=<file>".into()));
+        return Err(Error::Usage(
+            "an opencode sidecar is required: --sidecar opencode=<file>".into(),
+        ));
     }
     let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
@@ -236,7 +245,7 @@ fn self_check(packed: &[u8], manifest_json: &[u8]) -> Result<()> {
 
 /// Writes `bytes` to `out` through a temp file in the same directory and a rename, so a
 /// failed or interrupted pack never leaves a half-written artifact.
-pub fn write_atomically(out: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomically(out: &Path, bytes: &[u8], executable: bool) -> Result<()> {
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -245,16 +254,31 @@ pub fn write_atomically(out: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".openwork-packager-")
         .tempfile_in(&dir)
-        .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("create a temp file in {}: {e}", dir.display()))))?;
+        .map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("create a temp file in {}: {e}", dir.display()),
+            ))
+        })?;
     tmp.write_all(bytes)?;
+    #[cfg(not(unix))]
+    let _ = executable;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o755))?;
+            .set_permissions(std::fs::Permissions::from_mode(if executable {
+                0o755
+            } else {
+                0o644
+            }))?;
     }
     tmp.as_file().sync_all()?;
-    tmp.persist(out)
-        .map_err(|e| Error::Io(std::io::Error::new(e.error.kind(), format!("rename into {}: {}", out.display(), e.error))))?;
+    tmp.persist(out).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.error.kind(),
+            format!("rename into {}: {}", out.display(), e.error),
+        ))
+    })?;
     Ok(())
 }

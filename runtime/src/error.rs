@@ -16,7 +16,9 @@ pub enum Error {
     #[error(transparent)]
     Payload(#[from] openwork_payload::Error),
     /// The payload or bundle was packed for a different target.
-    #[error("this payload was packed for target {found}, but this is openwork-server-v2 for {expected}; download the artifact for your platform")]
+    #[error(
+        "this payload was packed for target {found}, but this is openwork-server-v2 for {expected}; download the artifact for your platform"
+    )]
     WrongTarget {
         /// Target in the manifest.
         found: String,
@@ -24,7 +26,9 @@ pub enum Error {
         expected: String,
     },
     /// Another process held the lock for too long.
-    #[error("timed out after {waited:?} waiting for the lock {path} (another openwork-server-v2 is extracting the same runtime, or hangs); stop it or raise OPENWORK_SERVER_V2_LOCK_TIMEOUT")]
+    #[error(
+        "timed out after {waited:?} waiting for the lock {path} (another openwork-server-v2 is extracting the same runtime, or hangs); stop it or raise OPENWORK_SERVER_V2_LOCK_TIMEOUT"
+    )]
     LockTimeout {
         /// The lock file.
         path: PathBuf,
@@ -32,7 +36,9 @@ pub enum Error {
         waited: Duration,
     },
     /// A runtime directory does not match its manifest.
-    #[error("runtime directory {dir} is damaged: {reason}; run `openwork-server-v2 runtime extract` to replace it")]
+    #[error(
+        "runtime directory {dir} is damaged: {reason}; run `openwork-server-v2 runtime extract` to replace it"
+    )]
     Damaged {
         /// The runtime directory.
         dir: PathBuf,
@@ -43,7 +49,9 @@ pub enum Error {
     #[error("no runtime has been extracted at {0} yet; run `openwork-server-v2 runtime extract`")]
     NotExtracted(PathBuf),
     /// The disk is full or a file size limit was hit.
-    #[error("{context}: no space left (disk full or file size limit); free space under {data_dir} or point OPENWORK_DATA_DIR elsewhere")]
+    #[error(
+        "{context}: no space left (disk full or file size limit); free space under {data_dir} or point OPENWORK_DATA_DIR elsewhere"
+    )]
     DiskFull {
         /// What was being written.
         context: String,
@@ -60,7 +68,9 @@ pub enum Error {
         source: io::Error,
     },
     /// No platform data directory could be determined.
-    #[error("cannot determine a data directory for this user; pass --data-dir or set OPENWORK_DATA_DIR")]
+    #[error(
+        "cannot determine a data directory for this user; pass --data-dir or set OPENWORK_DATA_DIR"
+    )]
     NoDataDir,
 }
 

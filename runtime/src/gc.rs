@@ -84,11 +84,11 @@ pub fn collect(layout: &DataLayout, current: Option<&str>) -> Result<GcReport> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io(format!("open {}", lease_path.display()), e)),
         };
-        if let Some(file) = &lease {
-            if file.try_lock().is_err() {
-                report.in_use.push(dir);
-                continue;
-            }
+        if let Some(file) = &lease
+            && file.try_lock().is_err()
+        {
+            report.in_use.push(dir);
+            continue;
         }
         // Windows cannot rename a directory with an open file in it: let go of the lease
         // there first (a process that takes it in between makes the rename fail, and the

@@ -22,7 +22,9 @@ use openwork_payload::archive;
 use openwork_payload::manifest::MANIFEST_FILE_NAME;
 
 use crate::error::{Error, Result, is_out_of_space};
-use crate::layout::{self, DataLayout, LEASE_FILE, LOCKS_DIR, STAMP_FILE, TMP_PREFIX, TRASH_PREFIX};
+use crate::layout::{
+    self, DataLayout, LEASE_FILE, LOCKS_DIR, STAMP_FILE, TMP_PREFIX, TRASH_PREFIX,
+};
 use crate::lock::{self, Lease};
 use crate::source::PayloadSource;
 use crate::stamp::Stamp;
@@ -62,20 +64,37 @@ pub struct PreparedRuntime {
 }
 
 /// Ensures the runtime for `source` exists and is intact, and leases it.
-pub fn prepare(source: &PayloadSource, layout: &DataLayout, options: &PrepareOptions) -> Result<PreparedRuntime> {
+pub fn prepare(
+    source: &PayloadSource,
+    layout: &DataLayout,
+    options: &PrepareOptions,
+) -> Result<PreparedRuntime> {
     let key = DataLayout::runtime_key(&options.server_version, &source.digest);
     let dir = layout.runtime_dir(&key);
     if let Some(lease) = try_warm(source, &dir, options.verify)? {
-        return Ok(PreparedRuntime { dir, key, extracted: false, _lease: lease });
+        return Ok(PreparedRuntime {
+            dir,
+            key,
+            extracted: false,
+            _lease: lease,
+        });
     }
 
-    fs::create_dir_all(layout.runtime_root.join(LOCKS_DIR)).map_err(|e| {
-        Error::io(format!("create {}", layout.runtime_root.display()), e)
-    })?;
+    fs::create_dir_all(layout.runtime_root.join(LOCKS_DIR))
+        .map_err(|e| Error::io(format!("create {}", layout.runtime_root.display()), e))?;
     let lock_path = layout.lock_file(&key);
-    let _lock = lock::lock_exclusive(&lock_path, options.lock_timeout, "to finish extracting this runtime")?;
+    let _lock = lock::lock_exclusive(
+        &lock_path,
+        options.lock_timeout,
+        "to finish extracting this runtime",
+    )?;
     if let Some(lease) = try_warm(source, &dir, options.verify)? {
-        return Ok(PreparedRuntime { dir, key, extracted: false, _lease: lease });
+        return Ok(PreparedRuntime {
+            dir,
+            key,
+            extracted: false,
+            _lease: lease,
+        });
     }
 
     remove_scratch_dirs(layout, TMP_PREFIX, Some(&key));
@@ -104,9 +123,14 @@ pub fn prepare(source: &PayloadSource, layout: &DataLayout, options: &PrepareOpt
         ms = started.elapsed().as_millis() as u64,
         "runtime extracted"
     );
-    let lease = Lease::acquire(&dir.join(LEASE_FILE))?
-        .ok_or_else(|| Error::NotExtracted(dir.clone()))?;
-    Ok(PreparedRuntime { dir, key, extracted: true, _lease: lease })
+    let lease =
+        Lease::acquire(&dir.join(LEASE_FILE))?.ok_or_else(|| Error::NotExtracted(dir.clone()))?;
+    Ok(PreparedRuntime {
+        dir,
+        key,
+        extracted: true,
+        _lease: lease,
+    })
 }
 
 /// Leases `dir` if it is complete and matches `source`.
@@ -121,19 +145,23 @@ fn try_warm(source: &PayloadSource, dir: &Path, verify: VerifyMode) -> Result<Op
         tracing::debug!(dir = %dir.display(), %reason, "stamp check failed");
         return Ok(None);
     }
-    if verify == VerifyMode::Full {
-        if let Err(e) = verify_files(source, dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "full verification failed");
-            return Ok(None);
-        }
+    if verify == VerifyMode::Full
+        && let Err(e) = verify_files(source, dir)
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "full verification failed");
+        return Ok(None);
     }
     Ok(Some(lease))
 }
 
 /// Rehashes every file of `dir` against the manifest.
 pub fn verify_files(source: &PayloadSource, dir: &Path) -> Result<()> {
-    let on_disk = fs::read(dir.join(MANIFEST_FILE_NAME))
-        .map_err(|e| Error::io(format!("read {}", dir.join(MANIFEST_FILE_NAME).display()), e))?;
+    let on_disk = fs::read(dir.join(MANIFEST_FILE_NAME)).map_err(|e| {
+        Error::io(
+            format!("read {}", dir.join(MANIFEST_FILE_NAME).display()),
+            e,
+        )
+    })?;
     if on_disk != source.manifest_bytes {
         return Err(Error::Damaged {
             dir: dir.to_path_buf(),
@@ -174,7 +202,11 @@ fn move_aside(layout: &DataLayout, key: &str, dir: &Path) -> Result<()> {
 }
 
 /// Removes scratch directories with `prefix`, for one key or all; best effort.
-pub(crate) fn remove_scratch_dirs(layout: &DataLayout, prefix: &str, only_key: Option<&str>) -> Vec<PathBuf> {
+pub(crate) fn remove_scratch_dirs(
+    layout: &DataLayout,
+    prefix: &str,
+    only_key: Option<&str>,
+) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let Ok(entries) = fs::read_dir(&layout.runtime_root) else {
         return removed;
@@ -182,7 +214,9 @@ pub(crate) fn remove_scratch_dirs(layout: &DataLayout, prefix: &str, only_key: O
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(key) = layout::scratch_key(name, prefix) else { continue };
+        let Some(key) = layout::scratch_key(name, prefix) else {
+            continue;
+        };
         if only_key.is_some_and(|k| k != key) {
             continue;
         }
@@ -197,7 +231,10 @@ pub(crate) fn remove_scratch_dirs(layout: &DataLayout, prefix: &str, only_key: O
 fn extract_into(source: &PayloadSource, tmp: &Path, layout: &DataLayout) -> Result<()> {
     let space = |context: String, e: std::io::Error| {
         if is_out_of_space(&e) {
-            Error::DiskFull { context, data_dir: layout.data_dir.clone() }
+            Error::DiskFull {
+                context,
+                data_dir: layout.data_dir.clone(),
+            }
         } else {
             Error::io(context, e)
         }
@@ -218,15 +255,19 @@ fn extract_into(source: &PayloadSource, tmp: &Path, layout: &DataLayout) -> Resu
                 let from = entry.path_in(&source.path);
                 let mut file = fs::File::open(&from)
                     .map_err(|e| Error::io(format!("open bundle file {}", from.display()), e))?;
-                archive::write_verified(&mut file, entry, tmp, &mut buffer).map_err(payload_error)?;
+                archive::write_verified(&mut file, entry, tmp, &mut buffer)
+                    .map_err(payload_error)?;
             }
         }
     }
     let write_synced = |name: &str, bytes: &[u8]| -> Result<()> {
         let path = tmp.join(name);
-        let mut file = fs::File::create_new(&path).map_err(|e| space(format!("create {}", path.display()), e))?;
-        std::io::Write::write_all(&mut file, bytes).map_err(|e| space(format!("write {}", path.display()), e))?;
-        file.sync_all().map_err(|e| space(format!("flush {}", path.display()), e))
+        let mut file = fs::File::create_new(&path)
+            .map_err(|e| space(format!("create {}", path.display()), e))?;
+        std::io::Write::write_all(&mut file, bytes)
+            .map_err(|e| space(format!("write {}", path.display()), e))?;
+        file.sync_all()
+            .map_err(|e| space(format!("flush {}", path.display()), e))
     };
     write_synced(MANIFEST_FILE_NAME, &source.manifest_bytes)?;
     write_synced(LEASE_FILE, b"")?;

@@ -76,7 +76,9 @@ impl DataLayout {
 
     /// The extraction lock for `key`.
     pub fn lock_file(&self, key: &str) -> PathBuf {
-        self.runtime_root.join(LOCKS_DIR).join(format!("{key}.lock"))
+        self.runtime_root
+            .join(LOCKS_DIR)
+            .join(format!("{key}.lock"))
     }
 
     /// A fresh, unique temporary or trash directory path for `key`.
@@ -92,7 +94,9 @@ impl DataLayout {
 
 /// Parses a scratch directory name back into its key.
 pub fn scratch_key<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
-    name.strip_prefix(prefix)?.rsplit_once('~').map(|(key, _)| key)
+    name.strip_prefix(prefix)?
+        .rsplit_once('~')
+        .map(|(key, _)| key)
 }
 
 /// Flushes a directory's entries to disk (a no-op where directories cannot be opened).

@@ -38,7 +38,10 @@ pub fn lock_exclusive(path: &Path, timeout: Duration, waiting_for: &str) -> Resu
         match file.try_lock() {
             Ok(()) => {
                 if said_waiting {
-                    tracing::info!(waited_ms = start.elapsed().as_millis() as u64, "lock acquired");
+                    tracing::info!(
+                        waited_ms = start.elapsed().as_millis() as u64,
+                        "lock acquired"
+                    );
                 }
                 return Ok(ExclusiveLock {
                     _file: file,
@@ -105,7 +108,9 @@ impl Lease {
             Ok(file) => match file.try_lock() {
                 Ok(()) => Ok(false),
                 Err(TryLockError::WouldBlock) => Ok(true),
-                Err(TryLockError::Error(e)) => Err(Error::io(format!("lock {}", path.display()), e)),
+                Err(TryLockError::Error(e)) => {
+                    Err(Error::io(format!("lock {}", path.display()), e))
+                }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(Error::io(format!("open {}", path.display()), e)),

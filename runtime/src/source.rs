@@ -71,14 +71,17 @@ impl Embedded {
 }
 
 /// Chooses the payload source by the documented order.
-pub fn resolve(bundle_dir: Option<(PathBuf, SourceKind)>, executable: &Path) -> Result<PayloadSource> {
+pub fn resolve(
+    bundle_dir: Option<(PathBuf, SourceKind)>,
+    executable: &Path,
+) -> Result<PayloadSource> {
     if let Some((dir, kind)) = bundle_dir {
         return load_bundle(&dir, kind);
     }
-    if let Some(dir) = executable.parent() {
-        if dir.join(MANIFEST_FILE_NAME).is_file() {
-            return load_bundle(dir, SourceKind::BundleBesideExecutable);
-        }
+    if let Some(dir) = executable.parent()
+        && dir.join(MANIFEST_FILE_NAME).is_file()
+    {
+        return load_bundle(dir, SourceKind::BundleBesideExecutable);
     }
     load_embedded(executable)
 }

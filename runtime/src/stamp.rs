@@ -107,7 +107,10 @@ impl Stamp {
     /// Checks that `dir` still looks exactly as recorded; the reason when it does not.
     pub fn check(&self, dir: &Path, manifest: &Manifest, digest: &str) -> Result<(), String> {
         if self.stamp_version != STAMP_VERSION {
-            return Err(format!("stamp version {} is not {STAMP_VERSION}", self.stamp_version));
+            return Err(format!(
+                "stamp version {} is not {STAMP_VERSION}",
+                self.stamp_version
+            ));
         }
         if self.manifest_sha256 != digest {
             return Err("it was extracted from a different manifest".into());
@@ -120,13 +123,15 @@ impl Stamp {
             if recorded.path != *path {
                 return Err(format!("the stamp does not list {path}"));
             }
-            let meta = std::fs::symlink_metadata(dir.join(path))
-                .map_err(|e| format!("{path}: {e}"))?;
+            let meta =
+                std::fs::symlink_metadata(dir.join(path)).map_err(|e| format!("{path}: {e}"))?;
             if !meta.is_file() {
                 return Err(format!("{path} is not a regular file"));
             }
             if describe(path, &meta) != *recorded {
-                return Err(format!("{path} changed since extraction (size, mtime or identity)"));
+                return Err(format!(
+                    "{path} changed since extraction (size, mtime or identity)"
+                ));
             }
         }
         Ok(())

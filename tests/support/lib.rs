@@ -4,12 +4,14 @@
 pub mod fixtures;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The cargo target directory the tests were built into (`…/target/<profile>/deps/<test>` →
@@ -41,33 +43,7 @@ pub fn stub_for(target: &str) -> PathBuf {
     static BUILD: Mutex<()> = Mutex::new(());
     let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let spec = openwork_payload::targets::by_name(target).expect("known target");
-    let stub_target_dir = target_dir().join("stubs");
-    let out = stub_target_dir
-        .join(&spec.rust_triple)
-        .join("release")
-        .join(format!("openwork-server-v2{}", spec.exe_suffix));
-    let native = openwork_payload::targets::host_name() == Some(target);
-    let mut cmd = Command::new("cargo");
-    if native {
-        cmd.arg("build");
-    } else {
-        cmd.arg("zigbuild");
-    }
-    cmd.args(["--release", "--quiet", "-p", "openwork-runtime", "--bin", "openwork-server-v2"])
-        .args(["--target", &spec.rust_triple])
-        .arg("--target-dir")
-        .arg(&stub_target_dir)
-        .current_dir(workspace_root());
-    if let Some(min) = &spec.macos_deployment_target {
-        cmd.env("MACOSX_DEPLOYMENT_TARGET", min);
-    }
-    let status = cmd.status().expect("run cargo to build a stub");
-    assert!(
-        status.success(),
-        "building the {target} stub failed; cross targets need `pip install ziglang cargo-zigbuild` and `rustup target add {}`",
-        spec.rust_triple
-    );
-    assert!(out.exists(), "{} was not produced", out.display());
-    out
+    openwork_packager::stub::build_stub(&workspace_root(), spec, &target_dir().join("stubs"))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 pub mod pki;

@@ -29,6 +29,31 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Fetch the pinned opencode for a target into the cache
     Fetch(FetchArgs),
+    /// Fetch, build the stub, pack: dist/openwork-server-v2-<target>[.exe] and SHA256SUMS
+    Release(ReleaseArgs),
+}
+
+/// `release` arguments.
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// Target name from targets/ [default: the host's]
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Use this prebuilt stub instead of building one
+    #[arg(long, value_name = "FILE")]
+    pub stub: Option<PathBuf>,
+    /// Output directory
+    #[arg(long, value_name = "DIR", default_value = "dist")]
+    pub dist: PathBuf,
+    /// Compress quickly (zstd level 3) instead of for release
+    #[arg(long)]
+    pub fast: bool,
+    /// Use only cached downloads
+    #[arg(long)]
+    pub offline: bool,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `pack` arguments.
@@ -106,22 +131,27 @@ fn parse_sidecar(value: &str) -> std::result::Result<(String, PathBuf), String> 
 fn target_by_name(name: Option<&str>) -> Result<&'static targets::Target> {
     let name = match name {
         Some(n) => n,
-        None => targets::host_name()
-            .ok_or_else(|| Error::Usage("this host is not a release target; pass --target".into()))?,
+        None => targets::host_name().ok_or_else(|| {
+            Error::Usage("this host is not a release target; pass --target".into())
+        })?,
     };
     targets::by_name(name).ok_or_else(|| {
         let known: Vec<_> = targets::all().iter().map(|t| t.name.as_str()).collect();
-        Error::Usage(format!("unknown target {name:?}; known: {}", known.join(", ")))
+        Error::Usage(format!(
+            "unknown target {name:?}; known: {}",
+            known.join(", ")
+        ))
     })
 }
 
 /// The mtime of archive entries: SOURCE_DATE_EPOCH for reproducible builds, else 0.
 fn source_date_epoch() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| Error::Usage(format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))),
+        Ok(v) => v.trim().parse().map_err(|_| {
+            Error::Usage(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
+            ))
+        }),
         Err(_) => Ok(0),
     }
 }
@@ -133,6 +163,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Pack(args) => run_pack(args, &constants),
         Command::Inspect(args) => run_inspect(args),
         Command::Fetch(args) => run_fetch(args, &constants),
+        Command::Release(args) => run_release(args, constants),
     }
 }
 
@@ -149,7 +180,11 @@ fn run_pack(args: PackArgs, constants: &Constants) -> Result<()> {
         level,
         json,
     } = args;
-    let mut compression = if fast { Compression::fast() } else { Compression::release() };
+    let mut compression = if fast {
+        Compression::fast()
+    } else {
+        Compression::release()
+    };
     if let Some(level) = level {
         compression.level = level;
     }
@@ -170,7 +205,10 @@ fn run_pack(args: PackArgs, constants: &Constants) -> Result<()> {
     };
     let report = pack::pack(&request)?;
     if json {
-        print_out(&format!("{}\n", serde_json::to_string_pretty(&report).expect("serialises")));
+        print_out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&report).expect("serialises")
+        ));
     } else {
         print_out(&format!(
             "packed {} ({} bytes, sha256 {})\n  payload {} bytes from {} bytes of sidecars ({:.1}%), compressed in {:.1}s\n",
@@ -189,7 +227,10 @@ fn run_pack(args: PackArgs, constants: &Constants) -> Result<()> {
 fn run_inspect(args: InspectArgs) -> Result<()> {
     let (inspection, failure) = inspect::inspect(&args.artifact)?;
     if args.json {
-        print_out(&format!("{}\n", serde_json::to_string_pretty(&inspection).expect("serialises")));
+        print_out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&inspection).expect("serialises")
+        ));
     } else {
         print_out(&inspect::render(&args.artifact, &inspection));
     }
@@ -201,7 +242,12 @@ fn run_inspect(args: InspectArgs) -> Result<()> {
 
 fn run_fetch(args: FetchArgs, constants: &Constants) -> Result<()> {
     use openwork_packager::fetch::{FetchRequest, fetch_opencode_npm};
-    let FetchArgs { target, version, cache_dir, offline } = args;
+    let FetchArgs {
+        target,
+        version,
+        cache_dir,
+        offline,
+    } = args;
     let target = target_by_name(target.as_deref())?;
     let mut request = FetchRequest::new(
         target,
@@ -216,8 +262,62 @@ fn run_fetch(args: FetchArgs, constants: &Constants) -> Result<()> {
     Ok(())
 }
 
+fn run_release(args: ReleaseArgs, constants: Constants) -> Result<()> {
+    use openwork_packager::release::{ReleaseRequest, release};
+    let ReleaseArgs {
+        target,
+        stub,
+        dist,
+        fast,
+        offline,
+        json,
+    } = args;
+    let workspace = openwork_packager::fetch::workspace_root();
+    // A target directory of its own: the cargo that runs this command may hold the lock
+    // on the default one.
+    let stub_target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"))
+        .join("release-stubs");
+    let request = ReleaseRequest {
+        target: target_by_name(target.as_deref())?,
+        constants,
+        workspace,
+        stub,
+        stub_target_dir,
+        dist,
+        compression: if fast {
+            Compression::fast()
+        } else {
+            Compression::release()
+        },
+        mtime: source_date_epoch()?,
+        offline,
+    };
+    let report = release(&request)?;
+    if json {
+        print_out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&report).expect("serialises")
+        ));
+    } else {
+        print_out(&format!(
+            "{}\n  {} bytes, sha256 {}\n  payload {} bytes from {} bytes of sidecars ({:.1}%)\n",
+            report.out.display(),
+            report.size,
+            report.sha256,
+            report.payload_size,
+            report.raw_size,
+            100.0 * report.payload_size as f64 / report.raw_size.max(1) as f64,
+        ));
+    }
+    Ok(())
+}
+
 /// Prints to stdout; a closed pipe is not an error.
 fn print_out(text: &str) {
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush());
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush());
 }

@@ -217,8 +217,8 @@ pub fn ensure_pinned_opencode(target_name: &str) -> Result<PathBuf> {
             .collect::<Vec<_>>()
             .join(", "),
     })?;
-    let pins = Pins::read(&workspace_root().join("constants.json"))?;
-    Ok(fetch_opencode_npm(&FetchRequest::new(target, pins.opencode_version))?.path)
+    let pins = crate::constants::Constants::built_in();
+    Ok(fetch_opencode_npm(&FetchRequest::new(target, pins.opencode_version()))?.path)
 }
 
 /// The workspace root this crate was built in (the directory with `constants.json`).
@@ -269,23 +269,6 @@ pub fn normalize_version(version: &str) -> Result<String> {
     } else {
         Err(FetchError::InvalidVersion {
             version: version.to_owned(),
-        })
-    }
-}
-
-/// The one pin this module reads from `constants.json`.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Pins {
-    opencode_version: String,
-}
-
-impl Pins {
-    fn read(path: &Path) -> Result<Pins> {
-        let text = fs_err::read_to_string(path)?;
-        serde_json::from_str(&text).map_err(|e| FetchError::Constants {
-            path: path.to_owned(),
-            detail: e.to_string(),
         })
     }
 }
@@ -392,8 +375,8 @@ mod tests {
 
     #[test]
     fn pins_come_from_constants_json() {
-        let pins = Pins::read(&workspace_root().join("constants.json")).unwrap();
-        normalize_version(&pins.opencode_version).unwrap();
+        let pins = crate::constants::Constants::built_in();
+        normalize_version(pins.opencode_version()).unwrap();
         assert!(default_cache_root().ends_with(DEFAULT_CACHE_DIR));
     }
 }

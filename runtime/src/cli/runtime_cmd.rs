@@ -33,7 +33,10 @@ pub fn run(command: RuntimeCommand, settings: &Settings) -> Result<ExitCode> {
             };
             let info = describe(&source, &layout, &dir, &state);
             if flag.json {
-                print_out(&format!("{}\n", serde_json::to_string_pretty(&info).unwrap()));
+                print_out(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&info).unwrap()
+                ));
             } else {
                 print_out(&human_info(&source, &layout, &dir, &state));
             }
@@ -97,7 +100,10 @@ pub fn run(command: RuntimeCommand, settings: &Settings) -> Result<ExitCode> {
                     "runtime": runtime,
                     "failures": failures,
                 });
-                print_out(&format!("{}\n", serde_json::to_string_pretty(&out).unwrap()));
+                print_out(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&out).unwrap()
+                ));
             } else {
                 print_out(&format!(
                     "payload:      {payload}\nruntime dir:  {}\nruntime:      {runtime}\n",
@@ -116,7 +122,10 @@ pub fn run(command: RuntimeCommand, settings: &Settings) -> Result<ExitCode> {
         RuntimeCommand::Gc(flag) => {
             let report = gc::collect(&layout, Some(&key))?;
             if flag.json {
-                print_out(&format!("{}\n", serde_json::to_string_pretty(&report).unwrap()));
+                print_out(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&report).unwrap()
+                ));
             } else {
                 let mut out = String::new();
                 for d in &report.removed {
@@ -155,7 +164,12 @@ fn prepare_options(settings: &Settings) -> PrepareOptions {
     }
 }
 
-fn describe(source: &PayloadSource, layout: &DataLayout, dir: &std::path::Path, state: &str) -> serde_json::Value {
+fn describe(
+    source: &PayloadSource,
+    layout: &DataLayout,
+    dir: &std::path::Path,
+    state: &str,
+) -> serde_json::Value {
     let m = &source.manifest;
     json!({
         "source": source.kind,
@@ -175,11 +189,20 @@ fn describe(source: &PayloadSource, layout: &DataLayout, dir: &std::path::Path, 
     })
 }
 
-fn human_info(source: &PayloadSource, layout: &DataLayout, dir: &std::path::Path, state: &str) -> String {
+fn human_info(
+    source: &PayloadSource,
+    layout: &DataLayout,
+    dir: &std::path::Path,
+    state: &str,
+) -> String {
     let m = &source.manifest;
     let mut out = String::new();
     let kind = serde_json::to_value(source.kind).unwrap();
-    out += &format!("source:       {} ({})\n", kind.as_str().unwrap_or("?"), source.path.display());
+    out += &format!(
+        "source:       {} ({})\n",
+        kind.as_str().unwrap_or("?"),
+        source.path.display()
+    );
     if let Some(e) = &source.embedded {
         out += &format!(
             "payload:      {} at offset {}, {} bytes (sha256 {})\n",
@@ -199,7 +222,10 @@ fn human_info(source: &PayloadSource, layout: &DataLayout, dir: &std::path::Path
     out += &format!("runtime dir:  {} ({state})\n", dir.display());
     out += "files:\n";
     for (name, e) in &m.files {
-        out += &format!("  {name:<16} {:<24} {:>12} bytes  {:o}  sha256 {}\n", e.path, e.size, e.mode, e.sha256);
+        out += &format!(
+            "  {name:<16} {:<24} {:>12} bytes  {:o}  sha256 {}\n",
+            e.path, e.size, e.mode, e.sha256
+        );
     }
     out
 }
@@ -207,5 +233,7 @@ fn human_info(source: &PayloadSource, layout: &DataLayout, dir: &std::path::Path
 /// Prints to stdout; a closed pipe (`| head`) is not an error.
 fn print_out(text: &str) {
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush());
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush());
 }

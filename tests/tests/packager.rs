@@ -1,0 +1,198 @@
+//! The packager's command line on real binaries: what `pack` refuses (with which exit code),
+//! and what `inspect` reports for good and damaged artifacts of each format.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use openwork_tests::fixtures::{describe, host_sidecar, packed_host_artifact};
+use openwork_tests::{host_bin, stub_for};
+use serde_json::Value;
+
+fn packager(args: &[&str]) -> Output {
+    Command::new(host_bin("openwork-packager"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn pack(stub: &Path, opencode: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "pack".to_string(),
+        "--fast".into(),
+        "--stub".into(),
+        stub.display().to_string(),
+        "--sidecar".into(),
+        format!("opencode={}", opencode.display()),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Command::new(host_bin("openwork-packager"))
+        .args(&args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn pack_refuses_bad_inputs_with_distinct_exit_codes() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let stub = host_bin("openwork-server-v2");
+    let opencode = host_sidecar(dir, "opencode", 1024, 1);
+    let out = dir.join("out");
+
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&opencode, &link).unwrap();
+    let r = pack(&stub, &link, &out, &[]);
+    assert_eq!(
+        r.status.code(),
+        Some(10),
+        "symlink sidecar: {}",
+        describe(&r)
+    );
+    assert!(String::from_utf8_lossy(&r.stderr).contains("symlink"));
+
+    let stub_link = dir.join("stub-link");
+    std::os::unix::fs::symlink(&stub, &stub_link).unwrap();
+    let r = pack(&stub_link, &opencode, &out, &[]);
+    assert_eq!(r.status.code(), Some(10), "symlink stub: {}", describe(&r));
+
+    let r = pack(&stub, dir, &out, &[]);
+    assert_eq!(
+        r.status.code(),
+        Some(10),
+        "directory sidecar: {}",
+        describe(&r)
+    );
+    assert!(String::from_utf8_lossy(&r.stderr).contains("not a regular file"));
+
+    let text = dir.join("text");
+    std::fs::write(&text, "#!/bin/sh\n").unwrap();
+    let r = pack(&stub, &text, &out, &[]);
+    assert_eq!(
+        r.status.code(),
+        Some(10),
+        "non-executable sidecar: {}",
+        describe(&r)
+    );
+
+    // An x86_64 ELF stub is the wrong format for Windows and the wrong arch for arm64 Linux.
+    for target in ["windows-x64", "linux-arm64", "darwin-arm64"] {
+        let r = pack(&stub, &opencode, &out, &["--target", target]);
+        assert_eq!(r.status.code(), Some(9), "{target}: {}", describe(&r));
+        assert!(
+            String::from_utf8_lossy(&r.stderr).contains(&format!("target {target} needs")),
+            "{}",
+            describe(&r)
+        );
+    }
+
+    let r = pack(
+        &stub,
+        &opencode,
+        &out,
+        &["--sidecar", &format!("nonsense={}", opencode.display())],
+    );
+    assert_eq!(
+        r.status.code(),
+        Some(2),
+        "unknown sidecar: {}",
+        describe(&r)
+    );
+    let r = pack(
+        &stub,
+        &opencode,
+        &out,
+        &["--sidecar", &format!("opencode={}", opencode.display())],
+    );
+    assert_eq!(
+        r.status.code(),
+        Some(2),
+        "repeated sidecar: {}",
+        describe(&r)
+    );
+
+    // A packed file is not a stub.
+    let packed = packed_host_artifact(dir, 1024, 2);
+    let r = pack(&packed, &opencode, &out, &[]);
+    assert_eq!(r.status.code(), Some(9), "packed stub: {}", describe(&r));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("already contains a payload"));
+
+    assert!(!out.exists(), "a refused pack must not leave an output");
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".openwork-packager-")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left behind");
+}
+
+#[test]
+fn inspect_reports_and_verifies_elf_artifacts() {
+    let work = tempfile::tempdir().unwrap();
+    let artifact = packed_host_artifact(work.path(), 1 << 20, 3);
+    let r = packager(&["inspect", "--json", artifact.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", describe(&r));
+    let v: Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["format"], "elf");
+    assert_eq!(v["arch"], "x86_64");
+    assert_eq!(v["target"], "linux-x64");
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["manifest"]["files"]["opencode"]["path"], "bin/opencode");
+    let offset = v["payload"]["offset"].as_u64().unwrap();
+    let length = v["payload"]["length"].as_u64().unwrap();
+    assert_eq!(v["payload"]["sha256"].as_str().unwrap().len(), 64);
+    let stub_len = std::fs::metadata(host_bin("openwork-server-v2"))
+        .unwrap()
+        .len();
+    assert_eq!(offset, stub_len, "ELF payload starts right after the stub");
+
+    let human = packager(&["inspect", artifact.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("verified:   yes"), "{text}");
+
+    // A flipped payload byte: still found and described, but not verified, exit 4.
+    let mut bytes = std::fs::read(&artifact).unwrap();
+    bytes[(offset + length / 2) as usize] ^= 0x10;
+    let damaged = work.path().join("damaged");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let r = packager(&["inspect", "--json", damaged.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(4), "{}", describe(&r));
+    let v: Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["verified"], false);
+    assert!(v["error"].as_str().unwrap().contains("checksum mismatch"));
+
+    let r = packager(&["inspect", host_bin("openwork-server-v2").to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(3), "unpacked stub: {}", describe(&r));
+}
+
+#[test]
+fn pack_and_inspect_a_windows_artifact() {
+    let work = tempfile::tempdir().unwrap();
+    let stub = stub_for("windows-x64");
+    // A real PE x86_64 executable as the sidecar: the Windows stub itself.
+    let sidecar = work.path().join("opencode.exe");
+    std::fs::copy(&stub, &sidecar).unwrap();
+    let out = work.path().join("openwork-server-v2-windows-x64.exe");
+    let r = pack(&stub, &sidecar, &out, &["--target", "windows-x64"]);
+    assert!(r.status.success(), "{}", describe(&r));
+    let r = packager(&["inspect", "--json", out.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", describe(&r));
+    let v: Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["format"], "pe");
+    assert_eq!(v["target"], "windows-x64");
+    assert_eq!(
+        v["manifest"]["files"]["opencode"]["path"],
+        "bin/opencode.exe"
+    );
+    assert_eq!(v["verified"], true);
+    assert_eq!(
+        v["payload"]["offset"].as_u64().unwrap() % 8,
+        0,
+        "PE payload is 8-aligned"
+    );
+}
