@@ -21,10 +21,14 @@ pub fn host_sidecar(dir: &Path, name: &str, extra: usize, seed: u64) -> PathBuf 
 
 /// `len` bytes that compress about 2:1: random runs interleaved with repeated ones.
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let word = (state >> 33).to_le_bytes();
         if state & 0x100 == 0 {
             out.extend_from_slice(&word[..4]);
@@ -39,9 +43,15 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 /// Packs `sidecars` into the host's debug `openwork-server-v2` with the packager binary.
 pub fn pack_host(stub: &Path, sidecars: &[(&str, &Path)], out: &Path) -> PathBuf {
     let mut cmd = Command::new(host_bin("openwork-packager"));
-    cmd.arg("pack").arg("--stub").arg(stub).arg("--out").arg(out).arg("--fast");
+    cmd.arg("pack")
+        .arg("--stub")
+        .arg(stub)
+        .arg("--out")
+        .arg(out)
+        .arg("--fast");
     for (name, path) in sidecars {
-        cmd.arg("--sidecar").arg(format!("{name}={}", path.display()));
+        cmd.arg("--sidecar")
+            .arg(format!("{name}={}", path.display()));
     }
     let output = cmd.output().unwrap();
     assert!(
@@ -106,12 +116,19 @@ pub fn tree_hashes(dir: &Path) -> Vec<(String, String)> {
             if kind.is_dir() {
                 walk(root, &path, out);
             } else {
-                let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 // The stamp records inode numbers and times, not content.
                 if rel == ".stamp.json" {
                     continue;
                 }
-                out.push((rel, hex::encode(Sha256::digest(std::fs::read(&path).unwrap()))));
+                out.push((
+                    rel,
+                    hex::encode(Sha256::digest(std::fs::read(&path).unwrap())),
+                ));
             }
         }
     }

@@ -23,15 +23,6 @@ pub enum FetchError {
         known: String,
     },
 
-    /// `constants.json` could not be read or lacks a pin.
-    #[error("cannot read the version pins in {}: {detail}", path.display())]
-    Constants {
-        /// The constants file.
-        path: PathBuf,
-        /// What is wrong with it.
-        detail: String,
-    },
-
     /// No registry is configured anywhere we look.
     #[error(
         "no npm registry configured: set NPM_CONFIG_REGISTRY to your registry or mirror URL \

@@ -237,7 +237,7 @@ pub fn exit_code(error: &FetchError) -> crate::ExitCode {
     use crate::ExitCode;
     match error {
         FetchError::InvalidVersion { .. } | FetchError::UnknownTarget { .. } => ExitCode::Usage,
-        FetchError::Constants { .. } | FetchError::MissingMember { .. } => ExitCode::BadInput,
+        FetchError::MissingMember { .. } => ExitCode::BadInput,
         FetchError::NoRegistry { .. }
         | FetchError::InvalidRegistry { .. }
         | FetchError::Offline { .. }

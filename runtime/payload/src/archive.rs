@@ -46,7 +46,10 @@ pub struct ArchiveInput {
 pub fn write_tar(out: impl Write, inputs: &[ArchiveInput], mtime: u64) -> Result<u64> {
     let mut sorted: Vec<&ArchiveInput> = inputs.iter().collect();
     sorted.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
-    let mut counter = CountingWriter { inner: out, count: 0 };
+    let mut counter = CountingWriter {
+        inner: out,
+        count: 0,
+    };
     {
         let mut builder = tar::Builder::new(&mut counter);
         builder.mode(tar::HeaderMode::Deterministic);
@@ -62,7 +65,9 @@ pub fn write_tar(out: impl Write, inputs: &[ArchiveInput], mtime: u64) -> Result
             header.set_gid(0);
             builder
                 .append_data(&mut header, &input.entry.path, file.take(input.entry.size))
-                .map_err(|e| Error::io(format!("add {} to the archive", input.source.display()), e))?;
+                .map_err(|e| {
+                    Error::io(format!("add {} to the archive", input.source.display()), e)
+                })?;
         }
         builder
             .finish()
@@ -74,8 +79,8 @@ pub fn write_tar(out: impl Write, inputs: &[ArchiveInput], mtime: u64) -> Result
 /// Compresses a tar with zstd at `level` with the long window, using `workers` threads
 /// (with the `multithread` feature; one otherwise).
 pub fn compress(tar: impl Read, out: impl Write, level: i32, workers: u32) -> Result<()> {
-    let mut encoder = zstd::stream::write::Encoder::new(out, level)
-        .map_err(|e| Error::io("start zstd", e))?;
+    let mut encoder =
+        zstd::stream::write::Encoder::new(out, level).map_err(|e| Error::io("start zstd", e))?;
     let mut setup = || -> io::Result<()> {
         encoder.long_distance_matching(true)?;
         encoder.window_log(ZSTD_WINDOW_LOG)?;
@@ -124,10 +129,15 @@ pub fn extract(
 
 /// Decodes a payload and checks every file's size and SHA-256 without writing anything:
 /// what `inspect` and `runtime verify` use.
-pub fn verify_stream(compressed: impl Read, trailer: &Trailer, manifest: &Manifest) -> Result<ExtractStats> {
+pub fn verify_stream(
+    compressed: impl Read,
+    trailer: &Trailer,
+    manifest: &Manifest,
+) -> Result<ExtractStats> {
     let mut buffer = vec![0u8; COPY_BUFFER];
     for_each_file(compressed, trailer, manifest, |reader, entry| {
-        let (size, digest) = hash_reader(reader, &mut buffer).map_err(|e| decode_error("payload", e))?;
+        let (size, digest) =
+            hash_reader(reader, &mut buffer).map_err(|e| decode_error("payload", e))?;
         check_file(entry, size, digest)
     })
 }
@@ -143,17 +153,18 @@ fn for_each_file(
     mut consume: impl FnMut(&mut dyn Read, &FileEntry) -> Result<()>,
 ) -> Result<ExtractStats> {
     let hashing = HashingReader::new(compressed);
-    let mut decoder = zstd::stream::read::Decoder::new(hashing)
-        .map_err(|e| Error::io("start zstd", e))?;
+    let mut decoder =
+        zstd::stream::read::Decoder::new(hashing).map_err(|e| Error::io("start zstd", e))?;
     decoder
         .window_log_max(ZSTD_WINDOW_LOG)
         .map_err(|e| Error::io("configure zstd", e))?;
-    let counting = CountingReader { inner: decoder, count: 0 };
+    let counting = CountingReader {
+        inner: decoder,
+        count: 0,
+    };
     let mut archive = tar::Archive::new(counting);
     let mut seen = std::collections::BTreeSet::new();
-    let entries = archive
-        .entries()
-        .map_err(|e| decode_error("archive", e))?;
+    let entries = archive.entries().map_err(|e| decode_error("archive", e))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| decode_error("archive", e))?;
         let raw_path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
@@ -176,11 +187,17 @@ fn for_each_file(
                 reason: "it appears twice in the archive".into(),
             });
         }
-        let size = entry.header().size().map_err(|e| decode_error("archive", e))?;
+        let size = entry
+            .header()
+            .size()
+            .map_err(|e| decode_error("archive", e))?;
         if size != expected.size {
             return Err(Error::corrupt(
                 "archive",
-                format!("{raw_path} is {size} bytes, the manifest says {}", expected.size),
+                format!(
+                    "{raw_path} is {size} bytes, the manifest says {}",
+                    expected.size
+                ),
             ));
         }
         consume(&mut entry, expected)?;
@@ -254,7 +271,10 @@ pub fn write_verified(
         if written > expected.size {
             return Err(Error::corrupt(
                 "payload",
-                format!("{} is longer than the manifest's {} bytes", expected.path, expected.size),
+                format!(
+                    "{} is longer than the manifest's {} bytes",
+                    expected.path, expected.size
+                ),
             ));
         }
         hasher.update(&buffer[..n]);
@@ -305,7 +325,10 @@ fn check_file(expected: &FileEntry, size: u64, digest: [u8; 32]) -> Result<()> {
     if size != expected.size {
         return Err(Error::corrupt(
             "payload",
-            format!("{} has {size} bytes, the manifest says {}", expected.path, expected.size),
+            format!(
+                "{} has {size} bytes, the manifest says {}",
+                expected.path, expected.size
+            ),
         ));
     }
     let computed = hex::encode(digest);
@@ -335,7 +358,11 @@ struct HashingReader<R> {
 
 impl<R> HashingReader<R> {
     fn new(inner: R) -> Self {
-        Self { inner, hasher: Sha256::new(), count: 0 }
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
     fn finish(self) -> (u64, [u8; 32]) {
         (self.count, self.hasher.finalize().into())
@@ -441,7 +468,10 @@ mod tests {
             format_minor: 0,
         };
         let dest = tempfile::tempdir().unwrap();
-        (extract(payload.as_slice(), &trailer, manifest, dest.path()), dest)
+        (
+            extract(payload.as_slice(), &trailer, manifest, dest.path()),
+            dest,
+        )
     }
 
     fn finish(mut tar: Vec<u8>) -> Vec<u8> {
@@ -518,10 +548,15 @@ mod tests {
             let (result, dest) = extract_raw(&finish(tar), &manifest);
             let err = result.expect_err(what);
             assert!(matches!(err, Error::UnsafeEntry { .. }), "{what}: {err}");
-            assert!(!dest.path().parent().unwrap().join("escaped").exists(), "{what}");
+            assert!(
+                !dest.path().parent().unwrap().join("escaped").exists(),
+                "{what}"
+            );
             let link = dest.path().join("bin/opencode");
             assert!(
-                fs::symlink_metadata(&link).map(|m| m.is_file()).unwrap_or(true),
+                fs::symlink_metadata(&link)
+                    .map(|m| m.is_file())
+                    .unwrap_or(true),
                 "{what}: something other than a regular file was created"
             );
         }
@@ -529,11 +564,17 @@ mod tests {
 
     #[test]
     fn wrong_size_content_or_missing_files_are_refused() {
-        let manifest = manifest_for(&[("opencode", "bin/opencode", DATA), ("opencode-router", "bin/router", DATA)]);
+        let manifest = manifest_for(&[
+            ("opencode", "bin/opencode", DATA),
+            ("opencode-router", "bin/router", DATA),
+        ]);
         let mut tar = Vec::new();
         raw_entry(&mut tar, "bin/opencode", tar::EntryType::Regular, DATA, "");
         let (result, _d) = extract_raw(&finish(tar), &manifest);
-        assert!(matches!(result, Err(Error::Corrupt { .. })), "missing file accepted");
+        assert!(
+            matches!(result, Err(Error::Corrupt { .. })),
+            "missing file accepted"
+        );
 
         let mut tar = Vec::new();
         let mut evil = DATA.to_vec();
@@ -541,12 +582,24 @@ mod tests {
         raw_entry(&mut tar, "bin/opencode", tar::EntryType::Regular, &evil, "");
         raw_entry(&mut tar, "bin/router", tar::EntryType::Regular, DATA, "");
         let (result, _d) = extract_raw(&finish(tar), &manifest);
-        assert!(matches!(result, Err(Error::ChecksumMismatch { .. })), "changed content accepted");
+        assert!(
+            matches!(result, Err(Error::ChecksumMismatch { .. })),
+            "changed content accepted"
+        );
 
         let mut tar = Vec::new();
-        raw_entry(&mut tar, "bin/opencode", tar::EntryType::Regular, &DATA[1..], "");
+        raw_entry(
+            &mut tar,
+            "bin/opencode",
+            tar::EntryType::Regular,
+            &DATA[1..],
+            "",
+        );
         let (result, _d) = extract_raw(&finish(tar), &manifest);
-        assert!(matches!(result, Err(Error::Corrupt { .. })), "short file accepted");
+        assert!(
+            matches!(result, Err(Error::Corrupt { .. })),
+            "short file accepted"
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The executable carries no payload region at all.
-    #[error("no embedded payload found ({detail}); this executable was not packed by openwork-packager, the file is truncated (an incomplete download?), or the payload was stripped")]
+    #[error(
+        "no embedded payload found ({detail}); this executable was not packed by openwork-packager, the file is truncated (an incomplete download?), or the payload was stripped"
+    )]
     NoPayload {
         /// Where the search stopped.
         detail: String,
@@ -28,7 +30,9 @@ pub enum Error {
         supported_major: u16,
     },
     /// A structure is damaged: truncated, out of bounds, or internally inconsistent.
-    #[error("the {what} is corrupt: {detail}; the artifact is damaged or was modified, download or package it again")]
+    #[error(
+        "the {what} is corrupt: {detail}; the artifact is damaged or was modified, download or package it again"
+    )]
     Corrupt {
         /// Which part (trailer, manifest, payload, archive, executable).
         what: &'static str,
@@ -36,7 +40,9 @@ pub enum Error {
         detail: String,
     },
     /// Bytes do not hash to what the trailer or manifest promises.
-    #[error("checksum mismatch for {what}: expected sha256 {expected}, got {computed}; the artifact or runtime directory is damaged or was modified")]
+    #[error(
+        "checksum mismatch for {what}: expected sha256 {expected}, got {computed}; the artifact or runtime directory is damaged or was modified"
+    )]
     ChecksumMismatch {
         /// What was hashed.
         what: String,
@@ -57,7 +63,9 @@ pub enum Error {
     #[error("invalid manifest: {0}")]
     Manifest(String),
     /// A manifest written by a newer, incompatible packager.
-    #[error("manifest version {found} is newer than this reader supports ({supported}); use a newer openwork-server-v2 / openwork-packager")]
+    #[error(
+        "manifest version {found} is newer than this reader supports ({supported}); use a newer openwork-server-v2 / openwork-packager"
+    )]
     NewerManifest {
         /// Version found.
         found: u32,

@@ -107,23 +107,42 @@ impl Manifest {
         }
         let mut paths = std::collections::BTreeSet::new();
         for (name, entry) in &self.files {
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                return Err(Error::Manifest(format!("file name {name:?} is not a plain identifier")));
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(Error::Manifest(format!(
+                    "file name {name:?} is not a plain identifier"
+                )));
             }
-            validate_relative_path(&entry.path)
-                .map_err(|reason| Error::Manifest(format!("file {name:?}: path {:?} {reason}", entry.path)))?;
+            validate_relative_path(&entry.path).map_err(|reason| {
+                Error::Manifest(format!("file {name:?}: path {:?} {reason}", entry.path))
+            })?;
             if !paths.insert(entry.path.to_ascii_lowercase()) {
-                return Err(Error::Manifest(format!("path {:?} is listed twice", entry.path)));
+                return Err(Error::Manifest(format!(
+                    "path {:?} is listed twice",
+                    entry.path
+                )));
             }
-            if entry.sha256.len() != 64 || !entry.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-                return Err(Error::Manifest(format!("file {name:?}: sha256 is not 64 lower-case hex digits")));
+            if entry.sha256.len() != 64
+                || !entry
+                    .sha256
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            {
+                return Err(Error::Manifest(format!(
+                    "file {name:?}: sha256 is not 64 lower-case hex digits"
+                )));
             }
         }
         // A path that is a directory prefix of another would make one entry a directory.
         for a in &paths {
             for b in &paths {
                 if b.len() > a.len() && b.starts_with(a.as_str()) && b.as_bytes()[a.len()] == b'/' {
-                    return Err(Error::Manifest(format!("path {a:?} is also a directory of {b:?}")));
+                    return Err(Error::Manifest(format!(
+                        "path {a:?} is also a directory of {b:?}"
+                    )));
                 }
             }
         }
@@ -198,7 +217,12 @@ pub(crate) mod tests_support {
         let mut files = BTreeMap::new();
         files.insert(
             "opencode".to_string(),
-            FileEntry { path: "bin/opencode".into(), size: 3, sha256: "a".repeat(64), mode: 0o755 },
+            FileEntry {
+                path: "bin/opencode".into(),
+                size: 3,
+                sha256: "a".repeat(64),
+                mode: 0o755,
+            },
         );
         Manifest {
             manifest_version: 1,
@@ -226,12 +250,26 @@ mod tests {
     fn newer_version_is_named() {
         let json = br#"{"manifestVersion": 7, "whatever": true}"#;
         let err = Manifest::from_json(json).unwrap_err();
-        assert!(matches!(err, Error::NewerManifest { found: 7, .. }), "{err}");
+        assert!(
+            matches!(err, Error::NewerManifest { found: 7, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn unsafe_paths_are_refused() {
-        for bad in ["../x", "/abs", "a/../b", "a//b", "C:/x", "a\\b", ".hidden", "bin/.lease", "manifest.json", ""] {
+        for bad in [
+            "../x",
+            "/abs",
+            "a/../b",
+            "a//b",
+            "C:/x",
+            "a\\b",
+            ".hidden",
+            "bin/.lease",
+            "manifest.json",
+            "",
+        ] {
             let mut m = sample();
             m.files.get_mut("opencode").unwrap().path = bad.into();
             assert!(m.validate().is_err(), "{bad:?} accepted");

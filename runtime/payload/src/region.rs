@@ -85,7 +85,10 @@ pub fn build_region(payload: &[u8], manifest_json: &[u8], uncompressed_len: u64)
 /// before `bounds.start`.
 pub fn parse_region(file: &[u8], bounds: Range<usize>) -> Result<PayloadRegion<'_>> {
     if bounds.end > file.len() || bounds.start > bounds.end {
-        return Err(Error::corrupt("executable", "payload bounds lie outside the file"));
+        return Err(Error::corrupt(
+            "executable",
+            "payload bounds lie outside the file",
+        ));
     }
     let trailer = Trailer::parse_at_end(&file[bounds.start..bounds.end])?;
     let trailer_offset = bounds.end - TRAILER_LEN;
@@ -93,11 +96,18 @@ pub fn parse_region(file: &[u8], bounds: Range<usize>) -> Result<PayloadRegion<'
         let start = (trailer_offset as u64)
             .checked_sub(distance)
             .filter(|s| *s >= bounds.start as u64)
-            .ok_or_else(|| Error::corrupt("trailer", format!("{what} would start before the payload region (truncated file?)")))?;
+            .ok_or_else(|| {
+                Error::corrupt(
+                    "trailer",
+                    format!("{what} would start before the payload region (truncated file?)"),
+                )
+            })?;
         let end = start
             .checked_add(len)
             .filter(|e| *e <= trailer_offset as u64)
-            .ok_or_else(|| Error::corrupt("trailer", format!("{what} would overlap the trailer")))?;
+            .ok_or_else(|| {
+                Error::corrupt("trailer", format!("{what} would overlap the trailer"))
+            })?;
         Ok(start as usize..end as usize)
     };
     let payload = span("payload", trailer.payload_distance, trailer.payload_len)?;
@@ -105,11 +115,17 @@ pub fn parse_region(file: &[u8], bounds: Range<usize>) -> Result<PayloadRegion<'
     // The writer lays the parts out back to back; demanding exactly that means every byte
     // of the region is covered by a check (the padding must be the writer's zeros).
     if payload.end != manifest.start {
-        return Err(Error::corrupt("trailer", "payload and manifest are not adjacent"));
+        return Err(Error::corrupt(
+            "trailer",
+            "payload and manifest are not adjacent",
+        ));
     }
     let padding = &file[manifest.end..trailer_offset];
     if padding.len() >= REGION_ALIGN || padding.iter().any(|b| *b != 0) {
-        return Err(Error::corrupt("payload region", "unexpected bytes between the manifest and the trailer"));
+        return Err(Error::corrupt(
+            "payload region",
+            "unexpected bytes between the manifest and the trailer",
+        ));
     }
     let manifest_bytes = &file[manifest.clone()];
     check_sha256("manifest", manifest_bytes, &trailer.manifest_sha256)?;

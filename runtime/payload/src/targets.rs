@@ -128,7 +128,16 @@ mod tests {
     #[test]
     fn table_is_complete_and_consistent() {
         let names: Vec<_> = all().iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["linux-x64", "linux-arm64", "darwin-arm64", "darwin-x64", "windows-x64"]);
+        assert_eq!(
+            names,
+            [
+                "linux-x64",
+                "linux-arm64",
+                "darwin-arm64",
+                "darwin-x64",
+                "windows-x64"
+            ]
+        );
         for t in all() {
             let expect_format = if t.rust_triple.contains("linux") {
                 ExecutableFormat::Elf
@@ -138,9 +147,21 @@ mod tests {
                 ExecutableFormat::Pe
             };
             assert_eq!(t.format, expect_format, "{}", t.name);
-            assert_eq!(t.exe_suffix == ".exe", t.format == ExecutableFormat::Pe, "{}", t.name);
-            assert_eq!(t.macos_deployment_target.is_some(), t.format == ExecutableFormat::MachO);
-            let arch_word = if t.arch == Arch::X86_64 { "x86_64" } else { "aarch64" };
+            assert_eq!(
+                t.exe_suffix == ".exe",
+                t.format == ExecutableFormat::Pe,
+                "{}",
+                t.name
+            );
+            assert_eq!(
+                t.macos_deployment_target.is_some(),
+                t.format == ExecutableFormat::MachO
+            );
+            let arch_word = if t.arch == Arch::X86_64 {
+                "x86_64"
+            } else {
+                "aarch64"
+            };
             assert!(t.rust_triple.starts_with(arch_word), "{}", t.name);
         }
         assert_eq!(host().map(|t| t.name.as_str()), host_name());

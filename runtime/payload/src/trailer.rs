@@ -192,7 +192,10 @@ mod tests {
         let mut bytes = sample().to_bytes();
         bytes[116..118].copy_from_slice(&2u16.to_le_bytes());
         let err = Trailer::parse_at_end(&bytes).unwrap_err();
-        assert!(matches!(err, Error::NewerFormat { found_major: 2, .. }), "{err}");
+        assert!(
+            matches!(err, Error::NewerFormat { found_major: 2, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("newer"), "{err}");
     }
 }

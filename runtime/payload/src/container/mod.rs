@@ -83,12 +83,18 @@ pub fn identify(data: &[u8]) -> Result<BinaryInfo> {
     let (format, machine) = match &object {
         Object::Elf(elf) => {
             if !elf.is_64 {
-                return Err(Error::Executable("32-bit ELF is not a supported target".into()));
+                return Err(Error::Executable(
+                    "32-bit ELF is not a supported target".into(),
+                ));
             }
             let arch = match elf.header.e_machine {
                 goblin::elf::header::EM_X86_64 => Arch::X86_64,
                 goblin::elf::header::EM_AARCH64 => Arch::Aarch64,
-                other => return Err(Error::Executable(format!("ELF for unsupported machine {other}"))),
+                other => {
+                    return Err(Error::Executable(format!(
+                        "ELF for unsupported machine {other}"
+                    )));
+                }
             };
             (ExecutableFormat::Elf, arch)
         }
@@ -96,18 +102,28 @@ pub fn identify(data: &[u8]) -> Result<BinaryInfo> {
             let arch = match pe.header.coff_header.machine {
                 goblin::pe::header::COFF_MACHINE_X86_64 => Arch::X86_64,
                 goblin::pe::header::COFF_MACHINE_ARM64 => Arch::Aarch64,
-                other => return Err(Error::Executable(format!("PE for unsupported machine {other:#x}"))),
+                other => {
+                    return Err(Error::Executable(format!(
+                        "PE for unsupported machine {other:#x}"
+                    )));
+                }
             };
             (ExecutableFormat::Pe, arch)
         }
         Object::Mach(goblin::mach::Mach::Binary(macho)) => {
             if !macho.is_64 {
-                return Err(Error::Executable("32-bit Mach-O is not a supported target".into()));
+                return Err(Error::Executable(
+                    "32-bit Mach-O is not a supported target".into(),
+                ));
             }
             let arch = match macho.header.cputype {
                 goblin::mach::cputype::CPU_TYPE_X86_64 => Arch::X86_64,
                 goblin::mach::cputype::CPU_TYPE_ARM64 => Arch::Aarch64,
-                other => return Err(Error::Executable(format!("Mach-O for unsupported CPU type {other:#x}"))),
+                other => {
+                    return Err(Error::Executable(format!(
+                        "Mach-O for unsupported CPU type {other:#x}"
+                    )));
+                }
             };
             (ExecutableFormat::MachO, arch)
         }
@@ -116,9 +132,16 @@ pub fn identify(data: &[u8]) -> Result<BinaryInfo> {
                 "universal (fat) Mach-O files are not supported: pack each architecture's thin stub".into(),
             ));
         }
-        _ => return Err(Error::Executable("not an ELF, PE or Mach-O executable".into())),
+        _ => {
+            return Err(Error::Executable(
+                "not an ELF, PE or Mach-O executable".into(),
+            ));
+        }
     };
-    Ok(BinaryInfo { format, arch: machine })
+    Ok(BinaryInfo {
+        format,
+        arch: machine,
+    })
 }
 
 /// The format of `data`, judged from its magic bytes alone (cheap: no parsing).
@@ -126,8 +149,12 @@ pub fn sniff_format(data: &[u8]) -> Result<ExecutableFormat> {
     match data.get(0..4) {
         Some([0x7f, b'E', b'L', b'F']) => Ok(ExecutableFormat::Elf),
         Some([b'M', b'Z', ..]) => Ok(ExecutableFormat::Pe),
-        Some([0xcf, 0xfa, 0xed, 0xfe]) | Some([0xfe, 0xed, 0xfa, 0xcf]) => Ok(ExecutableFormat::MachO),
-        _ => Err(Error::Executable("not an ELF, PE or 64-bit Mach-O executable".into())),
+        Some([0xcf, 0xfa, 0xed, 0xfe]) | Some([0xfe, 0xed, 0xfa, 0xcf]) => {
+            Ok(ExecutableFormat::MachO)
+        }
+        _ => Err(Error::Executable(
+            "not an ELF, PE or 64-bit Mach-O executable".into(),
+        )),
     }
 }
 
