@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+pub use openwork_payload::ExitCode;
+
 /// Result with the packager's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -30,47 +32,11 @@ pub enum Error {
     Fetch(#[from] crate::fetch::FetchError),
 }
 
-/// The packager's exit codes (docs/PACKAGER.md). Codes shared with the runtime mean the same.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ExitCode {
-    /// Success.
-    Ok = 0,
-    /// Unexpected failure.
-    Failure = 1,
-    /// Bad command line.
-    Usage = 2,
-    /// The artifact carries no payload.
-    NoPayload = 3,
-    /// Damaged or tampered artifact, or a checksum mismatch of a download.
-    Integrity = 4,
-    /// The artifact needs a newer packager.
-    NewerFormat = 5,
-    /// The artifact's archive holds an entry that must never be extracted.
-    UnsafeArchive = 6,
-    /// File system failure.
-    Io = 7,
-    /// Wrong executable format or architecture for the target.
-    WrongTarget = 9,
-    /// An input file that is refused (symlink, not a regular file, unknown sidecar).
-    BadInput = 10,
-    /// Network or registry failure.
-    Network = 11,
-}
-
 impl Error {
     /// The documented exit code.
     pub fn exit_code(&self) -> ExitCode {
-        use openwork_payload::ErrorKind;
         match self {
-            Error::Payload(e) => match e.kind() {
-                ErrorKind::NoPayload => ExitCode::NoPayload,
-                ErrorKind::NewerFormat => ExitCode::NewerFormat,
-                ErrorKind::Integrity => ExitCode::Integrity,
-                ErrorKind::UnsafeArchive => ExitCode::UnsafeArchive,
-                ErrorKind::Executable => ExitCode::WrongTarget,
-                ErrorKind::Io => ExitCode::Io,
-            },
+            Error::Payload(e) => e.kind().into(),
             Error::Input { .. } => ExitCode::BadInput,
             Error::Usage(_) => ExitCode::Usage,
             Error::Io(_) => ExitCode::Io,

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("openwork-packager: error: {err}");
-            ExitCode::from(err.exit_code() as u8)
+            ExitCode::from(err.exit_code().code())
         }
     }
 }

@@ -8,14 +8,14 @@
 //! - [`stamp`]: the completion stamp that makes warm starts cheap.
 //! - [`lock`]: OS file locks and leases, which a crash always releases.
 //! - [`gc`]: removal of unused runtimes and abandoned temp directories.
-//! - [`env_vars`], [`exit_code`]: the documented environment and exit codes.
+//! - [`env_vars`]: the documented environment (exit codes are shared with the packager:
+//!   [`openwork_payload::ExitCode`]).
 //!
 //! The command-line layer lives in the binary (`src/main.rs`, `src/cli/`); everything here
 //! can be called from tests without a process.
 
 pub mod env_vars;
 pub mod error;
-pub mod exit_code;
 pub mod gc;
 pub mod install;
 pub mod layout;
@@ -24,6 +24,7 @@ pub mod source;
 pub mod stamp;
 
 pub use error::{Error, Result};
+pub use openwork_payload::ExitCode;
 
 /// This server's version, which keys its runtime directories.
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -203,24 +203,7 @@ fn run_pack(args: PackArgs, constants: &Constants) -> Result<()> {
         compression,
         mtime: source_date_epoch()?,
     };
-    let report = pack::pack(&request)?;
-    if json {
-        print_out(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&report).expect("serialises")
-        ));
-    } else {
-        print_out(&format!(
-            "packed {} ({} bytes, sha256 {})\n  payload {} bytes from {} bytes of sidecars ({:.1}%), compressed in {:.1}s\n",
-            report.out.display(),
-            report.size,
-            report.sha256,
-            report.payload_size,
-            report.raw_size,
-            100.0 * report.payload_size as f64 / report.raw_size.max(1) as f64,
-            report.compress_seconds,
-        ));
-    }
+    print_report(&pack::pack(&request)?, json);
     Ok(())
 }
 
@@ -294,24 +277,29 @@ fn run_release(args: ReleaseArgs, constants: Constants) -> Result<()> {
         mtime: source_date_epoch()?,
         offline,
     };
-    let report = release(&request)?;
+    print_report(&release(&request)?, json);
+    Ok(())
+}
+
+/// Prints what `pack` or `release` made.
+fn print_report(report: &pack::PackReport, json: bool) {
     if json {
         print_out(&format!(
             "{}\n",
-            serde_json::to_string_pretty(&report).expect("serialises")
+            serde_json::to_string_pretty(report).expect("serialises")
         ));
-    } else {
-        print_out(&format!(
-            "{}\n  {} bytes, sha256 {}\n  payload {} bytes from {} bytes of sidecars ({:.1}%)\n",
-            report.out.display(),
-            report.size,
-            report.sha256,
-            report.payload_size,
-            report.raw_size,
-            100.0 * report.payload_size as f64 / report.raw_size.max(1) as f64,
-        ));
+        return;
     }
-    Ok(())
+    print_out(&format!(
+        "{}\n  {} bytes, sha256 {}\n  payload {} bytes from {} bytes of sidecars ({:.1}%), compressed in {:.1} s\n",
+        report.out.display(),
+        report.size,
+        report.sha256,
+        report.payload_size,
+        report.raw_size,
+        100.0 * report.payload_size as f64 / report.raw_size.max(1) as f64,
+        report.compress_seconds,
+    ));
 }
 
 /// Prints to stdout; a closed pipe is not an error.

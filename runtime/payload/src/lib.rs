@@ -15,6 +15,7 @@
 //! - [`container`]: where ELF, PE and Mach-O keep the region, one module each behind the
 //!   same two functions, `region_bounds` and `inject`.
 //! - [`targets`]: the target table from `targets/`.
+//! - [`exit_code`]: the exit codes every openwork binary documents.
 //!
 //! This crate knows nothing of async runtimes, HTTP or command lines, so that the packager,
 //! the runtime and fuzz targets can all use it. The byte layout is documented for humans in
@@ -24,6 +25,7 @@
 pub mod archive;
 pub mod container;
 pub mod error;
+pub mod exit_code;
 pub mod manifest;
 pub mod region;
 pub mod targets;
@@ -31,6 +33,7 @@ pub mod trailer;
 
 pub use container::{Arch, BinaryInfo, ExecutableFormat};
 pub use error::{Error, ErrorKind, Result};
+pub use exit_code::ExitCode;
 pub use manifest::{FileEntry, Manifest};
 pub use region::PayloadRegion;
 pub use trailer::Trailer;

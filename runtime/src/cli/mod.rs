@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use openwork_runtime::ExitCode;
 use openwork_runtime::Result;
 use openwork_runtime::env_vars;
-use openwork_runtime::exit_code::ExitCode;
 use openwork_runtime::install::VerifyMode;
 
 /// The OpenWork server: one executable that carries and supervises opencode.

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use openwork_runtime::exit_code::ExitCode;
+use openwork_runtime::ExitCode;
 use openwork_runtime::install::{self, PrepareOptions};
 use openwork_runtime::layout::{DataLayout, LEASE_FILE};
 use openwork_runtime::lock::Lease;

@@ -1,0 +1,55 @@
+//! The exit codes of every openwork binary, in one table, so that a script or desktop app
+//! can tell "damaged download" from "disk full" from "offline" without parsing text. The
+//! runtime and the packager share it; docs/RUNTIME.md and docs/PACKAGER.md list it.
+
+use crate::error::ErrorKind;
+
+/// Documented process exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// Success.
+    Ok = 0,
+    /// An unexpected internal error.
+    Failure = 1,
+    /// Bad command line.
+    Usage = 2,
+    /// No payload: not embedded (or the file is truncated), no bundle.
+    NoPayload = 3,
+    /// Damaged or tampered payload, manifest, trailer, runtime directory or download.
+    Integrity = 4,
+    /// The payload needs a newer reader.
+    NewerFormat = 5,
+    /// An archive entry that must never be extracted.
+    UnsafeArchive = 6,
+    /// File system failure: disk full, file size limit, permissions.
+    Io = 7,
+    /// Another process held the runtime lock for longer than the timeout (runtime).
+    LockTimeout = 8,
+    /// Wrong executable format or architecture, or a payload for another target.
+    WrongTarget = 9,
+    /// A refused input file: symlink, not a regular file, bad constants (packager).
+    BadInput = 10,
+    /// Network or registry failure, or offline with a cold cache (packager).
+    Network = 11,
+}
+
+impl ExitCode {
+    /// The numeric code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl From<ErrorKind> for ExitCode {
+    fn from(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::NoPayload => ExitCode::NoPayload,
+            ErrorKind::NewerFormat => ExitCode::NewerFormat,
+            ErrorKind::Integrity => ExitCode::Integrity,
+            ErrorKind::UnsafeArchive => ExitCode::UnsafeArchive,
+            ErrorKind::Executable => ExitCode::WrongTarget,
+            ErrorKind::Io => ExitCode::Io,
+        }
+    }
+}
