@@ -1,0 +1,32 @@
+//! Errors of the signer. Each names what it was working on; `main.rs` maps them to exit
+//! codes.
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong while signing or inspecting a file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing a file failed (the message names the file: fs-err).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The input is not a kind of file this operation handles.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A Mach-O whose layout would lose data or hide data from verification when signed.
+    #[error("bad Mach-O layout: {0}")]
+    Layout(String),
+    /// A signature that does not match the file it is in.
+    #[error("signature verification failed: {0}")]
+    Verification(String),
+    /// apple-codesign refused or failed. Boxed: its error type is large, and every
+    /// `Result` of this crate would otherwise carry its size.
+    #[error("apple-codesign failed: {0}")]
+    Codesign(Box<apple_codesign::AppleCodesignError>),
+}
+
+impl From<apple_codesign::AppleCodesignError> for Error {
+    fn from(error: apple_codesign::AppleCodesignError) -> Self {
+        Error::Codesign(Box::new(error))
+    }
+}
