@@ -1,0 +1,135 @@
+//! `openwork-bench`: measures the figures the foundation issue sets targets for, prints
+//! them beside their targets and baselines, and writes them as JSON under `.local/bench/`.
+//!
+//! Benchmarks report; they are not tests. A missed target is printed as `MISSED` and still
+//! exits 0, so that a run always leaves its numbers behind. Exit codes:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | the benchmark ran (whether or not every target was met) |
+//! | 1 | the benchmark could not run (build, fetch, pack or I/O failure) |
+//! | 2 | bad command line (clap's own code) |
+//!
+//! (The hidden `wait4` helper exits with the code of the command it ran.)
+//!
+//! Run it optimised: `cargo run --release -p openwork-tests --bin openwork-bench -- all`.
+// Elsewhere only the command line exists, to say that the benchmarks need unix.
+#![cfg_attr(not(unix), allow(dead_code))]
+
+#[cfg(unix)]
+mod extraction;
+#[cfg(unix)]
+mod measure;
+mod report;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Benchmarks of openwork-server-v2 against the foundation issue's targets.
+#[derive(Debug, Parser)]
+#[command(name = "openwork-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Cold and warm extraction, peak RSS, stub size and payload size of a release artifact
+    /// built from the pinned opencode
+    Extraction(ExtractionArgs),
+    /// Every benchmark (today: extraction)
+    All(ExtractionArgs),
+    /// Runs a command and writes its spawn-to-exit time and peak RSS as JSON (used by the
+    /// benchmarks themselves: see measure.rs for why children are measured through it)
+    #[command(hide = true)]
+    Wait4 {
+        /// Where the JSON goes
+        #[arg(long, value_name = "FILE")]
+        report: PathBuf,
+        /// The command and its arguments
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<OsString>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ExtractionArgs {
+    /// Cold extractions of each kind (ours, baseline), interleaved
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// In-process warm-start checks to time
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    warm_iterations: u32,
+    /// Warm `runtime extract` processes to time
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    warm_processes: u32,
+    /// Where artifacts and data directories are made (on the disk being measured)
+    /// [default: <workspace>/.local/bench/work]
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Where the JSON results go [default: <workspace>/.local/bench/extraction.json]
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Measure this packed artifact (for the host) instead of packing one from the pinned
+    /// opencode; the pack figures are then skipped
+    #[arg(long, value_name = "FILE")]
+    artifact: Option<PathBuf>,
+}
+
+impl ExtractionArgs {
+    #[cfg(unix)]
+    fn into_settings(self) -> extraction::Settings {
+        let ExtractionArgs {
+            runs,
+            warm_iterations,
+            warm_processes,
+            work_dir,
+            json,
+            artifact,
+        } = self;
+        let bench_dir = openwork_tests::workspace_root()
+            .join(".local")
+            .join("bench");
+        extraction::Settings {
+            runs: runs as usize,
+            warm_iterations: warm_iterations as usize,
+            warm_processes: warm_processes as usize,
+            work_dir: work_dir.unwrap_or_else(|| bench_dir.join("work")),
+            json: json.unwrap_or_else(|| bench_dir.join("extraction.json")),
+            artifact,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("openwork-bench: error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(unix)]
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Extraction(args) | Command::All(args) => {
+            let report = extraction::run(&args.into_settings())?;
+            report.print();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wait4 { report, command } => measure::wait4_helper(&report, &command),
+    }
+}
+
+#[cfg(not(unix))]
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let _ = (cli, report::Verdict::Info);
+    anyhow::bail!("the benchmarks measure processes with wait4 and run on Linux and macOS only")
+}

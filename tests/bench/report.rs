@@ -1,0 +1,330 @@
+//! Figures beside their targets and baselines: one list of rows, printed as a table and
+//! written as JSON from the same values.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+/// A measured amount with its unit.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Quantity {
+    /// The amount, in `unit`.
+    pub amount: f64,
+    /// Its unit.
+    pub unit: Unit,
+}
+
+/// Units figures are kept in (sizes in bytes, printed in decimal MB as the targets are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    /// Milliseconds.
+    Ms,
+    /// Seconds.
+    S,
+    /// Bytes.
+    Bytes,
+    /// Percent.
+    Percent,
+}
+
+impl Quantity {
+    pub fn ms(amount: f64) -> Quantity {
+        Quantity {
+            amount,
+            unit: Unit::Ms,
+        }
+    }
+    pub fn seconds(amount: f64) -> Quantity {
+        Quantity {
+            amount,
+            unit: Unit::S,
+        }
+    }
+    pub fn bytes(amount: u64) -> Quantity {
+        Quantity {
+            amount: amount as f64,
+            unit: Unit::Bytes,
+        }
+    }
+    pub fn percent(amount: f64) -> Quantity {
+        Quantity {
+            amount,
+            unit: Unit::Percent,
+        }
+    }
+}
+
+impl std::fmt::Display for Quantity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.unit {
+            Unit::Ms if self.amount < 10.0 => write!(f, "{:.3} ms", self.amount),
+            Unit::Ms => write!(f, "{:.1} ms", self.amount),
+            Unit::S => write!(f, "{:.1} s", self.amount),
+            Unit::Bytes => write!(f, "{:.2} MB", self.amount / 1e6),
+            Unit::Percent => write!(f, "{:.1} %", self.amount),
+        }
+    }
+}
+
+/// What a target limits.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase", tag = "of")]
+pub enum Target {
+    /// The row's value must be at most this.
+    Value { max: Quantity },
+    /// The row's ratio to its baseline must be at most this.
+    Ratio { max: f64 },
+}
+
+/// How a row compares with its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Target met.
+    Pass,
+    /// Target missed.
+    Missed,
+    /// No target: context only.
+    Info,
+    /// Not measured (the reason is in the row's note).
+    Skipped,
+}
+
+/// One figure.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Row {
+    /// What was measured.
+    pub figure: String,
+    /// The figure.
+    pub value: Option<Quantity>,
+    /// Its target, if it has one.
+    pub target: Option<Target>,
+    /// What the same job costs another way.
+    pub baseline: Option<Quantity>,
+    /// `value / baseline`.
+    pub ratio: Option<f64>,
+    /// Against the target.
+    pub verdict: Verdict,
+    /// How it was measured, or why it was skipped.
+    pub note: Option<String>,
+}
+
+impl Row {
+    /// A figure without a target.
+    pub fn info(figure: impl Into<String>, value: Quantity) -> Row {
+        Row {
+            figure: figure.into(),
+            value: Some(value),
+            target: None,
+            baseline: None,
+            ratio: None,
+            verdict: Verdict::Info,
+            note: None,
+        }
+    }
+
+    /// A figure this run did not measure, and why.
+    pub fn skipped(figure: impl Into<String>, why: impl Into<String>) -> Row {
+        Row {
+            figure: figure.into(),
+            value: None,
+            target: None,
+            baseline: None,
+            ratio: None,
+            verdict: Verdict::Skipped,
+            note: Some(why.into()),
+        }
+    }
+
+    /// Adds a baseline and the ratio to it.
+    pub fn against(mut self, baseline: Quantity) -> Row {
+        if let Some(value) = self.value {
+            debug_assert_eq!(value.unit, baseline.unit);
+            if baseline.amount > 0.0 {
+                self.ratio = Some(value.amount / baseline.amount);
+            }
+        }
+        self.baseline = Some(baseline);
+        self.judge()
+    }
+
+    /// Sets the target and judges the row.
+    pub fn target(mut self, target: Target) -> Row {
+        self.target = Some(target);
+        self.judge()
+    }
+
+    /// Adds a note.
+    pub fn note(mut self, note: impl Into<String>) -> Row {
+        self.note = Some(note.into());
+        self
+    }
+
+    fn judge(mut self) -> Row {
+        let met = match (self.target, self.value, self.ratio) {
+            (Some(Target::Value { max }), Some(value), _) => Some(value.amount <= max.amount),
+            (Some(Target::Ratio { max }), _, Some(ratio)) => Some(ratio <= max),
+            _ => None,
+        };
+        self.verdict = match met {
+            Some(true) => Verdict::Pass,
+            Some(false) => Verdict::Missed,
+            None if self.value.is_none() => Verdict::Skipped,
+            None => Verdict::Info,
+        };
+        self
+    }
+}
+
+/// A benchmark's results.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// Benchmark name.
+    pub benchmark: String,
+    /// One line saying what was measured where.
+    pub context: String,
+    /// The figures.
+    pub rows: Vec<Row>,
+    /// Raw measurements behind the rows.
+    pub details: serde_json::Value,
+}
+
+impl Report {
+    /// The table, then one line per missed target.
+    pub fn render(&self) -> String {
+        let header = ["figure", "value", "target", "baseline", "ratio", "result"];
+        let cells: Vec<[String; 6]> = self
+            .rows
+            .iter()
+            .map(|row| {
+                [
+                    row.figure.clone(),
+                    row.value.map_or_else(|| "-".into(), |v| v.to_string()),
+                    match row.target {
+                        None => String::new(),
+                        Some(Target::Value { max }) => format!("<= {max}"),
+                        Some(Target::Ratio { max }) => format!("ratio <= {max:.2}"),
+                    },
+                    row.baseline.map_or_else(String::new, |b| b.to_string()),
+                    row.ratio.map_or_else(String::new, |r| format!("{r:.3}")),
+                    match row.verdict {
+                        Verdict::Pass => "PASS",
+                        Verdict::Missed => "MISSED",
+                        Verdict::Info => "info",
+                        Verdict::Skipped => "skipped",
+                    }
+                    .into(),
+                ]
+            })
+            .collect();
+        let mut widths = header.map(str::len);
+        for row in &cells {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |cells: &[String]| {
+            let mut out = String::new();
+            for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+                let pad = w - cell.chars().count();
+                // Numbers right-aligned, words left-aligned.
+                if (1..5).contains(&i) {
+                    let _ = write!(out, "{}{cell}  ", " ".repeat(pad));
+                } else {
+                    let _ = write!(out, "{cell}{}  ", " ".repeat(pad));
+                }
+            }
+            out.trim_end().to_string()
+        };
+        let mut out = format!("{}: {}\n\n", self.benchmark, self.context);
+        out += &line(&header.map(String::from));
+        out.push('\n');
+        out += &"-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1));
+        out.push('\n');
+        for row in &cells {
+            out += &line(row);
+            out.push('\n');
+        }
+        let notes: Vec<&Row> = self.rows.iter().filter(|r| r.note.is_some()).collect();
+        if !notes.is_empty() {
+            out += "\nnotes:\n";
+            for row in notes {
+                let _ = writeln!(
+                    out,
+                    "  {}: {}",
+                    row.figure,
+                    row.note.as_deref().unwrap_or("")
+                );
+            }
+        }
+        let missed: Vec<&Row> = self
+            .rows
+            .iter()
+            .filter(|r| r.verdict == Verdict::Missed)
+            .collect();
+        out.push('\n');
+        if missed.is_empty() {
+            out += "all targets met\n";
+        } else {
+            for row in missed {
+                let _ = writeln!(out, "MISSED: {}", row.figure);
+            }
+        }
+        out
+    }
+
+    /// Prints the table on stdout.
+    pub fn print(&self) {
+        print!("{}", self.render());
+    }
+
+    /// Writes the report as pretty JSON, creating parent directories.
+    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        use anyhow::Context;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        let mut text = serde_json::to_string_pretty(self)?;
+        text.push('\n');
+        std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts() {
+        let ratio = |ours, base| {
+            Row::info("x", Quantity::ms(ours))
+                .against(Quantity::ms(base))
+                .target(Target::Ratio { max: 1.2 })
+                .verdict
+        };
+        assert_eq!(ratio(110.0, 100.0), Verdict::Pass);
+        assert_eq!(ratio(130.0, 100.0), Verdict::Missed);
+        let value = |v| {
+            Row::info("x", Quantity::ms(v))
+                .target(Target::Value {
+                    max: Quantity::ms(5.0),
+                })
+                .verdict
+        };
+        assert_eq!(value(4.0), Verdict::Pass);
+        assert_eq!(value(6.0), Verdict::Missed);
+        let report = Report {
+            benchmark: "b".into(),
+            context: "c".into(),
+            rows: vec![Row::info("slow", Quantity::ms(6.0)).target(Target::Value {
+                max: Quantity::ms(5.0),
+            })],
+            details: serde_json::Value::Null,
+        };
+        assert!(report.render().contains("MISSED: slow"));
+    }
+}
