@@ -147,3 +147,41 @@ pub fn describe(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// A payload region carrying `sidecars` (name, bytes) for `target`, built the way the
+/// packager builds one (manifest with hashes, deterministic tar, zstd, region) but without
+/// its executable checks, so any bytes can stand in for a sidecar. Sources are written
+/// into `dir`.
+pub fn region_from_sidecars(target: &str, sidecars: &[(String, Vec<u8>)], dir: &Path) -> Vec<u8> {
+    use openwork_payload::archive::{self, ArchiveInput};
+    use openwork_payload::manifest::{FileEntry, MANIFEST_VERSION, Manifest};
+
+    let spec = openwork_payload::targets::by_name(target).expect("known target");
+    let mut files = std::collections::BTreeMap::new();
+    let mut inputs = Vec::new();
+    for (name, bytes) in sidecars {
+        let source = dir.join(format!("{name}.in"));
+        std::fs::write(&source, bytes).expect("write sidecar");
+        let entry = FileEntry {
+            path: spec.sidecar_path(name),
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(bytes)),
+            mode: 0o755,
+        };
+        files.insert(name.clone(), entry.clone());
+        inputs.push(ArchiveInput { entry, source });
+    }
+    let manifest = Manifest {
+        manifest_version: MANIFEST_VERSION,
+        server_version: "0.1.0".into(),
+        opencode_version: "1.2.27".into(),
+        router_version: "0.1.0".into(),
+        target: target.into(),
+        files,
+    };
+    let mut tar = Vec::new();
+    let tar_len = archive::write_tar(&mut tar, &inputs, 0).expect("tar");
+    let mut zstd = Vec::new();
+    archive::compress(&tar[..], &mut zstd, archive::ZSTD_FAST_LEVEL, 0).expect("zstd");
+    openwork_payload::region::build_region(&zstd, &manifest.to_json(), tar_len)
+}

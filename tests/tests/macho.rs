@@ -9,12 +9,10 @@ use std::path::Path;
 
 use goblin::mach::MachO;
 use goblin::mach::load_command::CommandVariant;
-use openwork_payload::archive::{self, ArchiveInput, ZSTD_FAST_LEVEL};
 use openwork_payload::container::{self, Arch, ExecutableFormat, macho};
-use openwork_payload::manifest::{FileEntry, MANIFEST_VERSION, Manifest};
-use openwork_payload::{Error, region};
+use openwork_payload::{Error, archive};
 use openwork_signer::{SignatureState, check_macho_layout, sign_adhoc};
-use sha2::{Digest, Sha256};
+use openwork_tests::fixtures::{pseudo_random, region_from_sidecars};
 
 #[test]
 fn darwin_arm64_packed_then_signed_keeps_its_payload() {
@@ -251,62 +249,19 @@ impl Layout {
     }
 }
 
-/// A region carrying two pseudo-random sidecars, built the way the packager builds one:
-/// manifest with hashes, deterministic tar, zstd, region. Returns it and the sidecars.
+/// A region carrying two pseudo-random sidecars, built the way the packager builds one.
+/// Returns it and the sidecars.
 fn real_region(target: &str, seed: u64) -> (Vec<u8>, BTreeMap<String, Vec<u8>>) {
     let dir = tempfile::tempdir().unwrap();
-    let mut sidecars = BTreeMap::new();
-    sidecars.insert("opencode".to_string(), pseudo_random(300_000, seed));
-    sidecars.insert(
-        "opencode-router".to_string(),
-        pseudo_random(20_000, seed + 1),
-    );
-    let mut files = BTreeMap::new();
-    let mut inputs = Vec::new();
-    for (name, bytes) in &sidecars {
-        let source = dir.path().join(name);
-        std::fs::write(&source, bytes).unwrap();
-        let entry = FileEntry {
-            path: format!("bin/{name}"),
-            size: bytes.len() as u64,
-            sha256: hex::encode(Sha256::digest(bytes)),
-            mode: 0o755,
-        };
-        files.insert(name.clone(), entry.clone());
-        inputs.push(ArchiveInput { entry, source });
-    }
-    let manifest = Manifest {
-        manifest_version: MANIFEST_VERSION,
-        server_version: "0.1.0".into(),
-        opencode_version: "1.2.27".into(),
-        router_version: "0.1.0".into(),
-        target: target.into(),
-        files,
-    };
-    let mut tar = Vec::new();
-    let tar_len = archive::write_tar(&mut tar, &inputs, 0).unwrap();
-    let mut compressed = Vec::new();
-    archive::compress(&tar[..], &mut compressed, ZSTD_FAST_LEVEL, 0).unwrap();
-    let region = region::build_region(&compressed, &manifest.to_json(), tar_len);
-    (region, sidecars)
-}
-
-/// Seeded bytes, half random and half runs, so that zstd has something to do.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        if state & 1 == 0 {
-            out.extend_from_slice(&state.to_le_bytes());
-        } else {
-            out.extend_from_slice(&[state as u8; 8]);
-        }
-    }
-    out.truncate(len);
-    out
+    let sidecars = vec![
+        ("opencode".to_string(), pseudo_random(300_000, seed)),
+        (
+            "opencode-router".to_string(),
+            pseudo_random(20_000, seed + 1),
+        ),
+    ];
+    let region = region_from_sidecars(target, &sidecars, dir.path());
+    (region, sidecars.into_iter().collect())
 }
 
 /// Asserts two byte ranges are equal, naming the first difference instead of printing

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use openwork_payload::archive::{self, ArchiveInput};
+use openwork_payload::archive;
 use openwork_payload::container::{self, ExecutableFormat};
-use openwork_payload::manifest::MANIFEST_VERSION;
-use openwork_payload::region::{REGION_ALIGN, build_region};
-use openwork_payload::{Error, FileEntry, Manifest, PayloadRegion};
+use openwork_payload::region::REGION_ALIGN;
+use openwork_payload::{Error, PayloadRegion};
+use openwork_tests::fixtures::region_from_sidecars;
 use openwork_tests::pki::{CodeSigningPki, require_tool};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -54,7 +54,6 @@ impl Packing {
     /// Two sidecars of odd sizes, a manifest for `windows-x64`, tar, zstd, region.
     fn new() -> Packing {
         let dir = tempfile::tempdir().expect("temp dir");
-        let spec = openwork_payload::targets::by_name(TARGET).expect("known target");
         let sidecars = vec![
             ("opencode".to_string(), noise("opencode", 256 * 1024 + 1001)),
             (
@@ -62,33 +61,7 @@ impl Packing {
                 noise("router", 10 * 1024 + 3),
             ),
         ];
-        let mut inputs = Vec::new();
-        let mut files = std::collections::BTreeMap::new();
-        for (name, bytes) in &sidecars {
-            let source = dir.path().join(format!("{name}.in"));
-            std::fs::write(&source, bytes).expect("write sidecar");
-            let entry = FileEntry {
-                path: spec.sidecar_path(name),
-                size: bytes.len() as u64,
-                sha256: hex::encode(Sha256::digest(bytes)),
-                mode: 0o755,
-            };
-            files.insert(name.clone(), entry.clone());
-            inputs.push(ArchiveInput { entry, source });
-        }
-        let manifest = Manifest {
-            manifest_version: MANIFEST_VERSION,
-            server_version: "0.1.0".into(),
-            opencode_version: "1.2.27".into(),
-            router_version: "0.1.0".into(),
-            target: TARGET.into(),
-            files,
-        };
-        let mut tar = Vec::new();
-        let tar_len = archive::write_tar(&mut tar, &inputs, 0).expect("tar");
-        let mut zstd = Vec::new();
-        archive::compress(&tar[..], &mut zstd, archive::ZSTD_FAST_LEVEL, 0).expect("zstd");
-        let region = build_region(&zstd, &manifest.to_json(), tar_len);
+        let region = region_from_sidecars(TARGET, &sidecars, dir.path());
         Packing {
             dir,
             sidecars,
