@@ -25,6 +25,19 @@ pub enum Error {
     Codesign(Box<apple_codesign::AppleCodesignError>),
 }
 
+impl Error {
+    /// The documented exit code (the table shared by every openwork binary).
+    pub fn exit_code(&self) -> openwork_payload::ExitCode {
+        use openwork_payload::ExitCode;
+        match self {
+            Error::Codesign(_) => ExitCode::Failure,
+            Error::Io(_) => ExitCode::Io,
+            Error::Unsupported(_) => ExitCode::WrongTarget,
+            Error::Layout(_) | Error::Verification(_) => ExitCode::Integrity,
+        }
+    }
+}
+
 impl From<apple_codesign::AppleCodesignError> for Error {
     fn from(error: apple_codesign::AppleCodesignError) -> Self {
         Error::Codesign(Box::new(error))

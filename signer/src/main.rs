@@ -1,16 +1,9 @@
 //! `openwork-signer`: signs and inspects openwork-server-v2 artifacts.
 //!
-//! Exit codes:
-//!
-//! | code | meaning |
-//! |-----:|---------|
-//! | 0 | success |
-//! | 1 | signing failed (apple-codesign refused the file) |
-//! | 2 | usage error |
-//! | 3 | a file could not be read or written |
-//! | 4 | the input is not a file this command handles |
-//! | 5 | the Mach-O layout would lose or hide data when signed |
-//! | 6 | a signature does not match the file |
+//! Exit codes are the table every openwork binary shares ([`openwork_payload::ExitCode`],
+//! docs/RUNTIME.md): 1 signing failed, 2 usage, 4 a layout that would lose or hide data, or
+//! a signature that does not match, 7 a file could not be read or written, 9 not a file
+//! this command handles.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,7 +63,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("openwork-signer: {e}");
-            ExitCode::from(exit_code(&e))
+            ExitCode::from(Error::exit_code(&e).code())
         }
     }
 }
@@ -100,15 +93,5 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Verify { file } => openwork_signer::verify(&fs_err::read(file)?),
         Command::CheckLayout { file } => openwork_signer::check_macho_layout(&fs_err::read(file)?),
-    }
-}
-
-fn exit_code(error: &Error) -> u8 {
-    match error {
-        Error::Codesign(_) => 1,
-        Error::Io(_) => 3,
-        Error::Unsupported(_) => 4,
-        Error::Layout(_) => 5,
-        Error::Verification(_) => 6,
     }
 }

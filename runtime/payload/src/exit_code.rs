@@ -1,6 +1,6 @@
 //! The exit codes of every openwork binary, in one table, so that a script or desktop app
 //! can tell "damaged download" from "disk full" from "offline" without parsing text. The
-//! runtime and the packager share it; docs/RUNTIME.md and docs/PACKAGER.md list it.
+//! runtime, the packager and the signer share it; docs/RUNTIME.md and docs/PACKAGER.md list it.
 
 use crate::error::ErrorKind;
 
