@@ -48,6 +48,10 @@ pub struct CacheRecord {
     pub sha256: String,
     /// Its size in bytes.
     pub size: u64,
+    /// Size of the downloaded tarball, for comparing payload sizes with what the registry
+    /// ships (absent in records written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tarball_size: Option<u64>,
 }
 
 /// The state of an entry.
@@ -287,6 +291,7 @@ mod tests {
             file: entry.file.clone(),
             sha256,
             size,
+            tarball_size: None,
         }
     }
 

@@ -180,6 +180,7 @@ pub fn fetch_opencode_npm(req: &FetchRequest) -> Result<FetchedBinary> {
             member: format!("package/bin/{file}"),
         }
     })?;
+    let tarball_size = fs_err::metadata(&tgz)?.len();
     fs_err::remove_file(&tgz)?;
     check_binary(&staged_binary, target, &source, &extracted.member)?;
     check_pin(req, &source, &extracted.sha256)?;
@@ -193,6 +194,7 @@ pub fn fetch_opencode_npm(req: &FetchRequest) -> Result<FetchedBinary> {
         file: file.clone(),
         sha256: extracted.sha256,
         size: extracted.size,
+        tarball_size: Some(tarball_size),
     };
     entry.commit(staging, &record)?;
     progress.line(format_args!(
