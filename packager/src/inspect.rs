@@ -58,9 +58,9 @@ pub fn inspect(path: &Path) -> Result<(Inspection, Option<openwork_payload::Erro
     let data = fs_err::read(path)?;
     let info = container::identify(&data)?;
     let (_, region) = container::locate(&data)?;
-    let check = region.verify_payload().and_then(|()| {
-        archive::verify_stream(region.payload, &region.trailer, &region.manifest).map(|_| ())
-    });
+    // One pass checks the payload's hash and length and every file in it.
+    let check =
+        archive::verify_stream(region.payload, &region.trailer, &region.manifest).map(|_| ());
     let inspection = Inspection {
         format: info.format,
         arch: info.arch,

@@ -170,7 +170,7 @@ pub fn pack(req: &PackRequest) -> Result<PackReport> {
 
     let region = region::build_region(&payload, &manifest_json, uncompressed_len);
     let packed = container::inject(&stub, &region)?;
-    self_check(&packed, &manifest_json)?;
+    let payload_offset = self_check(&packed, &manifest_json)?;
     write_atomically(&req.out, &packed, true)?;
     Ok(PackReport {
         out: req.out.clone(),
@@ -178,7 +178,7 @@ pub fn pack(req: &PackRequest) -> Result<PackReport> {
         sha256: hex::encode(Sha256::digest(&packed)),
         raw_size: manifest.total_size(),
         payload_size: payload.len() as u64,
-        payload_offset: container::locate(&packed)?.1.payload_offset,
+        payload_offset,
         manifest,
         compress_seconds: Duration::as_secs_f64(&compress_time),
     })
@@ -229,18 +229,18 @@ fn build_manifest(req: &PackRequest) -> Result<(Manifest, Vec<ArchiveInput>)> {
     Ok((manifest, inputs))
 }
 
-/// Finds the payload with the runtime's own locator and verifies it, before anything is
-/// written where a user could pick it up.
-fn self_check(packed: &[u8], manifest_json: &[u8]) -> Result<()> {
+/// Finds the payload with the runtime's own locator and verifies it (payload hash, every
+/// file's hash, lengths: all checked by `verify_stream` in one pass), before anything is
+/// written where a user could pick it up. Returns the payload's file offset.
+fn self_check(packed: &[u8], manifest_json: &[u8]) -> Result<u64> {
     let (_, region) = container::locate(packed)?;
     if region.manifest_bytes != manifest_json {
         return Err(Error::Payload(openwork_payload::Error::Executable(
             "self-check failed: the located manifest is not the one written".into(),
         )));
     }
-    region.verify_payload()?;
     archive::verify_stream(region.payload, &region.trailer, &region.manifest)?;
-    Ok(())
+    Ok(region.payload_offset)
 }
 
 /// Writes `bytes` to `out` through a temp file in the same directory and a rename, so a
