@@ -75,14 +75,32 @@ pub fn packed_host_artifact(dir: &Path, extra: usize, seed: u64) -> PathBuf {
 
 /// Runs a packed server with `args` and a data directory.
 pub fn run_packed(artifact: &Path, data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(artifact)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("OPENWORK_SERVER_V2_RUNTIME_BUNDLE_DIR")
-        .env_remove("OPENWORK_DATA_DIR")
-        .output()
-        .unwrap()
+    output_of(
+        Command::new(artifact)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env_remove("OPENWORK_SERVER_V2_RUNTIME_BUNDLE_DIR")
+            .env_remove("OPENWORK_DATA_DIR"),
+    )
+}
+
+/// Runs `command` to completion. Tests write executables (flipped, truncated, copied) while
+/// other test threads fork children; a child can inherit the write descriptor for the
+/// moment before it execs, and exec of the new file then fails with ETXTBSY. That is a
+/// property of fork/exec in a threaded test process, not of the server, so the spawn is
+/// retried briefly.
+pub fn output_of(command: &mut Command) -> Output {
+    let mut attempts = 0;
+    loop {
+        match command.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
 }
 
 /// Names in `<data dir>/runtime`, sorted.

@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use openwork_tests::fixtures::{
-    describe, packed_host_artifact, run_packed, runtime_dirs, runtime_entries, tree_hashes,
+    describe, output_of, packed_host_artifact, run_packed, runtime_dirs, runtime_entries,
+    tree_hashes,
 };
 use serde_json::Value;
 
@@ -504,7 +505,7 @@ fn bundle_directories_take_precedence_in_the_documented_order() {
         std::fs::copy(runtime.join(f), bundle.join(f)).unwrap();
     }
     let source_of = |cmd: &mut Command| -> String {
-        let out = cmd.output().unwrap();
+        let out = output_of(cmd);
         assert!(out.status.success(), "{}", describe(&out));
         json(&out)["source"].as_str().unwrap().to_string()
     };
