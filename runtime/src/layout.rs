@@ -11,6 +11,12 @@
 //!     .locks/<version>-<digest16>.lock   exclusive while extracting or removing that runtime
 //!     .tmp~<key>~<pid>-<nonce>/       an extraction in progress (or abandoned by a crash)
 //!     .trash~<key>~<pid>-<nonce>/     a runtime being deleted
+//!   logs/<sidecar>.log[.1 .. .N]      sidecar stdout/stderr, size-capped and rotated
+//!   run/<server pid>.json             sidecars a running server started, locked while it runs:
+//!                                     an unlocked record is a dead server's leftovers
+//!   token                             the generated client token (0600), if none was given
+//!   host-token                        the generated host token (0600), if none was given
+//!   opencode-router.json              present = run opencode-router (its settings)
 //! ```
 //!
 //! `<digest16>` is the first 16 hex digits of the manifest's SHA-256, which covers every
@@ -35,6 +41,17 @@ pub const TMP_PREFIX: &str = ".tmp~";
 /// Prefix of directories being deleted.
 pub const TRASH_PREFIX: &str = ".trash~";
 
+/// Directory of sidecar log files.
+pub const LOGS_DIR: &str = "logs";
+/// Directory of running servers' sidecar records.
+pub const RUN_DIR: &str = "run";
+/// The generated client token.
+pub const TOKEN_FILE: &str = "token";
+/// The generated host token.
+pub const HOST_TOKEN_FILE: &str = "host-token";
+/// opencode-router's configuration: when it exists, the router runs.
+pub const ROUTER_CONFIG_FILE: &str = "opencode-router.json";
+
 /// Resolved paths for one data directory.
 #[derive(Debug, Clone)]
 pub struct DataLayout {
@@ -45,6 +62,16 @@ pub struct DataLayout {
 }
 
 impl DataLayout {
+    /// `<data dir>/logs`.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.data_dir.join(LOGS_DIR)
+    }
+
+    /// `<data dir>/run`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.data_dir.join(RUN_DIR)
+    }
+
     /// From `--data-dir`, else `OPENWORK_DATA_DIR`, else the platform's app-data directory.
     pub fn resolve(flag: Option<PathBuf>) -> Result<DataLayout> {
         let data_dir = match flag {

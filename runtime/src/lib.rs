@@ -17,11 +17,14 @@
 pub mod env_vars;
 pub mod error;
 pub mod gc;
+pub mod http;
 pub mod install;
 pub mod layout;
 pub mod lock;
+pub mod process;
 pub mod source;
 pub mod stamp;
+pub mod supervisor;
 
 pub use error::{Error, Result};
 pub use openwork_payload::ExitCode;

@@ -1,0 +1,1 @@
+//! Reverse proxy to opencode (being written).

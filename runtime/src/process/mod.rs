@@ -1,0 +1,1 @@
+//! Spawning sidecars so that none outlives the server (being written).

@@ -1,0 +1,1 @@
+//! Sidecar output capture (being written).

@@ -1,0 +1,3 @@
+//! Supervision of the sidecars (being written).
+
+pub mod logs;
