@@ -1,0 +1,2 @@
+//! A sidecar whose behaviour tests set (being written).
+fn main() {}
