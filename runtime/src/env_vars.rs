@@ -8,3 +8,12 @@ pub const OPENWORK_SERVER_V2_RUNTIME_BUNDLE_DIR: &str = "OPENWORK_SERVER_V2_RUNT
 pub const OPENWORK_SERVER_V2_LOCK_TIMEOUT: &str = "OPENWORK_SERVER_V2_LOCK_TIMEOUT";
 /// Log filter: `error`, `warn`, `info` (default), `debug`, `trace`.
 pub const OPENWORK_LOG: &str = "OPENWORK_LOG";
+/// The client token (instead of `--token-file`).
+pub const OPENWORK_TOKEN: &str = "OPENWORK_TOKEN";
+/// The host token, for privileged routes (shutdown, restarts).
+pub const OPENWORK_HOST_TOKEN: &str = "OPENWORK_HOST_TOKEN";
+/// Supervisor timings, `key=value,…` (see `Tuning::from_env_value`); for tests.
+pub const OPENWORK_SERVER_V2_SUPERVISOR: &str = "OPENWORK_SERVER_V2_SUPERVISOR";
+/// Origins allowed to call the server from a browser, comma separated (instead of
+/// `--cors-origin`).
+pub const OPENWORK_CORS_ORIGINS: &str = "OPENWORK_CORS_ORIGINS";

@@ -67,6 +67,27 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A flag, environment variable or file the user gave is unusable.
+    #[error("{0}")]
+    BadInput(String),
+    /// A combination of flags that is refused (e.g. a public address without
+    /// `--remote-access`).
+    #[error("{0}")]
+    Usage(String),
+    /// The HTTP address could not be bound.
+    #[error("cannot listen on {addr}: {source}; pick another --port (0 = any free port)")]
+    AddressUnavailable {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// opencode never became healthy (crash loop, or stopped before ready).
+    #[error(
+        "opencode did not become healthy: {0}; see its log with `--log-format text` output above or under the data dir's logs/"
+    )]
+    SidecarFailed(String),
     /// No platform data directory could be determined.
     #[error(
         "cannot determine a data directory for this user; pass --data-dir or set OPENWORK_DATA_DIR"
@@ -91,6 +112,10 @@ impl Error {
             Error::LockTimeout { .. } => ExitCode::LockTimeout,
             Error::Damaged { .. } | Error::NotExtracted(_) => ExitCode::Integrity,
             Error::DiskFull { .. } | Error::Io { .. } | Error::NoDataDir => ExitCode::Io,
+            Error::BadInput(_) => ExitCode::BadInput,
+            Error::Usage(_) => ExitCode::Usage,
+            Error::AddressUnavailable { .. } => ExitCode::AddressUnavailable,
+            Error::SidecarFailed(_) => ExitCode::SidecarFailed,
         }
     }
 }

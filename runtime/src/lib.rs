@@ -22,6 +22,7 @@ pub mod install;
 pub mod layout;
 pub mod lock;
 pub mod process;
+pub mod serve;
 pub mod source;
 pub mod stamp;
 pub mod supervisor;

@@ -7,6 +7,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // The watchdog the server starts for itself (see `process::Lifeline`): it must not
+    // parse flags, log or touch the payload.
+    #[cfg(unix)]
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("__lifeline")) {
+        return openwork_runtime::process::lifeline_main();
+    }
     let args = cli::Cli::parse();
     cli::init_logging(&args);
     match cli::run(args) {

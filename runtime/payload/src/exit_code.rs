@@ -32,6 +32,12 @@ pub enum ExitCode {
     BadInput = 10,
     /// Network or registry failure, or offline with a cold cache (packager).
     Network = 11,
+    /// The server could not get opencode healthy: it kept failing until the crash-loop
+    /// limit (server).
+    SidecarFailed = 12,
+    /// The server's address could not be bound: port in use, or not a local address
+    /// (server).
+    AddressUnavailable = 13,
 }
 
 impl ExitCode {

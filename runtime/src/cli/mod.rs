@@ -14,7 +14,12 @@ use openwork_runtime::install::VerifyMode;
 
 /// The OpenWork server: one executable that carries and supervises opencode.
 #[derive(Debug, Parser)]
-#[command(name = "openwork-server-v2", version, about)]
+#[command(
+    name = "openwork-server-v2",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// Data directory (runtimes, logs, tokens) [env: OPENWORK_DATA_DIR; default: the
     /// platform's app-data directory]
@@ -34,8 +39,50 @@ pub struct Cli {
     /// Log format on stderr
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Serving flags, for running without the `serve` word.
+    #[command(flatten)]
+    pub serve: ServeArgs,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+/// `serve` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on; anything but loopback needs --remote-access
+    #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
+    pub host: String,
+    /// Port to listen on (0 = any free port; the ready line tells which)
+    #[arg(long, default_value_t = 0, value_name = "PORT")]
+    pub port: u16,
+    /// Allow --host to be an address other machines can reach
+    #[arg(long)]
+    pub remote_access: bool,
+    /// The workspace opencode works in [default: the current directory]
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// File holding the client token [default: OPENWORK_TOKEN, else a generated token
+    /// kept in <data dir>/token]
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Run this executable for a sidecar instead of the payload's (dev mode); NAME is
+    /// opencode or opencode-router, PATH absolute
+    #[arg(long = "sidecar", value_name = "NAME=PATH", value_parser = parse_sidecar)]
+    pub sidecars: Vec<(String, PathBuf)>,
+    /// Run opencode-router too (also on when <data dir>/opencode-router.json exists)
+    #[arg(long)]
+    pub router: bool,
+    /// A browser origin allowed to call this server (repeatable; "*" for any)
+    /// [env: OPENWORK_CORS_ORIGINS, comma separated]
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
+}
+
+fn parse_sidecar(value: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = value
+        .split_once('=')
+        .ok_or_else(|| format!("`{value}` is not NAME=PATH (e.g. opencode=/abs/path/opencode)"))?;
+    Ok((name.to_string(), PathBuf::from(path)))
 }
 
 /// How much to check before use.
@@ -59,6 +106,8 @@ pub enum LogFormat {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the server (the default when no subcommand is given)
+    Serve(ServeArgs),
     /// Inspect and manage the extracted runtime
     #[command(subcommand)]
     Runtime(RuntimeCommand),
@@ -104,6 +153,7 @@ impl Settings {
             verify,
             lock_timeout,
             log_format: _,
+            serve: _,
             command: _,
         } = cli;
         let env_bundle = std::env::var_os(env_vars::OPENWORK_SERVER_V2_RUNTIME_BUNDLE_DIR)
@@ -152,6 +202,38 @@ pub fn init_logging(cli: &Cli) {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let settings = Settings::from_cli(&cli);
     match cli.command {
-        Command::Runtime(command) => runtime_cmd::run(command, &settings),
+        Some(Command::Runtime(command)) => runtime_cmd::run(command, &settings),
+        Some(Command::Serve(args)) => serve(args, settings),
+        None => serve(cli.serve, settings),
     }
+}
+
+fn serve(args: ServeArgs, settings: Settings) -> Result<ExitCode> {
+    let mut cors_origins = args.cors_origins;
+    if cors_origins.is_empty()
+        && let Ok(list) = std::env::var(env_vars::OPENWORK_CORS_ORIGINS)
+    {
+        cors_origins = list
+            .split(',')
+            .map(|o| o.trim().to_string())
+            .filter(|o| !o.is_empty())
+            .collect();
+    }
+    openwork_runtime::serve::run(openwork_runtime::serve::ServeOptions {
+        host: args.host,
+        port: args.port,
+        remote_access: args.remote_access,
+        workspace: args.workspace,
+        token_file: args.token_file,
+        sidecars: args.sidecars,
+        router: args.router,
+        cors_origins,
+        data_dir: settings.data_dir,
+        bundle_dir: settings.bundle_dir,
+        prepare: openwork_runtime::install::PrepareOptions {
+            verify: settings.verify,
+            lock_timeout: settings.lock_timeout,
+            server_version: openwork_runtime::SERVER_VERSION.to_string(),
+        },
+    })
 }

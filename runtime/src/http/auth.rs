@@ -1,0 +1,135 @@
+//! Tokens: who may call what. Two tokens: the client token for the API and the opencode
+//! proxy, and the host token (held by the desktop app that started the server) for the
+//! privileged routes — shutdown and restarts. The host token is accepted everywhere.
+
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Header that carries a token for clients that cannot set `Authorization`.
+pub const TOKEN_HEADER: &str = "x-openwork-token";
+
+/// The two tokens. Debug never prints them.
+pub struct Tokens {
+    client: [u8; 32],
+    host: [u8; 32],
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tokens([redacted])")
+    }
+}
+
+/// What a request's credentials allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// No token, or a wrong one.
+    None,
+    /// The client token.
+    Client,
+    /// The host token.
+    Host,
+}
+
+impl Tokens {
+    /// Keeps only the tokens' SHA-256: comparing fixed-length digests in constant time
+    /// leaks neither the content nor the length of a token.
+    pub fn new(client: &str, host: &str) -> Tokens {
+        Tokens {
+            client: Sha256::digest(client.as_bytes()).into(),
+            host: Sha256::digest(host.as_bytes()).into(),
+        }
+    }
+
+    /// The access a request's `Authorization: Bearer …` or `X-OpenWork-Token` grants.
+    pub fn access(&self, headers: &HeaderMap) -> Access {
+        let Some(presented) = presented_token(headers) else {
+            return Access::None;
+        };
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        // Both comparisons always run, so timing does not tell which token matched.
+        let is_host = bool::from(digest.ct_eq(&self.host));
+        let is_client = bool::from(digest.ct_eq(&self.client));
+        if is_host {
+            Access::Host
+        } else if is_client {
+            Access::Client
+        } else {
+            Access::None
+        }
+    }
+}
+
+fn presented_token(headers: &HeaderMap) -> Option<&[u8]> {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+        let bytes = value.as_bytes();
+        let scheme = b"bearer ";
+        if bytes.len() > scheme.len() && bytes[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            return Some(trim(&bytes[scheme.len()..]));
+        }
+    }
+    headers
+        .get(TOKEN_HEADER)
+        .map(|v| trim(v.as_bytes()))
+        .filter(|t| !t.is_empty())
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| *b != b' ').unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|b| *b != b' ').map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(name: &str, value: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+        map
+    }
+
+    #[test]
+    fn tokens_grant_their_access_and_nothing_else_does() {
+        let tokens = Tokens::new("client-secret", "host-secret");
+        assert_eq!(tokens.access(&HeaderMap::new()), Access::None);
+        assert_eq!(
+            tokens.access(&headers("authorization", "Bearer client-secret")),
+            Access::Client
+        );
+        assert_eq!(
+            tokens.access(&headers("authorization", "bearer  host-secret ")),
+            Access::Host
+        );
+        assert_eq!(
+            tokens.access(&headers("x-openwork-token", "client-secret")),
+            Access::Client
+        );
+        for wrong in [
+            "Bearer client-secre",
+            "Bearer client-secretx",
+            "Basic client-secret",
+            "client-secret",
+            "Bearer ",
+        ] {
+            assert_eq!(
+                tokens.access(&headers("authorization", wrong)),
+                Access::None,
+                "{wrong}"
+            );
+        }
+        assert_eq!(tokens.access(&headers("x-openwork-token", "")), Access::None);
+    }
+
+    #[test]
+    fn debug_does_not_print_tokens() {
+        let tokens = Tokens::new("client-secret", "host-secret");
+        assert!(!format!("{tokens:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,397 @@
+//! `openwork-server-v2 serve`: resolve sidecars and tokens, bind the front door, start the
+//! supervisor, print the ready line, and stop everything cleanly on a signal or
+//! `POST /system/shutdown`.
+
+pub mod token;
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::env_vars;
+use crate::error::{Error, Result};
+use crate::http::api::{AppState, Workspace};
+use crate::http::auth::Tokens;
+use crate::http::proxy::ProxyOptions;
+use crate::install::{self, PrepareOptions, PreparedRuntime};
+use crate::layout::{self, DataLayout};
+use crate::source::{self, SourceKind};
+use crate::supervisor::events::{EventBus, EventKind};
+use crate::supervisor::logs::LogLimits;
+use crate::supervisor::{SidecarKind, Supervisor, SupervisorConfig, Tuning};
+use crate::{ExitCode, SERVER_VERSION, gc, process};
+
+/// Everything `serve` needs, resolved from flags and the environment by the CLI.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Address to listen on (`127.0.0.1` by default).
+    pub host: String,
+    /// Port (0 = any free port).
+    pub port: u16,
+    /// Allow a non-loopback `host`.
+    pub remote_access: bool,
+    /// The workspace directory (default: the current directory).
+    pub workspace: Option<PathBuf>,
+    /// `--token-file`.
+    pub token_file: Option<PathBuf>,
+    /// `--sidecar name=path` overrides (dev mode).
+    pub sidecars: Vec<(String, PathBuf)>,
+    /// `--router`: run opencode-router even without its config file.
+    pub router: bool,
+    /// Browser origins allowed (CORS).
+    pub cors_origins: Vec<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--bundle-dir` / env, with how it was given.
+    pub bundle_dir: Option<(PathBuf, SourceKind)>,
+    /// How the runtime directory is prepared.
+    pub prepare: PrepareOptions,
+}
+
+/// Runs the server until it is told to stop; `Ok(ExitCode::Ok)` after a clean stop.
+pub fn run(options: ServeOptions) -> Result<ExitCode> {
+    let addr = listen_address(&options.host, options.port, options.remote_access)?;
+    let workspace = workspace_dir(options.workspace.as_deref())?;
+    let layout = DataLayout::resolve(options.data_dir.clone())?;
+    std::fs::create_dir_all(&layout.data_dir)
+        .map_err(|e| Error::io(format!("create {}", layout.data_dir.display()), e))?;
+
+    let client = token::resolve(
+        options.token_file.as_deref(),
+        env_vars::OPENWORK_TOKEN,
+        non_empty_env(env_vars::OPENWORK_TOKEN),
+        &layout.data_dir.join(layout::TOKEN_FILE),
+    )?;
+    let host = token::resolve(
+        None,
+        env_vars::OPENWORK_HOST_TOKEN,
+        non_empty_env(env_vars::OPENWORK_HOST_TOKEN),
+        &layout.data_dir.join(layout::HOST_TOKEN_FILE),
+    )?;
+
+    let router_config = layout.data_dir.join(layout::ROUTER_CONFIG_FILE);
+    let want_router = options.router || router_config.is_file();
+    let sidecars = resolve_sidecars(&options, &layout, want_router)?;
+    let tuning = match non_empty_env(env_vars::OPENWORK_SERVER_V2_SUPERVISOR) {
+        Some(value) => Tuning::from_env_value(&value).map_err(|e| {
+            Error::BadInput(format!("{}: {e}", env_vars::OPENWORK_SERVER_V2_SUPERVISOR))
+        })?,
+        None => Tuning::default(),
+    };
+
+    let listener = std::net::TcpListener::bind(addr).map_err(|source| Error::AddressUnavailable {
+        addr: addr.to_string(),
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("configure the listening socket", e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::io("read the listening address", e))?;
+    let base_url = format!("http://{}", display_addr(local));
+
+    // No orphans: sweep what a previous, killed server left, then make sure this one
+    // leaves nothing either.
+    let run_dir = layout.run_dir();
+    match process::sweep_leftovers(&run_dir) {
+        Ok(found) if !found.is_empty() => {
+            tracing::warn!(count = found.len(), "stopped sidecars left behind by a server that was killed: {found:?}")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not check for sidecars left by a killed server"),
+    }
+    let record = match process::RunRecord::create(&run_dir) {
+        Ok(record) => Some(record),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not record sidecars for cleanup after a crash");
+            None
+        }
+    };
+    process::contain_children().map_err(|e| Error::io("contain child processes", e))?;
+    let lifeline = start_lifeline();
+
+    let workspace = Workspace::new(workspace);
+    let mut runtime_info = sidecars.info.clone();
+    runtime_info["dataDir"] = json!(layout.data_dir);
+    runtime_info["workspace"] = json!(workspace.directory);
+    runtime_info["routerConfig"] = json!(router_config.is_file().then_some(&router_config));
+
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("start the async runtime", e))?;
+    let ready_line = json!({
+        "event": "ready",
+        "url": base_url,
+        "port": local.port(),
+        "version": SERVER_VERSION,
+        "runtimeDir": sidecars.runtime_dir(),
+        "tokenFile": client.file,
+        "hostTokenFile": host.file,
+        "workspace": workspace.directory,
+        "pid": std::process::id(),
+    });
+    let config = SupervisorConfig {
+        workspace: workspace.directory.clone(),
+        logs_dir: layout.logs_dir(),
+        opencode: sidecars.opencode.clone(),
+        router: sidecars.router.clone(),
+        tuning,
+        secrets: vec![client.value.clone(), host.value.clone()],
+        log_limits: LogLimits::default(),
+    };
+    let tokens = Tokens::new(&client.value, &host.value);
+    drop((client.value, host.value));
+
+    let outcome = tokio.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| Error::io("register the listening socket", e))?;
+        let events = Arc::new(EventBus::default());
+        let supervisor = Supervisor::start(config, events.clone(), lifeline, record)
+            .map_err(|e| Error::io(e.to_string(), std::io::Error::other("supervisor")))?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let state = Arc::new(AppState {
+            supervisor: supervisor.clone(),
+            tokens,
+            version: SERVER_VERSION,
+            runtime: runtime_info,
+            workspace,
+            base_url: base_url.clone(),
+            cors_origins: options.cors_origins.clone(),
+            shutdown: shutdown.clone(),
+            proxy: ProxyOptions::default(),
+        });
+        tokio::spawn(crate::http::server::serve(listener, state, shutdown_rx.clone()));
+        tokio::spawn(forward_signals(shutdown.clone()));
+
+        let mut stop = shutdown_rx.clone();
+        let result = tokio::select! {
+            ready = supervisor.wait_opencode_ready() => match ready {
+                Ok(()) => {
+                    events.publish("server", EventKind::ServerReady { url: base_url.clone() });
+                    print_ready_line(&ready_line);
+                    crate::http::stopping(&mut stop).await;
+                    Ok(ExitCode::Ok)
+                }
+                Err(reason) => Err(Error::SidecarFailed(reason)),
+            },
+            _ = crate::http::stopping(&mut stop) => Ok(ExitCode::Ok),
+        };
+        events.publish("server", EventKind::ShuttingDown);
+        shutdown.send_replace(true);
+        supervisor.shutdown().await;
+        tracing::info!("stopped");
+        result
+    });
+    // The runtime directory stays leased until here.
+    drop(sidecars);
+    outcome
+}
+
+/// The resolved sidecar executables, and the runtime directory they live in (leased for
+/// as long as this value lives, so garbage collection never removes it under us).
+struct Sidecars {
+    opencode: PathBuf,
+    router: Option<PathBuf>,
+    prepared: Option<PreparedRuntime>,
+    info: serde_json::Value,
+}
+
+impl Sidecars {
+    fn runtime_dir(&self) -> Option<&Path> {
+        self.prepared.as_ref().map(|p| p.dir.as_path())
+    }
+}
+
+fn resolve_sidecars(options: &ServeOptions, layout: &DataLayout, want_router: bool) -> Result<Sidecars> {
+    let mut overrides = std::collections::BTreeMap::new();
+    for (name, path) in &options.sidecars {
+        if ![SidecarKind::Opencode.name(), SidecarKind::Router.name()].contains(&name.as_str()) {
+            return Err(Error::Usage(format!(
+                "--sidecar {name}=…: unknown sidecar; use opencode=<path> or opencode-router=<path>"
+            )));
+        }
+        // Dev mode runs exactly the file named: never a PATH lookup.
+        if !path.is_absolute() {
+            return Err(Error::BadInput(format!(
+                "--sidecar {name}={}: give an absolute path",
+                path.display()
+            )));
+        }
+        if !path.is_file() {
+            return Err(Error::BadInput(format!(
+                "--sidecar {name}={}: no such file",
+                path.display()
+            )));
+        }
+        overrides.insert(name.clone(), path.clone());
+    }
+    let need_payload = !overrides.contains_key(SidecarKind::Opencode.name())
+        || (want_router && !overrides.contains_key(SidecarKind::Router.name()));
+
+    let mut info = json!({ "overrides": overrides });
+    let mut prepared = None;
+    let mut from_payload = std::collections::BTreeMap::new();
+    if need_payload {
+        let exe = std::env::current_exe().map_err(|e| Error::io("find this executable", e))?;
+        let source = source::resolve(options.bundle_dir.clone(), &exe)?;
+        if let Some(host) = openwork_payload::targets::host_name() {
+            source.check_target(host)?;
+        }
+        let runtime = install::prepare(&source, layout, &options.prepare)?;
+        if runtime.extracted
+            && let Err(e) = gc::collect(layout, Some(&runtime.key))
+        {
+            tracing::warn!(error = %e, "garbage collection of old runtimes failed");
+        }
+        for (name, file) in &source.manifest.files {
+            from_payload.insert(name.clone(), runtime.dir.join(&file.path));
+        }
+        info["manifest"] = serde_json::to_value(&source.manifest).unwrap_or_default();
+        info["payload"] = json!({
+            "source": source.kind,
+            "path": source.path,
+            "digest": source.digest,
+        });
+        info["runtimeDir"] = json!(runtime.dir);
+        prepared = Some(runtime);
+        // `source` (and its mapping of the executable) is dropped here: the pages it
+        // touched would otherwise count against the server's memory for its whole life.
+    }
+    let pick = |kind: SidecarKind| {
+        overrides
+            .get(kind.name())
+            .or_else(|| from_payload.get(kind.name()))
+            .cloned()
+    };
+    let opencode = pick(SidecarKind::Opencode).ok_or_else(|| {
+        Error::BadInput("the payload has no opencode; repack it, or pass --sidecar opencode=<path>".into())
+    })?;
+    let router = if want_router {
+        Some(pick(SidecarKind::Router).ok_or_else(|| {
+            Error::BadInput(
+                "opencode-router is configured (--router or opencode-router.json in the data dir) but the payload has no opencode-router; pass --sidecar opencode-router=<path> or repack with the router".into(),
+            )
+        })?)
+    } else {
+        None
+    };
+    Ok(Sidecars {
+        opencode,
+        router,
+        prepared,
+        info,
+    })
+}
+
+fn listen_address(host: &str, port: u16, remote_access: bool) -> Result<SocketAddr> {
+    let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host.parse().map_err(|_| {
+            Error::Usage(format!(
+                "--host {host}: not an IP address; use 127.0.0.1 (default), ::1, or with --remote-access an address of this machine"
+            ))
+        })?
+    };
+    if !ip.is_loopback() && !remote_access {
+        return Err(Error::Usage(format!(
+            "--host {ip} would accept connections from other machines; add --remote-access if that is what you want"
+        )));
+    }
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn workspace_dir(flag: Option<&Path>) -> Result<PathBuf> {
+    let dir = match flag {
+        Some(dir) => dir.to_path_buf(),
+        None => std::env::current_dir().map_err(|e| Error::io("read the current directory", e))?,
+    };
+    let canonical = std::fs::canonicalize(&dir).map_err(|e| {
+        Error::BadInput(format!("--workspace {}: {e}; give an existing directory", dir.display()))
+    })?;
+    if !canonical.is_dir() {
+        return Err(Error::BadInput(format!(
+            "--workspace {}: not a directory",
+            dir.display()
+        )));
+    }
+    Ok(canonical)
+}
+
+fn display_addr(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(v4) => v4.to_string(),
+        SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
+    }
+}
+
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The one machine-readable line on stdout; everything else goes to stderr.
+fn print_ready_line(line: &serde_json::Value) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
+
+#[cfg(unix)]
+fn start_lifeline() -> Option<process::Lifeline> {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            tracing::warn!(error = %e, "no lifeline: cannot find this executable");
+            return None;
+        }
+    };
+    match process::Lifeline::spawn(&exe) {
+        Ok(lifeline) => Some(lifeline),
+        Err(e) => {
+            tracing::warn!(error = %e, "no lifeline process: sidecars may outlive a killed server until the next start");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn start_lifeline() -> Option<process::Lifeline> {
+    // Windows: the Job Object from contain_children() does this job.
+    None
+}
+
+/// SIGTERM, SIGINT and SIGHUP (Ctrl-C/Ctrl-Break on Windows) mean a clean stop.
+async fn forward_signals(shutdown: watch::Sender<bool>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::warn!("cannot listen for signals");
+            return;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = hup.recv() => "SIGHUP",
+        };
+        tracing::info!("{name}: shutting down");
+    }
+    #[cfg(not(unix))]
+    {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        tracing::info!("Ctrl-C: shutting down");
+    }
+    shutdown.send_replace(true);
+}
