@@ -103,6 +103,20 @@ pub fn output_of(command: &mut Command) -> Output {
     }
 }
 
+/// `command.spawn()`, retried on ETXTBSY like [`output_of`].
+pub fn spawn_retrying(command: &mut Command) -> std::process::Child {
+    let mut attempts = 0;
+    loop {
+        match command.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 /// Names in `<data dir>/runtime`, sorted.
 pub fn runtime_entries(data_dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = match std::fs::read_dir(data_dir.join("runtime")) {

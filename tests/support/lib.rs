@@ -2,6 +2,8 @@
 //! real stub for each target (cross-linked here with cargo-zigbuild), and small fixtures.
 
 pub mod fixtures;
+pub mod http;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

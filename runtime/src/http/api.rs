@@ -76,7 +76,17 @@ pub async fn handle(
     let origin = allowed_origin(&state, request.headers());
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let mut response = if method == Method::OPTIONS && origin.is_some() {
+    let mut response = if head_size(&request) > super::server::MAX_HEAD_BYTES {
+        // hyper's buffer limit only bites when a head arrives in pieces; this holds always.
+        response::error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            &format!(
+                "the request's headers exceed {} KiB",
+                super::server::MAX_HEAD_BYTES / 1024
+            ),
+        )
+    } else if method == Method::OPTIONS && origin.is_some() {
         preflight()
     } else {
         route(request, &state, peer).await
@@ -249,7 +259,12 @@ fn system_health(state: &AppState) -> Response<ResponseBody> {
         .supervisor
         .statuses()
         .into_iter()
-        .map(|s| (s.name.to_string(), json!({ "state": s.state, "pid": s.pid })))
+        .map(|s| {
+            (
+                s.name.to_string(),
+                json!({ "state": s.state, "pid": s.pid }),
+            )
+        })
         .collect();
     response::json(
         StatusCode::OK,
@@ -360,6 +375,15 @@ fn preflight() -> Response<ResponseBody> {
         HeaderValue::from_static("600"),
     );
     response
+}
+
+fn head_size<B>(request: &Request<B>) -> usize {
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    headers + request.uri().to_string().len()
 }
 
 fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {

@@ -77,7 +77,10 @@ fn presented_token(headers: &HeaderMap) -> Option<&[u8]> {
 
 fn trim(bytes: &[u8]) -> &[u8] {
     let start = bytes.iter().position(|b| *b != b' ').unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|b| *b != b' ').map_or(start, |i| i + 1);
+    let end = bytes
+        .iter()
+        .rposition(|b| *b != b' ')
+        .map_or(start, |i| i + 1);
     &bytes[start..end]
 }
 
@@ -124,7 +127,10 @@ mod tests {
                 "{wrong}"
             );
         }
-        assert_eq!(tokens.access(&headers("x-openwork-token", "")), Access::None);
+        assert_eq!(
+            tokens.access(&headers("x-openwork-token", "")),
+            Access::None
+        );
     }
 
     #[test]

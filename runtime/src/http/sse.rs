@@ -47,10 +47,8 @@ pub fn events_response(
                 return;
             }
         }
-        let mut keepalive = tokio::time::interval_at(
-            tokio::time::Instant::now() + KEEPALIVE,
-            KEEPALIVE,
-        );
+        let mut keepalive =
+            tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
         loop {
             let bytes = tokio::select! {
                 event = live.recv() => match event {

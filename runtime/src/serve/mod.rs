@@ -83,10 +83,11 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
         None => Tuning::default(),
     };
 
-    let listener = std::net::TcpListener::bind(addr).map_err(|source| Error::AddressUnavailable {
-        addr: addr.to_string(),
-        source,
-    })?;
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|source| Error::AddressUnavailable {
+            addr: addr.to_string(),
+            source,
+        })?;
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::io("configure the listening socket", e))?;
@@ -100,10 +101,15 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
     let run_dir = layout.run_dir();
     match process::sweep_leftovers(&run_dir) {
         Ok(found) if !found.is_empty() => {
-            tracing::warn!(count = found.len(), "stopped sidecars left behind by a server that was killed: {found:?}")
+            tracing::warn!(
+                count = found.len(),
+                "stopped sidecars left behind by a server that was killed: {found:?}"
+            )
         }
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not check for sidecars left by a killed server"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check for sidecars left by a killed server")
+        }
     }
     let record = match process::RunRecord::create(&run_dir) {
         Ok(record) => Some(record),
@@ -166,7 +172,11 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
             shutdown: shutdown.clone(),
             proxy: ProxyOptions::default(),
         });
-        tokio::spawn(crate::http::server::serve(listener, state, shutdown_rx.clone()));
+        tokio::spawn(crate::http::server::serve(
+            listener,
+            state,
+            shutdown_rx.clone(),
+        ));
         tokio::spawn(forward_signals(shutdown.clone()));
 
         let mut stop = shutdown_rx.clone();
@@ -208,7 +218,11 @@ impl Sidecars {
     }
 }
 
-fn resolve_sidecars(options: &ServeOptions, layout: &DataLayout, want_router: bool) -> Result<Sidecars> {
+fn resolve_sidecars(
+    options: &ServeOptions,
+    layout: &DataLayout,
+    want_router: bool,
+) -> Result<Sidecars> {
     let mut overrides = std::collections::BTreeMap::new();
     for (name, path) in &options.sidecars {
         if ![SidecarKind::Opencode.name(), SidecarKind::Router.name()].contains(&name.as_str()) {
@@ -270,7 +284,9 @@ fn resolve_sidecars(options: &ServeOptions, layout: &DataLayout, want_router: bo
             .cloned()
     };
     let opencode = pick(SidecarKind::Opencode).ok_or_else(|| {
-        Error::BadInput("the payload has no opencode; repack it, or pass --sidecar opencode=<path>".into())
+        Error::BadInput(
+            "the payload has no opencode; repack it, or pass --sidecar opencode=<path>".into(),
+        )
     })?;
     let router = if want_router {
         Some(pick(SidecarKind::Router).ok_or_else(|| {
@@ -313,7 +329,10 @@ fn workspace_dir(flag: Option<&Path>) -> Result<PathBuf> {
         None => std::env::current_dir().map_err(|e| Error::io("read the current directory", e))?,
     };
     let canonical = std::fs::canonicalize(&dir).map_err(|e| {
-        Error::BadInput(format!("--workspace {}: {e}; give an existing directory", dir.display()))
+        Error::BadInput(format!(
+            "--workspace {}: {e}; give an existing directory",
+            dir.display()
+        ))
     })?;
     if !canonical.is_dir() {
         return Err(Error::BadInput(format!(

@@ -134,7 +134,11 @@ mod tests {
         }
         let second = resolve(None, "OPENWORK_TOKEN", None, &file).unwrap();
         assert_eq!(first.value, second.value);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 
     #[test]
@@ -167,9 +171,14 @@ mod tests {
     fn short_or_missing_tokens_are_refused_without_echoing_them() {
         let dir = tempfile::tempdir().unwrap();
         let default = dir.path().join("token");
-        let err = resolve(None, "OPENWORK_TOKEN", Some("short-secret".into()), &default)
-            .err()
-            .unwrap();
+        let err = resolve(
+            None,
+            "OPENWORK_TOKEN",
+            Some("short-secret".into()),
+            &default,
+        )
+        .err()
+        .unwrap();
         assert_eq!(err.exit_code(), crate::ExitCode::BadInput);
         assert!(!err.to_string().contains("short-secret"));
         let err = resolve(

@@ -759,8 +759,8 @@ mod tests {
         assert_eq!(texts(&tail).concat(), "€".repeat(MAX_LINE_BYTES));
     }
 
-    #[test]
-    fn a_write_error_is_reported_once_and_capture_goes_on_in_memory() {
+    /// What `tracing` printed while `f` ran.
+    fn capture_warnings(f: impl FnOnce()) -> String {
         #[derive(Clone, Default)]
         struct Captured(Arc<Mutex<Vec<u8>>>);
         impl Write for Captured {
@@ -772,23 +772,27 @@ mod tests {
                 Ok(())
             }
         }
-
-        let dir = tempfile::tempdir().unwrap();
-        let log = SidecarLog::open(dir.path(), "opencode", limits(100, 1, 100)).unwrap();
-        // A directory where the rotated file must go makes rotation fail on every platform.
-        fs::create_dir(rotated(&log, 1)).unwrap();
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_write_error_is_reported_once_and_capture_goes_on_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SidecarLog::open(dir.path(), "opencode", limits(100, 1, 100)).unwrap();
+        // A directory where the rotated file must go makes rotation fail on every platform.
+        fs::create_dir(rotated(&log, 1)).unwrap();
+        let warnings = capture_warnings(|| {
             for i in 0..30 {
                 log.push(Stream::Stdout, format!("line {i:02}").as_bytes());
             }
         });
-        let warnings = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         assert_eq!(
             warnings
                 .matches("cannot write the sidecar log file")
@@ -803,6 +807,48 @@ mod tests {
             content.len() <= 100 && !content.contains("line 29"),
             "{content}"
         );
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SidecarLog::open(dir.path(), "opencode", LogLimits::default()).unwrap();
+        // A read-only handle makes every write fail, on every platform.
+        log.lock().file = Some(File::open(log.path()).unwrap());
+        let warnings = capture_warnings(|| {
+            for i in 0..5 {
+                log.push(Stream::Stdout, format!("line {i}").as_bytes());
+            }
+        });
+        assert_eq!(
+            warnings
+                .matches("cannot write the sidecar log file")
+                .count(),
+            1,
+            "{warnings}"
+        );
+        assert_eq!(
+            texts(&log.tail(10)),
+            ["line 0", "line 1", "line 2", "line 3", "line 4"]
+        );
+    }
+
+    #[test]
+    fn rotation_drops_files_beyond_keep_files_left_by_an_earlier_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("opencode.log");
+        fs::write(&base, "current\n".repeat(20)).unwrap();
+        for k in 1..=4 {
+            fs::write(format!("{}.{k}", base.display()), format!("old {k}\n")).unwrap();
+        }
+        let log = SidecarLog::open(dir.path(), "opencode", limits(100, 2, 10)).unwrap();
+        log.note("restarted");
+        assert_eq!(
+            fs::read_to_string(rotated(&log, 1)).unwrap(),
+            "current\n".repeat(20)
+        );
+        assert_eq!(fs::read_to_string(rotated(&log, 2)).unwrap(), "old 1\n");
+        assert!(!rotated(&log, 3).exists() && !rotated(&log, 4).exists());
     }
 
     #[cfg(unix)]

@@ -298,11 +298,16 @@ impl Supervisor {
         }
         let endpoint_tx = Arc::new(endpoint_tx);
         for (kind, program) in kinds {
-            let log = SidecarLog::open(&config.logs_dir, kind.name(), config.log_limits)
-                .map_err(|source| StartError {
-                    context: format!("open the log of {} under {}", kind.name(), config.logs_dir.display()),
+            let log = SidecarLog::open(&config.logs_dir, kind.name(), config.log_limits).map_err(
+                |source| StartError {
+                    context: format!(
+                        "open the log of {} under {}",
+                        kind.name(),
+                        config.logs_dir.display()
+                    ),
                     source,
-                })?;
+                },
+            )?;
             for secret in &secrets {
                 log.add_secret(secret);
             }
@@ -355,7 +360,12 @@ impl Supervisor {
         self.inner
             .sidecars
             .iter()
-            .map(|s| s.status.lock().unwrap_or_else(|e| e.into_inner()).snapshot())
+            .map(|s| {
+                s.status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .snapshot()
+            })
             .collect()
     }
 

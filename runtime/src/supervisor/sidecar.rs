@@ -39,7 +39,11 @@ impl Guard {
         if let Some(lifeline) = &self.lifeline {
             lifeline.watch(pid);
         }
-        if let Some(record) = self.record.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
+        if let Some(record) = self
+            .record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
             && let Err(e) = record.add(name, pid, exe)
         {
             tracing::warn!(error = %e, "could not record sidecar {name} (pid {pid}) for cleanup");
@@ -50,7 +54,11 @@ impl Guard {
         if let Some(lifeline) = &self.lifeline {
             lifeline.unwatch(pid);
         }
-        if let Some(record) = self.record.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
+        if let Some(record) = self
+            .record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
             && let Err(e) = record.remove(pid)
         {
             tracing::warn!(error = %e, "could not update the sidecar record");
@@ -186,9 +194,7 @@ impl SidecarTask {
     }
 
     /// The router needs opencode's URL: wait until opencode is up. `Some` if a stop came.
-    async fn wait_for_opencode(
-        &mut self,
-    ) -> Option<Option<tokio::sync::oneshot::Sender<()>>> {
+    async fn wait_for_opencode(&mut self) -> Option<Option<tokio::sync::oneshot::Sender<()>>> {
         while self.endpoint_rx.borrow_and_update().is_none() {
             tokio::select! {
                 changed = self.endpoint_rx.changed() => {
@@ -255,8 +261,10 @@ impl SidecarTask {
         if let Some(stderr) = child.stderr.take() {
             self.log.attach(Stream::Stderr, stderr);
         }
-        self.log
-            .note(&format!("started pid {pid}, port {port}: {}", self.program.display()));
+        self.log.note(&format!(
+            "started pid {pid}, port {port}: {}",
+            self.program.display()
+        ));
         {
             let mut status = self.status();
             status.state = SidecarState::Starting;
@@ -309,7 +317,11 @@ impl SidecarTask {
                 Wake::Command(command) => return self.obey(command, &mut child, pid).await,
                 Wake::Tick | Wake::EndpointChanged => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    let limit = self.tuning.liveness_timeout.min(remaining).max(Duration::from_millis(1));
+                    let limit = self
+                        .tuning
+                        .liveness_timeout
+                        .min(remaining)
+                        .max(Duration::from_millis(1));
                     if check(limit).await.is_ok() {
                         break;
                     }
@@ -468,7 +480,8 @@ impl SidecarTask {
         self.guard.ended(pid);
         if let Some(status) = status {
             let exit = describe_exit(status);
-            self.log.note(&format!("pid {pid} stopped: {}", exit.reason));
+            self.log
+                .note(&format!("pid {pid} stopped: {}", exit.reason));
             self.status().last_exit = Some(exit);
         }
     }
