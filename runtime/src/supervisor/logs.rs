@@ -310,11 +310,13 @@ impl State {
             return Ok(());
         }
         let mut record = format!("{} {} {}", rfc3339_ms(line.at_ms), line.stream, line.text);
-        // Only a cap below one line's size gets here; the cap is the promise that matters.
+        // Only a cap smaller than one line gets here. The cap is what was promised about the
+        // disk, and the tail still holds the whole line.
         if record.len() as u64 >= max {
-            let keep = split_at_char_boundaries(&record, (max - 1) as usize)
-                .next()
-                .map_or(0, str::len);
+            let mut keep = (max - 1) as usize;
+            while !record.is_char_boundary(keep) {
+                keep -= 1;
+            }
             record.truncate(keep);
         }
         record.push('\n');
