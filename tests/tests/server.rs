@@ -597,3 +597,52 @@ fn shutdown_over_the_api_needs_the_host_token_and_exits_zero() {
         "a clean stop leaves no run record: {records:?}"
     );
 }
+
+#[test]
+fn a_staged_bundle_dir_runs_under_the_same_supervisor() {
+    use openwork_payload::manifest::{FileEntry, MANIFEST_FILE_NAME, MANIFEST_VERSION, Manifest};
+    use sha2::Digest;
+    let dir = tempdir();
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir_all(bundle.join("bin")).unwrap();
+    let fixture = openwork_tests::host_bin("openwork-fixture-sidecar");
+    let bytes = std::fs::read(&fixture).unwrap();
+    std::fs::write(bundle.join("bin/opencode"), &bytes).unwrap();
+    let manifest = Manifest {
+        manifest_version: MANIFEST_VERSION,
+        server_version: env!("CARGO_PKG_VERSION").into(),
+        opencode_version: "0.0.0-fixture".into(),
+        router_version: "0.0.0".into(),
+        target: openwork_payload::targets::host_name().unwrap().into(),
+        files: [(
+            "opencode".to_string(),
+            FileEntry {
+                path: "bin/opencode".into(),
+                size: bytes.len() as u64,
+                sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+                mode: 0o755,
+            },
+        )]
+        .into(),
+    };
+    std::fs::write(bundle.join(MANIFEST_FILE_NAME), manifest.to_json()).unwrap();
+
+    let server =
+        ServerBuilder::executable(&openwork_tests::host_bin("openwork-server-v2"), dir.path())
+            .arg("--bundle-dir")
+            .arg(&bundle)
+            .start();
+    let runtime_dir = std::path::PathBuf::from(server.ready["runtimeDir"].as_str().unwrap());
+    let runtime = server.get_json("/system/runtime");
+    assert_eq!(runtime["payload"]["source"], "bundle-flag");
+    let opencode = server.sidecar("opencode");
+    assert_eq!(opencode["state"], "running");
+    assert!(
+        opencode["executable"]
+            .as_str()
+            .unwrap()
+            .starts_with(runtime_dir.to_str().unwrap()),
+        "the staged file is installed into a runtime dir and run from there: {opencode}"
+    );
+    assert_eq!(server.get_json("/opencode/global/health")["healthy"], true);
+}
