@@ -249,6 +249,7 @@ impl ServerProcess {
     }
 
     /// Sends `signal` to the server.
+    #[cfg(unix)]
     pub fn signal(&self, signal: i32) {
         unsafe { libc::kill(self.pid() as i32, signal) };
     }
@@ -319,8 +320,16 @@ pub fn process_alive(pid: u32) -> bool {
             Err(_) => false,
         }
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(all(unix, not(target_os = "linux")))]
     {
         unsafe { libc::kill(pid as i32, 0) == 0 }
+    }
+    #[cfg(windows)]
+    {
+        let output = Command::new("tasklist")
+            .args(["/FI", &format!("PID eq {pid}"), "/NH", "/FO", "CSV"])
+            .output()
+            .expect("tasklist");
+        String::from_utf8_lossy(&output.stdout).contains(&format!("\"{pid}\""))
     }
 }
