@@ -402,7 +402,7 @@ fn identify(sidecar: &SidecarEntry) -> Option<LeftoverFate> {
             LeftoverFate::AlreadyGone
         });
     };
-    if false && exe.to_string_lossy() != sidecar.exe {
+    if exe.to_string_lossy() != sidecar.exe {
         return Some(LeftoverFate::PidReused);
     }
     match (sidecar.process_start, start_time_of(sidecar.pid)) {

@@ -408,7 +408,7 @@ mod tests {
                 .spawn()
                 .unwrap();
             let pid = sidecar.id().unwrap();
-            let _ = &lifeline;
+            lifeline.watch(pid);
             let mut out = tokio::io::BufReader::new(sidecar.stdout.take().unwrap());
             let mut grandchild = String::new();
             out.read_line(&mut grandchild).await.unwrap();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 pub(super) fn contain_command(cmd: &mut tokio::process::Command) {
     cmd.process_group(0);
     #[cfg(target_os = "linux")]
-    let _ = linux::set_parent_death_signal;
+    linux::set_parent_death_signal(cmd);
 }
 
 pub(super) fn request_stop(pid: u32) -> io::Result<()> {
@@ -40,7 +40,7 @@ fn group_target(pgid: u32) -> io::Result<libc::pid_t> {
 fn signal_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
     let target = group_target(pgid)?;
     // SAFETY: kill has no memory-safety preconditions; the target was checked above.
-    if unsafe { libc::kill(target, signal) } == 0 {
+    if unsafe { libc::kill(-target, signal) } == 0 {
         return Ok(());
     }
     let err = io::Error::last_os_error();
@@ -313,9 +313,8 @@ mod tests {
             status = child.try_wait().unwrap();
             status.is_some()
         });
-        if !died {
-            let _ = force_kill(pid);
-        }
+        // The death signal reaches only the sidecar: its `sleep` lives on in the group.
+        let _ = force_kill(pid);
         assert!(died, "sidecar {pid} outlived the thread that spawned it");
         assert_eq!(status.unwrap().signal(), Some(libc::SIGKILL));
     }
