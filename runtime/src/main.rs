@@ -10,7 +10,11 @@ fn main() -> ExitCode {
     // The watchdog the server starts for itself (see `process::Lifeline`): it must not
     // parse flags, log or touch the payload.
     #[cfg(unix)]
-    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("__lifeline")) {
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(
+            openwork_runtime::process::LIFELINE_ARG,
+        ))
+    {
         return openwork_runtime::process::lifeline_main();
     }
     let args = cli::Cli::parse();

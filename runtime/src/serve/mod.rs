@@ -363,14 +363,9 @@ fn print_ready_line(line: &serde_json::Value) {
 
 #[cfg(unix)]
 fn start_lifeline() -> Option<process::Lifeline> {
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            tracing::warn!(error = %e, "no lifeline: cannot find this executable");
-            return None;
-        }
-    };
-    match process::Lifeline::spawn(&exe) {
+    // spawn_self re-executes this very file (/proc/self/exe on Linux), even after an
+    // update replaced or removed it on disk.
+    match process::Lifeline::spawn_self() {
         Ok(lifeline) => Some(lifeline),
         Err(e) => {
             tracing::warn!(error = %e, "no lifeline process: sidecars may outlive a killed server until the next start");
