@@ -49,10 +49,17 @@ fn the_packed_server_runs_real_opencode_restarts_it_and_stops_cleanly() {
     let mut server = builder.start();
 
     let runtime_dir = std::path::PathBuf::from(server.ready["runtimeDir"].as_str().unwrap());
-    assert!(runtime_dir.starts_with(&server.data_dir), "{}", server.ready);
+    assert!(
+        runtime_dir.starts_with(&server.data_dir),
+        "{}",
+        server.ready
+    );
     let health = server.get_json("/opencode/global/health");
     assert_eq!(health["healthy"], true, "{health}");
-    assert_eq!(health["version"], "1.2.27", "opencode's own answer: {health}");
+    assert_eq!(
+        health["version"], "1.2.27",
+        "opencode's own answer: {health}"
+    );
     let runtime = server.get_json("/system/runtime");
     assert_eq!(runtime["manifest"]["opencodeVersion"], "1.2.27");
     assert_eq!(runtime["payload"]["source"], "embedded");
@@ -82,5 +89,8 @@ fn the_packed_server_runs_real_opencode_restarts_it_and_stops_cleanly() {
     let status = server.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status}\n{}", server.stderr());
     let left = processes_running_from(&runtime_dir);
-    assert!(left.is_empty(), "still running from the runtime dir: {left:?}");
+    assert!(
+        left.is_empty(),
+        "still running from the runtime dir: {left:?}"
+    );
 }
