@@ -14,12 +14,7 @@ use openwork_runtime::install::VerifyMode;
 
 /// The OpenWork server: one executable that carries and supervises opencode.
 #[derive(Debug, Parser)]
-#[command(
-    name = "openwork-server-v2",
-    version,
-    about,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "openwork-server-v2", version, about)]
 pub struct Cli {
     /// Data directory (runtimes, logs, tokens) [env: OPENWORK_DATA_DIR; default: the
     /// platform's app-data directory]
@@ -47,7 +42,7 @@ pub struct Cli {
 }
 
 /// `serve` flags.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on; anything but loopback needs --remote-access
     #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
@@ -76,6 +71,31 @@ pub struct ServeArgs {
     /// [env: OPENWORK_CORS_ORIGINS, comma separated]
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     pub cors_origins: Vec<String>,
+}
+
+impl ServeArgs {
+    /// Whether no serving flag was given (clap's `args_conflicts_with_subcommands` would
+    /// also refuse the global flags before a subcommand, so the check is ours).
+    fn is_default(&self) -> bool {
+        let ServeArgs {
+            host,
+            port,
+            remote_access,
+            workspace,
+            token_file,
+            sidecars,
+            router,
+            cors_origins,
+        } = self;
+        host == "127.0.0.1"
+            && *port == 0
+            && !remote_access
+            && workspace.is_none()
+            && token_file.is_none()
+            && sidecars.is_empty()
+            && !router
+            && cors_origins.is_empty()
+    }
 }
 
 fn parse_sidecar(value: &str) -> Result<(String, PathBuf), String> {
@@ -201,6 +221,11 @@ pub fn init_logging(cli: &Cli) {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let settings = Settings::from_cli(&cli);
+    if cli.command.is_some() && !cli.serve.is_default() {
+        return Err(openwork_runtime::Error::Usage(
+            "serving flags (--host, --port, --workspace, …) go after `serve`, or without a subcommand".into(),
+        ));
+    }
     match cli.command {
         Some(Command::Runtime(command)) => runtime_cmd::run(command, &settings),
         Some(Command::Serve(args)) => serve(args, settings),

@@ -1,9 +1,8 @@
 //! Windows side: a Job Object that the kernel closes, killing every sidecar, when the server
 //! dies; `TerminateProcess` for stops.
 //!
-//! Compile-checked only in this workspace's CI; the calls follow the documented contracts of
-//! CreateJobObjectW, SetInformationJobObject, AssignProcessToJobObject, OpenProcess and
-//! TerminateProcess.
+//! Run under Wine by tests/tests/wine.rs (a SIGKILLed server's sidecar and grandchild are
+//! gone; without the job they are not); native Windows runs belong to the CI workflow.
 
 use std::io;
 use std::path::PathBuf;

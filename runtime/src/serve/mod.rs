@@ -100,13 +100,15 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
     // leaves nothing either.
     let run_dir = layout.run_dir();
     match process::sweep_leftovers(&run_dir) {
-        Ok(found) if !found.is_empty() => {
-            tracing::warn!(
-                count = found.len(),
-                "stopped sidecars left behind by a server that was killed: {found:?}"
-            )
+        Ok(found) => {
+            for leftover in found {
+                if leftover.fate == process::LeftoverFate::AlreadyGone {
+                    tracing::debug!("recorded by a server that was killed: {leftover}");
+                } else {
+                    tracing::warn!("left behind by a server that was killed: {leftover}");
+                }
+            }
         }
-        Ok(_) => {}
         Err(e) => {
             tracing::warn!(error = %e, "could not check for sidecars left by a killed server")
         }
