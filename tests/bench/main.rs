@@ -21,6 +21,8 @@ mod extraction;
 #[cfg(unix)]
 mod measure;
 mod report;
+#[cfg(unix)]
+mod serve;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -41,7 +43,11 @@ enum Command {
     /// Cold and warm extraction, peak RSS, stub size and payload size of a release artifact
     /// built from the pinned opencode
     Extraction(ExtractionArgs),
-    /// Every benchmark (today: extraction)
+    /// Warm start to ready and idle RSS of `serve` from a packed artifact, beside bare
+    /// `opencode serve` and openwork-orchestrator 0.18.1, all on the same opencode
+    Serve(ServeArgs),
+    /// Every benchmark: extraction, then serve (--runs and --artifact apply to both;
+    /// serve takes its defaults for everything else)
     All(ExtractionArgs),
     /// Runs a command and writes its spawn-to-exit time and peak RSS as JSON (used by the
     /// benchmarks themselves: see measure.rs for why children are measured through it)
@@ -78,6 +84,65 @@ struct ExtractionArgs {
     /// opencode; the pack figures are then skipped
     #[arg(long, value_name = "FILE")]
     artifact: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Timed rounds, each starting every contender once, in rotating order (after one
+    /// untimed warm-up round)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Milliseconds a contender idles after it is ready before its RSS is read
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    idle_ms: u64,
+    /// Where the temporary homes, workspaces and data directory are made; keep it outside
+    /// any git repository, or opencode treats that repository as the project
+    /// [default: the system's temporary directory]
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Where the JSON results go [default: <workspace>/.local/bench/serve.json]
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Measure this packed artifact (for the host) instead of packing one from the pinned
+    /// opencode
+    #[arg(long, value_name = "FILE")]
+    artifact: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The defaults, with the settings `all` shares with extraction.
+    fn for_all(extraction: &ExtractionArgs) -> ServeArgs {
+        ServeArgs {
+            runs: extraction.runs,
+            idle_ms: 2000,
+            work_dir: None,
+            json: None,
+            artifact: extraction.artifact.clone(),
+        }
+    }
+
+    #[cfg(unix)]
+    fn into_settings(self) -> serve::Settings {
+        let ServeArgs {
+            runs,
+            idle_ms,
+            work_dir,
+            json,
+            artifact,
+        } = self;
+        serve::Settings {
+            runs: runs as usize,
+            idle: std::time::Duration::from_millis(idle_ms),
+            work_dir: work_dir.unwrap_or_else(std::env::temp_dir),
+            json: json.unwrap_or_else(|| {
+                openwork_tests::workspace_root()
+                    .join(".local")
+                    .join("bench")
+                    .join("serve.json")
+            }),
+            artifact,
+        }
+    }
 }
 
 impl ExtractionArgs {
@@ -119,10 +184,35 @@ fn main() -> ExitCode {
 #[cfg(unix)]
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Extraction(args) | Command::All(args) => {
-            let report = extraction::run(&args.into_settings())?;
-            report.print();
+        Command::Extraction(args) => {
+            extraction::run(&args.into_settings())?.print();
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(args) => {
+            serve::run(&args.into_settings())?.print();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::All(args) => {
+            // One benchmark failing does not keep the other from leaving its figures.
+            let serve_args = ServeArgs::for_all(&args);
+            let extraction = extraction::run(&args.into_settings());
+            let extracted = match extraction {
+                Ok(report) => {
+                    report.print();
+                    true
+                }
+                Err(err) => {
+                    eprintln!("openwork-bench: extraction: error: {err:#}");
+                    false
+                }
+            };
+            println!();
+            serve::run(&serve_args.into_settings())?.print();
+            Ok(if extracted {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Wait4 { report, command } => measure::wait4_helper(&report, &command),
     }

@@ -49,3 +49,4 @@ pub fn stub_for(target: &str) -> PathBuf {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 pub mod pki;
+pub mod wine;

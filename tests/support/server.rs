@@ -256,21 +256,32 @@ impl ServerProcess {
 
     /// Waits for the server to exit (panics after `timeout`).
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let child = self.child.as_mut().unwrap();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return status;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "the server did not exit within {timeout:?}; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let stderr = self.stderr.clone();
+        let status = wait_for_exit(self.child.as_mut().unwrap(), timeout, || {
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        });
+        self.child = None;
+        status
+    }
+}
+
+/// Waits for `child` to exit; after `timeout`, panics with what `stderr` returns.
+pub fn wait_for_exit(
+    child: &mut Child,
+    timeout: Duration,
+    stderr: impl Fn() -> String,
+) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
         }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit within {timeout:?}; stderr:\n{}",
+            stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -100,14 +100,28 @@ pub struct FetchedBinary {
 
 /// Gets opencode for `req.target` at `req.version` from the npm registry, or from the cache.
 pub fn fetch_opencode_npm(req: &FetchRequest) -> Result<FetchedBinary> {
+    let file = format!("opencode{}", req.target.exe_suffix);
+    fetch_npm_bin(req, "opencode", &req.target.opencode.npm_package, &file)
+}
+
+/// Gets `bin/<file>` of the npm package `package` at `req.version`, built for `req.target`,
+/// exactly as [`fetch_opencode_npm`] gets opencode (integrity, format and architecture
+/// checked, cached under `<cache_root>/<name>/<target>/v<version>/`). For executables other
+/// than the pinned sidecars, such as the predecessor the benchmarks compare against; `name`
+/// becomes a directory name, so it must be a plain word.
+pub fn fetch_npm_bin(
+    req: &FetchRequest,
+    name: &str,
+    package: &str,
+    file: &str,
+) -> Result<FetchedBinary> {
     let started = Instant::now();
     let progress = Progress { quiet: req.quiet };
     let target = req.target;
     let version = normalize_version(&req.version)?;
-    let package = target.opencode.npm_package.as_str();
-    let file = format!("opencode{}", target.exe_suffix);
+    let file = file.to_owned();
     let source = format!("npm:{package}@{version}");
-    let entry = Entry::new(&req.cache_root, "opencode", &target.name, &version, &file);
+    let entry = Entry::new(&req.cache_root, name, &target.name, &version, &file);
 
     // Entries never change once in place, so a verified one needs no lock.
     if let Check::Valid(record) = entry.check(&source)? {

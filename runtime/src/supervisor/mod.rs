@@ -150,7 +150,7 @@ impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             restart: RestartPolicy::default(),
-            ready_poll: Duration::from_millis(20),
+            ready_poll: Duration::from_millis(5),
             ready_timeout: Duration::from_secs(60),
             liveness_interval: Duration::from_secs(5),
             liveness_timeout: Duration::from_secs(3),
