@@ -13,7 +13,7 @@
 //!
 //! When a contender counts as started:
 //! - ours: its ready line on stdout, which it prints once opencode has answered its health
-//!   check (the server polls every 20 ms);
+//!   check (the server polls every 5 ms);
 //! - bare opencode: the first 200 from `GET /global/health`, polled here every 5 ms;
 //! - the orchestrator: its own `Healthy` log line for opencode (from then on it would let a
 //!   client in); the first 200 of the same 5 ms poll of its opencode port is kept too, to
@@ -334,7 +334,7 @@ fn rows(
             )
             .note(
                 "the server's `startupMs` for opencode (its spawn to the server's first \
-                 successful health poll, every 20 ms) taken from the ready time: the server's \
+                 successful health poll, every 5 ms) taken from the ready time: the server's \
                  start-up, runtime check and lifeline before the spawn, and the ready line after",
             ),
         );
