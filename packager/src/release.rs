@@ -1,10 +1,15 @@
 //! `release`: the whole path from pins to a checksummed artifact for one target.
 //!
 //! fetch the pinned opencode (integrity-checked, cached) → build the stub for the target
-//! (or take `--stub`) → pack → `dist/openwork-server-v2-<target>[.exe]` + `SHA256SUMS`.
-//! The release-pipeline work adds the router build, signing and a build report here.
+//! (or take `--stub`) → pack → `dist/openwork-server-v2-<target>[.exe]`, `SHA256SUMS`, and
+//! a JSON build report beside the artifact (`<artifact>.report.json`: versions, sources,
+//! sizes, hashes, and each stage's time). The router build and signing join here.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use sha2::Digest;
 
 use openwork_payload::targets::Target;
 
@@ -37,11 +42,126 @@ pub struct ReleaseRequest {
     pub offline: bool,
 }
 
-/// Runs a release for one target; returns the pack report.
-pub fn release(req: &ReleaseRequest) -> Result<PackReport> {
+/// What a release made and how: written as `<artifact>.report.json`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildReport {
+    /// Report layout version.
+    pub report_version: u32,
+    /// Target name.
+    pub target: String,
+    /// The artifact's file name in the dist dir.
+    pub artifact: String,
+    /// Its size.
+    pub size: u64,
+    /// Its SHA-256.
+    pub sha256: String,
+    /// Versions packed.
+    pub versions: ReportVersions,
+    /// Where each input came from.
+    pub inputs: Vec<ReportInput>,
+    /// Sidecar bytes before compression.
+    pub raw_size: u64,
+    /// Payload bytes after compression.
+    pub payload_size: u64,
+    /// `payload_size / raw_size`.
+    pub payload_ratio: f64,
+    /// zstd level and window log.
+    pub compression: ReportCompression,
+    /// Archive mtime (SOURCE_DATE_EPOCH).
+    pub source_date_epoch: u64,
+    /// Seconds per stage, in order.
+    pub timings: Vec<ReportTiming>,
+    /// Total seconds.
+    pub total_seconds: f64,
+}
+
+/// Versions in a [`BuildReport`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportVersions {
+    /// openwork-server-v2.
+    pub server: String,
+    /// opencode.
+    pub opencode: String,
+    /// opencode-router.
+    pub router: String,
+}
+
+/// One input of a [`BuildReport`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportInput {
+    /// `opencode`, `opencode-router` or `stub`.
+    pub name: String,
+    /// Where it came from (`npm:<package>@<version>`, `build:<dir>`, a path).
+    pub source: String,
+    /// Its SHA-256.
+    pub sha256: String,
+    /// Its size.
+    pub size: u64,
+    /// The registry's integrity string, for downloads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<String>,
+    /// Whether a cache served it.
+    pub from_cache: bool,
+}
+
+/// Compression settings in a [`BuildReport`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportCompression {
+    /// zstd level.
+    pub level: i32,
+    /// zstd window log.
+    pub window_log: u32,
+}
+
+/// One stage's time.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportTiming {
+    /// `fetch-opencode`, `stub`, `pack`.
+    pub stage: String,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// Times stages in order.
+struct Stopwatch {
+    started: Instant,
+    last: Instant,
+    timings: Vec<ReportTiming>,
+}
+
+impl Stopwatch {
+    fn new() -> Stopwatch {
+        let now = Instant::now();
+        Stopwatch {
+            started: now,
+            last: now,
+            timings: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, stage: &str) {
+        let now = Instant::now();
+        self.timings.push(ReportTiming {
+            stage: stage.to_string(),
+            seconds: now.duration_since(self.last).as_secs_f64(),
+        });
+        self.last = now;
+    }
+}
+
+/// Runs a release for one target; returns the build report (also written beside the
+/// artifact).
+pub fn release(req: &ReleaseRequest) -> Result<BuildReport> {
+    let mut clock = Stopwatch::new();
     let mut fetch_request = FetchRequest::new(req.target, req.constants.opencode_version());
     fetch_request.offline = req.offline;
     let opencode = fetch::fetch_opencode_npm(&fetch_request)?;
+    clock.lap("fetch-opencode");
     let stub = match &req.stub {
         Some(path) => path.clone(),
         None => {
@@ -49,11 +169,26 @@ pub fn release(req: &ReleaseRequest) -> Result<PackReport> {
             stub::build_stub(&req.workspace, req.target, &req.stub_target_dir)?
         }
     };
+    let stub_bytes = fs_err::read(&stub)?;
+    let stub_input = ReportInput {
+        name: "stub".into(),
+        source: if req.stub.is_some() {
+            format!("file:{}", stub.display())
+        } else {
+            format!("cargo:{}", req.target.rust_triple)
+        },
+        sha256: hex::encode(sha2::Sha256::digest(&stub_bytes)),
+        size: stub_bytes.len() as u64,
+        integrity: None,
+        from_cache: false,
+    };
+    drop(stub_bytes);
+    clock.lap("stub");
     let out = req.dist.join(req.target.artifact_name());
     eprintln!("release: packing {}", out.display());
     let report = pack::pack(&PackRequest {
         stub,
-        sidecars: vec![("opencode".into(), opencode.path)],
+        sidecars: vec![("opencode".into(), opencode.path.clone())],
         out,
         target: req.target,
         versions: Versions {
@@ -64,8 +199,60 @@ pub fn release(req: &ReleaseRequest) -> Result<PackReport> {
         compression: req.compression,
         mtime: req.mtime,
     })?;
+    clock.lap("pack");
     update_sha256sums(&req.dist, &req.target.artifact_name(), &report.sha256)?;
-    Ok(report)
+    let build = build_report(req, &report, opencode, stub_input, clock);
+    let mut json = serde_json::to_vec_pretty(&build).expect("a report serialises");
+    json.push(b'\n');
+    pack::write_atomically(&report_path(&req.dist, req.target), &json, false)?;
+    Ok(build)
+}
+
+/// Where the build report of `target` goes.
+pub fn report_path(dist: &Path, target: &Target) -> PathBuf {
+    dist.join(format!("{}.report.json", target.artifact_name()))
+}
+
+fn build_report(
+    req: &ReleaseRequest,
+    report: &PackReport,
+    opencode: fetch::FetchedBinary,
+    stub: ReportInput,
+    clock: Stopwatch,
+) -> BuildReport {
+    BuildReport {
+        report_version: 1,
+        target: req.target.name.clone(),
+        artifact: req.target.artifact_name(),
+        size: report.size,
+        sha256: report.sha256.clone(),
+        versions: ReportVersions {
+            server: report.manifest.server_version.clone(),
+            opencode: report.manifest.opencode_version.clone(),
+            router: report.manifest.router_version.clone(),
+        },
+        inputs: vec![
+            ReportInput {
+                name: "opencode".into(),
+                source: opencode.source,
+                sha256: opencode.sha256,
+                size: opencode.size,
+                integrity: Some(opencode.integrity),
+                from_cache: opencode.from_cache,
+            },
+            stub,
+        ],
+        raw_size: report.raw_size,
+        payload_size: report.payload_size,
+        payload_ratio: report.payload_size as f64 / report.raw_size.max(1) as f64,
+        compression: ReportCompression {
+            level: req.compression.level,
+            window_log: openwork_payload::archive::ZSTD_WINDOW_LOG,
+        },
+        source_date_epoch: req.mtime,
+        total_seconds: clock.started.elapsed().as_secs_f64(),
+        timings: clock.timings,
+    }
 }
 
 /// Sets `name`'s line in `<dist>/SHA256SUMS` (the `sha256sum -c` format), keeping the

@@ -196,3 +196,82 @@ fn pack_and_inspect_a_windows_artifact() {
         "PE payload is 8-aligned"
     );
 }
+
+/// `release` with the same inputs and SOURCE_DATE_EPOCH twice: byte-identical artifacts
+/// (sorted entries, fixed mtimes/owners/modes, fixed compression parameters), a checksum
+/// line and a build report; another SOURCE_DATE_EPOCH gives other bytes.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn release_is_reproducible_and_reports_what_it_made() {
+    openwork_packager::fetch::ensure_pinned_opencode("linux-x64").expect("the pinned opencode");
+    let work = tempfile::tempdir().unwrap();
+    let stub = host_bin("openwork-server-v2");
+    let release = |dist: &str, epoch: &str| {
+        let dist = work.path().join(dist);
+        let output = Command::new(host_bin("openwork-packager"))
+            .args([
+                "release",
+                "--target",
+                "linux-x64",
+                "--fast",
+                "--offline",
+                "--json",
+            ])
+            .arg("--stub")
+            .arg(&stub)
+            .arg("--dist")
+            .arg(&dist)
+            .env("SOURCE_DATE_EPOCH", epoch)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", describe(&output));
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let bytes = std::fs::read(dist.join("openwork-server-v2-linux-x64")).unwrap();
+        (dist, report, bytes)
+    };
+    let (dist, report, first) = release("a", "1700000000");
+    let (_, _, second) = release("b", "1700000000");
+    assert!(first == second, "two releases of the same inputs differ");
+    let (_, _, other) = release("c", "1600000000");
+    assert!(first != other, "SOURCE_DATE_EPOCH has no effect");
+
+    use sha2::Digest;
+    let sha = hex::encode(sha2::Sha256::digest(&first));
+    assert_eq!(report["sha256"], sha);
+    let sums = std::fs::read_to_string(dist.join("SHA256SUMS")).unwrap();
+    assert_eq!(sums, format!("{sha}  openwork-server-v2-linux-x64\n"));
+    let on_disk: Value = serde_json::from_slice(
+        &std::fs::read(dist.join("openwork-server-v2-linux-x64.report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(on_disk["sha256"], sha);
+    assert_eq!(report["versions"]["opencode"], "1.2.27");
+    assert_eq!(report["sourceDateEpoch"], 1700000000);
+    let inputs = report["inputs"].as_array().unwrap();
+    assert_eq!(inputs[0]["name"], "opencode");
+    assert!(
+        inputs[0]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("npm:opencode-linux-x64@1.2.27")
+    );
+    assert!(
+        inputs[0]["integrity"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha512-")
+    );
+    let stages: Vec<&str> = report["timings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["fetch-opencode", "stub", "pack"]);
+    // The artifact is what inspect verifies.
+    let output = packager(&[
+        "inspect",
+        dist.join("openwork-server-v2-linux-x64").to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", describe(&output));
+}

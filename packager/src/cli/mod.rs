@@ -277,7 +277,30 @@ fn run_release(args: ReleaseArgs, constants: Constants) -> Result<()> {
         mtime: source_date_epoch()?,
         offline,
     };
-    print_report(&release(&request)?, json);
+    let report = release(&request)?;
+    if json {
+        print_out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&report).expect("serialises")
+        ));
+    } else {
+        let stages: Vec<String> = report
+            .timings
+            .iter()
+            .map(|t| format!("{} {:.1} s", t.stage, t.seconds))
+            .collect();
+        print_out(&format!(
+            "{}\n  {} bytes, sha256 {}\n  payload {} bytes from {} bytes of sidecars ({:.1}%)\n  {:.1} s: {}\n",
+            request.dist.join(&report.artifact).display(),
+            report.size,
+            report.sha256,
+            report.payload_size,
+            report.raw_size,
+            100.0 * report.payload_ratio,
+            report.total_seconds,
+            stages.join(", "),
+        ));
+    }
     Ok(())
 }
 
