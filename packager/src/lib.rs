@@ -1,12 +1,15 @@
 //! openwork-packager as a library: the release steps the `openwork-packager` CLI glues
 //! together, callable from tests and benchmarks without a process.
 
+pub mod bun;
 pub mod constants;
 pub mod error;
 pub mod fetch;
 pub mod inspect;
 pub mod pack;
 pub mod release;
+pub mod stage;
+pub mod router;
 pub mod stub;
 
 pub use error::{Error, ExitCode, Result};

@@ -152,7 +152,7 @@ pub fn pack(req: &PackRequest) -> Result<PackReport> {
     let stub = fs_err::read(&req.stub)?;
     check_binary_for_target(&stub, &req.stub, "stub", req.target)?;
 
-    let (manifest, inputs) = build_manifest(req)?;
+    let (manifest, inputs) = build_manifest(req.target, &req.sidecars, &req.versions)?;
     let manifest_json = manifest.to_json();
 
     let started = Instant::now();
@@ -184,10 +184,17 @@ pub fn pack(req: &PackRequest) -> Result<PackReport> {
     })
 }
 
-fn build_manifest(req: &PackRequest) -> Result<(Manifest, Vec<ArchiveInput>)> {
+/// Checks the sidecars for `target` and describes them: the manifest, and where each file
+/// comes from. Shared by `pack` and `stage`, so a staged bundle and a packed payload of the
+/// same inputs have the same manifest.
+pub(crate) fn build_manifest(
+    target: &Target,
+    sidecars: &[(String, PathBuf)],
+    versions: &Versions,
+) -> Result<(Manifest, Vec<ArchiveInput>)> {
     let mut files = std::collections::BTreeMap::new();
     let mut inputs = Vec::new();
-    for (name, path) in &req.sidecars {
+    for (name, path) in sidecars {
         if !SIDECAR_NAMES.contains(&name.as_str()) {
             return Err(Error::Usage(format!(
                 "unknown sidecar {name:?}; expected one of {}",
@@ -199,9 +206,9 @@ fn build_manifest(req: &PackRequest) -> Result<(Manifest, Vec<ArchiveInput>)> {
         }
         check_regular_file(path, &format!("{name} sidecar"))?;
         let bytes = fs_err::read(path)?;
-        check_binary_for_target(&bytes, path, &format!("{name} sidecar"), req.target)?;
+        check_binary_for_target(&bytes, path, &format!("{name} sidecar"), target)?;
         let entry = FileEntry {
-            path: req.target.sidecar_path(name),
+            path: target.sidecar_path(name),
             size: bytes.len() as u64,
             sha256: hex::encode(Sha256::digest(&bytes)),
             mode: 0o755,
@@ -219,10 +226,10 @@ fn build_manifest(req: &PackRequest) -> Result<(Manifest, Vec<ArchiveInput>)> {
     }
     let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
-        server_version: req.versions.server.clone(),
-        opencode_version: req.versions.opencode.clone(),
-        router_version: req.versions.router.clone(),
-        target: req.target.name.clone(),
+        server_version: versions.server.clone(),
+        opencode_version: versions.opencode.clone(),
+        router_version: versions.router.clone(),
+        target: target.name.clone(),
         files,
     };
     manifest.validate()?;

@@ -1,6 +1,8 @@
 //! `fetch`: the npm source of opencode against a fake registry served from this test on
-//! 127.0.0.1, plus one test against the real registry that passes offline once the
-//! repository's cache is warm.
+//! 127.0.0.1, the github, url and file sources against the same fake server standing in
+//! for GitHub and mirrors (real archives of a real executable compiled by the test), plus
+//! one test against the real registry that passes offline once the repository's cache is
+//! warm.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -11,8 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use base64::Engine as _;
+use openwork_packager::ExitCode;
 use openwork_packager::fetch::{
-    self, CacheRecord, FetchError, FetchRequest, FetchedBinary, Registry, fetch_opencode_npm,
+    self, CacheRecord, FetchError, FetchRequest, FetchedBinary, Registry, Source, fetch_opencode,
+    fetch_opencode_npm,
 };
 use openwork_payload::targets::{self, Target};
 use openwork_payload::{Arch, ExecutableFormat};
@@ -639,5 +643,622 @@ fn real_pinned_opencode_linux_x64_from_npm() {
     assert_eq!(
         (info.format, info.arch),
         (ExecutableFormat::Elf, Arch::X86_64)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The github, url and file sources.
+
+/// A real, small executable for the host: `fn main() {}` compiled by rustc once per run.
+fn real_exe() -> &'static [u8] {
+    static EXE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("main.rs");
+        std::fs::write(&src, "fn main() {}\n").unwrap();
+        let out = dir.path().join("tiny");
+        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+        let status = std::process::Command::new(rustc)
+            .args(["-C", "strip=symbols", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("rustc runs");
+        assert!(status.success());
+        std::fs::read(&out).unwrap()
+    })
+}
+
+fn host() -> &'static Target {
+    target(targets::host_name().expect("tests run on a release target"))
+}
+
+/// A target whose executables the host's are not.
+fn foreign() -> &'static Target {
+    let host = host();
+    targets::all()
+        .iter()
+        .find(|t| (t.format, t.arch) != (host.format, host.arch))
+        .unwrap()
+}
+
+fn exe_name(target: &Target) -> String {
+    format!("opencode{}", target.exe_suffix)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+enum Member<'a> {
+    File(&'a str, &'a [u8]),
+    Symlink(&'a str, &'a str),
+    /// A name written into the header as is, bypassing the tar crate's own checks.
+    RawName(&'a str, &'a [u8]),
+}
+
+fn tar_gz(members: &[Member<'_>]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut builder = tar::Builder::new(gz);
+    builder
+        .append_data(&mut file_header(7), "README.md", &b"opencode"[..])
+        .unwrap();
+    for member in members {
+        match *member {
+            Member::File(path, data) => {
+                builder
+                    .append_data(&mut file_header(data.len()), path, data)
+                    .unwrap();
+            }
+            Member::Symlink(path, to) => {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                builder.append_link(&mut header, path, to).unwrap();
+            }
+            Member::RawName(name, data) => {
+                let mut header = file_header(data.len());
+                header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+                header.set_cksum();
+                builder.append(&header, data).unwrap();
+            }
+        }
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+fn file_header(size: usize) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size as u64);
+    header.set_mode(0o755);
+    header.set_cksum();
+    header
+}
+
+fn zip_of(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .unix_permissions(0o755);
+    for (name, data) in members {
+        writer.start_file(*name, options).unwrap();
+        writer.write_all(data).unwrap();
+    }
+    writer.finish().unwrap().into_inner()
+}
+
+fn url_request(cache: &Path) -> FetchRequest {
+    FetchRequest {
+        cache_root: cache.to_owned(),
+        quiet: true,
+        ..FetchRequest::new(host(), VERSION)
+    }
+}
+
+fn read_record(fetched: &FetchedBinary) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fetched.path.with_file_name("fetch.json")).unwrap())
+        .unwrap()
+}
+
+/// The executable runs: the cache holds the real thing, intact and executable.
+fn assert_runs(path: &Path) {
+    if std::env::consts::OS != "windows" {
+        let status = std::process::Command::new(path).status().unwrap();
+        assert!(status.success(), "{}", path.display());
+    }
+}
+
+#[test]
+fn url_source_with_a_pin_caches_tar_gz_and_zip_and_then_works_offline() {
+    let exe = real_exe();
+    let name = exe_name(host());
+    let server = FakeRegistry::start();
+    let tgz = tar_gz(&[Member::File(&format!("opencode-x/{name}"), exe)]);
+    let zip = zip_of(&[("LICENSE", b"MIT"), (&name, exe)]);
+    server.set("/mirror/a.tar.gz", 200, tgz.clone());
+    server.set("/mirror/a.zip", 200, zip.clone());
+
+    for (path, asset) in [("mirror/a.tar.gz", &tgz), ("mirror/a.zip", &zip)] {
+        let cache = tempfile::tempdir().unwrap();
+        let url = format!("{}{path}", server.url);
+        let source = Source::Url(url.clone());
+        let req = FetchRequest {
+            asset_sha256: Some(sha256_hex(asset)),
+            ..url_request(cache.path())
+        };
+        let before = server.total();
+        let fetched = fetch_opencode(&req, &source).unwrap();
+        assert!(!fetched.from_cache && fetched.verified);
+        assert_eq!(fetched.source, format!("url:{url}"));
+        assert_eq!(fetched.asset_sha256.as_deref(), Some(&*sha256_hex(asset)));
+        assert_cached_ok(&fetched, exe);
+        assert_runs(&fetched.path);
+        let record = read_record(&fetched);
+        assert_eq!(record["source"], fetched.source.as_str());
+        assert_eq!(record["verified"], true);
+        assert_eq!(record["assetSha256"], sha256_hex(asset).as_str());
+        assert_eq!(record["sha256"], sha256_hex(exe).as_str());
+        assert_eq!(leftovers(cache.path(), &host().name), ["v1.0.0"]);
+        assert_eq!(server.total(), before + 1);
+
+        // Warm: no request, and offline with nothing listening.
+        let warm = fetch_opencode(&req, &source).unwrap();
+        assert!(warm.from_cache && warm.verified);
+        assert_eq!(server.total(), before + 1);
+        let offline = FetchRequest {
+            offline: true,
+            ..req.clone()
+        };
+        let dead = dead_registry();
+        let gone = Source::Url(format!("{}{path}", dead.display_url()));
+        let err = fetch_opencode(&offline, &gone).unwrap_err();
+        assert!(matches!(err, FetchError::CacheUnusable { .. }), "{err}");
+        assert!(err.to_string().contains(&format!("url:{url}")), "{err}");
+        let warm = fetch_opencode(&offline, &source).unwrap();
+        assert_eq!(warm.path, fetched.path);
+    }
+}
+
+#[test]
+fn pin_mismatch_is_an_integrity_error_and_leaves_no_trace() {
+    let server = FakeRegistry::start();
+    let tgz = tar_gz(&[Member::File(&exe_name(host()), real_exe())]);
+    server.set("/a.tar.gz", 200, tgz.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let req = FetchRequest {
+        asset_sha256: Some(sha256_hex(b"something else")),
+        ..url_request(cache.path())
+    };
+    let err = fetch_opencode(&req, &Source::Url(format!("{}a.tar.gz", server.url))).unwrap_err();
+    let FetchError::Sha256Mismatch {
+        expected, computed, ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(
+        (expected.as_str(), computed.as_str()),
+        (&*sha256_hex(b"something else"), &*sha256_hex(&tgz))
+    );
+    assert_eq!(fetch::exit_code(&err), ExitCode::Integrity);
+    assert_eq!(server.hits("/a.tar.gz"), 1, "a mismatch is not retried");
+    assert!(leftovers(cache.path(), &host().name).is_empty());
+
+    // An executable pin is checked too, after extraction.
+    let req = FetchRequest {
+        asset_sha256: Some(sha256_hex(&tgz)),
+        expected_sha256: Some(sha256_hex(b"another build")),
+        ..url_request(cache.path())
+    };
+    let err = fetch_opencode(&req, &Source::Url(format!("{}a.tar.gz", server.url))).unwrap_err();
+    assert!(matches!(err, FetchError::Sha256Mismatch { .. }), "{err}");
+    assert!(leftovers(cache.path(), &host().name).is_empty());
+}
+
+#[test]
+fn unpinned_downloads_are_refused_unless_allowed_and_then_recorded_unverified() {
+    let server = FakeRegistry::start();
+    let tgz = tar_gz(&[Member::File(&exe_name(host()), real_exe())]);
+    server.set("/a.tar.gz", 200, tgz.clone());
+    let source = Source::Url(format!("{}a.tar.gz", server.url));
+    let cache = tempfile::tempdir().unwrap();
+
+    let missing = FetchRequest {
+        allow_unverified: true,
+        ..url_request(cache.path())
+    };
+    let err =
+        fetch_opencode(&missing, &Source::Url(format!("{}nope.zip", server.url))).unwrap_err();
+    assert!(
+        matches!(err, FetchError::HttpStatus { status: 404, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no such release asset"), "{err}");
+    assert_eq!(fetch::exit_code(&err), ExitCode::Network);
+    assert!(leftovers(cache.path(), &host().name).is_empty());
+    let before = server.total();
+
+    let err = fetch_opencode(&url_request(cache.path()), &source).unwrap_err();
+    assert!(matches!(err, FetchError::Unverified { .. }), "{err}");
+    assert_eq!(fetch::exit_code(&err), ExitCode::BadInput);
+    assert!(err.to_string().contains("--allow-unverified"), "{err}");
+    assert_eq!(server.total(), before, "refused before any download");
+
+    let allowed = FetchRequest {
+        allow_unverified: true,
+        ..url_request(cache.path())
+    };
+    let fetched = fetch_opencode(&allowed, &source).unwrap();
+    assert!(!fetched.verified);
+    assert_eq!(read_record(&fetched)["verified"], false);
+    assert_cached_ok(&fetched, real_exe());
+    let again = fetch_opencode(&allowed, &source).unwrap();
+    assert!(again.from_cache && !again.verified);
+
+    // A pin added later vouches for the entry it matches...
+    let pinned = FetchRequest {
+        asset_sha256: Some(sha256_hex(&tgz)),
+        ..url_request(cache.path())
+    };
+    let vouched = fetch_opencode(&pinned, &source).unwrap();
+    assert!(vouched.from_cache && vouched.verified);
+    // ...and one it does not match is not answered from the cache: the download is
+    // checked again, and the entry stays as it was when that fails.
+    let other_pin = FetchRequest {
+        asset_sha256: Some(sha256_hex(b"x")),
+        ..url_request(cache.path())
+    };
+    let err = fetch_opencode(&other_pin, &source).unwrap_err();
+    assert!(matches!(err, FetchError::Sha256Mismatch { .. }), "{err}");
+    assert_eq!(server.hits("/a.tar.gz"), 2);
+    assert_eq!(leftovers(cache.path(), &host().name), ["v1.0.0"]);
+    assert_cached_ok(&fetched, real_exe());
+}
+
+#[test]
+fn unsafe_or_incomplete_archives_are_refused() {
+    let exe = real_exe();
+    let name = exe_name(host());
+    let escaping = format!("../{name}");
+    let absolute = format!("/tmp/{name}");
+    let nested = format!("a/b/{name}");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "escape.tar.gz",
+            tar_gz(&[Member::RawName(&escaping, exe)]),
+            "climbs out",
+        ),
+        (
+            "escape-other.tar.gz",
+            tar_gz(&[
+                Member::File(&name, exe),
+                Member::RawName("../../etc/evil", b"x"),
+            ]),
+            "climbs out",
+        ),
+        (
+            "absolute.tar.gz",
+            tar_gz(&[Member::RawName(&absolute, exe)]),
+            "absolute",
+        ),
+        (
+            "missing.tar.gz",
+            tar_gz(&[Member::File(&nested, exe)]),
+            "no regular file",
+        ),
+        (
+            "link.tar.gz",
+            tar_gz(&[Member::Symlink(&name, "/bin/sh")]),
+            "not a regular file",
+        ),
+        (
+            "two.tar.gz",
+            tar_gz(&[
+                Member::File(&name, exe),
+                Member::File(&format!("d/{name}"), exe),
+            ]),
+            "two members",
+        ),
+        (
+            "escape.zip",
+            zip_of(&[(escaping.as_str(), exe)]),
+            "outside the archive",
+        ),
+        (
+            "missing.zip",
+            zip_of(&[("README", b"hi")]),
+            "no regular file",
+        ),
+        (
+            "garbage.tar.gz",
+            vec![0x1f, 0x8b, 8, 0, 1, 2, 3],
+            "readable",
+        ),
+    ];
+    let server = FakeRegistry::start();
+    for (path, body, _) in &cases {
+        server.set(&format!("/{path}"), 200, body.clone());
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let req = FetchRequest {
+        allow_unverified: true,
+        ..url_request(cache.path())
+    };
+    for (path, _, expected) in &cases {
+        let err = fetch_opencode(&req, &Source::Url(format!("{}{path}", server.url))).unwrap_err();
+        assert!(
+            matches!(err, FetchError::BadArchive { .. }),
+            "{path}: {err}"
+        );
+        assert!(err.to_string().contains(expected), "{path}: {err}");
+        assert_eq!(fetch::exit_code(&err), ExitCode::BadInput);
+        assert!(leftovers(cache.path(), &host().name).is_empty(), "{path}");
+    }
+}
+
+#[test]
+fn wrong_architecture_asset_is_refused() {
+    let foreign = foreign();
+    let server = FakeRegistry::start();
+    let tgz = tar_gz(&[Member::File(&exe_name(foreign), real_exe())]);
+    server.set("/a.tar.gz", 200, tgz.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let req = FetchRequest {
+        asset_sha256: Some(sha256_hex(&tgz)),
+        ..FetchRequest::new(foreign, VERSION)
+    };
+    let req = FetchRequest {
+        cache_root: cache.path().to_owned(),
+        quiet: true,
+        ..req
+    };
+    let err = fetch_opencode(&req, &Source::Url(format!("{}a.tar.gz", server.url))).unwrap_err();
+    assert!(matches!(err, FetchError::WrongBinary { .. }), "{err}");
+    assert_eq!(fetch::exit_code(&err), ExitCode::WrongTarget);
+    assert!(leftovers(cache.path(), &foreign.name).is_empty());
+}
+
+#[test]
+fn file_source_takes_binaries_and_archives_checked_against_pins() {
+    let exe = real_exe();
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join(exe_name(host()));
+    std::fs::write(&binary, exe).unwrap();
+    let asset = dir.path().join(&host().opencode.github_asset);
+    let archive = if asset.to_string_lossy().ends_with(".zip") {
+        zip_of(&[(&*exe_name(host()), exe)])
+    } else {
+        tar_gz(&[Member::File(&exe_name(host()), exe)])
+    };
+    std::fs::write(&asset, &archive).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+
+    // Unpinned: accepted (a deliberate local file), recorded as unverified.
+    let fetched =
+        fetch_opencode(&url_request(cache.path()), &Source::File(binary.clone())).unwrap();
+    assert!(!fetched.verified && !fetched.from_cache);
+    assert_eq!(fetched.source, format!("file:{}", exe_name(host())));
+    assert_cached_ok(&fetched, exe);
+    assert_runs(&fetched.path);
+
+    // Pinned through constants.json's GitHub pin, because it is the release asset.
+    let mut pins = openwork_packager::constants::OpencodeSha256::default();
+    pins.github
+        .insert(host().name.clone(), sha256_hex(&archive));
+    let source = Source::File(asset.clone());
+    let mut req = url_request(cache.path());
+    req.pin_from(&pins, &source);
+    assert_eq!(req.asset_sha256, Some(sha256_hex(&archive)));
+    let fetched = fetch_opencode(&req, &source).unwrap();
+    assert!(fetched.verified);
+    assert_eq!(read_record(&fetched)["verified"], true);
+    assert_cached_ok(&fetched, exe);
+    assert_eq!(leftovers(cache.path(), &host().name), ["v1.0.0"]);
+
+    // A mismatching pin: refused, and the entry already there stays.
+    let req = FetchRequest {
+        asset_sha256: Some(sha256_hex(b"not it")),
+        ..url_request(cache.path())
+    };
+    let err = fetch_opencode(&req, &Source::File(binary.clone())).unwrap_err();
+    assert!(matches!(err, FetchError::Sha256Mismatch { .. }), "{err}");
+    assert_cached_ok(&fetched, exe);
+
+    // Not an executable at all.
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a program").unwrap();
+    let err = fetch_opencode(&url_request(cache.path()), &Source::File(text)).unwrap_err();
+    assert!(matches!(err, FetchError::WrongBinary { .. }), "{err}");
+    assert_eq!(fetch::exit_code(&err), ExitCode::WrongTarget);
+    assert_eq!(leftovers(cache.path(), &host().name), ["v1.0.0"]);
+    assert_cached_ok(&fetched, exe);
+}
+
+#[test]
+fn an_entry_from_one_source_does_not_answer_another() {
+    let server = FakeRegistry::start();
+    let exe = real_exe();
+    let package = &host().opencode.npm_package;
+    server.publish(
+        package,
+        &[(&format!("package/bin/{}", exe_name(host())), exe)],
+        None,
+    );
+    let tgz = tar_gz(&[Member::File(&exe_name(host()), exe)]);
+    server.set("/a.tar.gz", 200, tgz.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let npm = fetch_opencode_npm(&FetchRequest {
+        quiet: true,
+        ..request(host(), cache.path(), server.registry())
+    })
+    .unwrap();
+    assert!(npm.verified);
+
+    let source = Source::Url(format!("{}a.tar.gz", server.url));
+    let req = FetchRequest {
+        asset_sha256: Some(sha256_hex(&tgz)),
+        ..url_request(cache.path())
+    };
+    let offline = FetchRequest {
+        offline: true,
+        ..req.clone()
+    };
+    let err = fetch_opencode(&offline, &source).unwrap_err();
+    let FetchError::CacheUnusable { reason, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(reason.contains("npm:"), "{reason}");
+    assert!(
+        npm.path.exists(),
+        "an offline refusal does not remove the entry"
+    );
+
+    let url = fetch_opencode(&req, &source).unwrap();
+    assert!(!url.from_cache);
+    assert!(url.source.starts_with("url:"));
+    assert_eq!(leftovers(cache.path(), &host().name), ["v1.0.0"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// The command line with --source github, against the fake server as the releases URL.
+
+fn packager(args: &[&str], releases: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_openwork-packager"))
+        .args(args)
+        .env(fetch::GITHUB_RELEASES_ENV, releases)
+        .output()
+        .unwrap()
+}
+
+/// The repository's constants.json with `opencodeSha256` replaced.
+fn constants_with(dir: &Path, name: &str, pins: serde_json::Value) -> PathBuf {
+    let text = std::fs::read_to_string(fetch::workspace_root().join("constants.json")).unwrap();
+    let mut constants: serde_json::Value = serde_json::from_str(&text).unwrap();
+    constants["opencodeSha256"] = pins;
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_vec(&constants).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn cli_github_source_pins_exit_codes_and_offline() {
+    let server = FakeRegistry::start();
+    let releases = format!("{}releases", server.url);
+    let host = host();
+    let foreign = foreign();
+    let asset_of = |target: &Target| {
+        if target.opencode.github_asset.ends_with(".zip") {
+            zip_of(&[(&*exe_name(target), real_exe())])
+        } else {
+            tar_gz(&[Member::File(&exe_name(target), real_exe())])
+        }
+    };
+    let (host_asset, foreign_asset) = (asset_of(host), asset_of(foreign));
+    for (target, asset) in [(host, &host_asset), (foreign, &foreign_asset)] {
+        server.set(
+            &format!("/releases/download/v1.0.0/{}", target.opencode.github_asset),
+            200,
+            asset.clone(),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let good = constants_with(
+        dir.path(),
+        "good.json",
+        serde_json::json!({"github": {
+            host.name.clone(): sha256_hex(&host_asset),
+            foreign.name.clone(): sha256_hex(&foreign_asset),
+        }}),
+    );
+    let wrong = constants_with(
+        dir.path(),
+        "wrong.json",
+        serde_json::json!({"github": {host.name.clone(): sha256_hex(b"other")}}),
+    );
+    let none = constants_with(dir.path(), "none.json", serde_json::json!({}));
+    let cache = dir.path().join("cache");
+    let cache = cache.to_str().unwrap();
+    let fetch_args = |target: &str, constants: &Path| -> Vec<String> {
+        [
+            "--constants",
+            constants.to_str().unwrap(),
+            "fetch",
+            "--source",
+            "github",
+            "--target",
+            target,
+            "--version",
+            "v1.0.0",
+            "--cache-dir",
+            cache,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let run = |args: &[String], extra: &[&str], releases: &str| {
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend_from_slice(extra);
+        packager(&all, releases)
+    };
+
+    // Unpinned: exit 10 without a download; with --allow-unverified: a loud warning.
+    let out = run(&fetch_args(&host.name, &none), &[], &releases);
+    assert_eq!(out.status.code(), Some(10), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-unverified"));
+    assert_eq!(server.total(), 0);
+    let out = run(
+        &fetch_args(&host.name, &none),
+        &["--allow-unverified"],
+        &releases,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning:"));
+
+    let downloads = server.total();
+    // Pinned: the pin vouches for the entry already there (its asset's sha256 matches).
+    let out = run(&fetch_args(&host.name, &good), &[], &releases);
+    assert_eq!(server.total(), downloads);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert_eq!(std::fs::read(&path).unwrap(), real_exe());
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path.with_file_name("fetch.json")).unwrap()).unwrap();
+    assert_eq!(
+        record["source"],
+        format!("github:v1.0.0/{}", host.opencode.github_asset)
+    );
+    assert_eq!(record["assetSha256"], sha256_hex(&host_asset).as_str());
+    assert_eq!(record["verified"], false, "stored with --allow-unverified");
+
+    // Warm cache, server unreachable: works, offline or not.
+    let dead = format!("{}releases", dead_registry().display_url());
+    for extra in [&["--offline"][..], &[]] {
+        let out = run(&fetch_args(&host.name, &good), extra, &dead);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+    }
+
+    // A pin the download does not match: exit 4, and the entry in place is untouched.
+    let out = run(&fetch_args(&host.name, &wrong), &[], &releases);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sha256 mismatch"));
+    assert_eq!(std::fs::read(&path).unwrap(), real_exe());
+
+    // The host's executable published as another target's: exit 9, nothing cached.
+    let out = run(&fetch_args(&foreign.name, &good), &[], &releases);
+    assert_eq!(out.status.code(), Some(9), "{out:?}");
+    assert!(leftovers(Path::new(cache), &foreign.name).is_empty());
+
+    // A malformed pin in the constants file is a clear input error.
+    let bad = constants_with(
+        dir.path(),
+        "bad.json",
+        serde_json::json!({"github": {host.name.clone(): "abc"}}),
+    );
+    let out = run(&fetch_args(&host.name, &bad), &[], &releases);
+    assert_eq!(out.status.code(), Some(10), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("opencodeSha256.github.{}", host.name)),
+        "{out:?}"
     );
 }

@@ -1,5 +1,7 @@
 //! The packager's command line: clap types converted into library requests.
 
+mod build_router;
+
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -31,6 +33,8 @@ pub enum Command {
     Fetch(FetchArgs),
     /// Fetch, build the stub, pack: dist/openwork-server-v2-<target>[.exe] and SHA256SUMS
     Release(ReleaseArgs),
+    /// Build opencode-router from source with the pinned Bun for a target (cached)
+    BuildRouter(build_router::BuildRouterArgs),
 }
 
 /// `release` arguments.
@@ -116,6 +120,44 @@ pub struct FetchArgs {
     /// Use only the cache; fail rather than download
     #[arg(long)]
     pub offline: bool,
+    /// Where to get opencode: the npm registry, GitHub releases, a local file, a URL
+    #[arg(long, value_enum, default_value_t = FetchSource::Npm)]
+    pub source: FetchSource,
+    /// The local binary or release asset (.tar.gz, .zip) for --source file
+    #[arg(long, value_name = "FILE", required_if_eq("source", "file"))]
+    pub path: Option<PathBuf>,
+    /// The release asset (.tar.gz, .zip) or binary to download for --source url
+    #[arg(long, required_if_eq("source", "url"))]
+    pub url: Option<String>,
+    /// Expected SHA-256 of the download or file (of the executable for npm), instead of
+    /// the pin in constants.json
+    #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
+    pub sha256: Option<String>,
+    /// Accept a github or url download that no SHA-256 pin vouches for
+    #[arg(long)]
+    pub allow_unverified: bool,
+}
+
+/// `fetch --source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FetchSource {
+    /// opencode's platform package on the npm registry (integrity-checked)
+    Npm,
+    /// opencode's GitHub release asset (needs a pin; OPENWORK_GITHUB_RELEASES_URL for a mirror)
+    Github,
+    /// A local binary or release asset (--path)
+    File,
+    /// A release asset or binary at a URL (--url)
+    Url,
+}
+
+fn parse_sha256(value: &str) -> std::result::Result<String, String> {
+    let hex = value.trim().to_ascii_lowercase();
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex)
+    } else {
+        Err(format!("expected 64 hex digits (a SHA-256), got {value:?}"))
+    }
 }
 
 fn parse_sidecar(value: &str) -> std::result::Result<(String, PathBuf), String> {
@@ -164,6 +206,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(args) => run_inspect(args),
         Command::Fetch(args) => run_fetch(args, &constants),
         Command::Release(args) => run_release(args, constants),
+        Command::BuildRouter(args) => build_router::run(args, &constants),
     }
 }
 
@@ -224,14 +267,30 @@ fn run_inspect(args: InspectArgs) -> Result<()> {
 }
 
 fn run_fetch(args: FetchArgs, constants: &Constants) -> Result<()> {
-    use openwork_packager::fetch::{FetchRequest, fetch_opencode_npm};
+    use openwork_packager::fetch::{FetchRequest, Source, fetch_opencode};
     let FetchArgs {
         target,
         version,
         cache_dir,
         offline,
+        source,
+        path,
+        url,
+        sha256,
+        allow_unverified,
     } = args;
     let target = target_by_name(target.as_deref())?;
+    let source = match (source, path, url) {
+        (FetchSource::Npm, None, None) => Source::Npm,
+        (FetchSource::Github, None, None) => Source::Github,
+        (FetchSource::File, Some(path), None) => Source::File(path),
+        (FetchSource::Url, None, Some(url)) => Source::Url(url),
+        _ => {
+            return Err(Error::Usage(
+                "--path goes with --source file only, --url with --source url only".into(),
+            ));
+        }
+    };
     let mut request = FetchRequest::new(
         target,
         version.unwrap_or_else(|| constants.opencode_version().to_string()),
@@ -240,7 +299,15 @@ fn run_fetch(args: FetchArgs, constants: &Constants) -> Result<()> {
         request.cache_root = dir;
     }
     request.offline = offline;
-    let fetched = fetch_opencode_npm(&request)?;
+    request.allow_unverified = allow_unverified;
+    request.pin_from(&constants.opencode_sha256, &source);
+    if let Some(sha256) = sha256 {
+        match source {
+            Source::Npm => request.expected_sha256 = Some(sha256),
+            _ => request.asset_sha256 = Some(sha256),
+        }
+    }
+    let fetched = fetch_opencode(&request, &source)?;
     print_out(&format!("{}\n", fetched.path.display()));
     Ok(())
 }

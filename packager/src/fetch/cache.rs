@@ -3,7 +3,8 @@
 //! ```text
 //! <cache_root>/<sidecar>/<target>/
 //!     v<version>/<file>          the executable (opencode, opencode.exe)
-//!     v<version>/fetch.json      its record: source, integrity, sha256, size
+//!     v<version>/fetch.json      its record: source, integrity, sha256, size, and
+//!                                [`Provenance`]: verified, assetSha256
 //!     .v<version>.lock           OS file lock serialising fetches of this entry
 //!     .tmp-v<version>-XXXXXX/    staging directory of a fetch in progress
 //! ```
@@ -14,6 +15,14 @@
 //! executable against the record's SHA-256 (cheap next to a download, and it catches a
 //! damaged disk or a hand-edited file); they need no lock because entries never change
 //! once renamed into place: a damaged one is removed under the lock and fetched again.
+//!
+//! There is one entry per target and version whatever the source (npm, GitHub, a mirror,
+//! a local file), because the packer wants "opencode 1.2.27 for linux-x64" and not a
+//! source. The record says where the entry came from and whether anything vouched for it;
+//! a request only takes an entry from its own source that satisfies its pins (see the
+//! `fetch` module). An entry that does not do is replaced by an atomic swap
+//! ([`Entry::commit`]) once the new download has verified, so it is never lost to a
+//! download that fails.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -38,9 +47,11 @@ pub struct CacheRecord {
     pub target: String,
     /// Version, without a leading `v`.
     pub version: String,
-    /// Where it came from: `npm:<package>@<version>`.
+    /// Where it came from: `npm:<package>@<version>`, `github:v<version>/<asset>`,
+    /// `url:<url>` or `file:<file name>`.
     pub source: String,
-    /// The tarball's Subresource Integrity as published (`sha512-<base64>`).
+    /// The downloaded file's Subresource Integrity: as published for npm
+    /// (`sha512-<base64>`), computed for the other sources (`sha256-<base64>`).
     pub integrity: String,
     /// The executable's file name inside the entry.
     pub file: String,
@@ -54,13 +65,43 @@ pub struct CacheRecord {
     pub tarball_size: Option<u64>,
 }
 
-/// The state of an entry.
-pub(crate) enum Check {
+/// How far a record's content can be trusted: kept in the same `fetch.json` as the
+/// [`CacheRecord`], as fields of their own so that records of builds and npm downloads
+/// (which never carry them) read as verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Provenance {
+    /// Whether a published integrity or a pin vouched for the content; `false` only for
+    /// downloads accepted with `--allow-unverified` and unpinned local files.
+    #[serde(default = "verified_by_default")]
+    pub verified: bool,
+    /// Lower-case hex SHA-256 of the file downloaded or given (the archive, or the
+    /// executable itself when it came bare); absent for npm, whose `integrity` names the
+    /// tarball.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset_sha256: Option<String>,
+}
+
+impl Default for Provenance {
+    fn default() -> Self {
+        Provenance {
+            verified: true,
+            asset_sha256: None,
+        }
+    }
+}
+
+fn verified_by_default() -> bool {
+    true
+}
+
+/// An entry's state.
+pub(crate) enum State {
     /// Not there.
     Missing,
     /// There, and the executable matches its record.
-    Valid(CacheRecord),
-    /// There, but damaged or not what was asked for.
+    Valid(CacheRecord, Provenance),
+    /// There, but damaged.
     Corrupt(String),
 }
 
@@ -95,50 +136,50 @@ impl Entry {
         }
     }
 
-    /// Verifies the entry against its record, and the record against what `source` asks for.
-    pub(crate) fn check(&self, source: &str) -> Result<Check> {
+    /// Verifies the entry against its record; whether the record suits a request is the
+    /// caller's question.
+    pub(crate) fn inspect(&self) -> Result<State> {
         let record_path = self.dir.join(RECORD_FILE);
         let text = match fs_err::read_to_string(&record_path) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound && !self.dir.exists() => {
-                return Ok(Check::Missing);
+                return Ok(State::Missing);
             }
-            Err(e) => return Ok(Check::Corrupt(format!("unreadable record: {e}"))),
+            Err(e) => return Ok(State::Corrupt(format!("unreadable record: {e}"))),
         };
         let record: CacheRecord = match serde_json::from_str(&text) {
             Ok(record) => record,
-            Err(e) => return Ok(Check::Corrupt(format!("unparsable {RECORD_FILE}: {e}"))),
+            Err(e) => return Ok(State::Corrupt(format!("unparsable {RECORD_FILE}: {e}"))),
         };
         let expected = (
             RECORD_VERSION,
             self.target.as_str(),
             self.version.as_str(),
-            source,
             self.file.as_str(),
         );
         let found = (
             record.record_version,
             &*record.target,
             &*record.version,
-            &*record.source,
             &*record.file,
         );
         if expected != found {
-            return Ok(Check::Corrupt(format!(
+            return Ok(State::Corrupt(format!(
                 "the record describes {found:?}, expected {expected:?}"
             )));
         }
         let (sha256, size) = match sha256_file(&self.binary) {
             Ok(hash) => hash,
-            Err(e) => return Ok(Check::Corrupt(format!("unreadable executable: {e}"))),
+            Err(e) => return Ok(State::Corrupt(format!("unreadable executable: {e}"))),
         };
         if size != record.size || sha256 != record.sha256 {
-            return Ok(Check::Corrupt(format!(
+            return Ok(State::Corrupt(format!(
                 "{} has sha256 {sha256} and {size} bytes, the record says {} and {} bytes",
                 self.file, record.sha256, record.size
             )));
         }
-        Ok(Check::Valid(record))
+        let provenance = serde_json::from_str(&text).unwrap_or_default();
+        Ok(State::Valid(record, provenance))
     }
 
     /// Takes the entry's lock, waiting for another process's fetch to finish. File systems
@@ -193,10 +234,24 @@ impl Entry {
             .map_err(io_err("create a staging directory in", &self.target_dir))
     }
 
-    /// Writes the record into `staging` and renames it into place as the entry.
-    pub(crate) fn commit(&self, staging: tempfile::TempDir, record: &CacheRecord) -> Result<()> {
+    /// Writes the record and its provenance into `staging` and renames it into place as
+    /// the entry, swapping out an existing entry (under the lock) so that there is always
+    /// a complete one.
+    pub(crate) fn commit(
+        &self,
+        staging: tempfile::TempDir,
+        record: &CacheRecord,
+        provenance: &Provenance,
+    ) -> Result<()> {
         let record_path = staging.path().join(RECORD_FILE);
-        let mut json = serde_json::to_vec_pretty(record).expect("records serialise");
+        let mut value = serde_json::to_value(record).expect("records serialise");
+        if let (Some(map), serde_json::Value::Object(extra)) = (
+            value.as_object_mut(),
+            serde_json::to_value(provenance).expect("provenance serialises"),
+        ) {
+            map.extend(extra);
+        }
+        let mut json = serde_json::to_vec_pretty(&value).expect("records serialise");
         json.push(b'\n');
         let mut file = fs_err::File::create(&record_path)?;
         file.write_all(&json)?;
@@ -204,17 +259,32 @@ impl Entry {
         drop(file);
         // Make the entry directory's contents durable before it becomes visible.
         sync_dir(staging.path());
+        // Named like staging so that an interrupted swap is cleaned up like one.
+        let aside = if self.dir.exists() {
+            let aside = self.staging()?.keep();
+            fs_err::rename(&self.dir, aside.join("old"))?;
+            Some(aside)
+        } else {
+            None
+        };
         let staged = staging.keep();
         if let Err(e) = fs_err::rename(&staged, &self.dir) {
             let _ = fs_err::remove_dir_all(&staged);
+            if let Some(aside) = &aside {
+                let _ = fs_err::rename(aside.join("old"), &self.dir);
+                let _ = fs_err::remove_dir_all(aside);
+            }
             // Without a working lock another process may have won the race: its entry is
-            // as good as ours if it verifies.
-            if matches!(self.check(&record.source)?, Check::Valid(_)) {
+            // as good as ours if it verifies and came from the same place.
+            if matches!(self.inspect()?, State::Valid(r, _) if r.source == record.source) {
                 return Ok(());
             }
             return Err(e.into());
         }
         sync_dir(&self.target_dir);
+        if let Some(aside) = aside {
+            let _ = fs_err::remove_dir_all(aside);
+        }
         Ok(())
     }
 
@@ -299,33 +369,42 @@ mod tests {
     fn commit_then_check_then_detect_damage() {
         let root = tempfile::tempdir().unwrap();
         let entry = Entry::new(root.path(), "opencode", "linux-x64", "1.0.0", "opencode");
-        assert!(matches!(
-            entry.check("npm:pkg@1.0.0").unwrap(),
-            Check::Missing
-        ));
+        assert!(matches!(entry.inspect().unwrap(), State::Missing));
 
         let _lock = entry.lock().unwrap();
         let staging = entry.staging().unwrap();
         fs_err::write(staging.path().join("opencode"), b"binary").unwrap();
         let (sha, size) = sha256_file(&staging.path().join("opencode")).unwrap();
         let rec = record(&entry, sha, size);
-        entry.commit(staging, &rec).unwrap();
-        assert!(matches!(entry.check("npm:pkg@1.0.0").unwrap(), Check::Valid(r) if r == rec));
-        assert!(matches!(
-            entry.check("npm:other@1.0.0").unwrap(),
-            Check::Corrupt(_)
-        ));
+        entry.commit(staging, &rec, &Provenance::default()).unwrap();
+        assert!(
+            matches!(entry.inspect().unwrap(), State::Valid(r, p) if r == rec && p == Provenance::default())
+        );
+
+        // A second commit swaps the entry and leaves nothing aside.
+        let staging = entry.staging().unwrap();
+        fs_err::write(staging.path().join("opencode"), b"binary2").unwrap();
+        let (sha, size) = sha256_file(&staging.path().join("opencode")).unwrap();
+        let rec = record(&entry, sha, size);
+        entry.commit(staging, &rec, &Provenance::default()).unwrap();
+        assert!(
+            matches!(entry.inspect().unwrap(), State::Valid(r, p) if r == rec && p == Provenance::default())
+        );
+        let names: Vec<_> = fs_err::read_dir(&entry.target_dir)
+            .unwrap()
+            .map(|d| d.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        assert_eq!(names, ["v1.0.0"]);
+        fs_err::write(&entry.binary, b"binary").unwrap();
 
         fs_err::write(&entry.binary, b"binarY").unwrap();
-        let Check::Corrupt(detail) = entry.check("npm:pkg@1.0.0").unwrap() else {
+        let State::Corrupt(detail) = entry.inspect().unwrap() else {
             panic!("damage not seen")
         };
         assert!(detail.contains("the record says"), "{detail}");
         entry.remove().unwrap();
-        assert!(matches!(
-            entry.check("npm:pkg@1.0.0").unwrap(),
-            Check::Missing
-        ));
+        assert!(matches!(entry.inspect().unwrap(), State::Missing));
     }
 
     #[test]

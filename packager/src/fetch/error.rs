@@ -60,7 +60,7 @@ pub enum FetchError {
     /// The request failed (after retries, if it was worth retrying).
     #[error(
         "GET {url} failed after {attempts} attempt(s): {detail}; check the network, HTTPS_PROXY \
-         and NPM_CONFIG_REGISTRY"
+         and (for npm) NPM_CONFIG_REGISTRY or (for github) OPENWORK_GITHUB_RELEASES_URL"
     )]
     Http {
         /// The URL (credentials removed).
@@ -152,8 +152,8 @@ pub enum FetchError {
 
     /// The executable does not hash to the pinned SHA-256.
     #[error(
-        "sha256 mismatch for {what}: expected {expected} (pinned), computed {computed}; the \
-         published package differs from the pin: update the pin only if the change is expected"
+        "sha256 mismatch for {what}: expected {expected} (pinned), computed {computed}; what \
+         arrived differs from the pin: update the pin only if the change is expected"
     )]
     Sha256Mismatch {
         /// `npm:<package>@<version>`.
@@ -162,6 +162,57 @@ pub enum FetchError {
         expected: String,
         /// Of the executable.
         computed: String,
+    },
+
+    /// A download from GitHub or a mirror with no SHA-256 pin to check it against.
+    #[error(
+        "refusing to use {what} for {target}: no SHA-256 is pinned for it, so nothing \
+         vouches for its content; add it to opencodeSha256.{pin_key}.{target} in \
+         constants.json (or pass --sha256), or pass --allow-unverified to accept it unchecked"
+    )]
+    Unverified {
+        /// The source (`github:…`, `url:…`).
+        what: String,
+        /// Target name.
+        target: String,
+        /// Which map of `opencodeSha256` the pin belongs in.
+        pin_key: &'static str,
+    },
+
+    /// An archive that cannot be extracted safely or holds no single executable.
+    #[error("{what}: {detail}; refusing to extract it")]
+    BadArchive {
+        /// The source (`github:…`, `url:…`, `file:…`).
+        what: String,
+        /// What is wrong with it (names the member).
+        detail: String,
+    },
+
+    /// A URL given on the command line or in the environment that cannot be used.
+    #[error("invalid URL {url:?} ({origin}): {reason}")]
+    InvalidUrl {
+        /// The value (credentials removed).
+        url: String,
+        /// Where it came from.
+        origin: String,
+        /// Why it is not usable.
+        reason: String,
+    },
+
+    /// The cache holds this version, but not in a form this request may use, and offline
+    /// mode forbids replacing it.
+    #[error(
+        "the cached {} cannot serve {what}: {reason}; run without --offline to fetch it \
+         again, or ask for the source it came from",
+        path.display()
+    )]
+    CacheUnusable {
+        /// The request's source.
+        what: String,
+        /// The cache entry's directory.
+        path: PathBuf,
+        /// Why the entry does not do.
+        reason: String,
     },
 
     /// A cache entry failed verification; it has been removed.

@@ -1,7 +1,32 @@
 //! `fetch`: getting a pinned sidecar onto this machine, verified and cached.
 //!
-//! Today there is one source, opencode's own platform packages on the npm registry
-//! (`targets/<target>.json` names the package, `constants.json` pins the version):
+//! Sources of opencode ([`Source`]); all of them end in the same cache entry,
+//! `<cache_root>/opencode/<target>/v<version>/`, and the same checks of the executable
+//! (goblin: the target's format and architecture; the executable pin, when set):
+//!
+//! - **npm** (the default, described below): the registry's `dist.integrity` vouches for
+//!   the tarball.
+//! - **github**: `<releases>/download/v<version>/<githubAsset>` ([`GITHUB_RELEASES_URL`],
+//!   overridable with [`GITHUB_RELEASES_ENV`] for mirrors and tests). GitHub publishes no
+//!   checksum we could trust more than the download itself, so the asset's SHA-256 must be
+//!   pinned (`opencodeSha256.github.<target>` in `constants.json`); an unpinned download is
+//!   refused unless [`FetchRequest::allow_unverified`] is set, and then recorded as
+//!   unverified.
+//! - **url**: the same for any URL (a mirror); the GitHub pin applies when the URL's file
+//!   name is the target's `githubAsset`.
+//! - **file**: a local binary or asset, for air-gapped machines; checked against a pin when
+//!   there is one, else accepted with a warning and recorded as unverified (the user chose
+//!   the file).
+//!
+//! Archives are extracted defensively (see the `archive` module). The cache record (`fetch.json`) names
+//! the source and whether anything vouched for it; a request only takes an entry from its
+//! own source that satisfies its pins, and an unverified entry only when the request allows
+//! unverified content. Otherwise the entry is fetched again and swapped in once verified
+//! (offline: an error naming the reason), so a verified request is never answered silently
+//! by a mirror's or an unverified file.
+//!
+//! The npm source in detail (`targets/<target>.json` names the package, `constants.json`
+//! pins the version):
 //!
 //! 1. If `<cache_root>/opencode/<target>/v<version>/` holds the executable and its SHA-256
 //!    matches the record beside it, that is the answer: no network, works offline.
@@ -13,13 +38,13 @@
 //!    it matches a pinned SHA-256, when one is given), then rename the staging directory
 //!    into place (see [`cache`]).
 //!
-//! Why the npm registry and not opencode's GitHub release assets: the registry publishes a
+//! Why the npm registry is the default rather than opencode's GitHub release assets: it publishes a
 //! SHA-512 for every tarball (upstream never verified its downloads), it is what corporate
 //! mirrors proxy, and it is reachable where GitHub is not. The record keeps the tarball's
 //! integrity so that the manifest can name exactly what was packed.
 //!
 //! Progress goes to stderr as plain lines prefixed `fetch:` unless
-//! [`FetchRequest::quiet`] is set.
+//! [`FetchRequest::quiet`] is set; warnings about unverified content always do.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -27,17 +52,38 @@ use std::time::Instant;
 
 use openwork_payload::targets::{self, Target};
 
+mod archive;
 pub mod cache;
 pub mod error;
 mod http;
 mod npm;
 pub mod registry;
 
-pub use cache::CacheRecord;
+pub use cache::{CacheRecord, Provenance};
 pub use error::{FetchError, Result};
 pub use registry::{Credential, Registry, Secret};
 
-use cache::{Check, Entry};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use cache::{Entry, State};
+
+/// Where opencode's GitHub release assets are published.
+pub const GITHUB_RELEASES_URL: &str = "https://github.com/sst/opencode/releases";
+/// Replaces [`GITHUB_RELEASES_URL`] (a mirror with the same layout, a test server).
+pub const GITHUB_RELEASES_ENV: &str = "OPENWORK_GITHUB_RELEASES_URL";
+
+/// Where to get opencode from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// opencode's platform package on the npm registry.
+    Npm,
+    /// opencode's GitHub release asset for the target.
+    Github,
+    /// A release asset (`.tar.gz`, `.zip`) or a bare executable at this URL.
+    Url(String),
+    /// A local release asset or executable.
+    File(PathBuf),
+}
 
 /// The directory the cache lives in unless told otherwise, relative to the workspace root.
 pub const DEFAULT_CACHE_DIR: &str = ".local/runtime-assets";
@@ -57,8 +103,13 @@ pub struct FetchRequest {
     /// as the project directory ([`Registry::discover`]).
     pub registry: Option<Registry>,
     /// The executable's SHA-256 (lower-case hex), when pinned; checked on download and on
-    /// every cache hit.
+    /// every cache hit, whatever the source.
     pub expected_sha256: Option<String>,
+    /// SHA-256 of the file downloaded or given (the release asset, or the bare executable)
+    /// for the github, url and file sources; see [`FetchRequest::pin_from`].
+    pub asset_sha256: Option<String>,
+    /// Accept a github or url download that no pin vouches for (recorded as unverified).
+    pub allow_unverified: bool,
     /// No progress lines on stderr.
     pub quiet: bool,
 }
@@ -74,7 +125,37 @@ impl FetchRequest {
             offline: false,
             registry: None,
             expected_sha256: None,
+            asset_sha256: None,
+            allow_unverified: false,
             quiet: false,
+        }
+    }
+
+    /// Sets the pins `constants.json` holds for this target and `source`: the npm pin (of
+    /// the executable) for npm; the GitHub pin (of the release asset) for github, and for
+    /// url and file when their file name is the target's `githubAsset` (a copy of the same
+    /// asset). Other files need an explicit pin.
+    pub fn pin_from(&mut self, pins: &crate::constants::OpencodeSha256, source: &Source) {
+        let target = &self.target.name;
+        let asset = &self.target.opencode.github_asset;
+        let github = pins.github.get(target).cloned();
+        let named_like_the_asset = |name: Option<&str>| name == Some(asset.as_str());
+        match source {
+            Source::Npm => self.expected_sha256 = pins.npm.get(target).cloned(),
+            Source::Github => self.asset_sha256 = github,
+            Source::Url(url) => {
+                let name = reqwest::Url::parse(url)
+                    .ok()
+                    .and_then(|u| u.path_segments()?.next_back().map(str::to_owned));
+                if named_like_the_asset(name.as_deref()) {
+                    self.asset_sha256 = github;
+                }
+            }
+            Source::File(path) => {
+                if named_like_the_asset(path.file_name().and_then(|n| n.to_str())) {
+                    self.asset_sha256 = github;
+                }
+            }
         }
     }
 }
@@ -90,10 +171,16 @@ pub struct FetchedBinary {
     pub sha256: String,
     /// Its size in bytes.
     pub size: u64,
-    /// Where it came from: `npm:<package>@<version>`.
+    /// Where it came from: `npm:<package>@<version>`, `github:v<version>/<asset>`,
+    /// `url:<url>` or `file:<file name>`.
     pub source: String,
-    /// The tarball's Subresource Integrity as published, e.g. `sha512-<base64>`.
+    /// The download's Subresource Integrity: the tarball's as published for npm
+    /// (`sha512-<base64>`), the asset's as computed for the others (`sha256-<base64>`).
     pub integrity: String,
+    /// Whether a published integrity or a pin vouched for it.
+    pub verified: bool,
+    /// SHA-256 of the release asset or file it came from (not for npm).
+    pub asset_sha256: Option<String>,
     /// Whether it was already cached (no network was used).
     pub from_cache: bool,
 }
@@ -115,22 +202,413 @@ pub fn fetch_npm_bin(
     package: &str,
     file: &str,
 ) -> Result<FetchedBinary> {
-    let started = Instant::now();
     let progress = Progress { quiet: req.quiet };
     let target = req.target;
     let version = normalize_version(&req.version)?;
-    let file = file.to_owned();
     let source = format!("npm:{package}@{version}");
-    let entry = Entry::new(&req.cache_root, name, &target.name, &version, &file);
+    let entry = Entry::new(&req.cache_root, name, &target.name, &version, file);
+    let want = Want {
+        source: &source,
+        asset_pin: None,
+        exe_pin: req.expected_sha256.as_deref(),
+        // The registry's integrity vouches for every npm download.
+        allow_unverified: true,
+    };
+    through_cache(
+        req,
+        &entry,
+        &want,
+        &progress,
+        Refresh::IfUnsuitable,
+        |staging| {
+            let registry = match &req.registry {
+                Some(registry) => registry.clone(),
+                None => Registry::discover(&workspace_root())?,
+            };
+            progress.line(format_args!(
+                "{source} for {} is not cached; asking {} (from {})",
+                target.name,
+                registry.display_url(),
+                registry.origin()
+            ));
+            let http = http::Http::new(registry.url_for(package), &progress)?;
+            let dist = npm::version_dist(&http, &registry, package, &version)?;
 
+            let tgz = staging.join("package.tgz");
+            let (hasher, _) = http.download(
+                &dist.tarball,
+                registry.credential_for(&dist.tarball),
+                &tgz,
+                || dist.integrity.hasher(),
+            )?;
+            let computed = hasher.finish();
+            if computed != dist.integrity {
+                return Err(FetchError::IntegrityMismatch {
+                    url: registry::redact_url(&dist.tarball),
+                    expected: dist.integrity.to_string(),
+                    computed: computed.to_string(),
+                });
+            }
+            progress.line(format_args!(
+                "integrity verified ({})",
+                abbreviate(&computed.to_string())
+            ));
+
+            let staged_binary = staging.join(file);
+            let extracted = npm::extract_bin(&tgz, file, &staged_binary)?.ok_or_else(|| {
+                FetchError::MissingMember {
+                    source_name: source.clone(),
+                    member: format!("package/bin/{file}"),
+                }
+            })?;
+            let tarball_size = fs_err::metadata(&tgz)?.len();
+            fs_err::remove_file(&tgz)?;
+            check_binary(&staged_binary, target, &source, &extracted.member)?;
+            check_pin(req.expected_sha256.as_deref(), &source, &extracted.sha256)?;
+            let record = CacheRecord {
+                record_version: 1,
+                target: target.name.clone(),
+                version: version.clone(),
+                source: source.clone(),
+                integrity: computed.to_string(),
+                file: file.to_owned(),
+                sha256: extracted.sha256,
+                size: extracted.size,
+                tarball_size: Some(tarball_size),
+            };
+            Ok((record, Provenance::default()))
+        },
+    )
+}
+
+/// Gets opencode for `req.target` at `req.version` from `source` (see the module docs for
+/// what each source checks), or from the cache.
+pub fn fetch_opencode(req: &FetchRequest, source: &Source) -> Result<FetchedBinary> {
+    match source {
+        Source::Npm => fetch_opencode_npm(req),
+        Source::Github => {
+            let version = normalize_version(&req.version)?;
+            let asset = &req.target.opencode.github_asset;
+            let (base, origin) = github_releases_url();
+            let url = format!("{}/download/v{version}/{asset}", base.trim_end_matches('/'));
+            let url = parse_url(&url, &origin)?;
+            fetch_asset(req, &format!("github:v{version}/{asset}"), &url, "github")
+        }
+        Source::Url(url) => {
+            let url = parse_url(url, "--url")?;
+            fetch_asset(
+                req,
+                &format!("url:{}", registry::redact_url(&url)),
+                &url,
+                "github",
+            )
+        }
+        Source::File(path) => fetch_file(req, path),
+    }
+}
+
+/// `(url, where it came from)`: [`GITHUB_RELEASES_ENV`] if set, else
+/// [`GITHUB_RELEASES_URL`].
+pub fn github_releases_url() -> (String, String) {
+    match std::env::var(GITHUB_RELEASES_ENV) {
+        Ok(url) if !url.trim().is_empty() => (url.trim().to_owned(), GITHUB_RELEASES_ENV.into()),
+        _ => (
+            GITHUB_RELEASES_URL.to_owned(),
+            "the built-in default".into(),
+        ),
+    }
+}
+
+fn parse_url(text: &str, origin: &str) -> Result<reqwest::Url> {
+    let invalid = |reason: String| FetchError::InvalidUrl {
+        url: text.to_owned(),
+        origin: origin.to_owned(),
+        reason,
+    };
+    let url = reqwest::Url::parse(text).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("only http and https URLs can be fetched".into()));
+    }
+    Ok(url)
+}
+
+/// A release asset (or a bare executable) at `url`: downloaded into staging while hashed,
+/// checked against the pins, then extracted and checked like the npm executable.
+fn fetch_asset(
+    req: &FetchRequest,
+    what: &str,
+    url: &reqwest::Url,
+    pin_key: &'static str,
+) -> Result<FetchedBinary> {
+    let progress = Progress { quiet: req.quiet };
+    let target = req.target;
+    let version = normalize_version(&req.version)?;
+    let file = format!("opencode{}", target.exe_suffix);
+    let entry = Entry::new(&req.cache_root, "opencode", &target.name, &version, &file);
+    let want = Want {
+        source: what,
+        asset_pin: req.asset_sha256.as_deref(),
+        exe_pin: req.expected_sha256.as_deref(),
+        allow_unverified: req.allow_unverified,
+    };
+    if !want.pinned() {
+        if !req.allow_unverified {
+            return Err(FetchError::Unverified {
+                what: what.to_owned(),
+                target: target.name.clone(),
+                pin_key,
+            });
+        }
+        warn(format_args!(
+            "{what} has no SHA-256 pin; accepting whatever arrives because of \
+             --allow-unverified (the cache records it as unverified)"
+        ));
+    }
+    through_cache(
+        req,
+        &entry,
+        &want,
+        &progress,
+        Refresh::IfUnsuitable,
+        |staging| {
+            progress.line(format_args!(
+                "{what} for {} is not cached; downloading",
+                target.name
+            ));
+            let http = http::Http::new(url, &progress)?;
+            let download = staging.join("download");
+            let (hasher, size) = http
+                .download(url, None, &download, || {
+                    cache::Sha256Writer::new(std::io::sink())
+                })
+                .map_err(asset_status_hint)?;
+            let (_, asset_sha256, _) = hasher.finish();
+            check_pin(req.asset_sha256.as_deref(), what, &asset_sha256)?;
+            let record = import(
+                req,
+                &want,
+                &version,
+                &file,
+                staging,
+                &download,
+                asset_sha256,
+                size,
+            )?;
+            fs_err::remove_file(&download)?;
+            Ok(record)
+        },
+    )
+}
+
+/// The HTTP layer's hints speak npm; these speak release assets.
+fn asset_status_hint(error: FetchError) -> FetchError {
+    match error {
+        FetchError::HttpStatus { url, status, .. } if matches!(status, 401 | 403 | 404) => {
+            let hint = if status == 404 {
+                "; no such release asset: check the version, the target's githubAsset and the \
+                 URL (OPENWORK_GITHUB_RELEASES_URL for github)"
+            } else {
+                "; the server wants credentials, which this source does not send: use a \
+                 mirror that does not, or download the asset and use --source file"
+            };
+            FetchError::HttpStatus { url, status, hint }
+        }
+        other => other,
+    }
+}
+
+/// A local binary or release asset, for machines without network: always copied afresh
+/// (it is local, so cheap, and the user named it deliberately).
+fn fetch_file(req: &FetchRequest, path: &Path) -> Result<FetchedBinary> {
+    let progress = Progress { quiet: req.quiet };
+    let target = req.target;
+    let version = normalize_version(&req.version)?;
+    let file = format!("opencode{}", target.exe_suffix);
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let what = format!("file:{name}");
+    let entry = Entry::new(&req.cache_root, "opencode", &target.name, &version, &file);
+    let want = Want {
+        source: &what,
+        asset_pin: req.asset_sha256.as_deref(),
+        exe_pin: req.expected_sha256.as_deref(),
+        allow_unverified: true,
+    };
+    if !want.pinned() {
+        warn(format_args!(
+            "{} has no SHA-256 pin to check it against; using it as given (the cache \
+             records it as unverified)",
+            path.display()
+        ));
+    }
+    let local = FetchRequest {
+        offline: false,
+        ..req.clone()
+    };
+    through_cache(
+        &local,
+        &entry,
+        &want,
+        &progress,
+        Refresh::Always,
+        |staging| {
+            let (asset_sha256, size) = cache::sha256_file(path)?;
+            check_pin(req.asset_sha256.as_deref(), &what, &asset_sha256)?;
+            import(
+                req,
+                &want,
+                &version,
+                &file,
+                staging,
+                path,
+                asset_sha256,
+                size,
+            )
+        },
+    )
+}
+
+/// Extracts and checks the executable in `src` (an archive or the executable itself) into
+/// `staging`, and describes it for the cache.
+#[allow(clippy::too_many_arguments)]
+fn import(
+    req: &FetchRequest,
+    want: &Want<'_>,
+    version: &str,
+    file: &str,
+    staging: &Path,
+    src: &Path,
+    asset_sha256: String,
+    asset_size: u64,
+) -> Result<(CacheRecord, Provenance)> {
+    let kind = archive::Kind::sniff(src)?;
+    let staged = staging.join(file);
+    let extracted = archive::extract(src, kind, file, &staged, want.source)?;
+    check_binary(&staged, req.target, want.source, &extracted.member)?;
+    check_pin(want.exe_pin, want.source, &extracted.sha256)?;
+    let digest = hex::decode(&asset_sha256).expect("sha256 is hex");
+    let record = CacheRecord {
+        record_version: 1,
+        target: req.target.name.clone(),
+        version: version.to_owned(),
+        source: want.source.to_owned(),
+        integrity: format!("sha256-{}", BASE64.encode(digest)),
+        file: file.to_owned(),
+        sha256: extracted.sha256,
+        size: extracted.size,
+        tarball_size: Some(asset_size),
+    };
+    let provenance = Provenance {
+        // Every pin that is set has matched by now.
+        verified: want.pinned(),
+        asset_sha256: Some(asset_sha256),
+    };
+    Ok((record, provenance))
+}
+
+/// What a request accepts from the cache.
+struct Want<'a> {
+    /// The request's source identity (`npm:…`, `github:…`, `url:…`, `file:…`).
+    source: &'a str,
+    /// SHA-256 of the download or given file.
+    asset_pin: Option<&'a str>,
+    /// SHA-256 of the executable.
+    exe_pin: Option<&'a str>,
+    /// Whether an entry that nothing vouched for will do.
+    allow_unverified: bool,
+}
+
+impl Want<'_> {
+    fn pinned(&self) -> bool {
+        self.asset_pin.is_some() || self.exe_pin.is_some()
+    }
+
+    /// Why `record` does not serve this request, if it does not. Entries are shared by all
+    /// sources, but a request only takes one from its own source: "verified" means
+    /// something different per source, and a mirror's file must not pass for GitHub's.
+    fn refuses(&self, record: &CacheRecord, provenance: &Provenance) -> Option<String> {
+        if record.source != self.source {
+            return Some(format!("it came from {}", record.source));
+        }
+        if let Some(pin) = self.asset_pin {
+            match &provenance.asset_sha256 {
+                Some(found) if found.eq_ignore_ascii_case(pin) => {}
+                Some(found) => {
+                    return Some(format!(
+                        "its download had sha256 {found}, the pin says {pin}"
+                    ));
+                }
+                None => return Some("its record has no download sha256 to check the pin".into()),
+            }
+        }
+        if let Some(pin) = self.exe_pin
+            && !record.sha256.eq_ignore_ascii_case(pin)
+        {
+            return Some(format!(
+                "its executable has sha256 {}, the pin says {pin}",
+                record.sha256
+            ));
+        }
+        if !provenance.verified && !self.pinned() && !self.allow_unverified {
+            return Some("it was stored unverified".into());
+        }
+        None
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refresh {
+    /// Use a suitable cache entry.
+    IfUnsuitable,
+    /// Replace the entry whatever it holds.
+    Always,
+}
+
+/// The cache discipline shared by every source: a suitable verified entry answers without
+/// network; otherwise, under the entry's lock, `download` fills a staging directory and
+/// the result is swapped in only when complete, so a failure leaves the cache as it was.
+fn through_cache(
+    req: &FetchRequest,
+    entry: &Entry,
+    want: &Want<'_>,
+    progress: &Progress,
+    refresh: Refresh,
+    download: impl FnOnce(&Path) -> Result<(CacheRecord, Provenance)>,
+) -> Result<FetchedBinary> {
+    let started = Instant::now();
     // Entries never change once in place, so a verified one needs no lock.
-    if let Check::Valid(record) = entry.check(&source)? {
-        return cache_hit(req, &entry, record, &progress);
+    if refresh == Refresh::IfUnsuitable
+        && let State::Valid(record, provenance) = entry.inspect()?
+        && want.refuses(&record, &provenance).is_none()
+    {
+        return Ok(cache_hit(entry, want, record, provenance, progress));
     }
     let _lock = entry.lock()?;
-    match entry.check(&source)? {
-        Check::Valid(record) => return cache_hit(req, &entry, record, &progress),
-        Check::Corrupt(detail) => {
+    match entry.inspect()? {
+        State::Valid(record, provenance) => {
+            let reason = match refresh {
+                Refresh::IfUnsuitable => want.refuses(&record, &provenance),
+                Refresh::Always => Some("a local file replaces it".into()),
+            };
+            let Some(reason) = reason else {
+                return Ok(cache_hit(entry, want, record, provenance, progress));
+            };
+            if req.offline {
+                return Err(FetchError::CacheUnusable {
+                    what: want.source.to_owned(),
+                    path: entry.dir.clone(),
+                    reason,
+                });
+            }
+            progress.line(format_args!(
+                "not using the cached {} ({reason}); it is replaced once {} has verified",
+                entry.dir.display(),
+                want.source
+            ));
+        }
+        State::Corrupt(detail) => {
             entry.remove()?;
             if req.offline {
                 return Err(FetchError::CacheCorrupt {
@@ -143,82 +621,31 @@ pub fn fetch_npm_bin(
                 entry.dir.display()
             ));
         }
-        Check::Missing if req.offline => {
+        State::Missing if req.offline => {
             return Err(FetchError::Offline {
-                what: source,
+                what: want.source.to_owned(),
                 path: entry.dir.clone(),
             });
         }
-        Check::Missing => {}
+        State::Missing => {}
     }
     entry.remove_stale_staging();
-
-    let registry = match &req.registry {
-        Some(registry) => registry.clone(),
-        None => Registry::discover(&workspace_root())?,
-    };
-    progress.line(format_args!(
-        "{source} for {} is not cached; asking {} (from {})",
-        target.name,
-        registry.display_url(),
-        registry.origin()
-    ));
-    let http = http::Http::new(registry.url_for(package), &progress)?;
-    let dist = npm::version_dist(&http, &registry, package, &version)?;
-
     let staging = entry.staging()?;
-    let tgz = staging.path().join("package.tgz");
-    let (hasher, _) = http.download(
-        &dist.tarball,
-        registry.credential_for(&dist.tarball),
-        &tgz,
-        || dist.integrity.hasher(),
-    )?;
-    let computed = hasher.finish();
-    if computed != dist.integrity {
-        return Err(FetchError::IntegrityMismatch {
-            url: registry::redact_url(&dist.tarball),
-            expected: dist.integrity.to_string(),
-            computed: computed.to_string(),
-        });
-    }
+    let (record, provenance) = download(staging.path())?;
+    entry.commit(staging, &record, &provenance)?;
     progress.line(format_args!(
-        "integrity verified ({})",
-        abbreviate(&computed.to_string())
-    ));
-
-    let staged_binary = staging.path().join(&file);
-    let extracted = npm::extract_bin(&tgz, &file, &staged_binary)?.ok_or_else(|| {
-        FetchError::MissingMember {
-            source_name: source.clone(),
-            member: format!("package/bin/{file}"),
-        }
-    })?;
-    let tarball_size = fs_err::metadata(&tgz)?.len();
-    fs_err::remove_file(&tgz)?;
-    check_binary(&staged_binary, target, &source, &extracted.member)?;
-    check_pin(req, &source, &extracted.sha256)?;
-
-    let record = CacheRecord {
-        record_version: 1,
-        target: target.name.clone(),
-        version: version.clone(),
-        source: source.clone(),
-        integrity: computed.to_string(),
-        file: file.clone(),
-        sha256: extracted.sha256,
-        size: extracted.size,
-        tarball_size: Some(tarball_size),
-    };
-    entry.commit(staging, &record)?;
-    progress.line(format_args!(
-        "cached {} ({}, sha256 {}) in {:.1} s",
+        "cached {} ({}, sha256 {}{}) in {:.1} s",
         entry.binary.display(),
         http::megabytes(record.size),
         &record.sha256[..16],
+        if provenance.verified {
+            ""
+        } else {
+            ", UNVERIFIED"
+        },
         started.elapsed().as_secs_f64()
     ));
-    Ok(fetched(&entry, record, false))
+    Ok(fetched(entry, record, provenance, false))
 }
 
 /// The pinned opencode (`opencodeVersion` in the workspace's `constants.json`) for
@@ -253,10 +680,14 @@ pub fn exit_code(error: &FetchError) -> crate::ExitCode {
     use crate::ExitCode;
     match error {
         FetchError::InvalidVersion { .. } | FetchError::UnknownTarget { .. } => ExitCode::Usage,
-        FetchError::MissingMember { .. } => ExitCode::BadInput,
+        FetchError::MissingMember { .. }
+        | FetchError::Unverified { .. }
+        | FetchError::BadArchive { .. } => ExitCode::BadInput,
+        FetchError::InvalidUrl { .. } => ExitCode::Usage,
         FetchError::NoRegistry { .. }
         | FetchError::InvalidRegistry { .. }
         | FetchError::Offline { .. }
+        | FetchError::CacheUnusable { .. }
         | FetchError::Http { .. }
         | FetchError::HttpStatus { .. }
         | FetchError::VersionNotFound { .. }
@@ -290,20 +721,37 @@ pub fn normalize_version(version: &str) -> Result<String> {
 }
 
 fn cache_hit(
-    req: &FetchRequest,
     entry: &Entry,
+    want: &Want<'_>,
     record: CacheRecord,
+    provenance: Provenance,
     progress: &Progress,
-) -> Result<FetchedBinary> {
-    check_pin(req, &record.source, &record.sha256)?;
-    progress.line(format_args!(
-        "using cached {} (sha256 verified)",
-        entry.binary.display()
-    ));
-    Ok(fetched(entry, record, true))
+) -> FetchedBinary {
+    // A pin that matches now vouches for an entry stored unverified.
+    let verified = provenance.verified || want.pinned();
+    if verified {
+        progress.line(format_args!(
+            "using cached {} (sha256 verified)",
+            entry.binary.display()
+        ));
+    } else {
+        warn(format_args!(
+            "using cached {}, which nothing verified (stored from {} without a pin)",
+            entry.binary.display(),
+            record.source
+        ));
+    }
+    let mut fetched = fetched(entry, record, provenance, true);
+    fetched.verified = verified;
+    fetched
 }
 
-fn fetched(entry: &Entry, record: CacheRecord, from_cache: bool) -> FetchedBinary {
+fn fetched(
+    entry: &Entry,
+    record: CacheRecord,
+    provenance: Provenance,
+    from_cache: bool,
+) -> FetchedBinary {
     FetchedBinary {
         path: entry.binary.clone(),
         version: record.version,
@@ -311,6 +759,8 @@ fn fetched(entry: &Entry, record: CacheRecord, from_cache: bool) -> FetchedBinar
         size: record.size,
         source: record.source,
         integrity: record.integrity,
+        verified: provenance.verified,
+        asset_sha256: provenance.asset_sha256,
         from_cache,
     }
 }
@@ -332,17 +782,22 @@ fn check_binary(path: &Path, target: &Target, source: &str, member: &str) -> Res
     })
 }
 
-fn check_pin(req: &FetchRequest, source: &str, computed: &str) -> Result<()> {
-    match &req.expected_sha256 {
+fn check_pin(pin: Option<&str>, source: &str, computed: &str) -> Result<()> {
+    match pin {
         Some(expected) if !expected.eq_ignore_ascii_case(computed) => {
             Err(FetchError::Sha256Mismatch {
                 what: source.to_owned(),
-                expected: expected.clone(),
+                expected: expected.to_owned(),
                 computed: computed.to_owned(),
             })
         }
         _ => Ok(()),
     }
+}
+
+/// Warnings go to stderr even when progress is quiet: they are about trust.
+fn warn(args: fmt::Arguments<'_>) {
+    eprintln!("warning: fetch: {args}");
 }
 
 /// `sha512-B9xaBkgeWcPi…` for progress lines.
