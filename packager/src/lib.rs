@@ -8,8 +8,8 @@ pub mod fetch;
 pub mod inspect;
 pub mod pack;
 pub mod release;
-pub mod stage;
 pub mod router;
+pub mod stage;
 pub mod stub;
 
 pub use error::{Error, ExitCode, Result};
