@@ -1,9 +1,12 @@
 //! `release`: the whole path from pins to a checksummed artifact for one target.
 //!
-//! fetch the pinned opencode (integrity-checked, cached) → build the stub for the target
-//! (or take `--stub`) → pack → `dist/openwork-server-v2-<target>[.exe]`, `SHA256SUMS`, and
+//! fetch the pinned opencode (integrity-checked, cached) → build opencode-router from its
+//! source with the pinned Bun (cached) → build the stub for the target (or take `--stub`)
+//! → pack → `dist/openwork-server-v2-<target>[.exe]`, `SHA256SUMS`, and
 //! a JSON build report beside the artifact (`<artifact>.report.json`: versions, sources,
-//! sizes, hashes, and each stage's time). The router build and signing join here.
+//! sizes, hashes, and each stage's time). Signing joins here: sidecars are signed after
+//! they are fetched or built and before they are hashed into the manifest (`pack`), the
+//! artifact after packing.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,8 +18,9 @@ use openwork_payload::targets::Target;
 
 use crate::constants::Constants;
 use crate::error::Result;
-use crate::fetch::{self, FetchRequest};
+use crate::fetch::{self, FetchRequest, Source};
 use crate::pack::{self, Compression, PackReport, PackRequest, Versions};
+use crate::router::{self, RouterBuildRequest};
 use crate::stub;
 
 /// What to release.
@@ -40,6 +44,12 @@ pub struct ReleaseRequest {
     pub mtime: u64,
     /// Use only cached downloads.
     pub offline: bool,
+    /// Where opencode comes from.
+    pub source: Source,
+    /// Accept an opencode download no pin vouches for.
+    pub allow_unverified: bool,
+    /// Leave opencode-router out of the payload.
+    pub no_router: bool,
 }
 
 /// What a release made and how: written as `<artifact>.report.json`.
@@ -121,7 +131,7 @@ pub struct ReportCompression {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportTiming {
-    /// `fetch-opencode`, `stub`, `pack`.
+    /// `fetch-opencode`, `build-router`, `stub`, `pack`.
     pub stage: String,
     /// Seconds.
     pub seconds: f64,
@@ -160,8 +170,19 @@ pub fn release(req: &ReleaseRequest) -> Result<BuildReport> {
     let mut clock = Stopwatch::new();
     let mut fetch_request = FetchRequest::new(req.target, req.constants.opencode_version());
     fetch_request.offline = req.offline;
-    let opencode = fetch::fetch_opencode_npm(&fetch_request)?;
+    fetch_request.allow_unverified = req.allow_unverified;
+    fetch_request.pin_from(&req.constants.opencode_sha256, &req.source);
+    let opencode = fetch::fetch_opencode(&fetch_request, &req.source)?;
     clock.lap("fetch-opencode");
+    let router = if req.no_router {
+        None
+    } else {
+        let mut build = RouterBuildRequest::pinned(req.target, &req.constants, &req.workspace);
+        build.offline = req.offline;
+        let built = router::build_router(&build)?;
+        clock.lap("build-router");
+        Some(built)
+    };
     let stub = match &req.stub {
         Some(path) => path.clone(),
         None => {
@@ -188,7 +209,13 @@ pub fn release(req: &ReleaseRequest) -> Result<BuildReport> {
     eprintln!("release: packing {}", out.display());
     let report = pack::pack(&PackRequest {
         stub,
-        sidecars: vec![("opencode".into(), opencode.path.clone())],
+        sidecars: std::iter::once(("opencode".to_string(), opencode.path.clone()))
+            .chain(
+                router
+                    .iter()
+                    .map(|r| ("opencode-router".to_string(), r.path.clone())),
+            )
+            .collect(),
         out,
         target: req.target,
         versions: Versions {
@@ -201,7 +228,7 @@ pub fn release(req: &ReleaseRequest) -> Result<BuildReport> {
     })?;
     clock.lap("pack");
     update_sha256sums(&req.dist, &req.target.artifact_name(), &report.sha256)?;
-    let build = build_report(req, &report, opencode, stub_input, clock);
+    let build = build_report(req, &report, opencode, router, stub_input, clock);
     let mut json = serde_json::to_vec_pretty(&build).expect("a report serialises");
     json.push(b'\n');
     pack::write_atomically(&report_path(&req.dist, req.target), &json, false)?;
@@ -217,9 +244,32 @@ fn build_report(
     req: &ReleaseRequest,
     report: &PackReport,
     opencode: fetch::FetchedBinary,
+    router: Option<router::BuiltRouter>,
     stub: ReportInput,
     clock: Stopwatch,
 ) -> BuildReport {
+    let mut inputs = vec![ReportInput {
+        name: "opencode".into(),
+        source: opencode.source,
+        sha256: opencode.sha256,
+        size: opencode.size,
+        integrity: (!opencode.integrity.is_empty()).then_some(opencode.integrity),
+        from_cache: opencode.from_cache,
+    }];
+    if let Some(router) = router {
+        inputs.push(ReportInput {
+            name: "opencode-router".into(),
+            source: format!(
+                "build:{} (source sha256 {}, bun {})",
+                req.constants.router.source_dir, router.source_sha256, router.bun_version
+            ),
+            sha256: router.sha256,
+            size: router.size,
+            integrity: None,
+            from_cache: router.from_cache,
+        });
+    }
+    inputs.push(stub);
     BuildReport {
         report_version: 1,
         target: req.target.name.clone(),
@@ -231,17 +281,7 @@ fn build_report(
             opencode: report.manifest.opencode_version.clone(),
             router: report.manifest.router_version.clone(),
         },
-        inputs: vec![
-            ReportInput {
-                name: "opencode".into(),
-                source: opencode.source,
-                sha256: opencode.sha256,
-                size: opencode.size,
-                integrity: Some(opencode.integrity),
-                from_cache: opencode.from_cache,
-            },
-            stub,
-        ],
+        inputs,
         raw_size: report.raw_size,
         payload_size: report.payload_size,
         payload_ratio: report.payload_size as f64 / report.raw_size.max(1) as f64,

@@ -248,7 +248,8 @@ fn release_is_reproducible_and_reports_what_it_made() {
     assert_eq!(report["versions"]["opencode"], "1.2.27");
     assert_eq!(report["sourceDateEpoch"], 1700000000);
     let inputs = report["inputs"].as_array().unwrap();
-    assert_eq!(inputs[0]["name"], "opencode");
+    let names: Vec<&str> = inputs.iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["opencode", "opencode-router", "stub"]);
     assert!(
         inputs[0]["source"]
             .as_str()
@@ -267,11 +268,48 @@ fn release_is_reproducible_and_reports_what_it_made() {
         .iter()
         .map(|t| t["stage"].as_str().unwrap())
         .collect();
-    assert_eq!(stages, ["fetch-opencode", "stub", "pack"]);
-    // The artifact is what inspect verifies.
-    let output = packager(&[
-        "inspect",
-        dist.join("openwork-server-v2-linux-x64").to_str().unwrap(),
-    ]);
+    assert_eq!(stages, ["fetch-opencode", "build-router", "stub", "pack"]);
+    // The artifact is what inspect verifies, with both sidecars.
+    let artifact = dist.join("openwork-server-v2-linux-x64");
+    let output = packager(&["inspect", "--json", artifact.to_str().unwrap()]);
     assert!(output.status.success(), "{}", describe(&output));
+    let inspected: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(inspected["verified"], true);
+    assert_eq!(inspected["manifest"]["routerVersion"], "0.1.0");
+    assert!(inspected["manifest"]["files"]["opencode-router"].is_object());
+
+    // And it serves: real opencode, and the router built from the fixture source with the
+    // pinned Bun, both healthy under the supervisor.
+    let home = work.path().join("home");
+    let mut builder =
+        openwork_tests::server::ServerBuilder::executable(&artifact, &work.path().join("run"))
+            .arg("--router");
+    for (key, sub) in [
+        ("HOME", ""),
+        ("XDG_DATA_HOME", "data"),
+        ("XDG_CONFIG_HOME", "config"),
+        ("XDG_CACHE_HOME", "cache"),
+        ("XDG_STATE_HOME", "state"),
+    ] {
+        builder = builder.env(key, home.join(sub));
+    }
+    let mut server = builder.start();
+    let router = server.wait_state(
+        "opencode-router",
+        "running",
+        std::time::Duration::from_secs(30),
+    );
+    assert!(
+        router["executable"]
+            .as_str()
+            .unwrap()
+            .contains("opencode-router")
+    );
+    assert_eq!(server.get_json("/opencode/global/health")["healthy"], true);
+    server.signal(libc::SIGTERM);
+    assert!(
+        server
+            .wait_exit(std::time::Duration::from_secs(15))
+            .success()
+    );
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use openwork_packager::constants::Constants;
+use openwork_packager::fetch::Source;
 use openwork_packager::pack::{self, Compression, PackRequest, Versions};
 use openwork_packager::{Error, Result, inspect};
 use openwork_payload::targets;
@@ -58,6 +59,21 @@ pub struct ReleaseArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
+    /// Where opencode comes from
+    #[arg(long, value_enum, default_value_t = FetchSource::Npm)]
+    pub source: FetchSource,
+    /// The opencode binary or release asset, with --source file
+    #[arg(long, value_name = "FILE")]
+    pub path: Option<PathBuf>,
+    /// The opencode release asset's URL, with --source url
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Accept an opencode download that no pin in constants.json vouches for
+    #[arg(long)]
+    pub allow_unverified: bool,
+    /// Leave opencode-router out of the payload
+    #[arg(long)]
+    pub no_router: bool,
 }
 
 /// `pack` arguments.
@@ -149,6 +165,23 @@ pub enum FetchSource {
     File,
     /// A release asset or binary at a URL (--url)
     Url,
+}
+
+/// `--source` with its `--path` / `--url`, as the fetch layer's [`Source`].
+fn opencode_source(
+    source: FetchSource,
+    path: Option<PathBuf>,
+    url: Option<String>,
+) -> Result<Source> {
+    match (source, path, url) {
+        (FetchSource::Npm, None, None) => Ok(Source::Npm),
+        (FetchSource::Github, None, None) => Ok(Source::Github),
+        (FetchSource::File, Some(path), None) => Ok(Source::File(path)),
+        (FetchSource::Url, None, Some(url)) => Ok(Source::Url(url)),
+        _ => Err(Error::Usage(
+            "--path goes with --source file only, --url with --source url only".into(),
+        )),
+    }
 }
 
 fn parse_sha256(value: &str) -> std::result::Result<String, String> {
@@ -267,7 +300,7 @@ fn run_inspect(args: InspectArgs) -> Result<()> {
 }
 
 fn run_fetch(args: FetchArgs, constants: &Constants) -> Result<()> {
-    use openwork_packager::fetch::{FetchRequest, Source, fetch_opencode};
+    use openwork_packager::fetch::{FetchRequest, fetch_opencode};
     let FetchArgs {
         target,
         version,
@@ -280,17 +313,7 @@ fn run_fetch(args: FetchArgs, constants: &Constants) -> Result<()> {
         allow_unverified,
     } = args;
     let target = target_by_name(target.as_deref())?;
-    let source = match (source, path, url) {
-        (FetchSource::Npm, None, None) => Source::Npm,
-        (FetchSource::Github, None, None) => Source::Github,
-        (FetchSource::File, Some(path), None) => Source::File(path),
-        (FetchSource::Url, None, Some(url)) => Source::Url(url),
-        _ => {
-            return Err(Error::Usage(
-                "--path goes with --source file only, --url with --source url only".into(),
-            ));
-        }
-    };
+    let source = opencode_source(source, path, url)?;
     let mut request = FetchRequest::new(
         target,
         version.unwrap_or_else(|| constants.opencode_version().to_string()),
@@ -321,7 +344,13 @@ fn run_release(args: ReleaseArgs, constants: Constants) -> Result<()> {
         fast,
         offline,
         json,
+        source,
+        path,
+        url,
+        allow_unverified,
+        no_router,
     } = args;
+    let source = opencode_source(source, path, url)?;
     let workspace = openwork_packager::fetch::workspace_root();
     // A target directory of its own: the cargo that runs this command may hold the lock
     // on the default one.
@@ -343,6 +372,9 @@ fn run_release(args: ReleaseArgs, constants: Constants) -> Result<()> {
         },
         mtime: source_date_epoch()?,
         offline,
+        source,
+        allow_unverified,
+        no_router,
     };
     let report = release(&request)?;
     if json {
