@@ -102,6 +102,22 @@ impl ServerBuilder {
         self
     }
 
+    /// HOME and the XDG dirs under `<dir>/home`: real opencode keeps its state there, and
+    /// a test's must stay away from the user's.
+    pub fn isolated_home(mut self) -> ServerBuilder {
+        let home = self.dir.join("home");
+        for (key, sub) in [
+            ("HOME", ""),
+            ("XDG_DATA_HOME", "data"),
+            ("XDG_CONFIG_HOME", "config"),
+            ("XDG_CACHE_HOME", "cache"),
+            ("XDG_STATE_HOME", "state"),
+        ] {
+            self = self.env(key, home.join(sub));
+        }
+        self
+    }
+
     /// Supervisor timings (`OPENWORK_SERVER_V2_SUPERVISOR`).
     pub fn tuning(self, value: &str) -> ServerBuilder {
         self.env("OPENWORK_SERVER_V2_SUPERVISOR", value)

@@ -33,20 +33,9 @@ fn the_packed_server_runs_real_opencode_restarts_it_and_stops_cleanly() {
         &[("opencode", &opencode)],
         &dir.path().join("openwork-server-v2"),
     );
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let mut builder = ServerBuilder::executable(&artifact, dir.path());
-    // opencode keeps its state under the XDG dirs: keep this test's away from the user's.
-    for (key, sub) in [
-        ("HOME", ""),
-        ("XDG_DATA_HOME", "data"),
-        ("XDG_CONFIG_HOME", "config"),
-        ("XDG_CACHE_HOME", "cache"),
-        ("XDG_STATE_HOME", "state"),
-    ] {
-        builder = builder.env(key, home.join(sub));
-    }
-    let mut server = builder.start();
+    let mut server = ServerBuilder::executable(&artifact, dir.path())
+        .isolated_home()
+        .start();
 
     let runtime_dir = std::path::PathBuf::from(server.ready["runtimeDir"].as_str().unwrap());
     assert!(

@@ -280,20 +280,11 @@ fn release_is_reproducible_and_reports_what_it_made() {
 
     // And it serves: real opencode, and the router built from the fixture source with the
     // pinned Bun, both healthy under the supervisor.
-    let home = work.path().join("home");
-    let mut builder =
+    let mut server =
         openwork_tests::server::ServerBuilder::executable(&artifact, &work.path().join("run"))
-            .arg("--router");
-    for (key, sub) in [
-        ("HOME", ""),
-        ("XDG_DATA_HOME", "data"),
-        ("XDG_CONFIG_HOME", "config"),
-        ("XDG_CACHE_HOME", "cache"),
-        ("XDG_STATE_HOME", "state"),
-    ] {
-        builder = builder.env(key, home.join(sub));
-    }
-    let mut server = builder.start();
+            .isolated_home()
+            .arg("--router")
+            .start();
     let router = server.wait_state(
         "opencode-router",
         "running",
@@ -306,6 +297,57 @@ fn release_is_reproducible_and_reports_what_it_made() {
             .contains("opencode-router")
     );
     assert_eq!(server.get_json("/opencode/global/health")["healthy"], true);
+    server.signal(libc::SIGTERM);
+    assert!(
+        server
+            .wait_exit(std::time::Duration::from_secs(15))
+            .success()
+    );
+}
+
+/// `stage` then `openwork-server-v2 --bundle-dir`: the dev loop runs the staged real
+/// opencode and router under the same supervisor; a second `stage` finds nothing to do.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn a_staged_runtime_runs_with_bundle_dir() {
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("bundle");
+    let stage = || {
+        let output = Command::new(host_bin("openwork-packager"))
+            .args(["stage", "--json", "--dir"])
+            .arg(&bundle)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", describe(&output));
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let first = stage();
+    assert_eq!(first["unchanged"], false);
+    assert!(first["manifest"]["files"]["opencode-router"].is_object());
+    let second = stage();
+    assert_eq!(second["unchanged"], true, "{second}");
+    let builder = openwork_tests::server::ServerBuilder::executable(
+        &host_bin("openwork-server-v2"),
+        &work.path().join("run"),
+    )
+    .isolated_home()
+    .arg("--bundle-dir")
+    .arg(&bundle)
+    .arg("--router");
+    let mut server = builder.start();
+    assert_eq!(
+        server.get_json("/system/runtime")["payload"]["source"],
+        "bundle-flag"
+    );
+    server.wait_state(
+        "opencode-router",
+        "running",
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(
+        server.get_json("/opencode/global/health")["version"],
+        "1.2.27"
+    );
     server.signal(libc::SIGTERM);
     assert!(
         server

@@ -32,10 +32,14 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Fetch the pinned opencode for a target into the cache
     Fetch(FetchArgs),
-    /// Fetch, build the stub, pack: dist/openwork-server-v2-<target>[.exe] and SHA256SUMS
+    /// Fetch opencode, build the router and the stub, pack: dist/openwork-server-v2-<target>[.exe],
+    /// SHA256SUMS and a build report
     Release(ReleaseArgs),
     /// Build opencode-router from source with the pinned Bun for a target (cached)
     BuildRouter(build_router::BuildRouterArgs),
+    /// Stage the pinned opencode and a locally built router as a bundle directory for
+    /// `openwork-server-v2 --bundle-dir` (the dev loop; near-instant when nothing changed)
+    Stage(StageArgs),
 }
 
 /// `release` arguments.
@@ -74,6 +78,26 @@ pub struct ReleaseArgs {
     /// Leave opencode-router out of the payload
     #[arg(long)]
     pub no_router: bool,
+}
+
+/// `stage` arguments.
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    /// Target name from targets/ [default: the host's]
+    #[arg(long)]
+    pub target: Option<String>,
+    /// The bundle directory [default: .local/runtime-assets/bundle/<target>]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Use only cached downloads and builds
+    #[arg(long)]
+    pub offline: bool,
+    /// Leave opencode-router out
+    #[arg(long)]
+    pub no_router: bool,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `pack` arguments.
@@ -240,6 +264,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Fetch(args) => run_fetch(args, &constants),
         Command::Release(args) => run_release(args, constants),
         Command::BuildRouter(args) => build_router::run(args, &constants),
+        Command::Stage(args) => run_stage(args, &constants),
     }
 }
 
@@ -398,6 +423,62 @@ fn run_release(args: ReleaseArgs, constants: Constants) -> Result<()> {
             100.0 * report.payload_ratio,
             report.total_seconds,
             stages.join(", "),
+        ));
+    }
+    Ok(())
+}
+
+fn run_stage(args: StageArgs, constants: &Constants) -> Result<()> {
+    use openwork_packager::fetch::{FetchRequest, fetch_opencode};
+    use openwork_packager::router::{RouterBuildRequest, build_router};
+    use openwork_packager::stage::{self, StageRequest};
+    let StageArgs {
+        target,
+        dir,
+        offline,
+        no_router,
+        json,
+    } = args;
+    let target = target_by_name(target.as_deref())?;
+    let workspace = openwork_packager::fetch::workspace_root();
+    let mut fetch = FetchRequest::new(target, constants.opencode_version());
+    fetch.offline = offline;
+    fetch.pin_from(&constants.opencode_sha256, &Source::Npm);
+    let opencode = fetch_opencode(&fetch, &Source::Npm)?;
+    let mut sidecars = vec![("opencode".to_string(), opencode.path)];
+    if !no_router {
+        let mut build = RouterBuildRequest::pinned(target, constants, &workspace);
+        build.offline = offline;
+        build.quiet = true;
+        sidecars.push(("opencode-router".to_string(), build_router(&build)?.path));
+    }
+    let report = stage::stage(&StageRequest {
+        target,
+        sidecars,
+        versions: Versions {
+            server: constants.server_version.clone(),
+            opencode: constants.opencode_version().to_string(),
+            router: constants.router.version.clone(),
+        },
+        dir: dir.unwrap_or_else(|| stage::default_dir(&workspace, target)),
+    })?;
+    if json {
+        print_out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&report).expect("serialises")
+        ));
+    } else {
+        print_out(&format!(
+            "{}\n  {} in {:.2} s; run it with: openwork-server-v2 --bundle-dir {}{}\n",
+            report.dir.display(),
+            if report.unchanged {
+                "unchanged"
+            } else {
+                "staged"
+            },
+            report.seconds,
+            report.dir.display(),
+            if no_router { "" } else { " --router" },
         ));
     }
     Ok(())
