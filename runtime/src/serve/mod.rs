@@ -160,8 +160,7 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
         let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| Error::io("register the listening socket", e))?;
         let events = Arc::new(EventBus::default());
-        let supervisor = Supervisor::start(config, events.clone(), lifeline, record)
-            .map_err(|e| Error::io(e.to_string(), std::io::Error::other("supervisor")))?;
+        let supervisor = Supervisor::start(config, events.clone(), lifeline, record)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = Arc::new(AppState {
             supervisor: supervisor.clone(),

@@ -268,15 +268,6 @@ struct Inner {
     opencode: watch::Receiver<Option<OpencodeEndpoint>>,
 }
 
-/// Why the supervisor could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("{context}: {source}")]
-pub struct StartError {
-    context: String,
-    #[source]
-    source: std::io::Error,
-}
-
 impl Supervisor {
     /// Starts opencode (and the router, once opencode is up) in tasks on the current
     /// runtime. `lifeline` and `record` make sure no child outlives the server.
@@ -285,7 +276,7 @@ impl Supervisor {
         events: Arc<EventBus>,
         lifeline: Option<Lifeline>,
         record: Option<RunRecord>,
-    ) -> Result<Supervisor, StartError> {
+    ) -> crate::Result<Supervisor> {
         let password = random_secret();
         let mut secrets = config.secrets.clone();
         secrets.push(password.clone());
@@ -299,13 +290,13 @@ impl Supervisor {
         let endpoint_tx = Arc::new(endpoint_tx);
         for (kind, program) in kinds {
             let log = SidecarLog::open(&config.logs_dir, kind.name(), config.log_limits).map_err(
-                |source| StartError {
-                    context: format!(
+                |e| {
+                    let what = format!(
                         "open the log of {} under {}",
                         kind.name(),
                         config.logs_dir.display()
-                    ),
-                    source,
+                    );
+                    crate::Error::io(what, e)
                 },
             )?;
             for secret in &secrets {
