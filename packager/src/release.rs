@@ -194,7 +194,11 @@ pub fn release(req: &ReleaseRequest) -> Result<BuildReport> {
     let stub_input = ReportInput {
         name: "stub".into(),
         source: if req.stub.is_some() {
-            format!("file:{}", stub.display())
+            // The file name only: a build machine's paths do not belong in a report.
+            format!(
+                "file:{}",
+                stub.file_name().unwrap_or_default().to_string_lossy()
+            )
         } else {
             format!("cargo:{}", req.target.rust_triple)
         },
@@ -299,6 +303,10 @@ fn build_report(
 /// other targets' lines, sorted by name; written atomically.
 pub fn update_sha256sums(dist: &Path, name: &str, sha256: &str) -> Result<()> {
     let path = dist.join("SHA256SUMS");
+    // Releases of several targets may share a dist dir and run at once (a CI matrix on one
+    // machine): without the lock, each read-edit-rename could drop the other's line.
+    let lock = fs_err::File::create(dist.join(".SHA256SUMS.lock"))?;
+    lock.file().lock()?;
     let existing = match fs_err::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),

@@ -78,6 +78,10 @@ pub struct ReleaseArgs {
     /// Leave opencode-router out of the payload
     #[arg(long)]
     pub no_router: bool,
+    /// opencode's version, for the manifest and the cache [default: the pin in
+    /// constants.json] (say it when --source file or url brings another version)
+    #[arg(long, value_name = "VERSION")]
+    pub opencode_version: Option<String>,
 }
 
 /// `stage` arguments.
@@ -374,8 +378,13 @@ fn run_release(args: ReleaseArgs, constants: Constants) -> Result<()> {
         url,
         allow_unverified,
         no_router,
+        opencode_version,
     } = args;
     let source = opencode_source(source, path, url)?;
+    let mut constants = constants;
+    if let Some(version) = opencode_version {
+        constants.opencode_version = version;
+    }
     let workspace = openwork_packager::fetch::workspace_root();
     // A target directory of its own: the cargo that runs this command may hold the lock
     // on the default one.
