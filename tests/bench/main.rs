@@ -20,6 +20,8 @@
 mod extraction;
 #[cfg(unix)]
 mod measure;
+#[cfg(unix)]
+mod release;
 mod report;
 #[cfg(unix)]
 mod serve;
@@ -46,8 +48,13 @@ enum Command {
     /// Warm start to ready and idle RSS of `serve` from a packed artifact, beside bare
     /// `opencode serve` and openwork-orchestrator 0.18.1, all on the same opencode
     Serve(ServeArgs),
-    /// Every benchmark: extraction, then serve (--runs and --artifact apply to both;
-    /// serve takes its defaults for everything else)
+    /// Wall time, stage shares, reproducibility and payload size of `openwork-packager
+    /// release` with warm caches, beside `zstd` run by hand on the same sidecars (times
+    /// the packager's release build: `cargo build --release -p openwork-packager` first)
+    Release(ReleaseArgs),
+    /// Every benchmark: extraction, serve, then release (--runs and --artifact apply to
+    /// extraction and serve; the rest, and release, take their defaults: a release takes
+    /// about a minute)
     All(ExtractionArgs),
     /// Runs a command and writes its spawn-to-exit time and peak RSS as JSON (used by the
     /// benchmarks themselves: see measure.rs for why children are measured through it)
@@ -107,6 +114,60 @@ struct ServeArgs {
     /// opencode
     #[arg(long, value_name = "FILE")]
     artifact: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ReleaseArgs {
+    /// Timed releases (after one untimed release that fills the caches)
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Target to release, a name from targets/ [default: this host's]
+    #[arg(long, value_name = "TARGET")]
+    target: Option<String>,
+    /// Where the dist directories and the baseline's files are made
+    /// [default: <workspace>/.local/bench/work]
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Where the JSON results go [default: <workspace>/.local/bench/release.json]
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+impl ReleaseArgs {
+    fn defaults() -> ReleaseArgs {
+        ReleaseArgs {
+            runs: 2,
+            target: None,
+            work_dir: None,
+            json: None,
+        }
+    }
+
+    #[cfg(unix)]
+    fn into_settings(self) -> anyhow::Result<release::Settings> {
+        let ReleaseArgs {
+            runs,
+            target,
+            work_dir,
+            json,
+        } = self;
+        let bench_dir = openwork_tests::workspace_root()
+            .join(".local")
+            .join("bench");
+        let target = match target {
+            Some(name) => name,
+            None => openwork_payload::targets::host()
+                .ok_or_else(|| anyhow::anyhow!("this host is not one of the targets in targets/"))?
+                .name
+                .clone(),
+        };
+        Ok(release::Settings {
+            runs: runs as usize,
+            target,
+            work_dir: work_dir.unwrap_or_else(|| bench_dir.join("work")),
+            json: json.unwrap_or_else(|| bench_dir.join("release.json")),
+        })
+    }
 }
 
 impl ServeArgs {
@@ -192,8 +253,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve::run(&args.into_settings())?.print();
             Ok(ExitCode::SUCCESS)
         }
+        Command::Release(args) => {
+            release::run(&args.into_settings()?)?.print();
+            Ok(ExitCode::SUCCESS)
+        }
         Command::All(args) => {
-            // One benchmark failing does not keep the other from leaving its figures.
+            // One benchmark failing does not keep the others from leaving their figures.
             let serve_args = ServeArgs::for_all(&args);
             let extraction = extraction::run(&args.into_settings());
             let extracted = match extraction {
@@ -207,8 +272,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             println!();
-            serve::run(&serve_args.into_settings())?.print();
-            Ok(if extracted {
+            let served = match serve::run(&serve_args.into_settings()) {
+                Ok(report) => {
+                    report.print();
+                    true
+                }
+                Err(err) => {
+                    eprintln!("openwork-bench: serve: error: {err:#}");
+                    false
+                }
+            };
+            println!();
+            release::run(&ReleaseArgs::defaults().into_settings()?)?.print();
+            Ok(if extracted && served {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

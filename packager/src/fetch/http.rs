@@ -10,11 +10,12 @@
 //! what intercepting proxies and corporate users need. Moving to 0.13 is a feature switch
 //! if the platform verifier's revocation and macOS keychain policy handling become wanted.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use reqwest::{StatusCode, Url};
@@ -163,11 +164,11 @@ impl<'a> Http<'a> {
                 let mut sink = new_sink();
                 let mut buf = vec![0u8; 256 * 1024];
                 let mut received = 0u64;
-                let mut reported = Reported::default();
                 self.progress.line(format_args!(
                     "downloading {shown} ({})",
                     total.map_or("size unknown".into(), megabytes)
                 ));
+                let mut meter = Meter::new(self.progress, total);
                 loop {
                     let n = match response.read(&mut buf) {
                         Ok(0) => break,
@@ -185,10 +186,9 @@ impl<'a> Http<'a> {
                     sink.write_all(&buf[..n])
                         .map_err(|e| Failure::Fatal(io_err("hash", dest)(e)))?;
                     received += n as u64;
-                    if let Some(line) = reported.next(received, total) {
-                        self.progress.line(format_args!("  {line}"));
-                    }
+                    meter.advance(self.progress, received, total);
                 }
+                drop(meter);
                 if let Some(total) = total.filter(|&t| t != received) {
                     return Err(Failure::Transient(format!(
                         "received {received} of {total} bytes"
@@ -204,6 +204,67 @@ impl<'a> Http<'a> {
                 Ok((sink, received))
             },
         )
+    }
+}
+
+/// Set by CI systems, some of which give jobs a pseudo-terminal: a bar redrawn there
+/// becomes thousands of log lines.
+const CI: &str = "CI";
+
+/// How a download shows its progress: a bar redrawn in place for a person at a terminal,
+/// plain lines for logs and pipes (a bar there is noise), nothing when quiet.
+enum Meter {
+    Bar(ProgressBar),
+    Lines(Reported),
+    Silent,
+}
+
+impl Meter {
+    fn new(progress: &Progress, total: Option<u64>) -> Meter {
+        if progress.quiet {
+            return Meter::Silent;
+        }
+        if !std::io::stderr().is_terminal() || std::env::var_os(CI).is_some() {
+            return Meter::Lines(Reported::default());
+        }
+        // Decimal units, as every size this tool prints.
+        let (bar, template) = match total {
+            Some(total) => (
+                ProgressBar::new(total),
+                "  {wide_bar} {decimal_bytes}/{decimal_total_bytes} \
+                 {decimal_bytes_per_sec}, {eta} left",
+            ),
+            None => (
+                ProgressBar::no_length(),
+                "  {spinner} {decimal_bytes} {decimal_bytes_per_sec}",
+            ),
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style);
+        }
+        Meter::Bar(bar)
+    }
+
+    fn advance(&mut self, progress: &Progress, received: u64, total: Option<u64>) {
+        match self {
+            Meter::Bar(bar) => bar.set_position(received),
+            Meter::Lines(reported) => {
+                if let Some(line) = reported.next(received, total) {
+                    progress.line(format_args!("  {line}"));
+                }
+            }
+            Meter::Silent => {}
+        }
+    }
+}
+
+impl Drop for Meter {
+    /// A failed attempt's retry line, and the final summary, must not land beside a
+    /// half-drawn bar.
+    fn drop(&mut self) {
+        if let Meter::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
     }
 }
 
@@ -318,6 +379,12 @@ mod tests {
             [megabytes(129), megabytes(4_210), megabytes(46_100_000)],
             ["129 bytes", "4.2 kB", "46.1 MB"]
         );
+    }
+
+    #[test]
+    fn quiet_downloads_show_nothing() {
+        let quiet = Progress { quiet: true };
+        assert!(matches!(Meter::new(&quiet, Some(1)), Meter::Silent));
     }
 
     #[test]
