@@ -21,7 +21,7 @@
 //! looked at, so an unchanged source costs a tree hash and one hash of the cached output,
 //! and needs neither the network nor a cached Bun.
 //!
-//! **Reproducibility.** Bun 1.4.5 builds are byte-identical for the same source, Bun and
+//! **Reproducibility.** Bun builds (checked with 1.3.10 and 1.4.5) are byte-identical for the same source, Bun and
 //! target, with two details this module pins down: the output's file name is embedded (as
 //! `/$bunfs/root/<name>`), so it is always `opencode-router[.exe]` and `--out` is a copy;
 //! and the entry point's path relative to the working directory is embedded in a comment,

@@ -62,8 +62,14 @@ pub struct ArchiveInput {
 
 /// Writes the deterministic tar of `inputs` into `out`; returns its length.
 pub fn write_tar(out: impl Write, inputs: &[ArchiveInput], mtime: u64) -> Result<u64> {
+    // Smallest first, then by path (deterministic either way). Both sidecars are Bun
+    // executables, mostly the same runtime when built with the same Bun: with the smaller
+    // file first, the distance from the larger file's copy back to the smaller's is about
+    // the smaller file's size, inside the 128 MiB long window, so zstd stores the second
+    // runtime as matches. Measured with opencode 1.2.27 and a router built with its Bun
+    // (1.3.10): 19.3% of raw instead of 24.7% in path order.
     let mut sorted: Vec<&ArchiveInput> = inputs.iter().collect();
-    sorted.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
+    sorted.sort_by(|a, b| (a.entry.size, &a.entry.path).cmp(&(b.entry.size, &b.entry.path)));
     let mut counter = CountingWriter {
         inner: out,
         count: 0,
