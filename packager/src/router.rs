@@ -341,19 +341,7 @@ impl CacheEntry {
 
     /// Only under the lock, when no other build of this entry can be running.
     fn remove_stale_staging(&self) {
-        let prefix = self.staging_prefix();
-        let Ok(read_dir) = fs_err::read_dir(&self.target_dir) else {
-            return;
-        };
-        for dirent in read_dir.flatten() {
-            if dirent
-                .file_name()
-                .to_str()
-                .is_some_and(|name| name.starts_with(&prefix))
-            {
-                let _ = fs_err::remove_dir_all(dirent.path());
-            }
-        }
+        fetch::cache::remove_dirs_with_prefix(&self.target_dir, &self.staging_prefix());
     }
 
     fn staging(&self) -> Result<tempfile::TempDir> {

@@ -210,19 +210,7 @@ impl Entry {
     /// Removes staging directories of this entry left by interrupted fetches. Only called
     /// under the lock, when no other fetch of this entry can be running.
     pub(crate) fn remove_stale_staging(&self) {
-        let prefix = self.staging_prefix();
-        let Ok(read_dir) = fs_err::read_dir(&self.target_dir) else {
-            return;
-        };
-        for dirent in read_dir.flatten() {
-            if dirent
-                .file_name()
-                .to_str()
-                .is_some_and(|name| name.starts_with(&prefix))
-            {
-                let _ = fs_err::remove_dir_all(dirent.path());
-            }
-        }
+        remove_dirs_with_prefix(&self.target_dir, &self.staging_prefix());
     }
 
     /// A fresh staging directory, removed when dropped unless committed.
@@ -290,6 +278,23 @@ impl Entry {
 
     fn staging_prefix(&self) -> String {
         format!(".tmp-v{}-", self.version)
+    }
+}
+
+/// Removes every directory in `dir` whose name starts with `prefix` (abandoned staging
+/// directories of a cache entry; the caller holds the entry's lock).
+pub(crate) fn remove_dirs_with_prefix(dir: &Path, prefix: &str) {
+    let Ok(read_dir) = fs_err::read_dir(dir) else {
+        return;
+    };
+    for dirent in read_dir.flatten() {
+        if dirent
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(prefix))
+        {
+            let _ = fs_err::remove_dir_all(dirent.path());
+        }
     }
 }
 
