@@ -95,6 +95,10 @@ pub struct PackReport {
     pub manifest: Manifest,
     /// Seconds spent compressing.
     pub compress_seconds: f64,
+    /// SHA-256 of the stub packed into.
+    pub stub_sha256: String,
+    /// Size of the stub.
+    pub stub_size: u64,
 }
 
 /// Checks an input path: it must be a regular file, not a symlink (whose target could
@@ -181,6 +185,8 @@ pub fn pack(req: &PackRequest) -> Result<PackReport> {
         payload_offset,
         manifest,
         compress_seconds: Duration::as_secs_f64(&compress_time),
+        stub_sha256: hex::encode(Sha256::digest(&stub)),
+        stub_size: stub.len() as u64,
     })
 }
 

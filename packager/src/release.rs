@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
-use sha2::Digest;
 
 use openwork_payload::targets::Target;
 
@@ -190,29 +189,11 @@ pub fn release(req: &ReleaseRequest) -> Result<BuildReport> {
             stub::build_stub(&req.workspace, req.target, &req.stub_target_dir)?
         }
     };
-    let stub_bytes = fs_err::read(&stub)?;
-    let stub_input = ReportInput {
-        name: "stub".into(),
-        source: if req.stub.is_some() {
-            // The file name only: a build machine's paths do not belong in a report.
-            format!(
-                "file:{}",
-                stub.file_name().unwrap_or_default().to_string_lossy()
-            )
-        } else {
-            format!("cargo:{}", req.target.rust_triple)
-        },
-        sha256: hex::encode(sha2::Sha256::digest(&stub_bytes)),
-        size: stub_bytes.len() as u64,
-        integrity: None,
-        from_cache: false,
-    };
-    drop(stub_bytes);
     clock.lap("stub");
     let out = req.dist.join(req.target.artifact_name());
     eprintln!("release: packing {}", out.display());
     let report = pack::pack(&PackRequest {
-        stub,
+        stub: stub.clone(),
         sidecars: std::iter::once(("opencode".to_string(), opencode.path.clone()))
             .chain(
                 router
@@ -232,6 +213,23 @@ pub fn release(req: &ReleaseRequest) -> Result<BuildReport> {
     })?;
     clock.lap("pack");
     update_sha256sums(&req.dist, &req.target.artifact_name(), &report.sha256)?;
+    let stub_input = ReportInput {
+        name: "stub".into(),
+        source: if req.stub.is_some() {
+            // The file name only: a build machine's paths do not belong in a report.
+            format!(
+                "file:{}",
+                stub.file_name().unwrap_or_default().to_string_lossy()
+            )
+        } else {
+            format!("cargo:{}", req.target.rust_triple)
+        },
+        // pack read and hashed the stub already.
+        sha256: report.stub_sha256.clone(),
+        size: report.stub_size,
+        integrity: None,
+        from_cache: false,
+    };
     let build = build_report(req, &report, opencode, router, stub_input, clock);
     let mut json = serde_json::to_vec_pretty(&build).expect("a report serialises");
     json.push(b'\n');

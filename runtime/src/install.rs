@@ -133,6 +133,23 @@ pub fn prepare(
     })
 }
 
+/// [`prepare`], and when that extracted a new runtime — the moment older ones may have
+/// become garbage — collect them ([`crate::gc`]; a failure there is only logged: the new
+/// runtime is fine).
+pub fn prepare_and_collect(
+    source: &PayloadSource,
+    layout: &DataLayout,
+    options: &PrepareOptions,
+) -> Result<PreparedRuntime> {
+    let prepared = prepare(source, layout, options)?;
+    if prepared.extracted
+        && let Err(e) = crate::gc::collect(layout, Some(&prepared.key))
+    {
+        tracing::warn!(error = %e, "garbage collection of old runtimes failed");
+    }
+    Ok(prepared)
+}
+
 /// Leases `dir` if it is complete and matches `source`.
 fn try_warm(source: &PayloadSource, dir: &Path, verify: VerifyMode) -> Result<Option<Lease>> {
     let Some(lease) = Lease::acquire(&dir.join(LEASE_FILE))? else {

@@ -70,6 +70,19 @@ impl Embedded {
     }
 }
 
+/// The payload this executable runs: [`resolve`] from the running executable, checked to
+/// be packed for this binary's target (exit 9 otherwise).
+pub fn resolve_for_this_executable(
+    bundle_dir: Option<(PathBuf, SourceKind)>,
+) -> Result<PayloadSource> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("find this executable", e))?;
+    let source = resolve(bundle_dir, &exe)?;
+    if let Some(host) = openwork_payload::targets::host_name() {
+        source.check_target(host)?;
+    }
+    Ok(source)
+}
+
 /// Chooses the payload source by the documented order.
 pub fn resolve(
     bundle_dir: Option<(PathBuf, SourceKind)>,

@@ -27,6 +27,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::measure::{self, Stats};
+use crate::measure::{cargo_target_dir, file_size, load_average, npm_tarball_size, progress};
 use crate::report::{Quantity, Report, Row, Target as Goal};
 
 /// What the benchmark does, resolved from the command line.
@@ -192,9 +193,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
                 "processPeakRss": warm.process_rss,
             },
             "loadAverage": { "before": load_before, "after": load_after },
-            "unixTime": std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            "unixTime": measure::unix_time(),
         }),
     };
     report.write_json(&settings.json)?;
@@ -616,22 +615,6 @@ fn runtime_extract(artifact: &Path, data_dir: &Path) -> Command {
     cmd
 }
 
-/// The npm tarball's size, if the fetch cache's record beside `binary` keeps it.
-fn npm_tarball_size(binary: &Path) -> Option<u64> {
-    let record = binary.parent()?.join(fetch::cache::RECORD_FILE);
-    let value: serde_json::Value = serde_json::from_slice(&std::fs::read(record).ok()?).ok()?;
-    value.get("tarballSize")?.as_u64()
-}
-
-/// The cargo target directory this binary was built into (`<target dir>/<profile>/<exe>`).
-fn cargo_target_dir() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("find this executable")?;
-    exe.ancestors()
-        .nth(2)
-        .map(Path::to_path_buf)
-        .context("this executable is not inside a cargo target directory")
-}
-
 /// Before each timed run: flush every dirty page (the previous run's files and deletions)
 /// and give the disk a moment, so that no run pays for the one before.
 fn settle() {
@@ -652,12 +635,6 @@ fn remove_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))
 }
 
-fn file_size(path: &Path) -> anyhow::Result<u64> {
-    Ok(std::fs::metadata(path)
-        .with_context(|| format!("stat {}", path.display()))?
-        .len())
-}
-
 fn sha_ni() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -667,15 +644,4 @@ fn sha_ni() -> bool {
     {
         false
     }
-}
-
-/// The 1-minute load average, where the system publishes it: other work on the machine
-/// inflates every figure, so the report says how busy it was.
-fn load_average() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-    text.split_whitespace().next()?.parse().ok()
-}
-
-fn progress(args: std::fmt::Arguments<'_>) {
-    eprintln!("bench: {args}");
 }

@@ -12,7 +12,8 @@
 //!
 //! (The hidden `wait4` helper exits with the code of the command it ran.)
 //!
-//! Run it optimised: `cargo run --release -p openwork-tests --bin openwork-bench -- all`.
+//! Run it optimised, with the release packager built (the `release` benchmark runs it):
+//! `cargo build --release -p openwork-packager && cargo run --release -p openwork-tests --bin openwork-bench -- all`.
 // Elsewhere only the command line exists, to say that the benchmarks need unix.
 #![cfg_attr(not(unix), allow(dead_code))]
 

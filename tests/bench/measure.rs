@@ -279,6 +279,50 @@ impl Stats {
     }
 }
 
+/// The 1-minute load average, where the system publishes it: other work on the machine
+/// inflates every figure, so each report says how busy it was.
+pub fn load_average() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// A progress line on stderr (stdout carries the table).
+pub fn progress(args: std::fmt::Arguments<'_>) {
+    eprintln!("bench: {args}");
+}
+
+/// A file's size, with its path in the error.
+pub fn file_size(path: &Path) -> anyhow::Result<u64> {
+    Ok(std::fs::metadata(path)
+        .with_context(|| format!("stat {}", path.display()))?
+        .len())
+}
+
+/// The cargo target directory this binary was built into (`<target dir>/<profile>/<exe>`).
+pub fn cargo_target_dir() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe().context("find this executable")?;
+    exe.ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .context("this executable is not inside a cargo target directory")
+}
+
+/// The npm tarball's size, if the fetch cache's record beside `binary` keeps it.
+pub fn npm_tarball_size(binary: &Path) -> Option<u64> {
+    let record = binary
+        .parent()?
+        .join(openwork_packager::fetch::cache::RECORD_FILE);
+    let value: serde_json::Value = serde_json::from_slice(&std::fs::read(record).ok()?).ok()?;
+    value.get("tarballSize")?.as_u64()
+}
+
+/// Seconds since the Unix epoch, for the reports' `unixTime`.
+pub fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ use openwork_payload::targets::{self, Target};
 use serde_json::json;
 
 use crate::measure::{self, Measured, Stats};
+use crate::measure::{file_size, load_average, progress};
 use crate::report::{Quantity, Report, Row, Target as Goal, Verdict};
 
 /// What the benchmark does, resolved from the command line.
@@ -96,7 +97,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         "baseline: tar of the same sidecars, then zstd -19 --long={ZSTD_WINDOW_LOG} -T2"
     ));
     let baseline = zstd_baseline(target, epoch, work.path())?;
-    let npm_tarball = npm_tarball_size(target);
+    let npm_tarball = opencode_tarball_size(target);
     let load_after = load_average();
 
     let last = &runs[runs.len() - 1].report;
@@ -143,9 +144,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
             },
             "opencodeNpmTarballSize": npm_tarball,
             "loadAverage": { "before": load_before, "after": load_after },
-            "unixTime": std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            "unixTime": measure::unix_time(),
         }),
     };
     report.write_json(&settings.json)?;
@@ -490,11 +489,8 @@ fn packager_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// The npm tarball's size from the fetch cache's record, when it keeps it.
-fn npm_tarball_size(target: &Target) -> Option<u64> {
-    let binary = fetch::ensure_pinned_opencode(&target.name).ok()?;
-    let record = binary.parent()?.join(fetch::cache::RECORD_FILE);
-    let value: serde_json::Value = serde_json::from_slice(&std::fs::read(record).ok()?).ok()?;
-    value.get("tarballSize")?.as_u64()
+fn opencode_tarball_size(target: &Target) -> Option<u64> {
+    measure::npm_tarball_size(&fetch::ensure_pinned_opencode(&target.name).ok()?)
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {
@@ -512,20 +508,4 @@ fn dedup(values: &[String]) -> Vec<String> {
         }
     }
     out
-}
-
-fn file_size(path: &Path) -> anyhow::Result<u64> {
-    Ok(std::fs::metadata(path)
-        .with_context(|| format!("stat {}", path.display()))?
-        .len())
-}
-
-/// Other work on the machine inflates every figure, so the report says how busy it was.
-fn load_average() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-    text.split_whitespace().next()?.parse().ok()
-}
-
-fn progress(args: std::fmt::Arguments<'_>) {
-    eprintln!("bench: {args}");
 }

@@ -42,7 +42,9 @@ use openwork_payload::targets::{self, Target};
 use openwork_runtime::source;
 use serde_json::{Value, json};
 
+use crate::measure;
 use crate::measure::Stats;
+use crate::measure::{cargo_target_dir, file_size, load_average, progress};
 use crate::report::{Quantity, Report, Row, Target as Goal};
 
 /// What the benchmark does, resolved from the command line.
@@ -268,9 +270,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
             "contenders": contenders.iter().map(Contender::details).collect::<Vec<_>>(),
             "processesLeftAtEnd": leftovers,
             "loadAverage": { "before": load_before, "after": load_after },
-            "unixTime": std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            "unixTime": measure::unix_time(),
         }),
     };
     drop(contenders);
@@ -1263,24 +1263,8 @@ fn basic_auth(user: &str, password: &str) -> String {
 }
 
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// A password for one run's opencode (only loopback sees it; it needs no strength).
@@ -1454,34 +1438,9 @@ fn write_stand_in(work: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// The cargo target directory this binary was built into (`<target dir>/<profile>/<exe>`).
-fn cargo_target_dir() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("find this executable")?;
-    exe.ancestors()
-        .nth(2)
-        .map(Path::to_path_buf)
-        .context("this executable is not inside a cargo target directory")
-}
-
 fn mkdir(dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     Ok(dir.to_path_buf())
-}
-
-fn file_size(path: &Path) -> anyhow::Result<u64> {
-    Ok(std::fs::metadata(path)
-        .with_context(|| format!("stat {}", path.display()))?
-        .len())
-}
-
-/// The 1-minute load average: other work on the machine inflates every figure.
-fn load_average() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-    text.split_whitespace().next()?.parse().ok()
-}
-
-fn progress(args: std::fmt::Arguments<'_>) {
-    eprintln!("bench: {args}");
 }
 
 #[cfg(test)]

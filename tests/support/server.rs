@@ -144,36 +144,8 @@ impl ServerBuilder {
     pub fn start(self) -> ServerProcess {
         let dir = self.dir.clone();
         let (mut child, stderr) = self.spawn();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let line = match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait().unwrap();
-                panic!(
-                    "no ready line within {READY_TIMEOUT:?} ({status}); stderr:\n{}",
-                    std::fs::read_to_string(&stderr).unwrap_or_default()
-                );
-            }
-        };
-        let ready: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("the ready line is not JSON ({e}): {line}"));
-        assert_eq!(ready["event"], "ready", "{line}");
-        let read_token = |key: &str| {
-            let file = ready[key]
-                .as_str()
-                .unwrap_or_else(|| panic!("{key} missing: {line}"));
-            std::fs::read_to_string(file).unwrap().trim().to_string()
-        };
+        let (ready, rx) = await_ready_line(&mut child, &stderr);
+        let read_token = |key: &str| read_token_file(&ready, key, |p| Some(PathBuf::from(p)));
         let url = ready["url"].as_str().unwrap().to_string();
         ServerProcess {
             addr: url.trim_start_matches("http://").to_string(),
@@ -308,6 +280,48 @@ impl Drop for ServerProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// Waits for `child`'s ready line on stdout and checks it is one; panics with the
+/// server's stderr (from the file `stderr`) if none comes within [`READY_TIMEOUT`]. Returns
+/// the parsed line and a receiver of any later stdout lines.
+pub fn await_ready_line(child: &mut Child, stderr: &Path) -> (Value, mpsc::Receiver<String>) {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let Ok(line) = rx.recv_timeout(READY_TIMEOUT) else {
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        panic!(
+            "no ready line within {READY_TIMEOUT:?} ({status}); stderr:\n{}",
+            std::fs::read_to_string(stderr).unwrap_or_default()
+        );
+    };
+    let ready: Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("the ready line is not JSON ({e}): {line}"));
+    assert_eq!(ready["event"], "ready", "{line}");
+    (ready, rx)
+}
+
+/// The token in the file the ready line names under `key`; `to_path` turns the line's
+/// path into one this test can open (under Wine, a `Z:\` path).
+pub fn read_token_file(
+    ready: &Value,
+    key: &str,
+    to_path: impl Fn(&str) -> Option<PathBuf>,
+) -> String {
+    let file = ready[key]
+        .as_str()
+        .and_then(to_path)
+        .unwrap_or_else(|| panic!("{key} is missing or not a path here: {ready}"));
+    std::fs::read_to_string(file).unwrap().trim().to_string()
 }
 
 /// The fixture's start records under `state_dir`.

@@ -16,18 +16,18 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::http::{self, HttpResponse};
-use crate::server::{READY_TIMEOUT, process_alive};
+use crate::server::process_alive;
 
 /// The Rust triple of the Windows builds run here.
 pub const WINDOWS_TRIPLE: &str = "x86_64-pc-windows-gnu";
@@ -361,34 +361,8 @@ impl WineServer {
             .stdout(Stdio::piped())
             .stderr(File::create(&stderr).unwrap());
         let mut child = command.spawn().expect("run wine");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let Ok(line) = rx.recv_timeout(READY_TIMEOUT) else {
-            let _ = child.kill();
-            let status = child.wait().unwrap();
-            panic!(
-                "no ready line under Wine within {READY_TIMEOUT:?} ({status}); stderr:\n{}",
-                std::fs::read_to_string(&stderr).unwrap_or_default()
-            );
-        };
-        let ready: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("the ready line is not JSON ({e}): {line}"));
-        assert_eq!(ready["event"], "ready", "{line}");
-        let read_token = |key: &str| {
-            let file = ready[key]
-                .as_str()
-                .and_then(unix_path)
-                .unwrap_or_else(|| panic!("{key} is not a path on drive Z: {line}"));
-            std::fs::read_to_string(file).unwrap().trim().to_string()
-        };
+        let (ready, _) = crate::server::await_ready_line(&mut child, &stderr);
+        let read_token = |key: &str| crate::server::read_token_file(&ready, key, unix_path);
         WineServer {
             addr: ready["url"]
                 .as_str()

@@ -244,6 +244,7 @@ fn serve(args: ServeArgs, settings: Settings) -> Result<ExitCode> {
             .filter(|o| !o.is_empty())
             .collect();
     }
+    let prepare = runtime_cmd::prepare_options(&settings);
     openwork_runtime::serve::run(openwork_runtime::serve::ServeOptions {
         host: args.host,
         port: args.port,
@@ -255,10 +256,6 @@ fn serve(args: ServeArgs, settings: Settings) -> Result<ExitCode> {
         cors_origins,
         data_dir: settings.data_dir,
         bundle_dir: settings.bundle_dir,
-        prepare: openwork_runtime::install::PrepareOptions {
-            verify: settings.verify,
-            lock_timeout: settings.lock_timeout,
-            server_version: openwork_runtime::SERVER_VERSION.to_string(),
-        },
+        prepare,
     })
 }

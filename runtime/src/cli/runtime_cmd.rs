@@ -8,7 +8,7 @@ use openwork_runtime::layout::{DataLayout, LEASE_FILE};
 use openwork_runtime::lock::Lease;
 use openwork_runtime::source::{self, PayloadSource};
 use openwork_runtime::stamp::Stamp;
-use openwork_runtime::{Error, Result, SERVER_VERSION, gc};
+use openwork_runtime::{Result, SERVER_VERSION, gc};
 use serde_json::json;
 
 use super::{RuntimeCommand, Settings};
@@ -43,13 +43,8 @@ pub fn run(command: RuntimeCommand, settings: &Settings) -> Result<ExitCode> {
             Ok(ExitCode::Ok)
         }
         RuntimeCommand::Extract(flag) => {
-            let prepared = install::prepare(&source, &layout, &prepare_options(settings))?;
-            if prepared.extracted {
-                // A new runtime is the moment older ones may have become garbage.
-                if let Err(e) = gc::collect(&layout, Some(&prepared.key)) {
-                    tracing::warn!(error = %e, "garbage collection of old runtimes failed");
-                }
-            }
+            let prepared =
+                install::prepare_and_collect(&source, &layout, &prepare_options(settings))?;
             if flag.json {
                 let out = json!({
                     "runtimeDir": prepared.dir,
@@ -148,15 +143,10 @@ pub fn run(command: RuntimeCommand, settings: &Settings) -> Result<ExitCode> {
 }
 
 fn load_source(settings: &Settings) -> Result<PayloadSource> {
-    let exe = std::env::current_exe().map_err(|e| Error::io("find this executable", e))?;
-    let source = source::resolve(settings.bundle_dir.clone(), &exe)?;
-    if let Some(host) = openwork_payload::targets::host_name() {
-        source.check_target(host)?;
-    }
-    Ok(source)
+    source::resolve_for_this_executable(settings.bundle_dir.clone())
 }
 
-fn prepare_options(settings: &Settings) -> PrepareOptions {
+pub(super) fn prepare_options(settings: &Settings) -> PrepareOptions {
     PrepareOptions {
         verify: settings.verify,
         lock_timeout: settings.lock_timeout,

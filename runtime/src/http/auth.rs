@@ -66,22 +66,13 @@ fn presented_token(headers: &HeaderMap) -> Option<&[u8]> {
         let bytes = value.as_bytes();
         let scheme = b"bearer ";
         if bytes.len() > scheme.len() && bytes[..scheme.len()].eq_ignore_ascii_case(scheme) {
-            return Some(trim(&bytes[scheme.len()..]));
+            return Some(bytes[scheme.len()..].trim_ascii());
         }
     }
     headers
         .get(TOKEN_HEADER)
-        .map(|v| trim(v.as_bytes()))
+        .map(|v| v.as_bytes().trim_ascii())
         .filter(|t| !t.is_empty())
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| *b != b' ').unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| *b != b' ')
-        .map_or(start, |i| i + 1);
-    &bytes[start..end]
 }
 
 #[cfg(test)]

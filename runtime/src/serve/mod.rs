@@ -23,7 +23,7 @@ use crate::source::{self, SourceKind};
 use crate::supervisor::events::{EventBus, EventKind};
 use crate::supervisor::logs::LogLimits;
 use crate::supervisor::{SidecarKind, Supervisor, SupervisorConfig, Tuning};
-use crate::{ExitCode, SERVER_VERSION, gc, process};
+use crate::{ExitCode, SERVER_VERSION, process};
 
 /// Everything `serve` needs, resolved from flags and the environment by the CLI.
 #[derive(Debug, Clone)]
@@ -94,7 +94,7 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
     let local = listener
         .local_addr()
         .map_err(|e| Error::io("read the listening address", e))?;
-    let base_url = format!("http://{}", display_addr(local));
+    let base_url = format!("http://{local}");
 
     // No orphans: sweep what a previous, killed server left, then make sure this one
     // leaves nothing either.
@@ -253,17 +253,8 @@ fn resolve_sidecars(
     let mut prepared = None;
     let mut from_payload = std::collections::BTreeMap::new();
     if need_payload {
-        let exe = std::env::current_exe().map_err(|e| Error::io("find this executable", e))?;
-        let source = source::resolve(options.bundle_dir.clone(), &exe)?;
-        if let Some(host) = openwork_payload::targets::host_name() {
-            source.check_target(host)?;
-        }
-        let runtime = install::prepare(&source, layout, &options.prepare)?;
-        if runtime.extracted
-            && let Err(e) = gc::collect(layout, Some(&runtime.key))
-        {
-            tracing::warn!(error = %e, "garbage collection of old runtimes failed");
-        }
+        let source = source::resolve_for_this_executable(options.bundle_dir.clone())?;
+        let runtime = install::prepare_and_collect(&source, layout, &options.prepare)?;
         for (name, file) in &source.manifest.files {
             from_payload.insert(name.clone(), runtime.dir.join(&file.path));
         }
@@ -342,13 +333,6 @@ fn workspace_dir(flag: Option<&Path>) -> Result<PathBuf> {
         )));
     }
     Ok(canonical)
-}
-
-fn display_addr(addr: SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(v4) => v4.to_string(),
-        SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
-    }
 }
 
 fn non_empty_env(name: &str) -> Option<String> {

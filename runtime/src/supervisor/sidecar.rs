@@ -245,10 +245,7 @@ impl SidecarTask {
             Ok(child) => child,
             Err(e) => {
                 return Outcome::Failed {
-                    exit: last_exit(
-                        None,
-                        format!("could not start {}: {e}", self.program.display()),
-                    ),
+                    exit: failure(format!("could not start {}: {e}", self.program.display())),
                     healthy_for: Duration::ZERO,
                 };
             }
@@ -316,6 +313,7 @@ impl SidecarTask {
                 }
                 Wake::Command(command) => return self.obey(command, &mut child, pid).await,
                 Wake::Tick | Wake::EndpointChanged => {
+                    // (EndpointChanged is only watched for once the sidecar is running.)
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     let limit = self
                         .tuning
@@ -328,13 +326,10 @@ impl SidecarTask {
                     if Instant::now() >= deadline {
                         self.stop_child(&mut child, pid).await;
                         return Outcome::Failed {
-                            exit: last_exit(
-                                None,
-                                format!(
-                                    "not healthy within {} s of starting (pid {pid})",
-                                    self.tuning.ready_timeout.as_secs_f64()
-                                ),
-                            ),
+                            exit: failure(format!(
+                                "not healthy within {} s of starting (pid {pid})",
+                                self.tuning.ready_timeout.as_secs_f64()
+                            )),
                             healthy_for: Duration::ZERO,
                         };
                     }
@@ -406,12 +401,9 @@ impl SidecarTask {
                             let healthy_for = ready_at.elapsed();
                             self.stop_child(&mut child, pid).await;
                             return Outcome::Failed {
-                                exit: last_exit(
-                                    None,
-                                    format!(
-                                        "unhealthy: {failed_checks} liveness checks in a row failed ({reason}); stopped pid {pid}"
-                                    ),
-                                ),
+                                exit: failure(format!(
+                                    "unhealthy: {failed_checks} liveness checks in a row failed ({reason}); stopped pid {pid}"
+                                )),
                                 healthy_for,
                             };
                         }
@@ -455,7 +447,7 @@ impl SidecarTask {
                 exit.reason = format!("pid {pid} {} {when}", exit.reason);
                 exit
             }
-            Err(e) => last_exit(None, format!("lost track of pid {pid} {when}: {e}")),
+            Err(e) => failure(format!("lost track of pid {pid} {when}: {e}")),
         };
         Outcome::Failed { exit, healthy_for }
     }
@@ -487,15 +479,14 @@ impl SidecarTask {
     }
 }
 
-fn last_exit(status: Option<ExitStatus>, reason: String) -> LastExit {
-    let mut exit = status.map(describe_exit).unwrap_or(LastExit {
+/// A failure that is not a process exit (no code, no signal).
+fn failure(reason: String) -> LastExit {
+    LastExit {
         code: None,
         signal: None,
-        reason: String::new(),
+        reason,
         at_ms: unix_ms(),
-    });
-    exit.reason = reason;
-    exit
+    }
 }
 
 fn describe_exit(status: ExitStatus) -> LastExit {

@@ -667,6 +667,22 @@ enum Field {
     U64(usize),
 }
 
+/// The load commands that are a `linkedit_data_command` (cmd, cmdsize, dataoff, datasize):
+/// 16 bytes, one file offset at byte 8.
+const LINKEDIT_DATA_COMMANDS: [u32; 11] = [
+    lc::LC_CODE_SIGNATURE,
+    lc::LC_SEGMENT_SPLIT_INFO,
+    lc::LC_FUNCTION_STARTS,
+    lc::LC_DATA_IN_CODE,
+    lc::LC_DYLIB_CODE_SIGN_DRS,
+    lc::LC_LINKER_OPTIMIZATION_HINT,
+    lc::LC_DYLD_EXPORTS_TRIE,
+    lc::LC_DYLD_CHAINED_FIXUPS,
+    LC_ATOM_INFO,
+    LC_FUNCTION_VARIANTS,
+    LC_FUNCTION_VARIANT_FIXUPS,
+];
+
 /// The file offset fields of a load command of kind `cmd` and `len` bytes.
 fn offset_fields(cmd: u32, len: usize) -> std::result::Result<Vec<Field>, String> {
     use Field::{U32, U64};
@@ -688,17 +704,7 @@ fn offset_fields(cmd: u32, len: usize) -> std::result::Result<Vec<Field>, String
         // rebase, bind, weak_bind, lazy_bind and export offsets.
         lc::LC_DYLD_INFO | lc::LC_DYLD_INFO_ONLY => [8, 16, 24, 32, 40].map(U32).to_vec(),
         // linkedit_data_command: dataoff.
-        lc::LC_CODE_SIGNATURE
-        | lc::LC_SEGMENT_SPLIT_INFO
-        | lc::LC_FUNCTION_STARTS
-        | lc::LC_DATA_IN_CODE
-        | lc::LC_DYLIB_CODE_SIGN_DRS
-        | lc::LC_LINKER_OPTIMIZATION_HINT
-        | lc::LC_DYLD_EXPORTS_TRIE
-        | lc::LC_DYLD_CHAINED_FIXUPS
-        | LC_ATOM_INFO
-        | LC_FUNCTION_VARIANTS
-        | LC_FUNCTION_VARIANT_FIXUPS => vec![U32(8)],
+        cmd if LINKEDIT_DATA_COMMANDS.contains(&cmd) => vec![U32(8)],
         // twolevel_hints_command.offset; encryption_info's cryptoff (inside __TEXT).
         lc::LC_TWOLEVEL_HINTS | lc::LC_ENCRYPTION_INFO | lc::LC_ENCRYPTION_INFO_64 => vec![U32(8)],
         // note_command.offset.
@@ -755,17 +761,7 @@ fn min_command_len(cmd: u32) -> usize {
         lc::LC_ENCRYPTION_INFO => 20,
         lc::LC_ENCRYPTION_INFO_64 => 24,
         lc::LC_TWOLEVEL_HINTS => 16,
-        lc::LC_CODE_SIGNATURE
-        | lc::LC_SEGMENT_SPLIT_INFO
-        | lc::LC_FUNCTION_STARTS
-        | lc::LC_DATA_IN_CODE
-        | lc::LC_DYLIB_CODE_SIGN_DRS
-        | lc::LC_LINKER_OPTIMIZATION_HINT
-        | lc::LC_DYLD_EXPORTS_TRIE
-        | lc::LC_DYLD_CHAINED_FIXUPS
-        | LC_ATOM_INFO
-        | LC_FUNCTION_VARIANTS
-        | LC_FUNCTION_VARIANT_FIXUPS => 16,
+        cmd if LINKEDIT_DATA_COMMANDS.contains(&cmd) => 16,
         _ => 8,
     }
 }
