@@ -19,6 +19,16 @@ pub enum Error {
     /// A signature that does not match the file it is in.
     #[error("signature verification failed: {0}")]
     Verification(String),
+    /// A key, certificate or secret that cannot be used: missing, unreadable, a wrong
+    /// password, a key that is not the certificate's, an unsupported key type.
+    #[error("signing credentials: {0}")]
+    Credentials(String),
+    /// The signing configuration is wrong (names what and where).
+    #[error("signing configuration: {0}")]
+    Config(String),
+    /// A time-stamp authority or the notary service could not be reached or refused.
+    #[error("{0}")]
+    Network(String),
     /// apple-codesign refused or failed. Boxed: its error type is large, and every
     /// `Result` of this crate would otherwise carry its size.
     #[error("apple-codesign failed: {0}")]
@@ -34,6 +44,9 @@ impl Error {
             Error::Io(_) => ExitCode::Io,
             Error::Unsupported(_) => ExitCode::WrongTarget,
             Error::Layout(_) | Error::Verification(_) => ExitCode::Integrity,
+            Error::Credentials(_) => ExitCode::Credentials,
+            Error::Config(_) => ExitCode::BadInput,
+            Error::Network(_) => ExitCode::Network,
         }
     }
 }

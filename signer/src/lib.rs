@@ -14,7 +14,10 @@
 
 pub mod error;
 pub mod identify;
+pub mod key;
 pub mod macho;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{Error, Result};
 pub use identify::{Identity, SignatureState, identify};

@@ -17,7 +17,7 @@ use openwork_packager::constants::Constants;
 use openwork_packager::fetch;
 use openwork_packager::release::report_path;
 use openwork_packager::router::{self, RouterBuildRequest};
-use openwork_payload::archive::ZSTD_WINDOW_LOG;
+use openwork_payload::archive::{ZSTD_RELEASE_LEVEL, ZSTD_WINDOW_LOG};
 use openwork_payload::targets::{self, Target};
 use serde_json::json;
 
@@ -94,7 +94,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     let identical = byte_identical(std::iter::once(&warm_up).chain(&runs))?;
 
     progress(format_args!(
-        "baseline: tar of the same sidecars, then zstd -19 --long={ZSTD_WINDOW_LOG} -T2"
+        "baseline: tar of the same sidecars, then zstd -{ZSTD_RELEASE_LEVEL} --long={ZSTD_WINDOW_LOG} -T2"
     ));
     let baseline = zstd_baseline(target, epoch, work.path())?;
     let npm_tarball = opencode_tarball_size(target);
@@ -135,7 +135,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
             "wall": Stats::of(&runs.iter().map(|r| r.measured.wall()).collect::<Vec<_>>()),
             "stageShares": stage_shares,
             "baseline": {
-                "command": format!("zstd -19 --long={ZSTD_WINDOW_LOG} -T2"),
+                "command": format!("zstd -{ZSTD_RELEASE_LEVEL} --long={ZSTD_WINDOW_LOG} -T2"),
                 "tarSize": baseline.tar_size,
                 "zstdSize": baseline.zstd_size,
                 "seconds": baseline.measured.wall().as_secs_f64(),
@@ -342,7 +342,7 @@ fn zstd_baseline(target: &'static Target, epoch: u64, work: &Path) -> anyhow::Re
     measure::sync();
     let mut zstd = Command::new("zstd");
     zstd.args([
-        "-19",
+        &format!("-{ZSTD_RELEASE_LEVEL}"),
         &format!("--long={ZSTD_WINDOW_LOG}"),
         "-T2",
         "-q",
@@ -402,8 +402,8 @@ fn rows(
             row = row
                 .against(Quantity::seconds(baseline.measured.wall().as_secs_f64()))
                 .note(format!(
-                    "{share:.1} % of the packager's own total; baseline: `zstd -19 \
-                     --long={ZSTD_WINDOW_LOG} -T2` of a `tar` of the same two sidecars (the \
+                    "{share:.1} % of the packager's own total; baseline: `zstd \
+                     -{ZSTD_RELEASE_LEVEL} --long={ZSTD_WINDOW_LOG} -T2` of a `tar` of the same two sidecars (the \
                      pack stage also builds the tar, hashes, injects and self-checks)"
                 ));
         }
@@ -448,7 +448,10 @@ fn rows(
     rows.push(
         Row::info("payload size", Quantity::bytes(last.payload_size))
             .against(Quantity::bytes(baseline.zstd_size))
-            .note("baseline: `zstd -19 --long=27 -T2` of a tar of the same sidecars"),
+            .note(format!(
+                "baseline: `zstd -{ZSTD_RELEASE_LEVEL} --long={ZSTD_WINDOW_LOG} -T2` of a tar \
+                 of the same sidecars"
+            )),
     );
     rows.push(match npm_tarball {
         Some(tarball) => Row::info(

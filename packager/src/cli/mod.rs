@@ -54,9 +54,8 @@ pub struct ReleaseArgs {
     /// Output directory
     #[arg(long, value_name = "DIR", default_value = "dist")]
     pub dist: PathBuf,
-    /// Compress quickly (zstd level 3) instead of for release
-    #[arg(long)]
-    pub fast: bool,
+    #[command(flatten)]
+    pub compression: CompressionArgs,
     /// Use only cached downloads
     #[arg(long)]
     pub offline: bool,
@@ -82,6 +81,31 @@ pub struct ReleaseArgs {
     /// constants.json] (say it when --source file or url brings another version)
     #[arg(long, value_name = "VERSION")]
     pub opencode_version: Option<String>,
+}
+
+/// How `pack` and `release` compress the payload.
+#[derive(Debug, Args)]
+pub struct CompressionArgs {
+    /// Compress quickly (zstd level 3) instead of for release (level 18, long window)
+    #[arg(long, conflicts_with = "level")]
+    pub fast: bool,
+    /// zstd level (1-22), always with the 128 MiB long window [default: 18]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22))]
+    pub level: Option<i32>,
+}
+
+impl CompressionArgs {
+    fn compression(&self) -> Compression {
+        let mut compression = if self.fast {
+            Compression::fast()
+        } else {
+            Compression::release()
+        };
+        if let Some(level) = self.level {
+            compression.level = level;
+        }
+        compression
+    }
 }
 
 /// `stage` arguments.
@@ -128,12 +152,8 @@ pub struct PackArgs {
     /// opencode-router version for the manifest [default: constants.json]
     #[arg(long)]
     pub router_version: Option<String>,
-    /// Compress quickly (zstd level 3) instead of for release (level 19, long window)
-    #[arg(long, conflicts_with = "level")]
-    pub fast: bool,
-    /// zstd level (1-22)
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22))]
-    pub level: Option<i32>,
+    #[command(flatten)]
+    pub compression: CompressionArgs,
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
@@ -281,18 +301,10 @@ fn run_pack(args: PackArgs, constants: &Constants) -> Result<()> {
         server_version,
         opencode_version,
         router_version,
-        fast,
-        level,
+        compression,
         json,
     } = args;
-    let mut compression = if fast {
-        Compression::fast()
-    } else {
-        Compression::release()
-    };
-    if let Some(level) = level {
-        compression.level = level;
-    }
+    let compression = compression.compression();
     let request = PackRequest {
         stub,
         sidecars,
@@ -370,7 +382,7 @@ fn run_release(args: ReleaseArgs, constants: Constants) -> Result<()> {
         target,
         stub,
         dist,
-        fast,
+        compression,
         offline,
         json,
         source,
@@ -399,11 +411,7 @@ fn run_release(args: ReleaseArgs, constants: Constants) -> Result<()> {
         stub,
         stub_target_dir,
         dist,
-        compression: if fast {
-            Compression::fast()
-        } else {
-            Compression::release()
-        },
+        compression: compression.compression(),
         mtime: source_date_epoch()?,
         offline,
         source,

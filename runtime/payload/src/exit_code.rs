@@ -38,6 +38,10 @@ pub enum ExitCode {
     /// The server's address could not be bound: port in use, or not a local address
     /// (server).
     AddressUnavailable = 13,
+    /// Signing credentials cannot be used: a missing secret (when the policy says fail),
+    /// a wrong password, a key that is not the certificate's, an unsupported key type
+    /// (signer, packager).
+    Credentials = 14,
 }
 
 impl ExitCode {
