@@ -40,6 +40,9 @@ pub enum Command {
     /// Stage the pinned opencode and a locally built router as a bundle directory for
     /// `openwork-server-v2 --bundle-dir` (the dev loop; near-instant when nothing changed)
     Stage(StageArgs),
+    /// Print the CI release matrix from targets/ as one line of JSON
+    /// (`{"include": [{"target", "runner", "triple", "artifact", "signing", …}]}`)
+    Matrix,
 }
 
 /// `release` arguments.
@@ -289,6 +292,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Release(args) => run_release(args, constants),
         Command::BuildRouter(args) => build_router::run(args, &constants),
         Command::Stage(args) => run_stage(args, &constants),
+        Command::Matrix => {
+            let matrix = openwork_packager::matrix::matrix();
+            print_out(&format!(
+                "{}\n",
+                serde_json::to_string(&matrix).expect("the matrix serialises")
+            ));
+            Ok(())
+        }
     }
 }
 
