@@ -30,6 +30,9 @@ pub enum Error {
     /// Fetching a sidecar failed.
     #[error(transparent)]
     Fetch(#[from] crate::fetch::FetchError),
+    /// Signing or verifying a signature failed.
+    #[error(transparent)]
+    Sign(#[from] openwork_signer::Error),
 }
 
 impl Error {
@@ -41,6 +44,7 @@ impl Error {
             Error::Usage(_) => ExitCode::Usage,
             Error::Io(_) => ExitCode::Io,
             Error::Fetch(e) => crate::fetch::exit_code(e),
+            Error::Sign(e) => e.exit_code(),
         }
     }
 }

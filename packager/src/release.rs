@@ -4,14 +4,25 @@
 //! source with the pinned Bun (cached) → build the stub for the target (or take `--stub`)
 //! → pack → `dist/openwork-server-v2-<target>[.exe]`, `SHA256SUMS`, and
 //! a JSON build report beside the artifact (`<artifact>.report.json`: versions, sources,
-//! sizes, hashes, and each stage's time). Signing joins here: sidecars are signed after
-//! they are fetched or built and before they are hashed into the manifest (`pack`), the
-//! artifact after packing.
+//! sizes, hashes, and each stage's time).
+//!
+//! With `--sign <config>` ([`openwork_signer::sign::Signers`]), copies of the sidecars are
+//! signed before they are hashed into the manifest (a signature cannot be added to a file
+//! inside the payload later), the packed artifact is signed, its signature verified, and
+//! the runtime's locator run again on the signed bytes; only then is the artifact renamed
+//! into place. Every intermediate file lives in a temp dir inside the dist dir, so a
+//! failure leaves the dist dir as it was.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
+use openwork_signer::entitlements::Role;
+use openwork_signer::sign::{SignOutcome, Signers};
+use openwork_signer::verify::{VerifyPolicy, verify};
+
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use openwork_payload::targets::Target;
 
@@ -49,6 +60,8 @@ pub struct ReleaseRequest {
     pub allow_unverified: bool,
     /// Leave opencode-router out of the payload.
     pub no_router: bool,
+    /// Sign sidecars and artifact with these (`--sign`).
+    pub signing: Option<Arc<Signers>>,
 }
 
 /// What a release made and how: written as `<artifact>.report.json`.
@@ -79,6 +92,9 @@ pub struct BuildReport {
     pub compression: ReportCompression,
     /// Archive mtime (SOURCE_DATE_EPOCH).
     pub source_date_epoch: u64,
+    /// What signing did to each sidecar and to the artifact (empty without `--sign`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<SignOutcome>,
     /// Seconds per stage, in order.
     pub timings: Vec<ReportTiming>,
     /// Total seconds.
@@ -190,18 +206,47 @@ pub fn release(req: &ReleaseRequest) -> Result<BuildReport> {
         }
     };
     clock.lap("stub");
-    let out = req.dist.join(req.target.artifact_name());
-    eprintln!("release: packing {}", out.display());
-    let report = pack::pack(&PackRequest {
-        stub: stub.clone(),
-        sidecars: std::iter::once(("opencode".to_string(), opencode.path.clone()))
+    let final_path = req.dist.join(req.target.artifact_name());
+    let mut sidecars: Vec<(String, PathBuf)> =
+        std::iter::once(("opencode".to_string(), opencode.path.clone()))
             .chain(
                 router
                     .iter()
                     .map(|r| ("opencode-router".to_string(), r.path.clone())),
             )
-            .collect(),
-        out,
+            .collect();
+    // With signing, signed copies and the unsigned artifact live here until the signed
+    // artifact is checked; the dir goes when `work` drops, on success or error.
+    let work = match req.signing {
+        Some(_) => {
+            fs_err::create_dir_all(&req.dist)?;
+            Some(
+                tempfile::Builder::new()
+                    .prefix(".openwork-release-")
+                    .tempdir_in(&req.dist)?,
+            )
+        }
+        None => None,
+    };
+    let mut signatures = Vec::new();
+    if let (Some(signers), Some(work)) = (&req.signing, &work) {
+        for (_, path) in &mut sidecars {
+            let copy = work.path().join(path.file_name().unwrap_or_default());
+            fs_err::copy(&*path, &copy)?;
+            signatures.push(signers.sign_file(&copy, Role::BunSidecar)?);
+            *path = copy;
+        }
+        clock.lap("sign-sidecars");
+    }
+    let out = match &work {
+        Some(work) => work.path().join(req.target.artifact_name()),
+        None => final_path.clone(),
+    };
+    eprintln!("release: packing {}", final_path.display());
+    let mut report = pack::pack(&PackRequest {
+        stub: stub.clone(),
+        sidecars,
+        out: out.clone(),
         target: req.target,
         versions: Versions {
             server: req.constants.server_version.clone(),
@@ -212,6 +257,23 @@ pub fn release(req: &ReleaseRequest) -> Result<BuildReport> {
         mtime: req.mtime,
     })?;
     clock.lap("pack");
+    if let Some(signers) = &req.signing {
+        let outcome = signers.sign_file(&out, Role::Stub)?;
+        let signed = fs_err::read(&out)?;
+        // The signature over the file as it now is, and the payload found and every file
+        // checked on the signed bytes: what a user's machine will do.
+        let policy = VerifyPolicy {
+            require_signature: outcome.is_signed(),
+            ..VerifyPolicy::default()
+        };
+        verify(&signed, &policy)?;
+        signatures.push(outcome);
+        report.size = signed.len() as u64;
+        report.sha256 = hex::encode(Sha256::digest(&signed));
+        fs_err::rename(&out, &final_path)?;
+        clock.lap("sign-artifact");
+    }
+    drop(work);
     update_sha256sums(&req.dist, &req.target.artifact_name(), &report.sha256)?;
     let stub_input = ReportInput {
         name: "stub".into(),
@@ -230,7 +292,17 @@ pub fn release(req: &ReleaseRequest) -> Result<BuildReport> {
         integrity: None,
         from_cache: false,
     };
-    let build = build_report(req, &report, opencode, router, stub_input, clock);
+    let build = build_report(
+        req,
+        &report,
+        Inputs {
+            opencode,
+            router,
+            stub: stub_input,
+        },
+        signatures,
+        clock,
+    );
     let mut json = serde_json::to_vec_pretty(&build).expect("a report serialises");
     json.push(b'\n');
     pack::write_atomically(&report_path(&req.dist, req.target), &json, false)?;
@@ -242,12 +314,22 @@ pub fn report_path(dist: &Path, target: &Target) -> PathBuf {
     dist.join(format!("{}.report.json", target.artifact_name()))
 }
 
-fn build_report(
-    req: &ReleaseRequest,
-    report: &PackReport,
+/// What went into a release, for its report.
+struct Inputs {
     opencode: fetch::FetchedBinary,
     router: Option<router::BuiltRouter>,
     stub: ReportInput,
+}
+
+fn build_report(
+    req: &ReleaseRequest,
+    report: &PackReport,
+    Inputs {
+        opencode,
+        router,
+        stub,
+    }: Inputs,
+    signatures: Vec<SignOutcome>,
     clock: Stopwatch,
 ) -> BuildReport {
     let mut inputs = vec![ReportInput {
@@ -293,6 +375,7 @@ fn build_report(
         },
         source_date_epoch: req.mtime,
         total_seconds: clock.started.elapsed().as_secs_f64(),
+        signatures,
         timings: clock.timings,
     }
 }

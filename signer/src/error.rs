@@ -13,8 +13,9 @@ pub enum Error {
     /// The input is not a kind of file this operation handles.
     #[error("{0}")]
     Unsupported(String),
-    /// A Mach-O whose layout would lose data or hide data from verification when signed.
-    #[error("bad Mach-O layout: {0}")]
+    /// An executable whose layout would lose data or hide data from verification when
+    /// signed (Mach-O bytes after `__LINKEDIT`, PE bytes outside every section).
+    #[error("bad executable layout: {0}")]
     Layout(String),
     /// A signature that does not match the file it is in.
     #[error("signature verification failed: {0}")]
@@ -29,6 +30,9 @@ pub enum Error {
     /// A time-stamp authority or the notary service could not be reached or refused.
     #[error("{0}")]
     Network(String),
+    /// An external signing command failed (its status and output are in the message).
+    #[error("{0}")]
+    SigningTool(String),
     /// apple-codesign refused or failed. Boxed: its error type is large, and every
     /// `Result` of this crate would otherwise carry its size.
     #[error("apple-codesign failed: {0}")]
@@ -40,7 +44,7 @@ impl Error {
     pub fn exit_code(&self) -> openwork_payload::ExitCode {
         use openwork_payload::ExitCode;
         match self {
-            Error::Codesign(_) => ExitCode::Failure,
+            Error::Codesign(_) | Error::SigningTool(_) => ExitCode::Failure,
             Error::Io(_) => ExitCode::Io,
             Error::Unsupported(_) => ExitCode::WrongTarget,
             Error::Layout(_) | Error::Verification(_) => ExitCode::Integrity,

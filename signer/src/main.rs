@@ -1,21 +1,27 @@
-//! `openwork-signer`: signs and inspects openwork-server-v2 artifacts.
+//! `openwork-signer`: signs, verifies and notarizes openwork-server-v2 artifacts.
 //!
 //! Exit codes are the table every openwork binary shares ([`openwork_payload::ExitCode`],
-//! docs/RUNTIME.md): 1 signing failed, 2 usage, 4 a layout that would lose or hide data, or
-//! a signature that does not match, 7 a file could not be read or written, 9 not a file
-//! this command handles.
+//! docs/RUNTIME.md): 1 signing failed, 2 usage, 4 a signature or layout that does not
+//! verify, 7 a file could not be read or written, 9 not a file this command handles, 10 a
+//! bad signing configuration, 11 a time-stamp authority or the notary service failed, 14
+//! credentials (a missing secret, a wrong password, a key that is not the certificate's).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use openwork_signer::Error;
+use clap::{Parser, Subcommand, ValueEnum};
+use openwork_signer::config::SigningConfig;
+use openwork_signer::entitlements::Role;
+use openwork_signer::notarize::{Notarizer, NotaryTool, Submission};
+use openwork_signer::sign::{Signers, notary_key};
+use openwork_signer::verify::{VerifyPolicy, verify};
+use openwork_signer::{Error, key};
 
 #[derive(Parser)]
 #[command(
     name = "openwork-signer",
     version,
-    about = "Sign and inspect openwork-server-v2 artifacts"
+    about = "Sign, verify and notarize openwork-server-v2 artifacts (docs/SIGNING.md)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,41 +30,82 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Sign a Mach-O executable (only ad-hoc signing so far).
+    /// Sign files in place as a signing configuration says (PE: Authenticode, Mach-O:
+    /// codesign), or one Mach-O ad hoc with --adhoc
     Sign {
-        /// Ad-hoc signature: a code directory without a certificate.
-        #[arg(long, required = true)]
+        /// The signing configuration (TOML; secrets by reference)
+        #[arg(long, value_name = "CONFIG", required_unless_present = "adhoc")]
+        config: Option<PathBuf>,
+        /// What the files are: the server stub, or a Bun-compiled sidecar (which needs
+        /// the JIT entitlements on macOS)
+        #[arg(long, value_enum, default_value_t = RoleArg::Stub)]
+        role: RoleArg,
+        /// Ad-hoc Mach-O signature: a code directory without a certificate
+        #[arg(long, conflicts_with = "config", requires = "out")]
         adhoc: bool,
-        /// The file to sign.
-        input: PathBuf,
-        /// Where to write the signed file (may be the input).
-        #[arg(long)]
-        out: PathBuf,
-        /// Code signing identifier; defaults to the input's file name.
+        /// With --adhoc: where to write the signed file (may be the input)
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// With --adhoc: the code signing identifier [default: the file name]
         #[arg(long)]
         identifier: Option<String>,
+        /// The files
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
-    /// Print an executable's format, architecture and whether it is signed.
-    Identify {
-        /// The executable.
+    /// Verify a file's signature (and the payload inside it, if any)
+    Verify {
+        /// The file
         file: PathBuf,
-        /// Print JSON instead of a sentence.
+        /// Trusted code-signing root(s), PEM or DER; without: the chain the signature
+        /// carries is checked for integrity only
+        #[arg(long = "ca", value_name = "PEM")]
+        roots: Vec<PathBuf>,
+        /// Trusted time-stamping root(s), PEM or DER
+        #[arg(long = "tsa-ca", value_name = "PEM")]
+        tsa_roots: Vec<PathBuf>,
+        /// Fail without an RFC 3161 / secure time stamp
+        #[arg(long)]
+        require_timestamp: bool,
+        /// Fail for an unsigned or ad-hoc signed file
+        #[arg(long)]
+        require_signature: bool,
+        /// Print JSON
         #[arg(long)]
         json: bool,
     },
-    /// Verify a signed Mach-O: layout, and every page digest (ad-hoc signatures pass).
-    Verify {
-        /// The Mach-O file.
+    /// Submit a signed Mach-O (zipped) or a .zip/.dmg/.pkg to Apple's notary service
+    /// (`xcrun notarytool`, macOS only) with the [notarize] key of a signing configuration
+    Notarize {
+        /// The file
         file: PathBuf,
+        /// The signing configuration
+        #[arg(long, value_name = "CONFIG")]
+        config: PathBuf,
     },
-    /// Check that a Mach-O ends with __LINKEDIT and its signature, with nothing after.
+    /// Print an executable's format, architecture and whether it is signed
+    Identify {
+        /// The executable
+        file: PathBuf,
+        /// Print JSON instead of a sentence
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that a Mach-O ends with __LINKEDIT and its signature, with nothing after
     CheckLayout {
-        /// The Mach-O file.
+        /// The Mach-O file
         file: PathBuf,
     },
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Stub,
+    BunSidecar,
+}
+
 fn main() -> ExitCode {
+    tracing_subscriber_init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -68,16 +115,127 @@ fn main() -> ExitCode {
     }
 }
 
+/// Warnings (a platform skipped for missing secrets) go to stderr as plain lines.
+fn tracing_subscriber_init() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .with_target(false)
+        .with_ansi(false)
+        .without_time()
+        .init();
+}
+
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Sign {
+            config,
+            role,
             adhoc,
-            input,
             out,
             identifier,
+            files,
         } => {
-            debug_assert!(adhoc, "clap requires --adhoc");
-            openwork_signer::sign_adhoc_file(&input, &out, identifier.as_deref())
+            if adhoc {
+                let [file] = files.as_slice() else {
+                    return Err(Error::Config("--adhoc signs one file".into()));
+                };
+                let out = out.expect("clap requires --out with --adhoc");
+                return openwork_signer::sign_adhoc_file(file, &out, identifier.as_deref());
+            }
+            let config = SigningConfig::load(&config.expect("clap requires --config"))?;
+            let signers = Signers::load(&config)?;
+            let role = match role {
+                RoleArg::Stub => Role::Stub,
+                RoleArg::BunSidecar => Role::BunSidecar,
+            };
+            for file in &files {
+                let outcome = signers.sign_file(file, role)?;
+                match (&outcome.signer, &outcome.note) {
+                    (Some(signer), _) => {
+                        println!("{}: {} by {signer}", file.display(), outcome.action)
+                    }
+                    (None, Some(note)) => {
+                        println!("{}: {}: {note}", file.display(), outcome.action)
+                    }
+                    (None, None) => println!("{}: {}", file.display(), outcome.action),
+                }
+            }
+            Ok(())
+        }
+        Command::Verify {
+            file,
+            roots,
+            tsa_roots,
+            require_timestamp,
+            require_signature,
+            json,
+        } => {
+            let policy = VerifyPolicy {
+                roots: read_certificates(&roots)?,
+                tsa_roots: read_certificates(&tsa_roots)?,
+                require_timestamp,
+                require_signature,
+            };
+            let verification = verify(&fs_err::read(&file)?, &policy)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&verification).expect("serialises")
+                );
+            } else {
+                println!(
+                    "{}: {} signature verified{}{}{}{}",
+                    file.display(),
+                    verification.signature,
+                    verification
+                        .signer
+                        .as_ref()
+                        .map(|s| format!(", signer {s}"))
+                        .unwrap_or_default(),
+                    verification
+                        .timestamp
+                        .as_ref()
+                        .map(|t| format!(", time-stamped {t}"))
+                        .unwrap_or_default(),
+                    if verification.chain_checked || verification.signer.is_none() {
+                        ""
+                    } else {
+                        " (chain not checked against a trusted root: give --ca)"
+                    },
+                    verification
+                        .payload_files
+                        .map(|n| format!("; payload of {n} files verified"))
+                        .unwrap_or_default(),
+                );
+            }
+            Ok(())
+        }
+        Command::Notarize { file, config } => {
+            let config = SigningConfig::load(&config)?;
+            // The .p8 key is written here (0600) for notarytool and removed on return.
+            let work = tempfile::tempdir()?;
+            let Some(key) = notary_key(&config, work.path())? else {
+                println!(
+                    "{}: not notarized: the [notarize] secrets are missing and \
+                     on-missing-secret = \"skip\"",
+                    file.display()
+                );
+                return Ok(());
+            };
+            let submission = Submission::from_file(&file, work.path())?;
+            let outcome = NotaryTool::new(key).submit(&submission)?;
+            println!(
+                "{}: notarized (submission {}){}",
+                file.display(),
+                outcome.id,
+                if outcome.stapleable {
+                    ""
+                } else {
+                    "; a bare executable cannot be stapled: Gatekeeper looks the ticket up online"
+                }
+            );
+            Ok(())
         }
         Command::Identify { file, json } => {
             let identity = openwork_signer::identify(&fs_err::read(file)?)?;
@@ -91,7 +249,24 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
-        Command::Verify { file } => openwork_signer::verify(&fs_err::read(file)?),
         Command::CheckLayout { file } => openwork_signer::check_macho_layout(&fs_err::read(file)?),
+    }
+}
+
+fn read_certificates(
+    paths: &[PathBuf],
+) -> Result<Vec<x509_certificate::CapturedX509Certificate>, Error> {
+    let mut all = Vec::new();
+    for path in paths {
+        let data = fs_err::read(path)?;
+        all.extend(key::pem::parse_certificates(&data).map_err(|e| in_file(e, path))?);
+    }
+    Ok(all)
+}
+
+fn in_file(error: Error, path: &Path) -> Error {
+    match error {
+        Error::Credentials(why) => Error::Config(format!("{}: {why}", path.display())),
+        other => other,
     }
 }

@@ -3,9 +3,11 @@
 
 pub mod fixtures;
 pub mod http;
+pub mod release;
 pub mod server;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Mutex;
 
 /// The workspace root.
@@ -48,5 +50,16 @@ pub fn stub_for(target: &str) -> PathBuf {
     openwork_packager::stub::build_stub(&workspace_root(), spec, &target_dir().join("stubs"))
         .unwrap_or_else(|e| panic!("{e}"))
 }
-pub mod pki;
 pub mod wine;
+
+/// Panics with a hint to install `tool` if it cannot be run. Tests that need an external
+/// tool call this first, so that a missing tool fails loudly instead of the test passing
+/// without having checked anything.
+pub fn require_tool(tool: &str, install_hint: &str) {
+    // Whether it starts is the question; its exit status for `--version` varies by tool.
+    let found = Command::new(tool).arg("--version").output().is_ok();
+    assert!(
+        found,
+        "`{tool}` is needed by this test and could not be run; {install_hint}"
+    );
+}

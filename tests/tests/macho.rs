@@ -11,6 +11,12 @@ use goblin::mach::MachO;
 use goblin::mach::load_command::CommandVariant;
 use openwork_payload::container::{self, Arch, ExecutableFormat, macho};
 use openwork_payload::{Error, archive};
+use openwork_signer::entitlements;
+use openwork_signer::macho::{
+    CapturedX509Certificate, MachOPolicy, MachOSignOptions, sign_with_identity, verify_macho,
+};
+use openwork_signer::testing::tsa::TestTsa;
+use openwork_signer::testing::{KeyKind, TestPki};
 use openwork_signer::{SignatureState, check_macho_layout, sign_adhoc};
 use openwork_tests::fixtures::{pseudo_random, region_from_sidecars};
 
@@ -275,4 +281,130 @@ fn same(actual: &[u8], expected: &[u8], what: &str) {
 
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+#[test]
+fn darwin_arm64_signed_with_an_rsa_certificate_verifies_and_keeps_its_payload() {
+    sign_with_certificate_and_verify(
+        "darwin-arm64",
+        KeyKind::Rsa2048,
+        entitlements::Role::BunSidecar,
+    );
+}
+
+#[test]
+fn darwin_x64_signed_with_an_ecdsa_certificate_verifies_and_keeps_its_payload() {
+    sign_with_certificate_and_verify("darwin-x64", KeyKind::EcdsaP256, entitlements::Role::Stub);
+}
+
+/// A packed stub signed for release (certificate, hardened runtime, entitlements, a
+/// timestamp from the in-process TSA): our verifier passes it under the release policy,
+/// the payload is still found and verified, and every kind of tampering fails.
+fn sign_with_certificate_and_verify(target: &str, kind: KeyKind, role: entitlements::Role) {
+    let pki = TestPki::generate(kind);
+    let tsa = TestTsa::start(&pki);
+    let stub = read(&openwork_tests::stub_for(target));
+    let (region, _) = real_region(target, 5);
+    let packed = container::inject(&stub, &region).unwrap();
+    let (_, located) = container::locate(&packed).unwrap();
+    let span = located.span();
+    let expected_entitlements = entitlements::for_role(role).map(str::to_owned);
+    let options = MachOSignOptions {
+        identifier: Some("openwork-server-v2".into()),
+        hardened_runtime: true,
+        entitlements: expected_entitlements.clone(),
+        timestamp_url: Some(tsa.url()),
+    };
+    let started = std::time::Instant::now();
+    let signed = sign_with_identity(&packed, &pki.signing_identity(), &options).unwrap();
+    let signing = started.elapsed();
+    let root = |der: &[u8]| CapturedX509Certificate::from_der(der.to_vec()).unwrap();
+    let policy = MachOPolicy {
+        entitlements: expected_entitlements.clone(),
+        ..MachOPolicy::notarizable(vec![root(&pki.ca.der)], vec![root(&pki.tsa_ca.der)])
+    };
+
+    let started = std::time::Instant::now();
+    let verified = verify_macho(&signed, &policy).unwrap_or_else(|e| panic!("{target}: {e}"));
+    eprintln!(
+        "{target} ({kind:?}, {} KB): signed with a timestamp in {signing:?}, verified in {:?}",
+        signed.len() >> 10,
+        started.elapsed()
+    );
+    assert_eq!(verified.identifier, "openwork-server-v2");
+    assert!(verified.hardened_runtime());
+    assert!(verified.timestamp.is_some());
+    assert_eq!(
+        verified.entitlements.is_some(),
+        expected_entitlements.is_some()
+    );
+    assert!(
+        verified
+            .signer
+            .as_deref()
+            .unwrap()
+            .contains("openwork test code signing")
+    );
+    assert_eq!(
+        openwork_signer::identify(&signed).unwrap().signature,
+        SignatureState::Certificate
+    );
+
+    // The runtime's locator still finds the payload where it was, intact.
+    let (_, relocated) = container::locate(&signed).unwrap();
+    relocated.verify_payload().unwrap();
+    assert_eq!(relocated.span(), span, "signing moved the region");
+
+    let fails = |data: &[u8], policy: &MachOPolicy, what: &str| {
+        let err = verify_macho(data, policy)
+            .err()
+            .unwrap_or_else(|| panic!("{target}: {what} verified"));
+        assert!(
+            matches!(
+                err,
+                openwork_signer::Error::Verification(_) | openwork_signer::Error::Layout(_)
+            ),
+            "{target}: {what}: {err}"
+        );
+        err.to_string()
+    };
+    let linkedit = Layout::of(&signed).linkedit.start;
+    let text = Layout::of(&signed).content_start;
+    let mut code = signed.clone();
+    code[text + 16] ^= 1;
+    fails(&code, &policy, "a flipped byte in __TEXT");
+    let mut payload = signed.clone();
+    payload[(span.start + span.end) as usize / 2] ^= 1;
+    let err = fails(&payload, &policy, "a flipped byte in the payload");
+    assert!(err.contains("digest"), "{err}");
+    assert!(
+        span.end as usize <= linkedit,
+        "the payload is before __LINKEDIT"
+    );
+    let mut appended = signed.clone();
+    appended.push(0);
+    fails(&appended, &policy, "an appended byte");
+
+    let other = TestPki::generate(KeyKind::EcdsaP256);
+    let wrong_root = MachOPolicy {
+        roots: Some(vec![root(&other.ca.der)]),
+        ..policy.clone()
+    };
+    let err = fails(&signed, &wrong_root, "another root");
+    assert!(err.contains("does not chain"), "{err}");
+
+    let adhoc = sign_adhoc(&packed, "openwork-server-v2").unwrap();
+    let err = fails(&adhoc, &policy, "ad-hoc");
+    assert!(err.contains("ad-hoc"), "{err}");
+
+    // Bytes after __LINKEDIT (a payload appended the ELF way) are refused before signing,
+    // instead of being dropped by apple-codesign.
+    let mut trailing = packed.clone();
+    trailing.extend_from_slice(&region[..64]);
+    let err = sign_with_identity(&trailing, &pki.signing_identity(), &options).unwrap_err();
+    assert!(
+        matches!(err, openwork_signer::Error::Layout(_)),
+        "{target}: {err}"
+    );
+    assert_eq!(tsa.requests(), 1, "refused before asking the TSA");
 }

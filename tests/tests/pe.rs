@@ -1,10 +1,11 @@
 //! The PE container end to end, on the real runtime stub cross-linked for `windows-x64`:
-//! pack, find, verify and extract; then sign with osslsigncode (a PKI made at test time)
-//! and do it all again; then damage the signed file and check that both our verifier and
-//! Authenticode notice.
+//! pack, find, verify and extract; then sign (with osslsigncode, and with our own
+//! Authenticode signer; the PKI is the signer's test PKI, made at test time) and do it all
+//! again; then damage the signed file and check that both our verifier and Authenticode
+//! notice.
 //!
-//! Needs `cargo-zigbuild` (or mingw-w64) for the stub, and the `openssl` and
-//! `osslsigncode` command line tools; a missing tool fails the test with a hint.
+//! Needs `cargo-zigbuild` (or mingw-w64) for the stub and the `osslsigncode` command line
+//! tool; a missing tool fails the test with a hint.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -14,8 +15,11 @@ use openwork_payload::archive;
 use openwork_payload::container::{self, ExecutableFormat};
 use openwork_payload::region::REGION_ALIGN;
 use openwork_payload::{Error, PayloadRegion};
+use openwork_signer::authenticode::{self, SignOptions, TrustAnchors};
+use openwork_signer::testing::pki::TestPkiFiles;
+use openwork_signer::testing::{KeyKind, TestPki};
 use openwork_tests::fixtures::region_from_sidecars;
-use openwork_tests::pki::{CodeSigningPki, require_tool};
+use openwork_tests::require_tool;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
@@ -87,14 +91,21 @@ impl Packing {
         }
     }
 
+    /// A fresh code-signing PKI, written into the working directory for osslsigncode.
+    fn pki(&self) -> TestPkiFiles {
+        TestPki::generate(KeyKind::Rsa2048)
+            .write_files(self.dir.path())
+            .expect("write the test PKI")
+    }
+
     /// Signs `input` into `output` with osslsigncode (SHA-256, no timestamp).
-    fn sign(&self, pki: &CodeSigningPki, input: &Path, output: &Path) {
+    fn sign(&self, pki: &TestPkiFiles, input: &Path, output: &Path) {
         let out = osslsigncode()
             .args(["sign", "-h", "sha256", "-n", "openwork-server-v2 test"])
             .arg("-certs")
-            .arg(&pki.leaf_cert)
+            .arg(&pki.chain_pem)
             .arg("-key")
-            .arg(&pki.leaf_key)
+            .arg(&pki.key_pem)
             .arg("-in")
             .arg(input)
             .arg("-out")
@@ -115,11 +126,11 @@ fn osslsigncode() -> Command {
 }
 
 /// `osslsigncode verify` against the test CA only.
-fn verify(pki: &CodeSigningPki, file: &Path) -> Output {
+fn verify(pki: &TestPkiFiles, file: &Path) -> Output {
     osslsigncode()
         .arg("verify")
         .arg("-CAfile")
-        .arg(&pki.ca_cert)
+        .arg(&pki.ca_pem)
         .arg("-in")
         .arg(file)
         .output()
@@ -194,7 +205,7 @@ fn unsigned_packed_stub_yields_its_payload() {
 #[test]
 fn signed_packed_stub_verifies_and_yields_its_payload() {
     let packing = Packing::new();
-    let pki = CodeSigningPki::generate(packing.dir.path());
+    let pki = packing.pki();
     let packed = pack(&packing, stub());
     let signed_path = packing.path("signed.exe");
     packing.sign(&pki, &packing.path("packed.exe"), &signed_path);
@@ -241,7 +252,7 @@ fn signed_packed_stub_verifies_and_yields_its_payload() {
 #[test]
 fn a_flipped_payload_byte_fails_both_verifiers() {
     let packing = Packing::new();
-    let pki = CodeSigningPki::generate(packing.dir.path());
+    let pki = packing.pki();
     pack(&packing, stub());
     packing.sign(
         &pki,
@@ -282,7 +293,7 @@ fn a_flipped_payload_byte_fails_both_verifiers() {
 #[test]
 fn injecting_into_a_signed_stub_is_refused() {
     let packing = Packing::new();
-    let pki = CodeSigningPki::generate(packing.dir.path());
+    let pki = packing.pki();
     let stub_path = packing.path("stub.exe");
     std::fs::write(&stub_path, stub()).unwrap();
     packing.sign(&pki, &stub_path, &packing.path("signed-stub.exe"));
@@ -302,7 +313,7 @@ fn injecting_into_a_signed_stub_is_refused() {
 #[test]
 fn a_truncated_or_extended_signed_file_is_an_error_not_a_panic() {
     let packing = Packing::new();
-    let pki = CodeSigningPki::generate(packing.dir.path());
+    let pki = packing.pki();
     let packed = pack(&packing, stub());
     packing.sign(
         &pki,
@@ -357,9 +368,40 @@ fn a_checksum_the_stub_carries_is_kept_true() {
     assert_ne!(stored, 1);
 
     // osslsigncode prints "Current" and "Calculated" checksums only when they differ.
-    let pki = CodeSigningPki::generate(packing.dir.path());
+    let pki = packing.pki();
     let out = verify(&pki, &packing.path("packed.exe"));
     let text = show(&out);
     assert!(!text.contains("invalid PE checksum"), "{text}");
     assert!(text.contains(&format!("{stored:08X}")), "{text}");
+}
+
+#[test]
+fn a_packed_stub_signed_by_our_signer_verifies_and_yields_its_payload() {
+    let packing = Packing::new();
+    let pki = TestPki::generate(KeyKind::EcdsaP256);
+    let files = pki
+        .write_files(packing.dir.path())
+        .expect("write the test PKI");
+    let packed = pack(&packing, stub());
+    let signed = authenticode::sign(&packed, &pki.signing_identity(), &SignOptions::default())
+        .expect("sign the packed stub");
+    let signed_path = packing.path("signed.exe");
+    std::fs::write(&signed_path, &signed).unwrap();
+
+    let out = verify(&files, &signed_path);
+    assert!(
+        out.status.success(),
+        "osslsigncode refused our signature:\n{}",
+        show(&out)
+    );
+    let trust = TrustAnchors::parse(pki.ca.pem.as_bytes(), b"").unwrap();
+    authenticode::verify(&signed, &trust).expect("our verifier accepts it");
+
+    let (_, region) = container::locate(&signed).expect("locate in the signed file");
+    let (_, unsigned_region) = container::locate(&packed).unwrap();
+    assert_eq!(region.span(), unsigned_region.span());
+    region
+        .verify_payload()
+        .expect("payload checksum after signing");
+    packing.assert_extracts(&region, "signed-by-us");
 }

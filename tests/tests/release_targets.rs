@@ -1,95 +1,17 @@
 //! `release` for every target in targets/, each from a real release stub, into one dist
 //! directory, and what `inspect` makes of each artifact.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use openwork_tests::fixtures::describe;
+use openwork_tests::release::{Opencode, PLAN, opencode_args, packager, stand_in};
 use openwork_tests::{host_bin, stub_for};
 use serde_json::Value;
 use sha2::Digest;
 
-/// Where a target's opencode comes from.
-enum Opencode {
-    /// The pinned version from the npm registry, as a real release gets it.
-    Pinned,
-    /// The real opencode at a version the registry does serve, fetched (integrity-checked)
-    /// into this test's own cache and handed to `release` as a file.
-    OtherVersion(&'static str),
-    /// No opencode of any version for the target, so the router Bun builds for it stands
-    /// in: a real executable of the right format and architecture is all packing needs.
-    Router,
-}
-
-/// The configured registry has only some of opencode's platform packages: the pinned
-/// version for linux-x64 alone, other versions for windows-x64 and linux-arm64, and nothing
-/// for macOS. A target becomes `Pinned` once the registry serves its pinned package.
-const PLAN: [(&str, Opencode); 5] = [
-    ("linux-x64", Opencode::Pinned),
-    ("linux-arm64", Opencode::OtherVersion("1.18.18")),
-    ("darwin-arm64", Opencode::Router),
-    ("darwin-x64", Opencode::Router),
-    ("windows-x64", Opencode::OtherVersion("1.18.32")),
-];
-
-fn packager(args: &[&str]) -> Output {
-    Command::new(host_bin("openwork-packager"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn sha256_of(path: &Path) -> String {
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
-}
-
-/// Stdout's last line: the path `fetch` and `build-router` print.
-fn printed_path(output: &Output) -> PathBuf {
-    let stdout = String::from_utf8(output.stdout.clone()).unwrap();
-    PathBuf::from(stdout.trim().lines().last().expect("a path on stdout"))
-}
-
-/// The stand-in for targets without the pinned package, once it is on disk.
-fn stand_in(target: &str, opencode: &Opencode, work: &Path) -> Option<PathBuf> {
-    Some(match opencode {
-        Opencode::Pinned => return None,
-        Opencode::OtherVersion(version) => {
-            // Under the packager's cache root, so it is kept as that is, but apart from the
-            // entries that releases and the dev loop read.
-            let cache = openwork_packager::fetch::default_cache_root().join("release-targets");
-            let r = packager(&[
-                "fetch",
-                "--target",
-                target,
-                "--version",
-                version,
-                "--cache-dir",
-                cache.to_str().unwrap(),
-            ]);
-            assert!(
-                r.status.success(),
-                "fetch {target}@{version}: {}",
-                describe(&r)
-            );
-            printed_path(&r)
-        }
-        Opencode::Router => {
-            let out = work.join(format!("opencode-router-{target}"));
-            let r = packager(&[
-                "build-router",
-                "--target",
-                target,
-                "--out",
-                out.to_str().unwrap(),
-            ]);
-            assert!(
-                r.status.success(),
-                "build-router {target}: {}",
-                describe(&r)
-            );
-            out
-        }
-    })
 }
 
 #[test]
@@ -103,7 +25,7 @@ fn release_for_every_target_gives_an_artifact_inspect_verifies() {
             let (dist, work) = (&dist, work.path());
             scope.spawn(move || {
                 let stub = stub_for(target);
-                let stand_in = stand_in(target, opencode, work);
+                let stand_in = stand_in(target, *opencode, work);
                 let mut release = Command::new(host_bin("openwork-packager"));
                 release
                     .args(["release", "--target", target, "--fast", "--json"])
@@ -111,17 +33,9 @@ fn release_for_every_target_gives_an_artifact_inspect_verifies() {
                     .arg(&stub)
                     .arg("--dist")
                     .arg(dist);
-                if let Some(file) = &stand_in {
-                    // No pin in constants.json vouches for a stand-in.
-                    release
-                        .args(["--source", "file", "--allow-unverified", "--path"])
-                        .arg(file);
-                }
+                release.args(opencode_args(target, stand_in.as_deref()));
                 let version = match opencode {
-                    Opencode::OtherVersion(version) => {
-                        release.args(["--opencode-version", version]);
-                        version
-                    }
+                    Opencode::OtherVersion(version) => version,
                     _ => "1.2.27",
                 };
                 let output = release.output().unwrap();

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use openwork_tests::pki::require_tool;
+use openwork_tests::require_tool;
 use openwork_tests::{host_bin, workspace_root};
 use serde_json::Value;
 
@@ -79,7 +79,10 @@ fn release_matrix_is_the_packager_matrix() {
         })
         .filter(|key: &String| key != "outputs")
         .collect();
-    assert!(used.contains("target") && used.contains("runner"), "{used:?}");
+    assert!(
+        used.contains("target") && used.contains("runner"),
+        "{used:?}"
+    );
     let matrix = printed_matrix();
     let entries = matrix["include"].as_array().expect("include");
     let names: BTreeSet<&str> = entries

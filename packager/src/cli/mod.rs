@@ -84,6 +84,10 @@ pub struct ReleaseArgs {
     /// constants.json] (say it when --source file or url brings another version)
     #[arg(long, value_name = "VERSION")]
     pub opencode_version: Option<String>,
+    /// Sign the sidecars and the artifact as this signing config says (docs/SIGNING.md);
+    /// its secrets are read before anything is fetched or built
+    #[arg(long, value_name = "CONFIG")]
+    pub sign: Option<PathBuf>,
 }
 
 /// How `pack` and `release` compress the payload.
@@ -402,8 +406,18 @@ fn run_release(args: ReleaseArgs, constants: Constants) -> Result<()> {
         allow_unverified,
         no_router,
         opencode_version,
+        sign,
     } = args;
     let source = opencode_source(source, path, url)?;
+    // Secrets first: a release that cannot be signed fails before minutes of building.
+    let signing = sign
+        .map(|config| -> Result<_> {
+            let config = openwork_signer::config::SigningConfig::load(&config)?;
+            Ok(std::sync::Arc::new(openwork_signer::sign::Signers::load(
+                &config,
+            )?))
+        })
+        .transpose()?;
     let mut constants = constants;
     if let Some(version) = opencode_version {
         constants.opencode_version = version;
@@ -428,6 +442,7 @@ fn run_release(args: ReleaseArgs, constants: Constants) -> Result<()> {
         source,
         allow_unverified,
         no_router,
+        signing,
     };
     let report = release(&request)?;
     if json {

@@ -11,6 +11,8 @@
 //! since 2023.
 
 pub mod pem;
+pub mod pkcs11;
+pub mod pkcs12;
 
 use x509_certificate::{CapturedX509Certificate, KeyInfoSigner};
 
@@ -80,7 +82,7 @@ impl std::fmt::Debug for SigningIdentity {
     }
 }
 
-/// "CN=<subject> (issued by CN=<issuer>)".
+/// `"subject" (issued by "issuer")`, by common names.
 pub fn describe_certificate(certificate: &CapturedX509Certificate) -> String {
     format!(
         "\"{}\" (issued by \"{}\")",

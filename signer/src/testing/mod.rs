@@ -2,5 +2,6 @@
 //! RFC 3161 time-stamp authority. Never compiled into release binaries.
 
 pub mod pki;
+pub mod tsa;
 
 pub use pki::{KeyKind, TestPki};

@@ -1,0 +1,330 @@
+//! The PE facts Authenticode depends on, the image digest and the header checksum.
+//!
+//! goblin parses the DOS, COFF and optional headers; the offsets of the two fields the
+//! digest skips (CheckSum and the Security directory entry) and the section table are
+//! computed here, because goblin exposes their values but not where they are in the file.
+
+use std::ops::Range;
+
+use goblin::pe::header::Header;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Index of the Security (certificate table) entry among the data directories.
+const SECURITY_DIRECTORY: usize = 4;
+/// Size of the COFF file header that follows the `PE\0\0` signature.
+const COFF_HEADER_LEN: usize = 20;
+/// Size of one section header.
+const SECTION_HEADER_LEN: usize = 40;
+/// Offset of `CheckSum` inside the optional header (the same for PE32 and PE32+).
+const CHECKSUM_OFFSET: usize = 64;
+/// Offset of the data directories inside a PE32 optional header.
+const DATA_DIRECTORIES_PE32: usize = 96;
+/// Offset of the data directories inside a PE32+ optional header (its ImageBase and
+/// stack/heap sizes are 64-bit, 16 bytes more).
+const DATA_DIRECTORIES_PE32_PLUS: usize = 112;
+/// Certificate tables start on 8-byte boundaries (PE format, "The Attribute Certificate
+/// Table").
+pub(crate) const TABLE_ALIGN: usize = 8;
+
+/// Where the parts of a PE file are, checked to lie inside the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PeImage {
+    /// File offset of the optional header's `CheckSum`.
+    pub checksum_offset: usize,
+    /// File offset of the 8-byte Security data-directory entry.
+    pub security_entry_offset: usize,
+    /// `SizeOfHeaders`: what the digest hashes before the first section.
+    size_of_headers: usize,
+    /// Raw data of every section that has any, in file-offset order.
+    sections: Vec<Range<usize>>,
+    /// The certificate table, if the file is signed. Always ends at the end of the file.
+    pub certificate_table: Option<Range<usize>>,
+    /// Length of the file.
+    len: usize,
+}
+
+impl PeImage {
+    /// Reads and checks the layout of `data`.
+    ///
+    /// Refuses (rather than hashing around) anything an Authenticode digest would leave
+    /// uncovered or cover twice: a gap or an overlap between the headers and the sections'
+    /// raw data, or bytes after the certificate table. Windows would accept some of those
+    /// files, but the bytes in such holes could then change without breaking the signature.
+    pub fn parse(data: &[u8]) -> Result<Self> {
+        let header = Header::parse(data).map_err(|e| malformed(format!("{e}")))?;
+        let Some(optional) = header.optional_header else {
+            return Err(Error::Unsupported(
+                "the PE file has no optional header (an object file, not an executable); \
+                 only executables and DLLs can be Authenticode-signed"
+                    .into(),
+            ));
+        };
+        let optional_start = header.dos_header.pe_pointer as usize + 4 + COFF_HEADER_LEN;
+        let optional_len = usize::from(header.coff_header.size_of_optional_header);
+        let directories = match optional.standard_fields.magic {
+            goblin::pe::optional_header::MAGIC_64 => DATA_DIRECTORIES_PE32_PLUS,
+            _ => DATA_DIRECTORIES_PE32,
+        };
+        let security_entry_offset = optional_start + directories + SECURITY_DIRECTORY * 8;
+        if (optional.windows_fields.number_of_rva_and_sizes as usize) <= SECURITY_DIRECTORY
+            || directories + (SECURITY_DIRECTORY + 1) * 8 > optional_len
+        {
+            return Err(Error::Unsupported(
+                "the PE optional header has no Security data directory entry, so there is \
+                 nowhere to record a signature; relink with the default 16 data directories"
+                    .into(),
+            ));
+        }
+        let size_of_headers = optional.windows_fields.size_of_headers as usize;
+        let section_table_start = optional_start + optional_len;
+        let section_table_end = section_table_start
+            + usize::from(header.coff_header.number_of_sections) * SECTION_HEADER_LEN;
+        if section_table_end > size_of_headers {
+            return Err(malformed(format!(
+                "the section table ends at {section_table_end:#x}, past SizeOfHeaders \
+                 ({size_of_headers:#x})"
+            )));
+        }
+        if size_of_headers > data.len() {
+            return Err(malformed(format!(
+                "SizeOfHeaders is {size_of_headers:#x} but the file has only {} bytes \
+                 (truncated?)",
+                data.len()
+            )));
+        }
+
+        // Section headers are read by hand: the layout is fixed, and goblin would also
+        // resolve long names through the COFF string table, which can fail for reasons
+        // that have nothing to do with where the raw data is.
+        let mut sections = Vec::new();
+        for section in data[section_table_start..section_table_end].chunks_exact(SECTION_HEADER_LEN)
+        {
+            let size = u32::from_le_bytes(section[16..20].try_into().expect("4 bytes")) as usize;
+            let pointer = u32::from_le_bytes(section[20..24].try_into().expect("4 bytes")) as usize;
+            if size == 0 {
+                continue;
+            }
+            let end = pointer.saturating_add(size);
+            if end > data.len() {
+                return Err(malformed(format!(
+                    "section {} has raw data at {pointer:#x}..{end:#x}, past the end of the \
+                     {}-byte file (truncated?)",
+                    String::from_utf8_lossy(&section[..8]).trim_end_matches('\0'),
+                    data.len()
+                )));
+            }
+            sections.push(pointer..end);
+        }
+        sections.sort_by_key(|s| s.start);
+        let mut covered = size_of_headers;
+        for section in &sections {
+            if section.start != covered {
+                return Err(Error::Unsupported(format!(
+                    "the PE file's headers and sections are not contiguous (raw data at \
+                     {:#x} where {covered:#x} was expected): Authenticode would leave a gap \
+                     unhashed or hash bytes twice, so this signer refuses such files",
+                    section.start
+                )));
+            }
+            covered = section.end;
+        }
+
+        let certificate_table = match optional.data_directories.get_certificate_table() {
+            Some(entry) if entry.size != 0 => {
+                let start = entry.virtual_address as usize;
+                let end = start.saturating_add(entry.size as usize);
+                if end > data.len() {
+                    return Err(Error::Verification(format!(
+                        "the certificate table ({start:#x}..{end:#x}) extends past the end \
+                         of the {}-byte file (truncated?)",
+                        data.len()
+                    )));
+                }
+                if start < covered {
+                    return Err(Error::Verification(format!(
+                        "the certificate table starts at {start:#x}, inside the headers or \
+                         sections (which end at {covered:#x})"
+                    )));
+                }
+                if end != data.len() {
+                    return Err(Error::Verification(format!(
+                        "{} bytes follow the certificate table, which signers put last: the \
+                         file was changed after it was signed",
+                        data.len() - end
+                    )));
+                }
+                if !start.is_multiple_of(TABLE_ALIGN) {
+                    return Err(Error::Verification(format!(
+                        "the certificate table starts at {start:#x}, which is not 8-byte \
+                         aligned as the PE format requires"
+                    )));
+                }
+                Some(start..end)
+            }
+            _ => None,
+        };
+
+        Ok(Self {
+            checksum_offset: optional_start + CHECKSUM_OFFSET,
+            security_entry_offset,
+            size_of_headers,
+            sections,
+            certificate_table,
+            len: data.len(),
+        })
+    }
+
+    /// Where the signed content ends: the start of the certificate table, or the end of
+    /// the file.
+    pub fn content_end(&self) -> usize {
+        self.certificate_table
+            .as_ref()
+            .map_or(self.len, |table| table.start)
+    }
+
+    /// The Authenticode SHA-256 digest of `data` (the bytes this image was parsed from):
+    /// the headers without CheckSum and the Security entry, the sections in file-offset
+    /// order, then everything up to the certificate table (the overlay, where the payload
+    /// lives). Headers and sections are contiguous ([`PeImage::parse`] checks), so the
+    /// "remaining data" of the specification starts right after the last section.
+    pub fn digest(&self, data: &[u8]) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(&data[..self.checksum_offset]);
+        hasher.update(&data[self.checksum_offset + 4..self.security_entry_offset]);
+        hasher.update(&data[self.security_entry_offset + 8..self.size_of_headers]);
+        let mut end = self.size_of_headers;
+        for section in &self.sections {
+            hasher.update(&data[section.clone()]);
+            end = section.end;
+        }
+        hasher.update(&data[end..self.content_end()]);
+        hasher.finalize().into()
+    }
+}
+
+/// The PE image checksum of `data` (as `CheckSumMappedFile` computes it), reading the
+/// CheckSum field at `checksum_offset` as zero: the one's-complement sum of the
+/// little-endian 16-bit words, folded to 16 bits, plus the file length.
+pub(crate) fn checksum(data: &[u8], checksum_offset: usize) -> u32 {
+    let mut sum: u64 = 0;
+    let mut words = data.chunks_exact(2);
+    for (i, word) in words.by_ref().enumerate() {
+        let at = i * 2;
+        if at >= checksum_offset && at < checksum_offset + 4 {
+            continue;
+        }
+        sum += u64::from(u16::from_le_bytes([word[0], word[1]]));
+    }
+    if let [last] = words.remainder() {
+        sum += u64::from(*last);
+    }
+    // Folding once at the end equals folding after every addition (one's-complement
+    // addition is associative), and a u64 cannot overflow below 2^48 words.
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    (sum as u32).wrapping_add(data.len() as u32)
+}
+
+fn malformed(problem: String) -> Error {
+    Error::Unsupported(format!("not a well-formed PE file: {problem}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PE32+ file: headers to 0x200, one section at 0x200..0x400, then `overlay`.
+    fn synthetic(overlay: &[u8]) -> Vec<u8> {
+        const PE: usize = 0x40;
+        const OPTIONAL: usize = PE + 24;
+        let mut f = vec![0u8; 0x400];
+        f[0..2].copy_from_slice(b"MZ");
+        f[0x3c..0x40].copy_from_slice(&(PE as u32).to_le_bytes());
+        f[PE..PE + 4].copy_from_slice(b"PE\0\0");
+        f[PE + 4..PE + 6].copy_from_slice(&0x8664u16.to_le_bytes());
+        f[PE + 6..PE + 8].copy_from_slice(&1u16.to_le_bytes());
+        f[PE + 20..PE + 22].copy_from_slice(&240u16.to_le_bytes());
+        f[PE + 22..PE + 24].copy_from_slice(&0x22u16.to_le_bytes());
+        f[OPTIONAL..OPTIONAL + 2].copy_from_slice(&0x20bu16.to_le_bytes());
+        f[OPTIONAL + 60..OPTIONAL + 64].copy_from_slice(&0x200u32.to_le_bytes());
+        f[OPTIONAL + 108..OPTIONAL + 112].copy_from_slice(&16u32.to_le_bytes());
+        let section = OPTIONAL + 240;
+        f[section..section + 5].copy_from_slice(b".text");
+        f[section + 16..section + 20].copy_from_slice(&0x200u32.to_le_bytes());
+        f[section + 20..section + 24].copy_from_slice(&0x200u32.to_le_bytes());
+        f[0x200..0x400].fill(0xcc);
+        f.extend_from_slice(overlay);
+        f
+    }
+
+    #[test]
+    fn the_digest_skips_checksum_and_security_entry_but_covers_the_overlay() {
+        let f = synthetic(b"overlay!");
+        let image = PeImage::parse(&f).unwrap();
+        let digest = image.digest(&f);
+        let mut changed = f.clone();
+        changed[image.checksum_offset] ^= 0xff;
+        changed[image.security_entry_offset + 7] ^= 0xff;
+        // The changed entry now names a table of 0xff000000 bytes: parse would refuse it,
+        // so hash with the original layout.
+        assert_eq!(image.digest(&changed), digest);
+        let mut overlay = f.clone();
+        *overlay.last_mut().unwrap() ^= 1;
+        assert_ne!(image.digest(&overlay), digest);
+    }
+
+    #[test]
+    fn a_truncated_section_is_an_error_naming_it() {
+        let f = synthetic(&[]);
+        let error = PeImage::parse(&f[..0x300]).unwrap_err().to_string();
+        assert!(
+            error.contains(".text") && error.contains("truncated"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn certificate_tables_must_be_last_inside_the_file_and_aligned() {
+        let set = |f: &mut Vec<u8>, start: u32, size: u32| {
+            let image = PeImage::parse(&synthetic(&[])).unwrap();
+            let at = image.security_entry_offset;
+            f[at..at + 4].copy_from_slice(&start.to_le_bytes());
+            f[at + 4..at + 8].copy_from_slice(&size.to_le_bytes());
+        };
+        let mut f = synthetic(&[0; 16]);
+        set(&mut f, 0x400, 0x100);
+        let error = PeImage::parse(&f).unwrap_err().to_string();
+        assert!(error.contains("past the end"), "{error}");
+        set(&mut f, 0x400, 8);
+        let error = PeImage::parse(&f).unwrap_err().to_string();
+        assert!(error.contains("8 bytes follow"), "{error}");
+        set(&mut f, 0x404, 12);
+        let error = PeImage::parse(&f).unwrap_err().to_string();
+        assert!(error.contains("aligned"), "{error}");
+        set(&mut f, 0x300, 0x110);
+        let error = PeImage::parse(&f).unwrap_err().to_string();
+        assert!(error.contains("inside the headers or sections"), "{error}");
+        set(&mut f, 0x408, 8);
+        let image = PeImage::parse(&f).unwrap();
+        assert_eq!(image.certificate_table, Some(0x408..0x410));
+        assert_eq!(image.content_end(), 0x408);
+    }
+
+    #[test]
+    fn checksum_ignores_its_own_field_and_counts_an_odd_last_byte() {
+        let mut f = synthetic(&[1, 2, 3]);
+        let image = PeImage::parse(&f).unwrap();
+        let sum = checksum(&f, image.checksum_offset);
+        f[image.checksum_offset..image.checksum_offset + 4].copy_from_slice(&sum.to_le_bytes());
+        assert_eq!(checksum(&f, image.checksum_offset), sum);
+        f.push(0);
+        assert_eq!(
+            checksum(&f, image.checksum_offset),
+            sum + 1,
+            "only the length grew"
+        );
+    }
+}

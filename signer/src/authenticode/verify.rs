@@ -1,0 +1,516 @@
+//! Checking an Authenticode signature: the image digest, the signer's signature, the
+//! certificate chain and the time-stamp.
+
+use std::time::SystemTime;
+
+use cms::cert::CertificateChoices;
+use cms::content_info::{CmsVersion, ContentInfo};
+use cms::signed_data::{SignedData, SignerIdentifier, SignerInfo};
+use der::asn1::{ObjectIdentifier, OctetString};
+use der::{Any, Decode, Encode, Reader, SliceReader};
+use sha2::{Digest, Sha256};
+use x509_cert::Certificate;
+use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage};
+use x509_certificate::{CapturedX509Certificate, KeyAlgorithm, SignatureAlgorithm};
+
+use super::image::{PeImage, TABLE_ALIGN};
+use super::structures::{
+    CONTENT_TYPE, EC_PUBLIC_KEY, ECDSA_WITH_SHA256, KP_CODE_SIGNING, MESSAGE_DIGEST,
+    RFC3161_COUNTER_SIGNATURE, RSA_ENCRYPTION, SHA256, SHA256_WITH_RSA, SIGNED_DATA,
+    SPC_INDIRECT_DATA, SPC_PE_IMAGE_DATA, SpcIndirectDataContent, WIN_CERT_REVISION_2_0,
+    WIN_CERT_TYPE_PKCS_SIGNED_DATA, WIN_CERTIFICATE_HEADER_LEN,
+};
+use super::{Timestamp, TrustAnchors, Verified};
+use crate::error::{Error, Result};
+use crate::timestamp;
+
+/// X.509 basicConstraints extension.
+const BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
+/// X.509 extKeyUsage extension.
+const EXTENDED_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
+/// Longest chain (leaf to anchor) followed; real code-signing chains have 2-4 links.
+const MAX_CHAIN_LEN: usize = 8;
+
+pub(crate) fn verify(pe: &[u8], trust: &TrustAnchors) -> Result<Verified> {
+    let image = PeImage::parse(pe)?;
+    let Some(table) = image.certificate_table.clone() else {
+        return Err(Error::Verification(
+            "the file is not signed (its Security directory names no certificate table)".into(),
+        ));
+    };
+    let signed_data = read_table(&pe[table])?;
+    let digest = image.digest(pe);
+
+    let content = check_content(&signed_data, &digest)?;
+    let signer_info = single_signer(&signed_data)?;
+    check_signed_attributes(signer_info, content.value())?;
+    let certificates: Vec<Certificate> = signed_data
+        .certificates
+        .iter()
+        .flat_map(|set| set.0.iter())
+        .filter_map(|choice| match choice {
+            CertificateChoices::Certificate(certificate) => Some(certificate.clone()),
+            CertificateChoices::Other(_) => None,
+        })
+        .collect();
+    let leaf = find_signer_certificate(signer_info, &certificates)?;
+    check_signer_signature(signer_info, &leaf)?;
+
+    let code_signing_anchors = with_embedded_tops(&trust.code_signing, &certificates, trust)?;
+    let timestamp_anchors = match trust.embedded {
+        true => with_embedded_tops(
+            &trust.time_stamping,
+            &timestamp_certificates(signer_info)?,
+            trust,
+        )?,
+        false => trust.time_stamping.clone(),
+    };
+    let timestamp = check_timestamp(signer_info, &timestamp_anchors)?;
+    // Certificates must have been valid when the file was signed. Only a time-stamp says
+    // when that was; without one, the time is now, as Windows does.
+    let time = timestamp
+        .as_ref()
+        .map_or_else(SystemTime::now, |timestamp| timestamp.time);
+    check_chain(&leaf, &certificates, &code_signing_anchors, time)?;
+    check_code_signing_usage(&leaf)?;
+
+    Ok(Verified {
+        signer: leaf.tbs_certificate.subject.to_string(),
+        issuer: leaf.tbs_certificate.issuer.to_string(),
+        digest,
+        timestamp,
+    })
+}
+
+/// The SignedData's header and content: versions, digest algorithms, and an
+/// SpcIndirectDataContent for a PE image whose SHA-256 digest is `digest`. Returns the
+/// content.
+fn check_content<'a>(signed_data: &'a SignedData, digest: &[u8; 32]) -> Result<&'a Any> {
+    // The Authenticode specification fixes both versions at 1; the signature does not
+    // cover them, so a verifier that did not check would accept any.
+    if signed_data.version != CmsVersion::V1 {
+        return Err(Error::Verification(format!(
+            "the SignedData has version {:?}; Authenticode requires 1",
+            signed_data.version
+        )));
+    }
+    if !signed_data
+        .digest_algorithms
+        .iter()
+        .any(|a| a.oid == SHA256)
+    {
+        return Err(Error::Verification(
+            "the SignedData does not list SHA-256, its signer's digest algorithm".into(),
+        ));
+    }
+    let encapsulated = &signed_data.encap_content_info;
+    if encapsulated.econtent_type != SPC_INDIRECT_DATA {
+        return Err(Error::Verification(format!(
+            "the signature's content type is {}, not Authenticode's SpcIndirectDataContent",
+            encapsulated.econtent_type
+        )));
+    }
+    let content = encapsulated.econtent.as_ref().ok_or_else(|| {
+        Error::Verification("the signature carries no SpcIndirectDataContent".into())
+    })?;
+    let indirect: SpcIndirectDataContent = content
+        .decode_as()
+        .map_err(|e| Error::Verification(format!("unreadable SpcIndirectDataContent: {e}")))?;
+    if indirect.data.value_type != SPC_PE_IMAGE_DATA {
+        return Err(Error::Verification(format!(
+            "the signature is for a {} object, not a PE image",
+            indirect.data.value_type
+        )));
+    }
+    if indirect.message_digest.digest_algorithm.oid != SHA256 {
+        return Err(Error::Unsupported(format!(
+            "the file's Authenticode digest uses algorithm {}; only SHA-256 is supported",
+            indirect.message_digest.digest_algorithm.oid
+        )));
+    }
+    let signed_digest = indirect.message_digest.digest.as_bytes();
+    if signed_digest != digest.as_slice() {
+        return Err(Error::Verification(format!(
+            "the file's digest {} differs from the signed digest {}: the file was changed \
+             after it was signed",
+            hex::encode(digest),
+            hex::encode(signed_digest)
+        )));
+    }
+
+    Ok(content)
+}
+
+/// The SignedData of a certificate table holding exactly one WIN_CERTIFICATE.
+fn read_table(table: &[u8]) -> Result<SignedData> {
+    if table.len() < WIN_CERTIFICATE_HEADER_LEN {
+        return Err(Error::Verification(format!(
+            "the certificate table is {} bytes, too short for a WIN_CERTIFICATE",
+            table.len()
+        )));
+    }
+    let length = u32::from_le_bytes(table[0..4].try_into().expect("4 bytes")) as usize;
+    let revision = u16::from_le_bytes([table[4], table[5]]);
+    let kind = u16::from_le_bytes([table[6], table[7]]);
+    if revision != WIN_CERT_REVISION_2_0 || kind != WIN_CERT_TYPE_PKCS_SIGNED_DATA {
+        return Err(Error::Unsupported(format!(
+            "the certificate table holds a WIN_CERTIFICATE of revision {revision:#06x} and \
+             type {kind:#06x}; only revision 2.0 PKCS#7 SignedData (0x0200, 0x0002) is supported"
+        )));
+    }
+    if length < WIN_CERTIFICATE_HEADER_LEN
+        || length > table.len()
+        || length.next_multiple_of(TABLE_ALIGN) != table.len()
+    {
+        return Err(Error::Verification(format!(
+            "the WIN_CERTIFICATE says it is {length} bytes but the certificate table is {}; \
+             exactly one signature entry was expected",
+            table.len()
+        )));
+    }
+    let der = &table[WIN_CERTIFICATE_HEADER_LEN..length];
+    let mut reader = SliceReader::new(der)
+        .map_err(|e| Error::Verification(format!("unreadable signature: {e}")))?;
+    let content_info = ContentInfo::decode(&mut reader)
+        .map_err(|e| Error::Verification(format!("the signature is not DER PKCS#7: {e}")))?;
+    let rest = reader
+        .read_slice(reader.remaining_len())
+        .map_err(|e| Error::Verification(format!("unreadable signature: {e}")))?;
+    // Some signers count the alignment padding in dwLength, others do not.
+    if rest.iter().any(|b| *b != 0) {
+        return Err(Error::Verification(format!(
+            "{} bytes that are not padding follow the signature inside its WIN_CERTIFICATE",
+            rest.len()
+        )));
+    }
+    if content_info.content_type != SIGNED_DATA {
+        return Err(Error::Verification(format!(
+            "the signature is PKCS#7 content of type {}, not SignedData",
+            content_info.content_type
+        )));
+    }
+    content_info
+        .content
+        .decode_as()
+        .map_err(|e| Error::Verification(format!("unreadable PKCS#7 SignedData: {e}")))
+}
+
+fn single_signer(signed_data: &SignedData) -> Result<&SignerInfo> {
+    let signers = signed_data.signer_infos.0.as_slice();
+    let [signer] = signers else {
+        return Err(Error::Verification(format!(
+            "the signature has {} signers; Authenticode requires exactly one",
+            signers.len()
+        )));
+    };
+    if signer.version != CmsVersion::V1 {
+        return Err(Error::Verification(format!(
+            "the SignerInfo has version {:?}; Authenticode requires 1",
+            signer.version
+        )));
+    }
+    if signer.digest_alg.oid != SHA256 {
+        return Err(Error::Unsupported(format!(
+            "the signer uses digest algorithm {}; only SHA-256 is supported",
+            signer.digest_alg.oid
+        )));
+    }
+    Ok(signer)
+}
+
+/// contentType must be SpcIndirectDataContent and messageDigest the SHA-256 of the
+/// content's value octets (Authenticode's PKCS#7 rule).
+fn check_signed_attributes(signer: &SignerInfo, content_value: &[u8]) -> Result<()> {
+    let attributes = signer
+        .signed_attrs
+        .as_ref()
+        .ok_or_else(|| Error::Verification("the signer has no signed attributes".into()))?;
+    let single = |oid: ObjectIdentifier, name: &str| {
+        let mut matching = attributes.iter().filter(|a| a.oid == oid);
+        match (matching.next(), matching.next()) {
+            (Some(attribute), None) if attribute.values.len() == 1 => {
+                Ok(attribute.values.get(0).expect("one value"))
+            }
+            _ => Err(Error::Verification(format!(
+                "the signed attributes must hold exactly one {name} with one value"
+            ))),
+        }
+    };
+    let content_type: ObjectIdentifier = single(CONTENT_TYPE, "contentType")?
+        .decode_as()
+        .map_err(|e| Error::Verification(format!("unreadable contentType attribute: {e}")))?;
+    if content_type != SPC_INDIRECT_DATA {
+        return Err(Error::Verification(format!(
+            "the signed contentType is {content_type}, not SpcIndirectDataContent"
+        )));
+    }
+    let message_digest: OctetString = single(MESSAGE_DIGEST, "messageDigest")?
+        .decode_as()
+        .map_err(|e| Error::Verification(format!("unreadable messageDigest attribute: {e}")))?;
+    if message_digest.as_bytes() != Sha256::digest(content_value).as_slice() {
+        return Err(Error::Verification(
+            "the signed messageDigest does not match the SpcIndirectDataContent".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn find_signer_certificate(
+    signer: &SignerInfo,
+    certificates: &[Certificate],
+) -> Result<Certificate> {
+    let SignerIdentifier::IssuerAndSerialNumber(id) = &signer.sid else {
+        return Err(Error::Unsupported(
+            "the signer is identified by subject key identifier; Authenticode uses issuer \
+             and serial number"
+                .into(),
+        ));
+    };
+    certificates
+        .iter()
+        .find(|c| {
+            c.tbs_certificate.issuer == id.issuer
+                && c.tbs_certificate.serial_number == id.serial_number
+        })
+        .cloned()
+        .ok_or_else(|| {
+            Error::Verification(format!(
+                "the signer's certificate (issuer {}, serial {}) is not in the signature",
+                id.issuer, id.serial_number
+            ))
+        })
+}
+
+/// The signer's signature over the DER SET OF its signed attributes.
+fn check_signer_signature(signer: &SignerInfo, leaf_certificate: &Certificate) -> Result<()> {
+    let leaf = captured(leaf_certificate)?;
+    let key_algorithm = leaf.key_algorithm().ok_or_else(|| {
+        Error::Unsupported(format!(
+            "the signer's certificate has a key of unsupported algorithm {}",
+            leaf.key_algorithm_oid()
+        ))
+    })?;
+    let oid = signer.signature_algorithm.oid;
+    let algorithm = match key_algorithm {
+        KeyAlgorithm::Rsa if oid == RSA_ENCRYPTION || oid == SHA256_WITH_RSA => {
+            SignatureAlgorithm::RsaSha256
+        }
+        KeyAlgorithm::Ecdsa(_) if oid == ECDSA_WITH_SHA256 || oid == EC_PUBLIC_KEY => {
+            SignatureAlgorithm::EcdsaSha256
+        }
+        _ => {
+            return Err(Error::Unsupported(format!(
+                "signature algorithm {oid} with a {key_algorithm:?} key is not supported"
+            )));
+        }
+    };
+    let verification = algorithm
+        .resolve_verification_algorithm(key_algorithm)
+        .map_err(|e| Error::Unsupported(format!("cannot verify the signer's signature: {e}")))?;
+    let signed = signer
+        .signed_attrs
+        .as_ref()
+        .expect("checked by check_signed_attributes")
+        .to_der()
+        .map_err(|e| Error::Verification(format!("cannot re-encode the signed attributes: {e}")))?;
+    leaf.verify_signed_data_with_algorithm(signed, signer.signature.as_bytes(), verification)
+        .map_err(|_| {
+            Error::Verification(format!(
+                "the signer's signature does not verify with the public key of {}",
+                leaf_certificate.tbs_certificate.subject
+            ))
+        })
+}
+
+/// The RFC 3161 time-stamp in the unsigned attributes, verified, if there is one. Its
+/// imprint is over the signer's signature value.
+fn check_timestamp(
+    signer: &SignerInfo,
+    roots: &[CapturedX509Certificate],
+) -> Result<Option<Timestamp>> {
+    let mut tokens = signer
+        .unsigned_attrs
+        .iter()
+        .flat_map(|attributes| attributes.iter())
+        .filter(|a| a.oid == RFC3161_COUNTER_SIGNATURE)
+        .flat_map(|a| a.values.iter());
+    let Some(token) = tokens.next() else {
+        return Ok(None);
+    };
+    if tokens.next().is_some() {
+        return Err(Error::Verification(
+            "the signature carries more than one RFC 3161 time-stamp".into(),
+        ));
+    }
+    let token = token
+        .to_der()
+        .map_err(|e| Error::Verification(format!("unreadable time-stamp token: {e}")))?;
+    let info = timestamp::verify_token(&token, signer.signature.as_bytes(), roots).map_err(
+        |e| match e {
+            Error::Verification(why) => Error::Verification(format!("the time-stamp: {why}")),
+            other => other,
+        },
+    )?;
+    Ok(Some(Timestamp {
+        time: info.gen_time,
+        authority: info.tsa_subject,
+    }))
+}
+
+/// Follows issuers from `leaf` through `certificates` to one of `anchors`, checking each
+/// signature, that every issuer is a CA, and that every certificate (anchors included)
+/// is valid at `time`.
+fn check_chain(
+    leaf: &Certificate,
+    certificates: &[Certificate],
+    anchors: &[CapturedX509Certificate],
+    time: SystemTime,
+) -> Result<()> {
+    let anchors: Vec<Certificate> = anchors
+        .iter()
+        .map(|a| {
+            Certificate::from_der(a.constructed_data())
+                .map_err(|e| Error::Config(format!("a trusted CA certificate is unreadable: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let mut current = leaf.clone();
+    for _ in 0..MAX_CHAIN_LEN {
+        check_validity(&current, time)?;
+        if anchors.contains(&current) {
+            return Ok(());
+        }
+        let current_captured = captured(&current)?;
+        let issued_current = |candidate: &&Certificate| {
+            candidate.tbs_certificate.subject == current.tbs_certificate.issuer
+                && **candidate != current
+                && is_ca(candidate)
+                && captured(candidate)
+                    .is_ok_and(|c| current_captured.verify_signed_by_certificate(&c).is_ok())
+        };
+        if let Some(anchor) = anchors.iter().find(issued_current) {
+            return check_validity(anchor, time);
+        }
+        match certificates.iter().find(issued_current) {
+            Some(issuer) => current = issuer.clone(),
+            None => {
+                return Err(Error::Verification(format!(
+                    "the certificate of {} does not chain to a trusted CA: its issuer {} is \
+                     neither among the {} trusted CA certificates given nor in the signature \
+                     (or its signature does not verify)",
+                    current.tbs_certificate.subject,
+                    current.tbs_certificate.issuer,
+                    anchors.len()
+                )));
+            }
+        }
+    }
+    Err(Error::Verification(format!(
+        "the certificate chain is longer than {MAX_CHAIN_LEN} certificates"
+    )))
+}
+
+fn check_validity(certificate: &Certificate, time: SystemTime) -> Result<()> {
+    let validity = &certificate.tbs_certificate.validity;
+    let not_before = validity.not_before.to_system_time();
+    let not_after = validity.not_after.to_system_time();
+    if time < not_before || time > not_after {
+        return Err(Error::Verification(format!(
+            "the certificate of {} is valid from {} to {}, not at the signing time {}",
+            certificate.tbs_certificate.subject,
+            validity.not_before,
+            validity.not_after,
+            utc(time)
+        )));
+    }
+    Ok(())
+}
+
+fn is_ca(certificate: &Certificate) -> bool {
+    certificate
+        .tbs_certificate
+        .extensions
+        .iter()
+        .flatten()
+        .find(|e| e.extn_id == BASIC_CONSTRAINTS)
+        .and_then(|e| BasicConstraints::from_der(e.extn_value.as_bytes()).ok())
+        .is_some_and(|constraints| constraints.ca)
+}
+
+fn check_code_signing_usage(leaf: &Certificate) -> Result<()> {
+    let usage = leaf
+        .tbs_certificate
+        .extensions
+        .iter()
+        .flatten()
+        .find(|e| e.extn_id == EXTENDED_KEY_USAGE)
+        .and_then(|e| ExtendedKeyUsage::from_der(e.extn_value.as_bytes()).ok());
+    match usage {
+        Some(usage) if usage.0.contains(&KP_CODE_SIGNING) => Ok(()),
+        _ => Err(Error::Verification(format!(
+            "the signer's certificate {} is not for code signing (its extended key usage \
+             lacks codeSigning)",
+            leaf.tbs_certificate.subject
+        ))),
+    }
+}
+
+/// `anchors`, plus, when `trust.embedded`, the certificates of `carried` that no other
+/// carried certificate issued (the tops of the carried chains).
+fn with_embedded_tops(
+    anchors: &[CapturedX509Certificate],
+    carried: &[Certificate],
+    trust: &TrustAnchors,
+) -> Result<Vec<CapturedX509Certificate>> {
+    let mut all = anchors.to_vec();
+    if trust.embedded {
+        for certificate in carried {
+            let issued_by_another = carried.iter().any(|other| {
+                other != certificate
+                    && other.tbs_certificate.subject == certificate.tbs_certificate.issuer
+            });
+            if !issued_by_another {
+                all.push(captured(certificate)?);
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// The certificates inside the signer's RFC 3161 time-stamp token, if it has one.
+fn timestamp_certificates(signer: &SignerInfo) -> Result<Vec<Certificate>> {
+    let Some(token) = signer
+        .unsigned_attrs
+        .iter()
+        .flat_map(|attributes| attributes.iter())
+        .filter(|a| a.oid == RFC3161_COUNTER_SIGNATURE)
+        .flat_map(|a| a.values.iter())
+        .next()
+    else {
+        return Ok(Vec::new());
+    };
+    let unreadable =
+        |e: der::Error| Error::Verification(format!("unreadable time-stamp token: {e}"));
+    let token = ContentInfo::from_der(&token.to_der().map_err(unreadable)?).map_err(unreadable)?;
+    let signed_data: SignedData = token.content.decode_as().map_err(unreadable)?;
+    Ok(signed_data
+        .certificates
+        .iter()
+        .flat_map(|set| set.0.iter())
+        .filter_map(|choice| match choice {
+            CertificateChoices::Certificate(certificate) => Some(certificate.clone()),
+            CertificateChoices::Other(_) => None,
+        })
+        .collect())
+}
+
+fn captured(certificate: &Certificate) -> Result<CapturedX509Certificate> {
+    let der = certificate
+        .to_der()
+        .map_err(|e| Error::Verification(format!("cannot encode a certificate: {e}")))?;
+    CapturedX509Certificate::from_der(der)
+        .map_err(|e| Error::Verification(format!("unreadable certificate: {e}")))
+}
+
+fn utc(time: SystemTime) -> String {
+    crate::verify::rfc3339(time)
+}

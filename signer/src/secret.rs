@@ -1,0 +1,220 @@
+//! Secrets by reference: a configuration names where a secret is, never the secret itself.
+//!
+//! A reference is `env:NAME` (the variable's value), `file:PATH` (the file's bytes; a
+//! relative path is relative to the configuration file), or either behind `base64:`
+//! (`base64:env:APPLE_CERTIFICATE_P12`) for binary secrets kept in CI variables, which hold
+//! text. A [`Secret`] prints as `<redacted>` in `Debug`, so neither logs nor error chains
+//! can carry it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+
+use crate::error::{Error, Result};
+
+/// Where a secret comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// An environment variable.
+    Env(String),
+    /// A file.
+    File(PathBuf),
+    /// Base64 text from another reference, decoded.
+    Base64(Box<SecretRef>),
+}
+
+/// A resolved secret. Never printed.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+/// Why a reference gave no secret: the case a missing-secret policy may forgive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingSecret {
+    /// The reference, e.g. `env:APPLE_CERTIFICATE_P12` (a name, not a value).
+    pub reference: String,
+}
+
+impl fmt::Display for MissingSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reference.split_once(':') {
+            Some(("file", path)) => write!(f, "the secret file {path} does not exist"),
+            _ => write!(f, "{} is not set", self.reference),
+        }
+    }
+}
+
+impl SecretRef {
+    /// Parses `env:NAME`, `file:PATH` or `base64:<reference>`; relative file paths are
+    /// resolved against `base_dir` (the configuration file's directory).
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self> {
+        let bad = || {
+            Error::Config(format!(
+                "\"{text}\" is not a secret reference; write env:NAME, file:PATH or \
+                 base64:env:NAME (secrets themselves never go into the configuration)"
+            ))
+        };
+        let (scheme, rest) = text.split_once(':').ok_or_else(bad)?;
+        match scheme {
+            "env" if is_env_name(rest) => Ok(SecretRef::Env(rest.to_owned())),
+            "file" if !rest.is_empty() => Ok(SecretRef::File(base_dir.join(rest))),
+            "base64" => match SecretRef::parse(rest, base_dir)? {
+                SecretRef::Base64(_) => Err(bad()),
+                inner => Ok(SecretRef::Base64(Box::new(inner))),
+            },
+            _ => Err(bad()),
+        }
+    }
+
+    /// Reads the secret. `Ok(Err(_))` is a secret that is not there (an unset or empty
+    /// variable, a missing file), which the caller's policy decides about; `Err` is a
+    /// secret that is there but unusable (unreadable file, bad base64).
+    pub fn resolve(&self) -> Result<Result<Secret, MissingSecret>> {
+        let missing = || {
+            Ok(Err(MissingSecret {
+                reference: self.to_string(),
+            }))
+        };
+        match self {
+            SecretRef::Env(name) => match std::env::var_os(name) {
+                Some(value) if !value.is_empty() => {
+                    let value = value
+                        .into_string()
+                        .map_err(|_| Error::Credentials(format!("{name} is not valid UTF-8")))?;
+                    Ok(Ok(Secret(value.into_bytes())))
+                }
+                _ => missing(),
+            },
+            SecretRef::File(path) => match fs_err::read(path) {
+                Ok(bytes) => Ok(Ok(Secret(bytes))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing(),
+                Err(e) => Err(Error::Credentials(format!("cannot read the secret: {e}"))),
+            },
+            SecretRef::Base64(inner) => match inner.resolve()? {
+                Ok(text) => {
+                    // CI variables often carry the line breaks of `base64` output.
+                    let compact: Vec<u8> = text
+                        .0
+                        .iter()
+                        .copied()
+                        .filter(|b| !b.is_ascii_whitespace())
+                        .collect();
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(compact)
+                        .map_err(|_| {
+                            Error::Credentials(format!(
+                                "{inner} is not base64 (the reference says base64:); store \
+                                 the output of `base64 < file` or drop the base64: prefix"
+                            ))
+                        })?;
+                    Ok(Ok(Secret(bytes)))
+                }
+                Err(missing) => Ok(Err(missing)),
+            },
+        }
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Env(name) => write!(f, "env:{name}"),
+            SecretRef::File(path) => write!(f, "file:{}", path.display()),
+            SecretRef::Base64(inner) => write!(f, "base64:{inner}"),
+        }
+    }
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Secret {
+    /// The secret's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The secret as text (passwords, PINs, key ids), without a trailing line break that a
+    /// file written by `echo` carries.
+    pub fn text(&self) -> Result<&str> {
+        let text = std::str::from_utf8(&self.0)
+            .map_err(|_| Error::Credentials("a text secret is not valid UTF-8".into()))?;
+        Ok(text.trim_end_matches(['\r', '\n']))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<SecretRef> {
+        SecretRef::parse(text, Path::new("/config"))
+    }
+
+    #[test]
+    fn references_parse_and_print_without_values() {
+        assert_eq!(parse("env:A_1").unwrap(), SecretRef::Env("A_1".into()));
+        assert_eq!(
+            parse("file:keys/k.pem").unwrap(),
+            SecretRef::File("/config/keys/k.pem".into())
+        );
+        assert_eq!(
+            parse("base64:env:P12").unwrap().to_string(),
+            "base64:env:P12"
+        );
+        for bad in [
+            "hunter2",
+            "env:",
+            "env:1A",
+            "env:A-B",
+            "file:",
+            "base64:base64:env:A",
+            "vault:x",
+        ] {
+            let error = parse(bad).unwrap_err().to_string();
+            assert!(error.contains("env:NAME"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn secrets_resolve_and_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pin"), "1234\n").unwrap();
+        std::fs::write(dir.path().join("p12.b64"), "AAEC\n/w==\n").unwrap();
+        let pin = SecretRef::parse("file:pin", dir.path()).unwrap();
+        let secret = pin.resolve().unwrap().unwrap();
+        assert_eq!(secret.text().unwrap(), "1234");
+        assert_eq!(format!("{secret:?}"), "<redacted>");
+        let p12 = SecretRef::parse("base64:file:p12.b64", dir.path()).unwrap();
+        assert_eq!(p12.resolve().unwrap().unwrap().bytes(), [0, 1, 2, 0xff]);
+
+        let gone = SecretRef::parse("file:nope", dir.path()).unwrap();
+        let missing = gone.resolve().unwrap().unwrap_err();
+        assert!(missing.to_string().contains("does not exist"), "{missing}");
+        let unset = SecretRef::parse("env:OPENWORK_TEST_UNSET_SECRET", dir.path()).unwrap();
+        assert_eq!(
+            unset.resolve().unwrap().unwrap_err().to_string(),
+            "env:OPENWORK_TEST_UNSET_SECRET is not set"
+        );
+        std::fs::write(dir.path().join("bad"), "not base64!").unwrap();
+        let bad = SecretRef::parse("base64:file:bad", dir.path()).unwrap();
+        let error = bad.resolve().unwrap_err().to_string();
+        assert!(error.contains("is not base64"), "{error}");
+        assert!(!error.contains("not base64!"), "the value leaked: {error}");
+    }
+}

@@ -1,0 +1,132 @@
+//! Verifying any of our executables by its own format, and the payload inside it: the one
+//! check behind `openwork-signer verify`, `openwork-packager release --sign` and the
+//! release workflow.
+
+use std::time::SystemTime;
+
+use openwork_payload::container::{self, ExecutableFormat};
+use serde::Serialize;
+use x509_certificate::CapturedX509Certificate;
+
+use crate::authenticode::{self, TrustAnchors};
+use crate::error::{Error, Result};
+use crate::macho::{self, MachOPolicy};
+
+/// What a verification requires.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyPolicy {
+    /// The signer must chain to one of these; empty: the chain the signature carries is
+    /// trusted as it is (integrity is checked, not who signed).
+    pub roots: Vec<CapturedX509Certificate>,
+    /// A time stamp must come from an authority chaining to one of these; empty: as above.
+    pub tsa_roots: Vec<CapturedX509Certificate>,
+    /// A time stamp must be present.
+    pub require_timestamp: bool,
+    /// A signature must be present (ELF files have none and pass with a note).
+    pub require_signature: bool,
+}
+
+/// What was verified.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// `elf`, `pe` or `mach-o`.
+    pub format: ExecutableFormat,
+    /// `authenticode`, `codesign`, `ad-hoc` or `none`.
+    pub signature: &'static str,
+    /// The signer's certificate subject.
+    pub signer: Option<String>,
+    /// When the time-stamp authority saw the signature (RFC 3339).
+    pub timestamp: Option<String>,
+    /// Whether the signer's chain was checked against given roots.
+    pub chain_checked: bool,
+    /// Files in the embedded payload, each verified against the manifest; `None` when the
+    /// file carries no payload.
+    pub payload_files: Option<usize>,
+}
+
+/// Verifies `data`: its signature as `policy` says, then, when it carries one, the
+/// payload with the runtime's own locator and every file's hash.
+pub fn verify(data: &[u8], policy: &VerifyPolicy) -> Result<Verification> {
+    let format = container::identify(data)
+        .map_err(|e| Error::Unsupported(e.to_string()))?
+        .format;
+    let chain_checked = !policy.roots.is_empty();
+    let (signature, signer, timestamp) = match format {
+        ExecutableFormat::Elf => {
+            if policy.require_signature {
+                return Err(Error::Verification(
+                    "an ELF file has no signature to verify; check it against SHA256SUMS".into(),
+                ));
+            }
+            ("none", None, None)
+        }
+        ExecutableFormat::Pe => {
+            let trust = TrustAnchors {
+                code_signing: policy.roots.clone(),
+                time_stamping: policy.tsa_roots.clone(),
+                embedded: policy.roots.is_empty() || policy.tsa_roots.is_empty(),
+            };
+            let verified = authenticode::verify(data, &trust)?;
+            let time = verified.timestamp.map(|t| t.time);
+            ("authenticode", Some(verified.signer), time)
+        }
+        ExecutableFormat::MachO => {
+            let macho_policy = MachOPolicy {
+                allow_adhoc: !policy.require_signature,
+                roots: (!policy.roots.is_empty()).then(|| policy.roots.clone()),
+                require_timestamp: policy.require_timestamp,
+                tsa_roots: (!policy.tsa_roots.is_empty()).then(|| policy.tsa_roots.clone()),
+                ..MachOPolicy::default()
+            };
+            let verified = macho::verify_macho(data, &macho_policy)?;
+            let kind = if verified.signer.is_some() {
+                "codesign"
+            } else {
+                "ad-hoc"
+            };
+            (kind, verified.signer, verified.timestamp)
+        }
+    };
+    if policy.require_timestamp && timestamp.is_none() && format != ExecutableFormat::Elf {
+        return Err(Error::Verification(
+            "the signature has no time stamp; it stops verifying when the certificate \
+             expires (sign with a time-stamp authority)"
+                .into(),
+        ));
+    }
+    let payload_files = payload_files(data)?;
+    Ok(Verification {
+        format,
+        signature,
+        signer,
+        timestamp: timestamp.map(rfc3339),
+        chain_checked,
+        payload_files,
+    })
+}
+
+/// The embedded payload, found and verified as the runtime does; `None` when there is
+/// none (a sidecar).
+fn payload_files(data: &[u8]) -> Result<Option<usize>> {
+    match container::locate(data) {
+        Ok((_, region)) => {
+            openwork_payload::archive::verify_stream(
+                region.payload,
+                &region.trailer,
+                &region.manifest,
+            )
+            .map_err(|e| Error::Verification(format!("the embedded payload: {e}")))?;
+            Ok(Some(region.manifest.files.len()))
+        }
+        Err(e) if e.kind() == openwork_payload::ErrorKind::NoPayload => Ok(None),
+        Err(e) => Err(Error::Verification(format!("the embedded payload: {e}"))),
+    }
+}
+
+/// `time` as an RFC 3339 UTC string, for reports and messages.
+pub(crate) fn rfc3339(time: SystemTime) -> String {
+    der::DateTime::from_system_time(time)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| format!("{time:?}"))
+}
