@@ -5,7 +5,7 @@
 //! on-missing-secret = "skip"          # or "fail" (the default)
 //!
 //! [authenticode]                      # Windows PE files
-//! pkcs11 = { module = "/usr/lib/softhsm/libsofthsm2.so", token-label = "release",
+//! pkcs11 = { module = "env:PKCS11_MODULE", token-label = "release",
 //!            key-label = "code-signing", pin = "env:HSM_PIN" }
 //! timestamp-urls = ["http://timestamp.example"]
 //!
@@ -451,6 +451,27 @@ mod tests {
             config.notarize.unwrap().key,
             SecretRef::File("/cfg/AuthKey.p8".into())
         );
+    }
+
+    /// The configuration release.yml signs with parses, and names only secrets.
+    #[test]
+    fn the_release_workflow_configuration_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.github/signing.toml");
+        let config = SigningConfig::load(&path).unwrap();
+        assert_eq!(config.on_missing_secret, MissingSecretPolicy::Fail);
+        let authenticode = config.authenticode.unwrap();
+        assert!(matches!(
+            authenticode.key,
+            KeySource::Pkcs11(Pkcs11Source {
+                module: ModulePath::Env(_),
+                ..
+            })
+        ));
+        assert!(!authenticode.timestamp_urls.is_empty());
+        let codesign = config.codesign.unwrap();
+        assert!(codesign.hardened_runtime);
+        assert_eq!(codesign.timestamp_url.as_deref(), Some(APPLE_TIMESTAMP_URL));
+        assert!(config.notarize.is_some());
     }
 
     #[test]

@@ -50,6 +50,8 @@ const ID_AA_TIME_STAMP_TOKEN: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.2.14");
 
 const LINKEDIT: &str = "__LINKEDIT";
+/// The extension Apple puts in Developer ID Application certificates.
+const DEVELOPER_ID_APPLICATION: &str = "1.2.840.113635.100.6.1.13";
 
 /// Checks that a thin 64-bit Mach-O is laid out the way signing and verification need:
 /// `__LINKEDIT` is the last segment, the file ends exactly where `__LINKEDIT` ends, and a
@@ -509,6 +511,9 @@ pub struct MachOPolicy {
     /// A timestamp, when present, must come from an authority chaining to one of these;
     /// `None`: its signature is checked, its issuer is not.
     pub tsa_roots: Option<Vec<CapturedX509Certificate>>,
+    /// The signing certificate must be a Developer ID Application certificate (Apple's
+    /// marker extension), as notarization requires.
+    pub require_developer_id: bool,
 }
 
 impl MachOPolicy {
@@ -521,7 +526,9 @@ impl MachOPolicy {
     }
 
     /// What notarization requires: a certificate chaining to `roots`, the hardened
-    /// runtime and a secure timestamp from an authority chaining to `tsa_roots`.
+    /// runtime and a secure timestamp from an authority chaining to `tsa_roots`. (Apple also
+    /// wants a Developer ID certificate: with Apple's roots that follows from the chain;
+    /// `require_developer_id` checks the marker where the roots are a test PKI's.)
     pub fn notarizable(
         roots: Vec<CapturedX509Certificate>,
         tsa_roots: Vec<CapturedX509Certificate>,
@@ -533,6 +540,7 @@ impl MachOPolicy {
             entitlements: None,
             require_timestamp: true,
             tsa_roots: Some(tsa_roots),
+            require_developer_id: false,
         }
     }
 }
@@ -759,6 +767,17 @@ fn verify_cms(
     };
     let at = timestamp.unwrap_or_else(SystemTime::now);
     check_extended_key_usage(leaf, ID_KP_CODE_SIGNING, "code signing")?;
+    if policy.require_developer_id
+        && !leaf
+            .iter_extensions()
+            .any(|e| e.id.to_string() == DEVELOPER_ID_APPLICATION)
+    {
+        return Err(Error::Verification(format!(
+            "{} is not a Developer ID Application certificate; Apple notarizes only files \
+             signed with one (Certificates, Identifiers & Profiles → Developer ID Application)",
+            crate::key::describe_certificate(leaf)
+        )));
+    }
     if let Some(roots) = &policy.roots {
         check_chain(leaf, certificates, roots, at, "signing")?;
     } else {
@@ -1137,6 +1156,53 @@ pub(crate) mod tests {
             Vec::new(),
         )
         .unwrap()
+    }
+
+    /// Notarization wants a Developer ID Application certificate: Apple marks those with
+    /// an extension, which the policy looks for (a name that says so is not enough).
+    #[cfg(feature = "testing")]
+    #[test]
+    fn a_developer_id_certificate_is_told_by_its_extension() {
+        let policy = MachOPolicy {
+            require_developer_id: true,
+            ..MachOPolicy::default()
+        };
+        let options = MachOSignOptions {
+            identifier: Some("opencode".into()),
+            hardened_runtime: true,
+            entitlements: None,
+            timestamp_url: None,
+        };
+        let named_only = identity_with_ou("ABCDE12345");
+        let signed = sign_with_identity(&unsigned_macho(), &named_only, &options).unwrap();
+        let error = verify_macho(&signed, &policy).unwrap_err().to_string();
+        assert!(error.contains("not a Developer ID Application"), "{error}");
+
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Developer ID Application: Test");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::CodeSigning];
+        // 1.2.840.113635.100.6.1.13, value NULL, as Apple issues it.
+        let mut marker = rcgen::CustomExtension::from_oid_content(
+            &[1, 2, 840, 113635, 100, 6, 1, 13],
+            vec![5, 0],
+        );
+        marker.set_criticality(true);
+        params.custom_extensions.push(marker);
+        let certificate = params.self_signed(&key).unwrap();
+        let developer_id = SigningIdentity::new(
+            Box::new(
+                x509_certificate::InMemorySigningKeyPair::from_pkcs8_der(key.serialize_der())
+                    .unwrap(),
+            ),
+            CapturedX509Certificate::from_der(certificate.der().to_vec()).unwrap(),
+            Vec::new(),
+        )
+        .unwrap();
+        let signed = sign_with_identity(&unsigned_macho(), &developer_id, &options).unwrap();
+        verify_macho(&signed, &policy).expect("a Developer ID certificate passes");
     }
 
     #[cfg(feature = "testing")]

@@ -223,6 +223,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 );
                 return Ok(());
             };
+            notarize::preflight(&file)?;
             let submission = Submission::from_file(&file, work.path())?;
             let outcome = NotaryTool::new(key).submit(&submission)?;
             println!(

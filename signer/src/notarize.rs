@@ -317,6 +317,31 @@ impl Notarizer for NotaryTool {
     }
 }
 
+/// What Apple checks first, checked here before an upload that takes minutes: a Mach-O
+/// signed with a Developer ID Application certificate, the hardened runtime and a secure
+/// time stamp, intact. Archives (.zip, .dmg, .pkg) are Apple's to open.
+pub fn preflight(path: &Path) -> Result<()> {
+    let data = fs_err::read(path)?;
+    if openwork_payload::container::identify(&data).is_err() {
+        return Ok(());
+    }
+    let policy = MachOPolicy {
+        require_hardened_runtime: true,
+        require_timestamp: true,
+        require_developer_id: true,
+        ..MachOPolicy::default()
+    };
+    verify_macho(&data, &policy)
+        .map(|_| ())
+        .map_err(|e| match e {
+            Error::Verification(why) => Error::Verification(format!(
+                "{} would be rejected by Apple's notary service: {why}",
+                path.display()
+            )),
+            other => other,
+        })
+}
+
 /// `notarytool submit --output-format json`'s answer.
 #[derive(Debug, Deserialize, PartialEq, Eq)]
 pub struct SubmitAnswer {
