@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use openwork_signer::config::SigningConfig;
 use openwork_signer::entitlements::Role;
-use openwork_signer::notarize::{Notarizer, NotaryTool, Submission};
+use openwork_signer::notarize::{self, Notarizer, NotaryTool, Submission};
 use openwork_signer::sign::{Signers, notary_key};
 use openwork_signer::verify::{VerifyPolicy, verify};
 use openwork_signer::{Error, key};
