@@ -230,8 +230,9 @@ pub fn release(req: &ReleaseRequest) -> Result<BuildReport> {
     };
     let mut signatures = Vec::new();
     if let (Some(signers), Some(work)) = (&req.signing, &work) {
-        for (_, path) in &mut sidecars {
-            let copy = work.path().join(path.file_name().unwrap_or_default());
+        for (name, path) in &mut sidecars {
+            // Named as in the runtime dir: the name becomes the code signing identifier.
+            let copy = work.path().join(format!("{name}{}", req.target.exe_suffix));
             fs_err::copy(&*path, &copy)?;
             signatures.push(signers.sign_file(&copy, Role::BunSidecar)?);
             *path = copy;

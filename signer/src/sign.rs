@@ -129,44 +129,46 @@ impl Signers {
             note: note.map(str::to_owned),
         };
         let data = fs_err::read(path)?;
-        match identify(&data)?.format {
-            ExecutableFormat::Elf => Ok(outcome(
-                "not-applicable",
-                None,
-                Some("ELF has no platform signature; SHA256SUMS covers it"),
-            )),
-            ExecutableFormat::Pe => match &self.authenticode {
-                None => Ok(outcome("skipped", None, Some(self.why_not("authenticode")))),
-                Some((Backend::External(command), _)) => {
-                    command.sign_file(path)?;
-                    Ok(outcome("authenticode", Some(program_name(command)), None))
-                }
-                Some((Backend::Identity(identity), options)) => {
-                    let signed = authenticode::sign(&data, identity, options)?;
-                    write_in_place(path, &signed)?;
-                    Ok(outcome("authenticode", Some(identity.describe()), None))
-                }
-            },
-            ExecutableFormat::MachO => match &self.codesign {
-                None => Ok(outcome("skipped", None, Some(self.why_not("codesign")))),
-                Some((Backend::External(command), _)) => {
-                    command.sign_file(path)?;
-                    Ok(outcome("codesign", Some(program_name(command)), None))
-                }
-                Some((Backend::Identity(identity), settings)) => {
-                    let options = MachOSignOptions {
-                        // The file name, as codesign does: sidecars keep their own names.
-                        identifier: Some(file.clone()),
-                        hardened_runtime: settings.hardened_runtime,
-                        entitlements: entitlements::for_role(role).map(str::to_owned),
-                        timestamp_url: settings.timestamp_url.clone(),
-                    };
-                    let signed = macho::sign_with_identity(&data, identity, &options)?;
-                    write_in_place(path, &signed)?;
-                    Ok(outcome("codesign", Some(identity.describe()), None))
-                }
-            },
-        }
+        let format = identify(&data)?.format;
+        let (action, backend) = match format {
+            ExecutableFormat::Elf => {
+                return Ok(outcome(
+                    "not-applicable",
+                    None,
+                    Some("ELF has no platform signature; SHA256SUMS covers it"),
+                ));
+            }
+            ExecutableFormat::Pe => ("authenticode", self.authenticode.as_ref().map(|(b, _)| b)),
+            ExecutableFormat::MachO => ("codesign", self.codesign.as_ref().map(|(b, _)| b)),
+        };
+        let signer = match backend {
+            None => return Ok(outcome("skipped", None, Some(self.why_not(action)))),
+            Some(Backend::External(command)) => {
+                command.sign_file(path)?;
+                program_name(command)
+            }
+            Some(Backend::Identity(identity)) => {
+                let signed = match (&self.authenticode, &self.codesign, format) {
+                    (Some((_, options)), _, ExecutableFormat::Pe) => {
+                        authenticode::sign(&data, identity, options)?
+                    }
+                    (_, Some((_, settings)), ExecutableFormat::MachO) => {
+                        let options = MachOSignOptions {
+                            // The file name, as codesign does: sidecars keep their own names.
+                            identifier: Some(file.clone()),
+                            hardened_runtime: settings.hardened_runtime,
+                            entitlements: entitlements::for_role(role).map(str::to_owned),
+                            timestamp_url: settings.timestamp_url.clone(),
+                        };
+                        macho::sign_with_identity(&data, identity, &options)?
+                    }
+                    _ => unreachable!("a backend comes with its section's settings"),
+                };
+                write_in_place(path, &signed)?;
+                identity.describe()
+            }
+        };
+        Ok(outcome(action, Some(signer), None))
     }
 
     fn why_not(&self, section: &str) -> &'static str {

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use openwork_signer::Error;
 use openwork_signer::authenticode::{self, SignOptions, TrustAnchors};
+use openwork_signer::testing::noise;
 use openwork_signer::testing::tsa::TestTsa;
 use openwork_signer::testing::{KeyKind, TestPki};
 use openwork_signer::timestamp::TimestampConfig;
@@ -76,20 +77,6 @@ fn executable(arch: Arch) -> Vec<u8> {
     let mut pe = bare_executable(arch).to_vec();
     pe.extend_from_slice(&noise("overlay", OVERLAY_LEN));
     pe
-}
-
-fn noise(seed: &str, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 32);
-    let mut counter = 0u64;
-    while out.len() < len {
-        let mut hasher = Sha256::new();
-        hasher.update(seed.as_bytes());
-        hasher.update(counter.to_le_bytes());
-        out.extend_from_slice(&hasher.finalize());
-        counter += 1;
-    }
-    out.truncate(len);
-    out
 }
 
 /// A test PKI, its files and a scratch directory.

@@ -16,11 +16,11 @@ use openwork_payload::container::{self, ExecutableFormat};
 use openwork_payload::region::REGION_ALIGN;
 use openwork_payload::{Error, PayloadRegion};
 use openwork_signer::authenticode::{self, SignOptions, TrustAnchors};
+use openwork_signer::testing::noise;
 use openwork_signer::testing::pki::TestPkiFiles;
 use openwork_signer::testing::{KeyKind, TestPki};
 use openwork_tests::fixtures::region_from_sidecars;
 use openwork_tests::require_tool;
-use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
 const TARGET: &str = "windows-x64";
@@ -29,21 +29,6 @@ const TARGET: &str = "windows-x64";
 fn stub() -> &'static [u8] {
     static STUB: OnceLock<Vec<u8>> = OnceLock::new();
     STUB.get_or_init(|| std::fs::read(openwork_tests::stub_for(TARGET)).expect("read the stub"))
-}
-
-/// Deterministic incompressible bytes, so that the payload has the size of its input.
-fn noise(seed: &str, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 32);
-    let mut counter = 0u64;
-    while out.len() < len {
-        let mut hasher = Sha256::new();
-        hasher.update(seed.as_bytes());
-        hasher.update(counter.to_le_bytes());
-        out.extend_from_slice(&hasher.finalize());
-        counter += 1;
-    }
-    out.truncate(len);
-    out
 }
 
 /// A test's working directory, its sidecars and the region made of them.
