@@ -11,19 +11,14 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-/// Index of the Security (certificate table) entry among the data directories.
-const SECURITY_DIRECTORY: usize = 4;
-/// Size of the COFF file header that follows the `PE\0\0` signature.
-const COFF_HEADER_LEN: usize = 20;
-/// Size of one section header.
-const SECTION_HEADER_LEN: usize = 40;
-/// Offset of `CheckSum` inside the optional header (the same for PE32 and PE32+).
-const CHECKSUM_OFFSET: usize = 64;
-/// Offset of the data directories inside a PE32 optional header.
-const DATA_DIRECTORIES_PE32: usize = 96;
-/// Offset of the data directories inside a PE32+ optional header (its ImageBase and
-/// stack/heap sizes are 64-bit, 16 bytes more).
-const DATA_DIRECTORIES_PE32_PLUS: usize = 112;
+// The PE header layout is defined once, beside the payload locator that reads it too.
+pub(crate) use openwork_payload::container::pe::checksum;
+use openwork_payload::container::pe::{
+    CHECKSUM_OFFSET, COFF_HEADER_LEN, DATA_DIRECTORIES_OFFSET_PE32 as DATA_DIRECTORIES_PE32,
+    DATA_DIRECTORIES_OFFSET_PE32_PLUS as DATA_DIRECTORIES_PE32_PLUS, SECTION_HEADER_LEN,
+    SECURITY_DIRECTORY,
+};
+
 /// Certificate tables start on 8-byte boundaries (PE format, "The Attribute Certificate
 /// Table").
 pub(crate) const TABLE_ALIGN: usize = 8;
@@ -202,30 +197,6 @@ impl PeImage {
         hasher.update(&data[end..self.content_end()]);
         hasher.finalize().into()
     }
-}
-
-/// The PE image checksum of `data` (as `CheckSumMappedFile` computes it), reading the
-/// CheckSum field at `checksum_offset` as zero: the one's-complement sum of the
-/// little-endian 16-bit words, folded to 16 bits, plus the file length.
-pub(crate) fn checksum(data: &[u8], checksum_offset: usize) -> u32 {
-    let mut sum: u64 = 0;
-    let mut words = data.chunks_exact(2);
-    for (i, word) in words.by_ref().enumerate() {
-        let at = i * 2;
-        if at >= checksum_offset && at < checksum_offset + 4 {
-            continue;
-        }
-        sum += u64::from(u16::from_le_bytes([word[0], word[1]]));
-    }
-    if let [last] = words.remainder() {
-        sum += u64::from(*last);
-    }
-    // Folding once at the end equals folding after every addition (one's-complement
-    // addition is associative), and a u64 cannot overflow below 2^48 words.
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    (sum as u32).wrapping_add(data.len() as u32)
 }
 
 fn malformed(problem: String) -> Error {

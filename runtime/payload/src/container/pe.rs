@@ -34,18 +34,18 @@ use crate::region::REGION_ALIGN;
 
 /// Index of the Security (certificate table) directory among the optional header's data
 /// directories.
-const SECURITY_DIRECTORY: usize = 4;
+pub const SECURITY_DIRECTORY: usize = 4;
 /// Size of the COFF file header that follows the `PE\0\0` signature.
-const COFF_HEADER_LEN: usize = 20;
+pub const COFF_HEADER_LEN: usize = 20;
 /// Size of one section header.
-const SECTION_HEADER_LEN: usize = 40;
+pub const SECTION_HEADER_LEN: usize = 40;
 /// Offset of `CheckSum` inside the optional header (the same for PE32 and PE32+).
-const CHECKSUM_OFFSET: usize = 64;
+pub const CHECKSUM_OFFSET: usize = 64;
 /// Offset of the first data directory inside a PE32 optional header.
-const DATA_DIRECTORIES_OFFSET_PE32: usize = 96;
+pub const DATA_DIRECTORIES_OFFSET_PE32: usize = 96;
 /// Offset of the first data directory inside a PE32+ optional header (64-bit ImageBase and
 /// stack/heap sizes make it 16 bytes longer).
-const DATA_DIRECTORIES_OFFSET_PE32_PLUS: usize = 112;
+pub const DATA_DIRECTORIES_OFFSET_PE32_PLUS: usize = 112;
 /// Most zero bytes a signer puts between the overlay and the certificate table.
 const MAX_TABLE_PADDING: usize = 7;
 
@@ -128,26 +128,31 @@ pub fn inject(stub: &[u8], region: &[u8]) -> Result<Vec<u8>> {
     out.extend_from_slice(region);
     let at = layout.checksum_offset;
     if out[at..at + 4] != [0; 4] {
-        out[at..at + 4].fill(0);
-        let sum = checksum(&out);
+        let sum = checksum(&out, at);
         out[at..at + 4].copy_from_slice(&sum.to_le_bytes());
     }
     Ok(out)
 }
 
-/// The PE image checksum (as `CheckSumMappedFile` computes it) of `data`, whose own
-/// `CheckSum` field must already be zero: the one's-complement sum of its little-endian
-/// 16-bit words, folded to 16 bits, plus the file length.
-fn checksum(data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    // 2^64 / 2^16 words would be a 2^49-byte file: no overflow before the fold.
-    let mut sum: u64 = chunks
-        .by_ref()
-        .map(|w| u64::from(u16::from_le_bytes([w[0], w[1]])))
-        .sum();
-    if let [last] = chunks.remainder() {
+/// The PE image checksum of `data` (as `CheckSumMappedFile` computes it), reading the
+/// CheckSum field at `checksum_offset` as zero: the one's-complement sum of the
+/// little-endian 16-bit words, folded to 16 bits, plus the file length. Shared with the
+/// signer, which rewrites it after appending a signature.
+pub fn checksum(data: &[u8], checksum_offset: usize) -> u32 {
+    let mut sum: u64 = 0;
+    let mut words = data.chunks_exact(2);
+    for (i, word) in words.by_ref().enumerate() {
+        let at = i * 2;
+        if at >= checksum_offset && at < checksum_offset + 4 {
+            continue;
+        }
+        sum += u64::from(u16::from_le_bytes([word[0], word[1]]));
+    }
+    if let [last] = words.remainder() {
         sum += u64::from(*last);
     }
+    // Folding once at the end equals folding after every addition (one's-complement
+    // addition is associative), and a u64 cannot overflow below 2^48 words.
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -472,17 +477,18 @@ mod tests {
         stub[OPTIONAL + 64..OPTIONAL + 68].copy_from_slice(&1u32.to_le_bytes());
         let packed = inject(&stub, &region()).unwrap();
         let stored = u32::from_le_bytes(packed[OPTIONAL + 64..OPTIONAL + 68].try_into().unwrap());
-        let mut zeroed = packed.clone();
-        zeroed[OPTIONAL + 64..OPTIONAL + 68].fill(0);
-        assert_eq!(stored, checksum(&zeroed));
+        assert_eq!(stored, checksum(&packed, OPTIONAL + 64));
         assert_ne!(stored, 0);
     }
 
     #[test]
     fn checksum_matches_hand_computation() {
-        // Words 0x0201 + 0x0403 + last byte 0x05 = 0x0609, plus length 5.
-        assert_eq!(checksum(&[1, 2, 3, 4, 5]), 0x0609 + 5);
+        // Words 0x0201 + 0x0403 + last byte 0x05 = 0x0609, plus length 5 (the field read
+        // as zero lies past the end here).
+        assert_eq!(checksum(&[1, 2, 3, 4, 5], 8), 0x0609 + 5);
         // Carries fold back in: 0xffff + 0x0002 = 0x1_0001 → 0x0002.
-        assert_eq!(checksum(&[0xff, 0xff, 0x02, 0x00]), 0x0002 + 4);
+        assert_eq!(checksum(&[0xff, 0xff, 0x02, 0x00], 8), 0x0002 + 4);
+        // The field's own four bytes count as zero.
+        assert_eq!(checksum(&[9, 9, 9, 9, 1, 0], 0), 0x0001 + 6);
     }
 }
