@@ -12,6 +12,7 @@
 //! variables and HTTPS uses the system roots. It must not be called from inside an async
 //! runtime.
 
+use openwork_payload::error::display_chain;
 use std::time::{Duration, SystemTime};
 
 use cms::content_info::ContentInfo;
@@ -190,7 +191,12 @@ pub fn request_token(config: &TimestampConfig, message: &[u8]) -> Result<Vec<u8>
         .timeout(config.timeout)
         .user_agent(concat!("openwork-signer/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| Error::Network(format!("cannot set up the HTTP client: {}", chain(&e))))?;
+        .map_err(|e| {
+            Error::Network(format!(
+                "cannot set up the HTTP client: {}",
+                display_chain(&e)
+            ))
+        })?;
 
     let attempts = config.attempts.max(1);
     let mut failures = Vec::new();
@@ -280,9 +286,9 @@ fn exchange(
             // The URL starts the line already.
             let e = e.without_url();
             if e.is_builder() {
-                Failure::Permanent(format!("not a usable URL ({})", chain(&e)))
+                Failure::Permanent(format!("not a usable URL ({})", display_chain(&e)))
             } else {
-                Failure::Transient(chain(&e))
+                Failure::Transient(display_chain(&e))
             }
         })?;
     let status = response.status();
@@ -300,7 +306,10 @@ fn exchange(
         );
     }
     let bytes = response.bytes().map_err(|e| {
-        Failure::Transient(format!("reading the answer: {}", chain(&e.without_url())))
+        Failure::Transient(format!(
+            "reading the answer: {}",
+            display_chain(&e.without_url())
+        ))
     })?;
     check_response(&bytes, imprint, nonce)
 }
@@ -701,20 +710,4 @@ fn random_nonce() -> [u8; 8] {
 /// short enough for a release job.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(500u64 << attempt.saturating_sub(1).min(4))
-}
-
-/// An error and its causes on one line: reqwest's top-level message ("error sending
-/// request") hides the useful part ("Connection refused").
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

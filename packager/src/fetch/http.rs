@@ -10,6 +10,7 @@
 //! what intercepting proxies and corporate users need. Moving to 0.13 is a feature switch
 //! if the platform verifier's revocation and macOS keychain policy handling become wanted.
 
+use openwork_payload::error::display_chain;
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::thread;
@@ -64,7 +65,7 @@ impl<'a> Http<'a> {
         let client = builder.build().map_err(|e| FetchError::Http {
             url: redact_url(registry),
             attempts: 0,
-            detail: format!("cannot set up the HTTP client: {}", chain(&e)),
+            detail: format!("cannot set up the HTTP client: {}", display_chain(&e)),
         })?;
         Ok(Http { client, progress })
     }
@@ -97,7 +98,7 @@ impl<'a> Http<'a> {
                 request = request.header(AUTHORIZATION, value);
             }
             let failure = match request.send() {
-                Err(e) => Failure::Transient(chain(&e.without_url())),
+                Err(e) => Failure::Transient(display_chain(&e.without_url())),
                 Ok(response) if response.status().is_success() => match on_success(response) {
                     Ok(value) => return Ok(value),
                     Err(failure) => failure,
@@ -334,21 +335,6 @@ fn is_loopback(url: &Url) -> bool {
             .is_ok_and(|ip| ip.is_loopback()),
         None => false,
     }
-}
-
-/// An error and its causes, `a: b: c` (reqwest keeps the useful part in the sources).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// `46.1 MB`, `4.2 kB`, `129 bytes`.

@@ -133,3 +133,20 @@ impl Error {
         }
     }
 }
+
+/// An error and its causes on one line, `a: b: c`, each cause once. HTTP clients keep the
+/// useful part in the sources (reqwest's "error sending request" hides "Connection
+/// refused"), so the packager's downloads and the signer's time-stamp requests print this.
+pub fn display_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
