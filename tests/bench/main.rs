@@ -55,8 +55,8 @@ enum Command {
     Release(ReleaseArgs),
     /// Every benchmark: extraction, serve, then release (--runs and --artifact apply to
     /// extraction and serve; the rest, and release, take their defaults: a release takes
-    /// about a minute)
-    All(ExtractionArgs),
+    /// about a minute); --markdown writes all the tables into one document
+    All(AllArgs),
     /// Runs a command and writes its spawn-to-exit time and peak RSS as JSON (used by the
     /// benchmarks themselves: see measure.rs for why children are measured through it)
     #[command(hide = true)]
@@ -92,6 +92,16 @@ struct ExtractionArgs {
     /// opencode; the pack figures are then skipped
     #[arg(long, value_name = "FILE")]
     artifact: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct AllArgs {
+    #[command(flatten)]
+    extraction: ExtractionArgs,
+    /// Also write every table, with the machine and commit it ran on, as one markdown
+    /// document (docs/BENCHMARKS.md keeps the latest)
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -258,37 +268,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             release::run(&args.into_settings()?)?.print();
             Ok(ExitCode::SUCCESS)
         }
-        Command::All(args) => {
+        Command::All(AllArgs {
+            extraction: args,
+            markdown,
+        }) => {
             // One benchmark failing does not keep the others from leaving their figures.
+            let machine = measure::machine_facts();
             let serve_args = ServeArgs::for_all(&args);
-            let extraction = extraction::run(&args.into_settings());
-            let extracted = match extraction {
+            let mut reports = Vec::new();
+            let mut failed = false;
+            let mut keep = |name: &str, result: anyhow::Result<report::Report>| match result {
                 Ok(report) => {
                     report.print();
-                    true
+                    println!();
+                    reports.push(report);
                 }
                 Err(err) => {
-                    eprintln!("openwork-bench: extraction: error: {err:#}");
-                    false
+                    eprintln!("openwork-bench: {name}: error: {err:#}");
+                    failed = true;
                 }
             };
-            println!();
-            let served = match serve::run(&serve_args.into_settings()) {
-                Ok(report) => {
-                    report.print();
-                    true
-                }
-                Err(err) => {
-                    eprintln!("openwork-bench: serve: error: {err:#}");
-                    false
-                }
-            };
-            println!();
-            release::run(&ReleaseArgs::defaults().into_settings()?)?.print();
-            Ok(if extracted && served {
-                ExitCode::SUCCESS
-            } else {
+            keep("extraction", extraction::run(&args.into_settings()));
+            keep("serve", serve::run(&serve_args.into_settings()));
+            keep(
+                "release",
+                ReleaseArgs::defaults()
+                    .into_settings()
+                    .and_then(|settings| release::run(&settings)),
+            );
+            if let Some(path) = markdown {
+                report::write_markdown(&path, &machine, &reports)?;
+                eprintln!("openwork-bench: wrote {}", path.display());
+            }
+            Ok(if failed {
                 ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
             })
         }
         Command::Wait4 { report, command } => measure::wait4_helper(&report, &command),

@@ -286,6 +286,56 @@ pub fn load_average() -> Option<f64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// What a reader needs to compare figures across runs: when, which commit, and the
+/// machine (CPU model and count, memory, kernel), as `(what, value)` lines.
+pub fn machine_facts() -> Vec<(&'static str, String)> {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split(':').nth(1))
+        })
+        .map_or_else(|| "unknown CPU".to_string(), |m| m.trim().to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_gb = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|r| r.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or_else(|| "unknown".to_string(), |kb| format!("{:.1} GB", kb / 1e6));
+    let kernel = read("/proc/sys/kernel/osrelease").trim().to_string();
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "unknown".to_string(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        );
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map_or_else(String::new, |o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        });
+    vec![
+        ("run", date),
+        ("commit", commit),
+        (
+            "machine",
+            format!("{model}, {cores} cores, {memory_gb} RAM, Linux {kernel}"),
+        ),
+        (
+            "load average before",
+            load_average().map_or_else(|| "unknown".into(), |l| format!("{l:.2}")),
+        ),
+    ]
+}
+
 /// A progress line on stderr (stdout carries the table).
 pub fn progress(args: std::fmt::Arguments<'_>) {
     eprintln!("bench: {args}");

@@ -194,11 +194,9 @@ pub struct Report {
 }
 
 impl Report {
-    /// The table, then one line per missed target.
-    pub fn render(&self) -> String {
-        let header = ["figure", "value", "target", "baseline", "ratio", "result"];
-        let cells: Vec<[String; 6]> = self
-            .rows
+    /// Each row's cells: figure, value, target, baseline, ratio, result.
+    fn cells(&self) -> Vec<[String; 6]> {
+        self.rows
             .iter()
             .map(|row| {
                 [
@@ -220,7 +218,62 @@ impl Report {
                     .into(),
                 ]
             })
-            .collect();
+            .collect()
+    }
+
+    /// The rows that missed their target.
+    fn missed(&self) -> Vec<&Row> {
+        self.rows
+            .iter()
+            .filter(|r| r.verdict == Verdict::Missed)
+            .collect()
+    }
+
+    /// The report as a markdown section: a heading, the context, the table, the notes.
+    pub fn render_markdown(&self) -> String {
+        let escape = |cell: &str| cell.replace('|', "\\|");
+        let mut out = format!(
+            "## {}
+
+{}
+
+",
+            self.benchmark, self.context
+        );
+        out += "| figure | value | target | baseline | ratio | result |\n";
+        out += "|---|---:|---:|---:|---:|---|\n";
+        for row in self.cells() {
+            let cells: Vec<String> = row.iter().map(|c| escape(c)).collect();
+            let _ = writeln!(out, "| {} |", cells.join(" | "));
+        }
+        let notes: Vec<&Row> = self.rows.iter().filter(|r| r.note.is_some()).collect();
+        if !notes.is_empty() {
+            out.push('\n');
+            for row in notes {
+                let _ = writeln!(
+                    out,
+                    "- {}: {}",
+                    row.figure,
+                    row.note.as_deref().unwrap_or("")
+                );
+            }
+        }
+        let missed = self.missed();
+        out.push('\n');
+        if missed.is_empty() {
+            out += "All targets met.\n";
+        } else {
+            for row in missed {
+                let _ = writeln!(out, "**Missed:** {}", row.figure);
+            }
+        }
+        out
+    }
+
+    /// The table, then one line per missed target.
+    pub fn render(&self) -> String {
+        let header = ["figure", "value", "target", "baseline", "ratio", "result"];
+        let cells = self.cells();
         let mut widths = header.map(str::len);
         for row in &cells {
             for (w, cell) in widths.iter_mut().zip(row) {
@@ -261,11 +314,7 @@ impl Report {
                 );
             }
         }
-        let missed: Vec<&Row> = self
-            .rows
-            .iter()
-            .filter(|r| r.verdict == Verdict::Missed)
-            .collect();
+        let missed = self.missed();
         out.push('\n');
         if missed.is_empty() {
             out += "all targets met\n";
@@ -292,6 +341,35 @@ impl Report {
         text.push('\n');
         std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
     }
+}
+
+/// Writes `reports` as one markdown document: where and when they ran (`machine`, taken
+/// before the first), then each table.
+pub fn write_markdown(
+    path: &Path,
+    machine: &[(&str, String)],
+    reports: &[Report],
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut out = String::from(
+        "# Benchmarks\n\nThe latest run of every benchmark, written by \
+         `cargo run --release -p openwork-tests --bin openwork-bench -- all --markdown \
+         docs/BENCHMARKS.md` (after `cargo build --release -p openwork-packager`). Each \
+         figure stands beside its side-by-side baseline from the same run; the targets are \
+         the issues'.\n\n",
+    );
+    for (what, value) in machine {
+        let _ = writeln!(out, "- {what}: {value}");
+    }
+    out.push('\n');
+    for report in reports {
+        out += &report.render_markdown();
+        out.push('\n');
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::write(path, out).with_context(|| format!("write {}", path.display()))
 }
 
 #[cfg(test)]
@@ -326,5 +404,32 @@ mod tests {
             details: serde_json::Value::Null,
         };
         assert!(report.render().contains("MISSED: slow"));
+    }
+
+    #[test]
+    fn markdown_has_one_table_row_per_figure_and_escapes_pipes() {
+        let report = Report {
+            benchmark: "serve".into(),
+            context: "ctx".into(),
+            rows: vec![
+                Row::info("start | ready", Quantity::ms(931.0))
+                    .against(Quantity::ms(925.0))
+                    .target(Target::Ratio { max: 1.05 })
+                    .note("median"),
+                Row::skipped("orchestrator", "not installed"),
+            ],
+            details: serde_json::Value::Null,
+        };
+        let markdown = report.render_markdown();
+        let rows: Vec<&str> = markdown.lines().filter(|l| l.starts_with("| ")).collect();
+        assert_eq!(rows.len(), 3, "header and two figures:\n{markdown}");
+        assert!(rows[1].starts_with("| start \\| ready | 931"), "{markdown}");
+        assert!(rows[1].ends_with("| PASS |"), "{markdown}");
+        assert!(rows[2].ends_with("| skipped |"), "{markdown}");
+        assert!(
+            markdown.contains("- orchestrator: not installed"),
+            "{markdown}"
+        );
+        assert!(markdown.contains("All targets met."), "{markdown}");
     }
 }
