@@ -184,10 +184,13 @@ fn run(cli: Cli) -> Result<(), Error> {
                     serde_json::to_string_pretty(&verification).expect("serialises")
                 );
             } else {
+                let what = match verification.signature {
+                    "none" => "no signature (ELF: SHA256SUMS vouches for it)".to_string(),
+                    kind => format!("{kind} signature verified"),
+                };
                 println!(
-                    "{}: {} signature verified{}{}{}{}",
+                    "{}: {what}{}{}{}{}",
                     file.display(),
-                    verification.signature,
                     verification
                         .signer
                         .as_ref()
@@ -205,7 +208,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     },
                     verification
                         .payload_files
-                        .map(|n| format!("; payload of {n} files verified"))
+                        .map(|n| format!("; payload verified ({n} files in its manifest)"))
                         .unwrap_or_default(),
                 );
             }
