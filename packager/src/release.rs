@@ -261,8 +261,8 @@ pub fn release(req: &ReleaseRequest) -> Result<BuildReport> {
     if let Some(signers) = &req.signing {
         let outcome = signers.sign_file(&out, Role::Stub)?;
         let signed = fs_err::read(&out)?;
-        // The signature over the file as it now is, and the payload found and every file
-        // checked on the signed bytes: what a user's machine will do.
+        // The signature over the file as it now is, and the payload found on the signed
+        // bytes with its hash checked: what a user's machine does first.
         let policy = VerifyPolicy {
             require_signature: outcome.is_signed(),
             ..VerifyPolicy::default()

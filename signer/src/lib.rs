@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod authenticode;
+mod chain;
 pub mod config;
 pub mod entitlements;
 pub mod error;

@@ -36,11 +36,12 @@ use der::asn1::{ObjectIdentifier, SetOfVec};
 use der::{Any, Decode, Encode, Tagged};
 use goblin::mach::load_command::CommandVariant;
 use goblin::mach::{Mach, MachO};
-use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage};
+use x509_cert::ext::pkix::ExtendedKeyUsage;
 /// The certificate type of [`MachOPolicy`]'s roots, re-exported so that callers need no
 /// dependency of their own.
 pub use x509_certificate::CapturedX509Certificate;
 
+use crate::chain::{self, Anchors, ChainError};
 use crate::error::{Error, Result};
 use crate::key::{SigningIdentity, describe_certificate};
 
@@ -498,8 +499,8 @@ fn team_id_of(certificate: &CapturedX509Certificate) -> Option<String> {
 pub struct MachOPolicy {
     /// Accept a signature without a certificate.
     pub allow_adhoc: bool,
-    /// The signing certificate must chain to one of these; `None`: the CMS signature is
-    /// checked with the certificate it embeds, whoever issued it.
+    /// The signing certificate must chain to one of these; `None`: the chain the signature
+    /// carries is checked up to its top, whoever issued that.
     pub roots: Option<Vec<CapturedX509Certificate>>,
     /// The hardened runtime flag must be set.
     pub require_hardened_runtime: bool,
@@ -645,12 +646,9 @@ pub fn verify_macho(data: &[u8], policy: &MachOPolicy) -> Result<MachOVerified> 
         }
     };
     if policy.require_timestamp && timestamp.is_none() {
-        return Err(Error::Verification(if policy.tsa_roots.is_none() {
-            "a secure timestamp is required but no time-stamping roots were given to check it"
-                .into()
-        } else {
-            "the signature has no secure timestamp; sign with a time-stamp authority".into()
-        }));
+        return Err(Error::Verification(
+            "the signature has no secure timestamp; sign with a time-stamp authority".into(),
+        ));
     }
     if policy.require_hardened_runtime && !directory.flags.contains(CodeSignatureFlags::RUNTIME) {
         return Err(Error::Verification(
@@ -775,14 +773,18 @@ fn verify_cms(
         return Err(Error::Verification(format!(
             "{} is not a Developer ID Application certificate; Apple notarizes only files \
              signed with one (Certificates, Identifiers & Profiles → Developer ID Application)",
-            crate::key::describe_certificate(leaf)
+            describe_certificate(leaf)
         )));
     }
-    if let Some(roots) = &policy.roots {
-        check_chain(leaf, certificates, roots, at, "signing")?;
-    } else {
-        check_validity(leaf, at, "signing")?;
-    }
+    chain::check_chain(leaf, certificates, anchors(policy.roots.as_deref()), at).map_err(|e| {
+        match e {
+            ChainError::Untrusted { .. } => Error::Verification(format!(
+                "the signing certificate {} does not chain to a trusted root: {e}",
+                describe_certificate(leaf)
+            )),
+            other => Error::Verification(format!("signing certificate chain: {other}")),
+        }
+    })?;
     Ok((certificate_subject(leaf), timestamp))
 }
 
@@ -871,88 +873,11 @@ fn check_extended_key_usage(
     }
 }
 
-/// Checks that `leaf` chains, through `intermediates`, to one of `roots`, each certificate
-/// valid at `at` and each issuer below the root a CA.
-fn check_chain(
-    leaf: &CapturedX509Certificate,
-    intermediates: &[CapturedX509Certificate],
-    roots: &[CapturedX509Certificate],
-    at: SystemTime,
-    what: &str,
-) -> Result<()> {
-    const MAX_DEPTH: usize = 8;
-    let is_root = |c: &CapturedX509Certificate| {
-        roots
-            .iter()
-            .any(|r| r.constructed_data() == c.constructed_data())
-    };
-    let mut current = leaf;
-    for _ in 0..MAX_DEPTH {
-        check_validity(current, at, what)?;
-        if is_root(current) {
-            return Ok(());
-        }
-        let issuer = roots
-            .iter()
-            .chain(intermediates)
-            .filter(|c| c.constructed_data() != current.constructed_data())
-            .find(|c| {
-                c.subject_name() == current.issuer_name()
-                    && current.verify_signed_by_certificate(*c).is_ok()
-            })
-            .ok_or_else(|| {
-                Error::Verification(format!(
-                    "the {what} certificate {} does not chain to a trusted root",
-                    describe_certificate(leaf)
-                ))
-            })?;
-        if !is_root(issuer) && !is_ca(issuer) {
-            return Err(Error::Verification(format!(
-                "certificate {} issued a certificate in the {what} chain but is not a CA",
-                describe_certificate(issuer)
-            )));
-        }
-        current = issuer;
-    }
-    Err(Error::Verification(format!(
-        "the {what} certificate chain is longer than {MAX_DEPTH}"
-    )))
-}
-
-fn check_validity(certificate: &CapturedX509Certificate, at: SystemTime, what: &str) -> Result<()> {
-    let at = unix_seconds(at);
-    let not_before = certificate.validity_not_before().timestamp();
-    let not_after = certificate.validity_not_after().timestamp();
-    if at < not_before || at > not_after {
-        return Err(Error::Verification(format!(
-            "the {what} certificate {} is not valid at the signing time (valid from {} to {}, Unix seconds; signed at {at})",
-            describe_certificate(certificate),
-            not_before,
-            not_after
-        )));
-    }
-    Ok(())
-}
-
-fn is_ca(certificate: &CapturedX509Certificate) -> bool {
-    x509_cert::Certificate::from_der(certificate.constructed_data())
-        .ok()
-        .and_then(|c| c.tbs_certificate.get::<BasicConstraints>().ok().flatten())
-        .is_some_and(|(_, constraints)| constraints.ca)
-}
-
 /// The subject as an RFC 4514 string.
 fn certificate_subject(certificate: &CapturedX509Certificate) -> String {
     x509_cert::Certificate::from_der(certificate.constructed_data())
         .map(|c| c.tbs_certificate.subject.to_string())
         .unwrap_or_else(|_| describe_certificate(certificate))
-}
-
-fn unix_seconds(time: SystemTime) -> i64 {
-    match time.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(after) => after.as_secs() as i64,
-        Err(before) => -(before.duration().as_secs() as i64),
-    }
 }
 
 /// Entitlements as apple-codesign writes them: parsed and serialized again, so that two
@@ -972,11 +897,14 @@ fn canonical_entitlements(xml: &str) -> std::result::Result<String, String> {
 /// and returns its time. Without roots to check it against, a token proves nothing, so it
 /// is ignored (and cannot satisfy `require_timestamp`).
 fn verify_timestamp(token: &TimestampToken, policy: &MachOPolicy) -> Result<Option<SystemTime>> {
-    let Some(roots) = &policy.tsa_roots else {
-        return Ok(None);
-    };
-    let info = crate::timestamp::verify_token(&token.token, &token.signature, roots)?;
+    let anchors = anchors(policy.tsa_roots.as_deref());
+    let info = crate::timestamp::verify_token_with(&token.token, &token.signature, anchors)?;
     Ok(Some(info.gen_time))
+}
+
+/// A policy's roots, or (`None`) the top of the chain the signature carries.
+fn anchors(roots: Option<&[CapturedX509Certificate]>) -> Anchors<'_> {
+    roots.map_or(Anchors::Carried, Anchors::Roots)
 }
 /// Parses a thin 64-bit Mach-O, refusing anything else by name.
 fn parse_thin(data: &[u8]) -> Result<MachO<'_>> {

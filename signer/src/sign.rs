@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use openwork_payload::container::ExecutableFormat;
+use openwork_payload::container::{self, ExecutableFormat};
 use serde::Serialize;
 use tracing::warn;
 
@@ -18,7 +18,6 @@ use crate::config::{KeySource, MissingSecretPolicy, ModulePath, Pkcs11Source, Si
 use crate::entitlements::{self, Role};
 use crate::error::{Error, Result};
 use crate::external::ExternalSigner;
-use crate::identify::identify;
 use crate::key::{self, SigningIdentity, pkcs11::Pkcs11Config};
 use crate::macho::{self, MachOSignOptions};
 use crate::notarize::AppStoreConnectKey;
@@ -27,10 +26,10 @@ use crate::timestamp::TimestampConfig;
 
 /// The signers a configuration yields, secrets read.
 pub struct Signers {
-    authenticode: Option<(Backend, authenticode::SignOptions)>,
-    codesign: Option<(Backend, MachOSettings)>,
-    /// What was skipped for missing secrets (warnings, also in reports).
-    pub skipped: Vec<String>,
+    authenticode: Option<Signer>,
+    codesign: Option<Signer>,
+    /// The sections skipped for missing secrets (`on-missing-secret = "skip"`).
+    skipped: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for Signers {
@@ -49,9 +48,18 @@ enum Backend {
     External(ExternalSigner),
 }
 
-struct MachOSettings {
-    hardened_runtime: bool,
-    timestamp_url: Option<String>,
+/// One platform's key and what its signatures carry besides the file.
+struct Signer {
+    backend: Backend,
+    settings: Settings,
+}
+
+enum Settings {
+    Authenticode(authenticode::SignOptions),
+    Codesign {
+        hardened_runtime: bool,
+        timestamp_url: Option<String>,
+    },
 }
 
 /// What happened to one file.
@@ -81,12 +89,13 @@ impl Signers {
     /// there but wrong (bad password, wrong key) always fails.
     pub fn load(config: &SigningConfig) -> Result<Self> {
         let mut skipped = Vec::new();
-        let mut load = |section: &str, source: &KeySource| {
+        let mut load = |section: &'static str, source: &KeySource| {
             load_backend(section, source, config.on_missing_secret, &mut skipped)
         };
         let authenticode = match &config.authenticode {
-            Some(section) => load("authenticode", &section.key)?.map(|backend| {
-                let options = authenticode::SignOptions {
+            Some(section) => load("authenticode", &section.key)?.map(|backend| Signer {
+                backend,
+                settings: Settings::Authenticode(authenticode::SignOptions {
                     description: section.description.clone(),
                     url: section.url.clone(),
                     timestamp: (!section.timestamp_urls.is_empty()).then(|| TimestampConfig {
@@ -94,18 +103,17 @@ impl Signers {
                         attempts: section.timestamp_attempts,
                         timeout: section.timestamp_timeout,
                     }),
-                };
-                (backend, options)
+                }),
             }),
             None => None,
         };
         let codesign = match &config.codesign {
-            Some(section) => load("codesign", &section.key)?.map(|backend| {
-                let settings = MachOSettings {
+            Some(section) => load("codesign", &section.key)?.map(|backend| Signer {
+                backend,
+                settings: Settings::Codesign {
                     hardened_runtime: section.hardened_runtime,
                     timestamp_url: section.timestamp_url.clone(),
-                };
-                (backend, settings)
+                },
             }),
             None => None,
         };
@@ -129,8 +137,10 @@ impl Signers {
             note: note.map(str::to_owned),
         };
         let data = fs_err::read(path)?;
-        let format = identify(&data)?.format;
-        let (action, backend) = match format {
+        let format = container::identify(&data)
+            .map_err(|e| Error::Unsupported(e.to_string()))?
+            .format;
+        let (action, signer) = match format {
             ExecutableFormat::Elf => {
                 return Ok(outcome(
                     "not-applicable",
@@ -138,45 +148,45 @@ impl Signers {
                     Some("ELF has no platform signature; SHA256SUMS covers it"),
                 ));
             }
-            ExecutableFormat::Pe => ("authenticode", self.authenticode.as_ref().map(|(b, _)| b)),
-            ExecutableFormat::MachO => ("codesign", self.codesign.as_ref().map(|(b, _)| b)),
+            ExecutableFormat::Pe => ("authenticode", &self.authenticode),
+            ExecutableFormat::MachO => ("codesign", &self.codesign),
         };
-        let signer = match backend {
-            None => return Ok(outcome("skipped", None, Some(self.why_not(action)))),
-            Some(Backend::External(command)) => {
+        let Some(signer) = signer else {
+            return Ok(outcome("skipped", None, Some(self.why_not(action))));
+        };
+        let who = match &signer.backend {
+            Backend::External(command) => {
                 command.sign_file(path)?;
                 program_name(command)
             }
-            Some(Backend::Identity(identity)) => {
-                let signed = match (&self.authenticode, &self.codesign, format) {
-                    (Some((_, options)), _, ExecutableFormat::Pe) => {
+            Backend::Identity(identity) => {
+                let signed = match &signer.settings {
+                    Settings::Authenticode(options) => {
                         authenticode::sign(&data, identity, options)?
                     }
-                    (_, Some((_, settings)), ExecutableFormat::MachO) => {
+                    Settings::Codesign {
+                        hardened_runtime,
+                        timestamp_url,
+                    } => {
                         let options = MachOSignOptions {
                             // The file name, as codesign does: sidecars keep their own names.
                             identifier: Some(file.clone()),
-                            hardened_runtime: settings.hardened_runtime,
+                            hardened_runtime: *hardened_runtime,
                             entitlements: entitlements::for_role(role).map(str::to_owned),
-                            timestamp_url: settings.timestamp_url.clone(),
+                            timestamp_url: timestamp_url.clone(),
                         };
                         macho::sign_with_identity(&data, identity, &options)?
                     }
-                    _ => unreachable!("a backend comes with its section's settings"),
                 };
                 write_in_place(path, &signed)?;
                 identity.describe()
             }
         };
-        Ok(outcome(action, Some(signer), None))
+        Ok(outcome(action, Some(who), None))
     }
 
-    fn why_not(&self, section: &str) -> &'static str {
-        if self
-            .skipped
-            .iter()
-            .any(|s| s.starts_with(&format!("[{section}]")))
-        {
+    fn why_not(&self, section: &'static str) -> &'static str {
+        if self.skipped.contains(&section) {
             "its secrets are missing and on-missing-secret = \"skip\""
         } else {
             "the signing configuration has no section for this format"
@@ -200,23 +210,13 @@ fn program_name(command: &ExternalSigner) -> String {
 }
 
 fn load_backend(
-    section: &str,
+    section: &'static str,
     source: &KeySource,
     policy: MissingSecretPolicy,
-    skipped: &mut Vec<String>,
+    skipped: &mut Vec<&'static str>,
 ) -> Result<Option<Backend>> {
-    // Every secret of the section is resolved before any is used, so a skip names all of
-    // the missing ones at once.
-    let mut missing = Vec::new();
-    let mut need = |reference: &SecretRef| -> Result<Option<Secret>> {
-        Ok(match reference.resolve()? {
-            Ok(secret) => Some(secret),
-            Err(gone) => {
-                missing.push(gone.to_string());
-                None
-            }
-        })
-    };
+    let mut secrets = SectionSecrets::default();
+    let mut need = |reference: &SecretRef| secrets.need(reference);
     let backend =
         match source {
             KeySource::Pkcs12 { file, password } => match (need(file)?, need(password)?) {
@@ -254,7 +254,8 @@ fn load_backend(
             })),
         };
     if backend.is_none() {
-        missing_secrets(section, &missing, policy, skipped)?;
+        secrets.settle(section, policy)?;
+        skipped.push(section);
     }
     Ok(backend)
 }
@@ -289,24 +290,14 @@ pub fn notary_key(config: &SigningConfig, dir: &Path) -> Result<Option<AppStoreC
     let Some(section) = &config.notarize else {
         return Ok(None);
     };
-    let mut missing = Vec::new();
-    let mut need = |reference: &SecretRef| -> Result<Option<Secret>> {
-        Ok(match reference.resolve()? {
-            Ok(secret) => Some(secret),
-            Err(gone) => {
-                missing.push(gone.to_string());
-                None
-            }
-        })
-    };
+    let mut secrets = SectionSecrets::default();
     let (key_id, issuer, key) = (
-        need(&section.key_id)?,
-        need(&section.issuer)?,
-        need(&section.key)?,
+        secrets.need(&section.key_id)?,
+        secrets.need(&section.issuer)?,
+        secrets.need(&section.key)?,
     );
     let (Some(key_id), Some(issuer), Some(key)) = (key_id, issuer, key) else {
-        let mut skipped = Vec::new();
-        missing_secrets("notarize", &missing, config.on_missing_secret, &mut skipped)?;
+        secrets.settle("notarize", config.on_missing_secret)?;
         return Ok(None);
     };
     let path = dir.join("AuthKey.p8");
@@ -322,24 +313,38 @@ pub fn notary_key(config: &SigningConfig, dir: &Path) -> Result<Option<AppStoreC
     }))
 }
 
-/// Applies the missing-secret policy: an error naming what is missing, or a warning and a
-/// note in `skipped`.
-fn missing_secrets(
-    section: &str,
-    missing: &[String],
-    policy: MissingSecretPolicy,
-    skipped: &mut Vec<String>,
-) -> Result<()> {
-    let what = format!("[{section}] {}", missing.join(", "));
-    match policy {
-        MissingSecretPolicy::Fail => Err(Error::Credentials(format!(
-            "{what}; provide it, or set on-missing-secret = \"skip\" to go on without \
-             {section}"
-        ))),
-        MissingSecretPolicy::Skip => {
-            warn!("{what}: {section} skipped (on-missing-secret = \"skip\")");
-            skipped.push(what);
-            Ok(())
+/// A section's secrets, read one by one: every reference is resolved before any secret is
+/// used, so that the missing-secret policy sees (and names) all the missing ones at once.
+#[derive(Default)]
+struct SectionSecrets {
+    missing: Vec<String>,
+}
+
+impl SectionSecrets {
+    /// The secret, or `None` (noted) when it is not there.
+    fn need(&mut self, reference: &SecretRef) -> Result<Option<Secret>> {
+        Ok(match reference.resolve()? {
+            Ok(secret) => Some(secret),
+            Err(gone) => {
+                self.missing.push(gone.to_string());
+                None
+            }
+        })
+    }
+
+    /// Applies the missing-secret policy to what was missing: an error naming it, or a
+    /// warning (and the caller goes on without the section).
+    fn settle(self, section: &str, policy: MissingSecretPolicy) -> Result<()> {
+        let what = format!("[{section}] {}", self.missing.join(", "));
+        match policy {
+            MissingSecretPolicy::Fail => Err(Error::Credentials(format!(
+                "{what}; provide it, or set on-missing-secret = \"skip\" to go on without \
+                 {section}"
+            ))),
+            MissingSecretPolicy::Skip => {
+                warn!("{what}: {section} skipped (on-missing-secret = \"skip\")");
+                Ok(())
+            }
         }
     }
 }

@@ -12,7 +12,6 @@
 //! variables and HTTPS uses the system roots. It must not be called from inside an async
 //! runtime.
 
-use openwork_payload::error::display_chain;
 use std::time::{Duration, SystemTime};
 
 use cms::content_info::ContentInfo;
@@ -20,15 +19,17 @@ use cms::signed_data::{SignedData, SignerIdentifier, SignerInfo};
 use der::asn1::{BitString, Int, OctetString};
 use der::oid::ObjectIdentifier;
 use der::{Any, Decode, Encode, Sequence};
+use openwork_payload::error::display_chain;
 use sha2::{Digest, Sha256};
 use spki::AlgorithmIdentifierOwned;
 use x509_cert::Certificate;
+use x509_cert::ext::pkix::ExtendedKeyUsage;
 use x509_cert::ext::pkix::name::GeneralNames;
-use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage};
 use x509_cert::serial_number::SerialNumber;
 use x509_certificate::{CapturedX509Certificate, DigestAlgorithm, SignatureAlgorithm};
 use x509_tsp::{MessageImprint, TimeStampReq, TspVersion, TstInfo};
 
+use crate::chain::{Anchors, ChainError, check_chain};
 use crate::error::{Error, Result};
 
 /// Where and how persistently to ask for time stamps.
@@ -87,7 +88,6 @@ pub(crate) mod oid {
     pub const ECDSA_WITH_SHA256: Oid = Oid::new_unwrap("1.2.840.10045.4.3.2");
     pub const ECDSA_WITH_SHA384: Oid = Oid::new_unwrap("1.2.840.10045.4.3.3");
     pub const ED25519: Oid = Oid::new_unwrap("1.3.101.112");
-    pub const BASIC_CONSTRAINTS: Oid = Oid::new_unwrap("2.5.29.19");
     pub const SUBJECT_KEY_IDENTIFIER: Oid = Oid::new_unwrap("2.5.29.14");
     pub const EXTENDED_KEY_USAGE: Oid = Oid::new_unwrap("2.5.29.37");
     pub const KP_TIME_STAMPING: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.3.8");
@@ -242,6 +242,16 @@ pub fn verify_token(
     message: &[u8],
     roots: &[CapturedX509Certificate],
 ) -> Result<TokenInfo> {
+    verify_token_with(token_der, message, Anchors::Roots(roots))
+}
+
+/// [`verify_token`], with the TSA chain ending at `anchors` (roots, or the top of what the
+/// token carries).
+pub(crate) fn verify_token_with(
+    token_der: &[u8],
+    message: &[u8],
+    anchors: Anchors<'_>,
+) -> Result<TokenInfo> {
     let token = ContentInfo::from_der(token_der)
         .map_err(|e| Error::Verification(format!("the time-stamp token is not CMS: {e}")))?;
     let checked = check_token(&token).map_err(Error::Verification)?;
@@ -256,7 +266,7 @@ pub fn verify_token(
         ));
     }
     let gen_time = SystemTime::UNIX_EPOCH + checked.tst_info.gen_time.to_unix_duration();
-    check_tsa_certificate(&checked, gen_time, roots).map_err(Error::Verification)?;
+    check_tsa_certificate(&checked, gen_time, anchors).map_err(Error::Verification)?;
     Ok(TokenInfo {
         gen_time,
         tsa_subject: checked.signer.parsed.tbs_certificate.subject.to_string(),
@@ -575,7 +585,7 @@ fn check_issuer_serial(
 fn check_tsa_certificate(
     token: &CheckedToken,
     gen_time: SystemTime,
-    roots: &[CapturedX509Certificate],
+    anchors: Anchors<'_>,
 ) -> Result<(), String> {
     let tsa = &token.signer;
     let subject = tsa.parsed.tbs_certificate.subject.to_string();
@@ -596,58 +606,18 @@ fn check_tsa_certificate(
         ));
     }
 
-    let seconds = gen_time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let mut current = &tsa.captured;
-    let mut path = vec![current];
-    loop {
-        if seconds < current.validity_not_before().timestamp()
-            || seconds > current.validity_not_after().timestamp()
-        {
-            return Err(format!(
-                "the certificate {} was not valid at the stamped time",
-                crate::key::describe_certificate(current)
-            ));
-        }
-        if roots.contains(current)
-            || roots
-                .iter()
-                .any(|root| current.verify_signed_by_certificate(root).is_ok())
-        {
-            return Ok(());
-        }
-        // Only CA certificates may issue: otherwise any certificate under the root (a
-        // code-signing leaf, say) could vouch for a TSA certificate of its own making.
-        let issuer = token
-            .certificates
-            .iter()
-            .filter(|c| !path.contains(&&c.captured) && is_ca(&c.parsed))
-            .map(|c| &c.captured)
-            .find(|c| current.verify_signed_by_certificate(c).is_ok());
-        match issuer {
-            Some(issuer) => {
-                path.push(issuer);
-                current = issuer;
-            }
-            None => {
-                return Err(format!(
-                    "the TSA certificate {} does not chain to a trusted time-stamping root",
-                    crate::key::describe_certificate(&tsa.captured)
-                ));
-            }
-        }
-    }
-}
-
-fn is_ca(certificate: &Certificate) -> bool {
-    certificate
-        .tbs_certificate
-        .extensions
+    let carried: Vec<CapturedX509Certificate> = token
+        .certificates
         .iter()
-        .flatten()
-        .filter(|e| e.extn_id == oid::BASIC_CONSTRAINTS)
-        .any(|e| BasicConstraints::from_der(e.extn_value.as_bytes()).is_ok_and(|b| b.ca))
+        .map(|c| c.captured.clone())
+        .collect();
+    check_chain(&tsa.captured, &carried, anchors, gen_time).map_err(|e| match e {
+        ChainError::Untrusted { .. } => format!(
+            "the TSA certificate {} does not chain to a trusted time-stamping root: {e}",
+            crate::key::describe_certificate(&tsa.captured)
+        ),
+        other => format!("the time-stamping chain at the stamped time: {other}"),
+    })
 }
 
 fn digest_with(algorithm: &ObjectIdentifier, data: &[u8]) -> Result<Vec<u8>, String> {

@@ -40,13 +40,16 @@ pub struct Verification {
     pub timestamp: Option<String>,
     /// Whether the signer's chain was checked against given roots.
     pub chain_checked: bool,
-    /// Files in the embedded payload, each verified against the manifest; `None` when the
-    /// file carries no payload.
+    /// Files the embedded payload's manifest lists, once the payload is found and its hash
+    /// checked; `None` when the file carries no payload.
     pub payload_files: Option<usize>,
 }
 
 /// Verifies `data`: its signature as `policy` says, then, when it carries one, the
-/// payload with the runtime's own locator and every file's hash.
+/// payload: found with the runtime's own locator (which checks the trailer and the
+/// manifest's hash) and hashed against the trailer. Signing never touches the payload's
+/// bytes, so that is enough to show they survived it; decoding every file again would
+/// repeat the packer's self-check (and `openwork-packager inspect` does it on request).
 pub fn verify(data: &[u8], policy: &VerifyPolicy) -> Result<Verification> {
     let format = container::identify(data)
         .map_err(|e| Error::Unsupported(e.to_string()))?
@@ -65,7 +68,7 @@ pub fn verify(data: &[u8], policy: &VerifyPolicy) -> Result<Verification> {
             let trust = TrustAnchors {
                 code_signing: policy.roots.clone(),
                 time_stamping: policy.tsa_roots.clone(),
-                embedded: policy.roots.is_empty() || policy.tsa_roots.is_empty(),
+                embedded: true,
             };
             let verified = authenticode::verify(data, &trust)?;
             let time = verified.timestamp.map(|t| t.time);
@@ -106,17 +109,14 @@ pub fn verify(data: &[u8], policy: &VerifyPolicy) -> Result<Verification> {
     })
 }
 
-/// The embedded payload, found and verified as the runtime does; `None` when there is
-/// none (a sidecar).
+/// The embedded payload, found and its hash checked; `None` when there is none (a
+/// sidecar).
 fn payload_files(data: &[u8]) -> Result<Option<usize>> {
     match container::locate(data) {
         Ok((_, region)) => {
-            openwork_payload::archive::verify_stream(
-                region.payload,
-                &region.trailer,
-                &region.manifest,
-            )
-            .map_err(|e| Error::Verification(format!("the embedded payload: {e}")))?;
+            region
+                .verify_payload()
+                .map_err(|e| Error::Verification(format!("the embedded payload: {e}")))?;
             Ok(Some(region.manifest.files.len()))
         }
         Err(e) if e.kind() == openwork_payload::ErrorKind::NoPayload => Ok(None),

@@ -46,6 +46,20 @@ fn release_options(tsa: &TestTsa) -> MachOSignOptions {
     }
 }
 
+/// The small executable signed as a release sidecar with `kind`'s PKI (certificate,
+/// hardened runtime, Bun entitlements, a time stamp from a TSA that lives just for it).
+fn release_signed(kind: KeyKind) -> (&'static TestPki, Vec<u8>) {
+    let pki = pki(kind);
+    let tsa = TestTsa::start(pki);
+    let signed = sign_with_identity(
+        &unsigned_macho(),
+        &pki.signing_identity(),
+        &release_options(&tsa),
+    )
+    .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+    (pki, signed)
+}
+
 /// The policy a notarized Bun sidecar must meet, under `pki`'s roots.
 fn release_policy(pki: &TestPki) -> MachOPolicy {
     MachOPolicy {
@@ -132,14 +146,7 @@ fn signed_with_rsa_and_ecdsa_keys_verifies_against_the_release_policy() {
 
 #[test]
 fn a_flipped_byte_in_code_fails() {
-    let pki = pki(KeyKind::EcdsaP256);
-    let tsa = TestTsa::start(pki);
-    let signed = sign_with_identity(
-        &unsigned_macho(),
-        &pki.signing_identity(),
-        &release_options(&tsa),
-    )
-    .unwrap();
+    let (pki, signed) = release_signed(KeyKind::EcdsaP256);
     let mut tampered = signed.clone();
     tampered[linkedit_offset(&signed) - 1] ^= 1;
     let err = verification_error(&tampered, &release_policy(pki));
@@ -152,14 +159,7 @@ fn a_flipped_byte_in_code_fails() {
 
 #[test]
 fn one_appended_byte_fails_although_apple_codesign_passes_it() {
-    let pki = pki(KeyKind::EcdsaP256);
-    let tsa = TestTsa::start(pki);
-    let mut signed = sign_with_identity(
-        &unsigned_macho(),
-        &pki.signing_identity(),
-        &release_options(&tsa),
-    )
-    .unwrap();
+    let (pki, mut signed) = release_signed(KeyKind::EcdsaP256);
     signed.push(0);
     assert!(
         verify_macho_data(&signed).is_empty(),
@@ -174,14 +174,7 @@ fn one_appended_byte_fails_although_apple_codesign_passes_it() {
 
 #[test]
 fn data_in_the_signature_padding_fails_although_apple_codesign_passes_it() {
-    let pki = pki(KeyKind::EcdsaP256);
-    let tsa = TestTsa::start(pki);
-    let mut signed = sign_with_identity(
-        &unsigned_macho(),
-        &pki.signing_identity(),
-        &release_options(&tsa),
-    )
-    .unwrap();
+    let (_, mut signed) = release_signed(KeyKind::EcdsaP256);
     let (start, size) = signature_range(&signed);
     let last = start + size - 1;
     assert_eq!(
@@ -202,14 +195,7 @@ fn data_in_the_signature_padding_fails_although_apple_codesign_passes_it() {
 /// apple-codesign's verifier does not compare them.
 #[test]
 fn a_code_directory_that_is_not_the_signed_one_fails() {
-    let pki = pki(KeyKind::EcdsaP256);
-    let tsa = TestTsa::start(pki);
-    let mut signed = sign_with_identity(
-        &unsigned_macho(),
-        &pki.signing_identity(),
-        &release_options(&tsa),
-    )
-    .unwrap();
+    let (_, mut signed) = release_signed(KeyKind::EcdsaP256);
     let (start, size) = signature_range(&signed);
     let at = start
         + signed[start..start + size]
@@ -227,14 +213,7 @@ fn a_code_directory_that_is_not_the_signed_one_fails() {
 
 #[test]
 fn a_certificate_from_another_root_fails() {
-    let pki = pki(KeyKind::EcdsaP256);
-    let tsa = TestTsa::start(pki);
-    let signed = sign_with_identity(
-        &unsigned_macho(),
-        &pki.signing_identity(),
-        &release_options(&tsa),
-    )
-    .unwrap();
+    let (pki, signed) = release_signed(KeyKind::EcdsaP256);
     let other = TestPki::generate(KeyKind::EcdsaP256);
     let mut policy = release_policy(pki);
     policy.roots = Some(vec![certificate(&other.ca.der)]);
@@ -313,14 +292,7 @@ fn the_policy_catches_runtime_entitlements_and_timestamp() {
 
 #[test]
 fn entitlements_compare_as_plists_not_as_text() {
-    let pki = pki(KeyKind::EcdsaP256);
-    let tsa = TestTsa::start(pki);
-    let signed = sign_with_identity(
-        &unsigned_macho(),
-        &pki.signing_identity(),
-        &release_options(&tsa),
-    )
-    .unwrap();
+    let (pki, signed) = release_signed(KeyKind::EcdsaP256);
     let reformatted = entitlements::BUN_SIDECAR
         .replace('\t', "        ")
         .replace("<true/>", "<true />");
@@ -440,14 +412,7 @@ fn universal_binaries_are_refused() {
 #[test]
 fn openssl_verifies_the_cms_signature_over_the_code_directory() {
     for kind in [KeyKind::Rsa2048, KeyKind::EcdsaP256] {
-        let pki = pki(kind);
-        let tsa = TestTsa::start(pki);
-        let signed = sign_with_identity(
-            &unsigned_macho(),
-            &pki.signing_identity(),
-            &release_options(&tsa),
-        )
-        .unwrap();
+        let (pki, signed) = release_signed(kind);
         let binary = apple_codesign::MachOBinary::parse(&signed).unwrap();
         let signature = binary.code_signature().unwrap().unwrap();
         let directory = signature

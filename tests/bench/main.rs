@@ -298,7 +298,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             if let Some(path) = markdown {
                 report::write_markdown(&path, &machine, &reports)?;
-                eprintln!("openwork-bench: wrote {}", path.display());
             }
             Ok(if failed {
                 ExitCode::from(1)

@@ -148,7 +148,6 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         }),
     };
     report.write_json(&settings.json)?;
-    progress(format_args!("wrote {}", settings.json.display()));
     Ok(report)
 }
 

@@ -331,16 +331,23 @@ impl Report {
         print!("{}", self.render());
     }
 
-    /// Writes the report as pretty JSON, creating parent directories.
+    /// Writes the report as pretty JSON, creating parent directories, and says where.
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
-        use anyhow::Context;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        }
         let mut text = serde_json::to_string_pretty(self)?;
         text.push('\n');
-        std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+        write_file(path, &text)
     }
+}
+
+/// Writes `text` to `path`, creating parent directories, and says where on stderr.
+fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
+    crate::measure::progress(format_args!("wrote {}", path.display()));
+    Ok(())
 }
 
 /// Writes `reports` as one markdown document: where and when they ran (`machine`, taken
@@ -350,7 +357,6 @@ pub fn write_markdown(
     machine: &[(&str, String)],
     reports: &[Report],
 ) -> anyhow::Result<()> {
-    use anyhow::Context;
     let mut out = String::from(
         "# Benchmarks\n\nThe latest run of every benchmark, written by \
          `cargo run --release -p openwork-tests --bin openwork-bench -- all --markdown \
@@ -366,10 +372,7 @@ pub fn write_markdown(
         out += &report.render_markdown();
         out.push('\n');
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    std::fs::write(path, out).with_context(|| format!("write {}", path.display()))
+    write_file(path, &out)
 }
 
 #[cfg(test)]

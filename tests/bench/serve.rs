@@ -275,7 +275,6 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     };
     drop(contenders);
     report.write_json(&settings.json)?;
-    progress(format_args!("wrote {}", settings.json.display()));
     if !leftovers.is_empty() {
         bail!("processes survived the benchmark's own cleanup: {leftovers:?}");
     }

@@ -40,6 +40,20 @@ impl HttpResponse {
     }
 }
 
+/// [`request`] with `Authorization: Bearer <token>` when a token is given, the way every
+/// client of the server authenticates.
+pub fn request_with_token(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> HttpResponse {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    request(addr, method, path, &headers, body)
+}
+
 /// Sends one request and reads the whole response (30 s read timeout).
 pub fn request(
     addr: &str,

@@ -188,10 +188,7 @@ impl ServerProcess {
         token: Option<&str>,
         body: &[u8],
     ) -> HttpResponse {
-        let auth = token.map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> =
-            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-        http::request(&self.addr, method, path, &headers, body)
+        http::request_with_token(&self.addr, method, path, token, body)
     }
 
     /// A sidecar's entry in `GET /system/runtime`.

@@ -391,10 +391,7 @@ impl WineServer {
         token: Option<&str>,
         body: &[u8],
     ) -> HttpResponse {
-        let auth = token.map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> =
-            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-        http::request(&self.addr, method, path, &headers, body)
+        http::request_with_token(&self.addr, method, path, token, body)
     }
 
     /// The server's stderr so far.

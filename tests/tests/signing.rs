@@ -203,6 +203,15 @@ fn a_signed_macos_release_keeps_its_payload_and_the_sidecars_their_entitlements(
         verify(&data, &signing.roots()).unwrap().payload_files,
         Some(2)
     );
+    // What release.yml runs on the signed artifact, with no roots at hand: the carried
+    // chains and the time stamp hold.
+    let carried = VerifyPolicy {
+        require_timestamp: true,
+        require_signature: true,
+        ..VerifyPolicy::default()
+    };
+    let verified = verify(&data, &carried).unwrap();
+    assert!(verified.timestamp.is_some() && !verified.chain_checked);
 
     let extracted = work.path().join("extracted");
     extract(&data, &extracted);

@@ -27,12 +27,33 @@ fn stub() -> &'static Path {
     STUB.get_or_init(|| stub_for(TARGET))
 }
 
+/// The Windows fixture sidecar, copied into `dir` (Wine runs it from there).
+fn fixture_in(dir: &Path) -> PathBuf {
+    let fixture = dir.join("fixture.exe");
+    std::fs::copy(wine::fixture_sidecar(), &fixture).unwrap();
+    fixture
+}
+
+/// The stub serving in dev mode with the fixture as opencode (no payload read).
+fn serve_fixture(wine: &Wine, dir: &Path) -> WineServer {
+    let fixture = fixture_in(dir);
+    WineServer::start(
+        wine,
+        stub(),
+        dir,
+        &[
+            "--sidecar".into(),
+            format!("opencode={}", windows_path(&fixture)),
+        ],
+        &[],
+    )
+}
+
 /// Packs the Windows stub with the Windows fixture sidecar as opencode and the stub itself
 /// as opencode-router (two real, different Windows executables); returns the artifact and
 /// the packager's report.
 fn pack(dir: &Path) -> (PathBuf, Value) {
-    let fixture = dir.join("fixture.exe");
-    std::fs::copy(wine::fixture_sidecar(), &fixture).unwrap();
+    let fixture = fixture_in(dir);
     let out = dir.join("openwork-server-v2-windows-x64.exe");
     let output = std::process::Command::new(host_bin("openwork-packager"))
         .args(["pack", "--fast", "--json", "--target", TARGET])
@@ -201,19 +222,8 @@ fn serve_under_wine_proxies_to_a_windows_sidecar_and_stops_cleanly() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     let _reaper = KillBelow(dir);
-    let fixture = dir.join("fixture.exe");
-    std::fs::copy(wine::fixture_sidecar(), &fixture).unwrap();
     let started = Instant::now();
-    let mut server = WineServer::start(
-        wine,
-        stub(),
-        dir,
-        &[
-            "--sidecar".into(),
-            format!("opencode={}", windows_path(&fixture)),
-        ],
-        &[],
-    );
+    let mut server = serve_fixture(wine, dir);
     let ready_after = started.elapsed();
     let ready = &server.ready;
     assert_eq!(
@@ -257,18 +267,7 @@ fn ctrl_c_under_wine_stops_the_server_cleanly() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     let _reaper = KillBelow(dir);
-    let fixture = dir.join("fixture.exe");
-    std::fs::copy(wine::fixture_sidecar(), &fixture).unwrap();
-    let mut server = WineServer::start(
-        wine,
-        stub(),
-        dir,
-        &[
-            "--sidecar".into(),
-            format!("opencode={}", windows_path(&fixture)),
-        ],
-        &[],
-    );
+    let mut server = serve_fixture(wine, dir);
     assert_eq!(opencode_health(&server)["healthy"], true);
 
     // Wine turns SIGINT into a console Ctrl-C event: the only way to reach the server's
@@ -363,8 +362,7 @@ fn wine_leaves_the_children_of_a_killed_process_running_without_a_job() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     let _reaper = KillBelow(dir);
-    let fixture = dir.join("fixture.exe");
-    std::fs::copy(wine::fixture_sidecar(), &fixture).unwrap();
+    let fixture = fixture_in(dir);
     let mut parent = wine
         .command(windows_path(&fixture))
         .args(["serve", "--hostname", "127.0.0.1", "--port", "0"])

@@ -10,12 +10,12 @@
 //! rather than guessed between. Its size is bounded so that a decompression bomb cannot
 //! fill the disk.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::path::{Component, Path};
 
 use flate2::read::GzDecoder;
 
-use super::cache::Sha256Writer;
+use super::cache::{create_executable, finish_executable};
 use super::error::{FetchError, Result, io_err};
 
 /// Larger than any opencode build (about 140 MB today) by a wide margin, small enough that
@@ -205,8 +205,7 @@ fn missing(bad: &impl Fn(String) -> FetchError, file_name: &str) -> FetchError {
 /// Copies at most [`MAX_EXECUTABLE`] bytes of `reader` to `dest`, hashing them, and makes
 /// the result executable.
 fn write_bounded(reader: &mut impl Read, dest: &Path, what: &str) -> Result<(String, u64)> {
-    let out = fs_err::File::create(dest)?;
-    let mut writer = Sha256Writer::new(io::BufWriter::with_capacity(1 << 20, out));
+    let mut writer = create_executable(dest)?;
     let copied = io::copy(&mut reader.take(MAX_EXECUTABLE + 1), &mut writer)
         .map_err(io_err("extract into", dest))?;
     if copied > MAX_EXECUTABLE {
@@ -218,18 +217,7 @@ fn write_bounded(reader: &mut impl Read, dest: &Path, what: &str) -> Result<(Str
             ),
         });
     }
-    writer.flush().map_err(io_err("write", dest))?;
-    let (out, sha256, size) = writer.finish();
-    let out = out
-        .into_inner()
-        .map_err(|e| io_err("write", dest)(e.into_error()))?;
-    out.sync_all()?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        out.set_permissions(std::fs::Permissions::from_mode(0o755))?;
-    }
-    Ok((sha256, size))
+    finish_executable(writer, dest)
 }
 
 #[cfg(test)]

@@ -317,6 +317,35 @@ pub(crate) fn sha256_file(path: &Path) -> Result<(String, u64)> {
     Ok((sha256, size))
 }
 
+/// A new file at `dest` behind a large buffer and a hasher: where an executable is
+/// extracted to. [`finish_executable`] completes it.
+pub(crate) fn create_executable(dest: &Path) -> Result<Sha256Writer<io::BufWriter<fs_err::File>>> {
+    let out = fs_err::File::create(dest)?;
+    Ok(Sha256Writer::new(io::BufWriter::with_capacity(
+        1 << 20,
+        out,
+    )))
+}
+
+/// Flushes and fsyncs what was written through `writer` to `dest` and makes it executable;
+/// returns its hex SHA-256 and size.
+pub(crate) fn finish_executable(
+    writer: Sha256Writer<io::BufWriter<fs_err::File>>,
+    dest: &Path,
+) -> Result<(String, u64)> {
+    let (out, sha256, size) = writer.finish();
+    let out = out
+        .into_inner()
+        .map_err(|e| io_err("write", dest)(e.into_error()))?;
+    out.sync_all()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        out.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok((sha256, size))
+}
+
 /// Passes bytes through to `inner` while hashing and counting them.
 pub(crate) struct Sha256Writer<W> {
     inner: W,

@@ -10,13 +10,13 @@
 //! what intercepting proxies and corporate users need. Moving to 0.13 is a feature switch
 //! if the platform verifier's revocation and macOS keychain policy handling become wanted.
 
-use openwork_payload::error::display_chain;
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use openwork_payload::error::display_chain;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use reqwest::{StatusCode, Url};

@@ -12,7 +12,7 @@ use reqwest::Url;
 use serde::Deserialize;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
-use super::cache::Sha256Writer;
+use super::cache::{create_executable, finish_executable};
 use super::error::{FetchError, Result, io_err};
 use super::http::Http;
 use super::registry::{Registry, redact_url};
@@ -239,20 +239,10 @@ pub(crate) fn extract_bin(tgz: &Path, file_name: &str, dest: &Path) -> Result<Op
         if !wanted {
             continue;
         }
-        let out = fs_err::File::create(dest)?;
-        let mut writer = Sha256Writer::new(io::BufWriter::with_capacity(1 << 20, out));
+        let mut writer = create_executable(dest)?;
         io::copy(&mut entry, &mut writer)
             .map_err(io_err("extract the package tarball into", dest))?;
-        let (out, sha256, size) = writer.finish();
-        let out = out
-            .into_inner()
-            .map_err(|e| io_err("write", dest)(e.into_error()))?;
-        out.sync_all()?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            out.set_permissions(std::fs::Permissions::from_mode(0o755))?;
-        }
+        let (sha256, size) = finish_executable(writer, dest)?;
         return Ok(Some(Extracted {
             member: path.display().to_string(),
             sha256,

@@ -75,26 +75,11 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// Whether no serving flag was given (clap's `args_conflicts_with_subcommands` would
-    /// also refuse the global flags before a subcommand, so the check is ours).
+    /// also refuse the global flags before a subcommand, so the check is ours): equal to
+    /// what clap makes of a bare command line, so the defaults live in the attributes only.
     fn is_default(&self) -> bool {
-        let ServeArgs {
-            host,
-            port,
-            remote_access,
-            workspace,
-            token_file,
-            sidecars,
-            router,
-            cors_origins,
-        } = self;
-        host == "127.0.0.1"
-            && *port == 0
-            && !remote_access
-            && workspace.is_none()
-            && token_file.is_none()
-            && sidecars.is_empty()
-            && !router
-            && cors_origins.is_empty()
+        let bare = Cli::try_parse_from(["openwork-server-v2"]).map(|cli| cli.serve);
+        bare.is_ok_and(|defaults| *self == defaults)
     }
 }
 

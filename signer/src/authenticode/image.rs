@@ -207,29 +207,7 @@ fn malformed(problem: String) -> Error {
 mod tests {
     use super::*;
 
-    /// A PE32+ file: headers to 0x200, one section at 0x200..0x400, then `overlay`.
-    fn synthetic(overlay: &[u8]) -> Vec<u8> {
-        const PE: usize = 0x40;
-        const OPTIONAL: usize = PE + 24;
-        let mut f = vec![0u8; 0x400];
-        f[0..2].copy_from_slice(b"MZ");
-        f[0x3c..0x40].copy_from_slice(&(PE as u32).to_le_bytes());
-        f[PE..PE + 4].copy_from_slice(b"PE\0\0");
-        f[PE + 4..PE + 6].copy_from_slice(&0x8664u16.to_le_bytes());
-        f[PE + 6..PE + 8].copy_from_slice(&1u16.to_le_bytes());
-        f[PE + 20..PE + 22].copy_from_slice(&240u16.to_le_bytes());
-        f[PE + 22..PE + 24].copy_from_slice(&0x22u16.to_le_bytes());
-        f[OPTIONAL..OPTIONAL + 2].copy_from_slice(&0x20bu16.to_le_bytes());
-        f[OPTIONAL + 60..OPTIONAL + 64].copy_from_slice(&0x200u32.to_le_bytes());
-        f[OPTIONAL + 108..OPTIONAL + 112].copy_from_slice(&16u32.to_le_bytes());
-        let section = OPTIONAL + 240;
-        f[section..section + 5].copy_from_slice(b".text");
-        f[section + 16..section + 20].copy_from_slice(&0x200u32.to_le_bytes());
-        f[section + 20..section + 24].copy_from_slice(&0x200u32.to_le_bytes());
-        f[0x200..0x400].fill(0xcc);
-        f.extend_from_slice(overlay);
-        f
-    }
+    use openwork_payload::container::pe::testing::minimal_pe as synthetic;
 
     #[test]
     fn the_digest_skips_checksum_and_security_entry_but_covers_the_overlay() {

@@ -20,6 +20,7 @@ mod verify;
 
 use x509_certificate::CapturedX509Certificate;
 
+use crate::chain::Anchors;
 use crate::error::{Error, Result};
 use crate::key::SigningIdentity;
 use crate::timestamp::TimestampConfig;
@@ -43,14 +44,25 @@ pub struct TrustAnchors {
     pub code_signing: Vec<CapturedX509Certificate>,
     /// Roots a time-stamp authority's certificate must chain to.
     pub time_stamping: Vec<CapturedX509Certificate>,
-    /// Also trust the top of the chains the signature itself carries (the signer's, and
-    /// the time-stamp token's): every signature, digest, usage and validity is still
-    /// checked, but not who issued the top certificate. For checking right after signing,
-    /// where the file must be intact and the roots of a public TSA are not at hand.
+    /// Where a list above is empty, trust the top of the chain the signature itself
+    /// carries instead (the signer's, or the time-stamp token's): every signature, digest,
+    /// usage and validity is still checked, but not who issued the top certificate. For
+    /// checking right after signing, where the file must be intact and the roots of a
+    /// public TSA are not at hand.
     pub embedded: bool,
 }
 
 impl TrustAnchors {
+    /// What a chain must end at: `roots`, or, when they are empty and `embedded` is set,
+    /// the top of the carried chain.
+    pub(crate) fn anchors<'a>(&self, roots: &'a [CapturedX509Certificate]) -> Anchors<'a> {
+        if roots.is_empty() && self.embedded {
+            Anchors::Carried
+        } else {
+            Anchors::Roots(roots)
+        }
+    }
+
     /// Reads the trusted CA certificates from PEM (any number each) or DER (one each)
     /// data; empty data trusts no CA of that kind.
     pub fn parse(code_signing: &[u8], time_stamping: &[u8]) -> Result<Self> {

@@ -10,7 +10,7 @@ use der::asn1::{ObjectIdentifier, OctetString};
 use der::{Any, Decode, Encode, Reader, SliceReader};
 use sha2::{Digest, Sha256};
 use x509_cert::Certificate;
-use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage};
+use x509_cert::ext::pkix::ExtendedKeyUsage;
 use x509_certificate::{CapturedX509Certificate, KeyAlgorithm, SignatureAlgorithm};
 
 use super::image::{PeImage, TABLE_ALIGN};
@@ -21,15 +21,12 @@ use super::structures::{
     WIN_CERT_TYPE_PKCS_SIGNED_DATA, WIN_CERTIFICATE_HEADER_LEN,
 };
 use super::{Timestamp, TrustAnchors, Verified};
+use crate::chain::{self, Anchors, ChainError};
 use crate::error::{Error, Result};
 use crate::timestamp;
 
-/// X.509 basicConstraints extension.
-const BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
 /// X.509 extKeyUsage extension.
 const EXTENDED_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
-/// Longest chain (leaf to anchor) followed; real code-signing chains have 2-4 links.
-const MAX_CHAIN_LEN: usize = 8;
 
 pub(crate) fn verify(pe: &[u8], trust: &TrustAnchors) -> Result<Verified> {
     let image = PeImage::parse(pe)?;
@@ -56,22 +53,18 @@ pub(crate) fn verify(pe: &[u8], trust: &TrustAnchors) -> Result<Verified> {
     let leaf = find_signer_certificate(signer_info, &certificates)?;
     check_signer_signature(signer_info, &leaf)?;
 
-    let code_signing_anchors = with_embedded_tops(&trust.code_signing, &certificates, trust)?;
-    let timestamp_anchors = match trust.embedded {
-        true => with_embedded_tops(
-            &trust.time_stamping,
-            &timestamp_certificates(signer_info)?,
-            trust,
-        )?,
-        false => trust.time_stamping.clone(),
-    };
-    let timestamp = check_timestamp(signer_info, &timestamp_anchors)?;
+    let timestamp = check_timestamp(signer_info, trust.anchors(&trust.time_stamping))?;
     // Certificates must have been valid when the file was signed. Only a time-stamp says
     // when that was; without one, the time is now, as Windows does.
     let time = timestamp
         .as_ref()
         .map_or_else(SystemTime::now, |timestamp| timestamp.time);
-    check_chain(&leaf, &certificates, &code_signing_anchors, time)?;
+    check_chain(
+        &leaf,
+        &certificates,
+        trust.anchors(&trust.code_signing),
+        time,
+    )?;
     check_code_signing_usage(&leaf)?;
 
     Ok(Verified {
@@ -324,10 +317,7 @@ fn check_signer_signature(signer: &SignerInfo, leaf_certificate: &Certificate) -
 
 /// The RFC 3161 time-stamp in the unsigned attributes, verified, if there is one. Its
 /// imprint is over the signer's signature value.
-fn check_timestamp(
-    signer: &SignerInfo,
-    roots: &[CapturedX509Certificate],
-) -> Result<Option<Timestamp>> {
+fn check_timestamp(signer: &SignerInfo, anchors: Anchors<'_>) -> Result<Option<Timestamp>> {
     let mut tokens = signer
         .unsigned_attrs
         .iter()
@@ -345,7 +335,7 @@ fn check_timestamp(
     let token = token
         .to_der()
         .map_err(|e| Error::Verification(format!("unreadable time-stamp token: {e}")))?;
-    let info = timestamp::verify_token(&token, signer.signature.as_bytes(), roots).map_err(
+    let info = timestamp::verify_token_with(&token, signer.signature.as_bytes(), anchors).map_err(
         |e| match e {
             Error::Verification(why) => Error::Verification(format!("the time-stamp: {why}")),
             other => other,
@@ -357,83 +347,25 @@ fn check_timestamp(
     }))
 }
 
-/// Follows issuers from `leaf` through `certificates` to one of `anchors`, checking each
-/// signature, that every issuer is a CA, and that every certificate (anchors included)
-/// is valid at `time`.
+/// The signer's certificate chains through the signature's certificates to one of
+/// `anchors`, each valid at `time` ([`crate::chain`]).
 fn check_chain(
     leaf: &Certificate,
     certificates: &[Certificate],
-    anchors: &[CapturedX509Certificate],
+    anchors: Anchors<'_>,
     time: SystemTime,
 ) -> Result<()> {
-    let anchors: Vec<Certificate> = anchors
+    let carried = certificates
         .iter()
-        .map(|a| {
-            Certificate::from_der(a.constructed_data())
-                .map_err(|e| Error::Config(format!("a trusted CA certificate is unreadable: {e}")))
-        })
-        .collect::<Result<_>>()?;
-    let mut current = leaf.clone();
-    for _ in 0..MAX_CHAIN_LEN {
-        check_validity(&current, time)?;
-        if anchors.contains(&current) {
-            return Ok(());
-        }
-        let current_captured = captured(&current)?;
-        let issued_current = |candidate: &&Certificate| {
-            candidate.tbs_certificate.subject == current.tbs_certificate.issuer
-                && **candidate != current
-                && is_ca(candidate)
-                && captured(candidate)
-                    .is_ok_and(|c| current_captured.verify_signed_by_certificate(&c).is_ok())
-        };
-        if let Some(anchor) = anchors.iter().find(issued_current) {
-            return check_validity(anchor, time);
-        }
-        match certificates.iter().find(issued_current) {
-            Some(issuer) => current = issuer.clone(),
-            None => {
-                return Err(Error::Verification(format!(
-                    "the certificate of {} does not chain to a trusted CA: its issuer {} is \
-                     neither among the {} trusted CA certificates given nor in the signature \
-                     (or its signature does not verify)",
-                    current.tbs_certificate.subject,
-                    current.tbs_certificate.issuer,
-                    anchors.len()
-                )));
-            }
-        }
-    }
-    Err(Error::Verification(format!(
-        "the certificate chain is longer than {MAX_CHAIN_LEN} certificates"
-    )))
-}
-
-fn check_validity(certificate: &Certificate, time: SystemTime) -> Result<()> {
-    let validity = &certificate.tbs_certificate.validity;
-    let not_before = validity.not_before.to_system_time();
-    let not_after = validity.not_after.to_system_time();
-    if time < not_before || time > not_after {
-        return Err(Error::Verification(format!(
-            "the certificate of {} is valid from {} to {}, not at the signing time {}",
-            certificate.tbs_certificate.subject,
-            validity.not_before,
-            validity.not_after,
-            utc(time)
-        )));
-    }
-    Ok(())
-}
-
-fn is_ca(certificate: &Certificate) -> bool {
-    certificate
-        .tbs_certificate
-        .extensions
-        .iter()
-        .flatten()
-        .find(|e| e.extn_id == BASIC_CONSTRAINTS)
-        .and_then(|e| BasicConstraints::from_der(e.extn_value.as_bytes()).ok())
-        .is_some_and(|constraints| constraints.ca)
+        .map(captured)
+        .collect::<Result<Vec<_>>>()?;
+    chain::check_chain(&captured(leaf)?, &carried, anchors, time).map_err(|e| match e {
+        ChainError::Untrusted { .. } => Error::Verification(format!(
+            "the certificate of {} does not chain to a trusted CA: {e}",
+            leaf.tbs_certificate.subject,
+        )),
+        other => Error::Verification(other.to_string()),
+    })
 }
 
 fn check_code_signing_usage(leaf: &Certificate) -> Result<()> {
@@ -454,63 +386,10 @@ fn check_code_signing_usage(leaf: &Certificate) -> Result<()> {
     }
 }
 
-/// `anchors`, plus, when `trust.embedded`, the certificates of `carried` that no other
-/// carried certificate issued (the tops of the carried chains).
-fn with_embedded_tops(
-    anchors: &[CapturedX509Certificate],
-    carried: &[Certificate],
-    trust: &TrustAnchors,
-) -> Result<Vec<CapturedX509Certificate>> {
-    let mut all = anchors.to_vec();
-    if trust.embedded {
-        for certificate in carried {
-            let issued_by_another = carried.iter().any(|other| {
-                other != certificate
-                    && other.tbs_certificate.subject == certificate.tbs_certificate.issuer
-            });
-            if !issued_by_another {
-                all.push(captured(certificate)?);
-            }
-        }
-    }
-    Ok(all)
-}
-
-/// The certificates inside the signer's RFC 3161 time-stamp token, if it has one.
-fn timestamp_certificates(signer: &SignerInfo) -> Result<Vec<Certificate>> {
-    let Some(token) = signer
-        .unsigned_attrs
-        .iter()
-        .flat_map(|attributes| attributes.iter())
-        .filter(|a| a.oid == RFC3161_COUNTER_SIGNATURE)
-        .flat_map(|a| a.values.iter())
-        .next()
-    else {
-        return Ok(Vec::new());
-    };
-    let unreadable =
-        |e: der::Error| Error::Verification(format!("unreadable time-stamp token: {e}"));
-    let token = ContentInfo::from_der(&token.to_der().map_err(unreadable)?).map_err(unreadable)?;
-    let signed_data: SignedData = token.content.decode_as().map_err(unreadable)?;
-    Ok(signed_data
-        .certificates
-        .iter()
-        .flat_map(|set| set.0.iter())
-        .filter_map(|choice| match choice {
-            CertificateChoices::Certificate(certificate) => Some(certificate.clone()),
-            CertificateChoices::Other(_) => None,
-        })
-        .collect())
-}
-
 fn captured(certificate: &Certificate) -> Result<CapturedX509Certificate> {
     let der = certificate
         .to_der()
         .map_err(|e| Error::Verification(format!("cannot encode a certificate: {e}")))?;
     CapturedX509Certificate::from_der(der)
         .map_err(|e| Error::Verification(format!("unreadable certificate: {e}")))
-}
-
-fn utc(time: SystemTime) -> String {
-    crate::verify::rfc3339(time)
 }

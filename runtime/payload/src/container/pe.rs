@@ -259,22 +259,21 @@ fn read_layout(data: &[u8]) -> Result<Layout> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::manifest::tests_support::sample_manifest;
-    use crate::region::{build_region, parse_region};
+/// Test support (also for the signer's tests, with the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    use super::{COFF_HEADER_LEN, SECTION_HEADER_LEN};
 
-    /// Offset of the PE header in the synthetic files.
-    const PE: usize = 0x40;
-    const OPTIONAL: usize = PE + 4 + COFF_HEADER_LEN;
-    const OPTIONAL_LEN: usize = 240;
-    const SECURITY_ENTRY: usize =
-        OPTIONAL + DATA_DIRECTORIES_OFFSET_PE32_PLUS + SECURITY_DIRECTORY * 8;
+    /// Offset of the PE header in [`minimal_pe`]'s files.
+    pub const PE: usize = 0x40;
+    /// Offset of the optional header.
+    pub const OPTIONAL: usize = PE + 4 + COFF_HEADER_LEN;
+    /// Size of the PE32+ optional header with 16 data directories.
+    pub const OPTIONAL_LEN: usize = 240;
 
     /// A minimal PE32+ file: headers to 0x200, one section whose raw data fills
     /// 0x200..0x400, then `overlay`.
-    fn synthetic(overlay: &[u8]) -> Vec<u8> {
+    pub fn minimal_pe(overlay: &[u8]) -> Vec<u8> {
         let mut f = vec![0u8; 0x400];
         f[0..2].copy_from_slice(b"MZ");
         f[0x3c..0x40].copy_from_slice(&(PE as u32).to_le_bytes());
@@ -288,6 +287,7 @@ mod tests {
         f[OPTIONAL + 60..OPTIONAL + 64].copy_from_slice(&0x200u32.to_le_bytes());
         f[OPTIONAL + 108..OPTIONAL + 112].copy_from_slice(&16u32.to_le_bytes());
         let section = OPTIONAL + OPTIONAL_LEN;
+        debug_assert!(section + SECTION_HEADER_LEN <= 0x200);
         f[section..section + 5].copy_from_slice(b".text");
         f[section + 8..section + 12].copy_from_slice(&0x200u32.to_le_bytes());
         f[section + 12..section + 16].copy_from_slice(&0x1000u32.to_le_bytes());
@@ -296,6 +296,21 @@ mod tests {
         f[0x200..0x400].fill(0xcc);
         f.extend_from_slice(overlay);
         f
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{OPTIONAL, PE};
+    use super::*;
+    use crate::manifest::tests_support::sample_manifest;
+    use crate::region::{build_region, parse_region};
+
+    const SECURITY_ENTRY: usize =
+        OPTIONAL + DATA_DIRECTORIES_OFFSET_PE32_PLUS + SECURITY_DIRECTORY * 8;
+
+    fn synthetic(overlay: &[u8]) -> Vec<u8> {
+        testing::minimal_pe(overlay)
     }
 
     fn set_security(f: &mut [u8], start: usize, size: usize) {
