@@ -22,10 +22,14 @@ mod extraction;
 #[cfg(unix)]
 mod measure;
 #[cfg(unix)]
+mod procs;
+#[cfg(unix)]
 mod release;
 mod report;
 #[cfg(unix)]
 mod serve;
+#[cfg(unix)]
+mod soak;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -53,6 +57,11 @@ enum Command {
     /// release` with warm caches, beside `zstd` run by hand on the same sidecars (times
     /// the packager's release build: `cargo build --release -p openwork-packager` first)
     Release(ReleaseArgs),
+    /// The packed server with the real opencode under steady load through its proxy while
+    /// opencode is SIGKILLed at random moments (10 minutes by default): requests lost,
+    /// hangs, restarts seen in /system/events, and the server's memory, descriptors and
+    /// processes over time
+    Soak(SoakArgs),
     /// Every benchmark: extraction, serve, then release (--runs and --artifact apply to
     /// extraction and serve; the rest, and release, take their defaults: a release takes
     /// about a minute); --markdown writes all the tables into one document
@@ -102,6 +111,109 @@ struct AllArgs {
     /// document (docs/BENCHMARKS.md keeps the latest)
     #[arg(long, value_name = "FILE")]
     markdown: Option<PathBuf>,
+    /// Then run the soak too, with its defaults (10 more minutes)
+    #[arg(long)]
+    soak: bool,
+}
+
+#[derive(Debug, Args)]
+struct SoakArgs {
+    /// Seconds of load with kills (after the warm-up)
+    #[arg(long, default_value_t = 600, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    duration: u64,
+    /// Seconds of load without kills before the baseline is counted
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    warm_up: u64,
+    /// Threads sending requests
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    workers: u64,
+    /// Requests a second, all workers together
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=2000))]
+    rate: u64,
+    /// Shortest and longest gap between two kills, in seconds; keep the shortest at 16 or
+    /// more, or 5 kills can fall within the supervisor's 60 s crash-loop window
+    #[arg(long, default_value = "16..60", value_name = "MIN..MAX", value_parser = parse_gap)]
+    kill_gap: (u64, u64),
+    /// Seed of the random kill moments and request mix [default: from the clock]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Where the temporary home, workspace and data directory are made; keep it outside
+    /// any git repository [default: the system's temporary directory]
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Where the JSON results go [default: <workspace>/.local/bench/soak.json]
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Soak this packed artifact (for the host) instead of packing one
+    #[arg(long, value_name = "FILE")]
+    artifact: Option<PathBuf>,
+}
+
+/// `MIN..MAX` seconds.
+fn parse_gap(text: &str) -> Result<(u64, u64), String> {
+    let (min, max) = text
+        .split_once("..")
+        .ok_or_else(|| format!("expected MIN..MAX seconds, like 16..60, not {text:?}"))?;
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{s:?} is not a whole number of seconds"))
+    };
+    let (min, max) = (parse(min)?, parse(max)?);
+    if min == 0 || min > max {
+        return Err(format!("need 0 < MIN <= MAX, got {min}..{max}"));
+    }
+    Ok((min, max))
+}
+
+impl SoakArgs {
+    /// The defaults, as clap gives them to a command line without soak flags.
+    fn defaults() -> SoakArgs {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            soak: SoakArgs,
+        }
+        Defaults::parse_from(["soak"]).soak
+    }
+
+    #[cfg(unix)]
+    fn into_settings(self) -> soak::Settings {
+        let SoakArgs {
+            duration,
+            warm_up,
+            workers,
+            rate,
+            kill_gap,
+            seed,
+            work_dir,
+            json,
+            artifact,
+        } = self;
+        soak::Settings {
+            duration: std::time::Duration::from_secs(duration),
+            warm_up: std::time::Duration::from_secs(warm_up),
+            workers: workers as usize,
+            rate: rate as f64,
+            kill_gap: (
+                std::time::Duration::from_secs(kill_gap.0),
+                std::time::Duration::from_secs(kill_gap.1),
+            ),
+            seed: seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            }),
+            work_dir: work_dir.unwrap_or_else(std::env::temp_dir),
+            json: json.unwrap_or_else(|| {
+                openwork_tests::workspace_root()
+                    .join(".local")
+                    .join("bench")
+                    .join("soak.json")
+            }),
+            artifact,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -268,9 +380,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             release::run(&args.into_settings()?)?.print();
             Ok(ExitCode::SUCCESS)
         }
+        Command::Soak(args) => {
+            soak::run(&args.into_settings())?.print();
+            Ok(ExitCode::SUCCESS)
+        }
         Command::All(AllArgs {
             extraction: args,
             markdown,
+            soak,
         }) => {
             // One benchmark failing does not keep the others from leaving their figures.
             let machine = measure::machine_facts();
@@ -296,6 +413,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .into_settings()
                     .and_then(|settings| release::run(&settings)),
             );
+            if soak {
+                keep("soak", soak::run(&SoakArgs::defaults().into_settings()));
+            }
             if let Some(path) = markdown {
                 report::write_markdown(&path, &machine, &reports)?;
             }

@@ -27,6 +27,8 @@ pub enum Unit {
     Bytes,
     /// Percent.
     Percent,
+    /// A number of things (requests, processes, descriptors).
+    Count,
 }
 
 impl Quantity {
@@ -54,6 +56,12 @@ impl Quantity {
             unit: Unit::Percent,
         }
     }
+    pub fn count(amount: u64) -> Quantity {
+        Quantity {
+            amount: amount as f64,
+            unit: Unit::Count,
+        }
+    }
 }
 
 impl std::fmt::Display for Quantity {
@@ -64,6 +72,7 @@ impl std::fmt::Display for Quantity {
             Unit::S => write!(f, "{:.1} s", self.amount),
             Unit::Bytes => write!(f, "{:.2} MB", self.amount / 1e6),
             Unit::Percent => write!(f, "{:.1} %", self.amount),
+            Unit::Count => write!(f, "{}", self.amount),
         }
     }
 }

@@ -25,13 +25,11 @@
 //!
 //! Linux only: process trees and memory are read from /proc.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -45,6 +43,9 @@ use serde_json::{Value, json};
 use crate::measure;
 use crate::measure::Stats;
 use crate::measure::{cargo_target_dir, file_size, load_average, progress};
+use crate::procs::{
+    Running, check_nothing_left, describe_exit, isolated_command, mkdir, proc_name, vm_rss,
+};
 use crate::report::{Quantity, Report, Row, Target as Goal};
 
 /// What the benchmark does, resolved from the command line.
@@ -78,13 +79,6 @@ mod orchestrator {
     pub const FILE: &str = "openwork";
 }
 
-/// Give up on a start after this long.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Give up on a stop after this long (then the guard SIGKILLs).
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long processes of a stopped contender may take to go away before they count as left
-/// behind (our lifeline notices the server's exit through a pipe, not instantly).
-const ORPHAN_GRACE: Duration = Duration::from_secs(2);
 /// Health poll interval for bare opencode and the orchestrator's opencode port.
 const POLL: Duration = Duration::from_millis(5);
 /// opencode's basic-auth user name (`OPENCODE_SERVER_USERNAME`'s default).
@@ -117,7 +111,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         Some(given) => {
             std::path::absolute(given).with_context(|| format!("resolve {}", given.display()))?
         }
-        None => pack_artifact(target, &pins, &opencode, &work_path)?,
+        None => pack_artifact(target, &pins, &opencode, &work_path, Compression::release())?,
     };
 
     progress(format_args!(
@@ -222,7 +216,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
             }
         }
     }
-    let leftovers = check_nothing_left(&contenders);
+    let executables: Vec<&Path> = contenders.iter().map(|c| c.exe.as_path()).collect();
+    let leftovers = check_nothing_left(&executables);
 
     let load_after = load_average();
     let ours = &contenders[0];
@@ -592,9 +587,6 @@ struct ProcInfo {
 impl Contender {
     fn new(kind: Kind, work: &Path, exe: PathBuf) -> anyhow::Result<Contender> {
         let home = mkdir(&work.join("homes").join(kind.name()))?;
-        for sub in [".config", ".local/share", ".cache", ".local/state"] {
-            mkdir(&home.join(sub))?;
-        }
         Ok(Contender {
             kind,
             exe,
@@ -605,27 +597,9 @@ impl Contender {
         })
     }
 
-    /// The contender's command with an isolated environment: HOME and XDG directories of
-    /// its own, and none of the caller's OPENWORK_* or OPENCODE_* settings.
-    fn command(&self, workspace: &Path) -> Command {
-        let mut cmd = Command::new(&self.exe);
-        for (key, _) in std::env::vars_os() {
-            let name = key.to_string_lossy();
-            if name.starts_with("OPENWORK_") || name.starts_with("OPENCODE_") {
-                cmd.env_remove(&key);
-            }
-        }
-        let home = &self.home;
-        cmd.env("HOME", home)
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("XDG_DATA_HOME", home.join(".local/share"))
-            .env("XDG_CACHE_HOME", home.join(".cache"))
-            .env("XDG_STATE_HOME", home.join(".local/state"))
-            .current_dir(workspace)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
-        die_with_this_process(&mut cmd);
-        cmd
+    /// The contender's command: see [`isolated_command`].
+    fn command(&self, workspace: &Path) -> anyhow::Result<Command> {
+        isolated_command(&self.exe, &self.home, workspace)
     }
 
     fn run_once(
@@ -638,7 +612,7 @@ impl Contender {
         let stderr_path = self
             .logs
             .join(format!("{}-{round}.stderr", self.kind.name()));
-        let mut cmd = self.command(workspace);
+        let mut cmd = self.command(workspace)?;
         cmd.stderr(
             std::fs::File::create(&stderr_path)
                 .with_context(|| format!("create {}", stderr_path.display()))?,
@@ -790,123 +764,7 @@ impl Contender {
     }
 }
 
-/// If the benchmark dies (Ctrl-C, a panic in a thread that aborts), the contender dies with
-/// it: the guards' Drop does not run then. Linux only (`PR_SET_PDEATHSIG`); the contender
-/// stays in the benchmark's process group, so a terminal's Ctrl-C reaches it anyway.
-fn die_with_this_process(cmd: &mut Command) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt as _;
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs in the child.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have died before the prctl took effect.
-                if libc::getppid() != parent {
-                    return Err(std::io::Error::other("the benchmark exited"));
-                }
-                Ok(())
-            });
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = cmd;
-}
-
-/// A contender's process, with every process seen in its tree. Dropping it SIGKILLs all
-/// of them that are still running, whatever path the benchmark took.
-struct Running {
-    child: Child,
-    spawned: Instant,
-    lines: mpsc::Receiver<(Instant, String)>,
-    stderr: PathBuf,
-    /// Processes seen in the tree, each with its start time so that a pid the system has
-    /// since reused is never signalled.
-    seen: Vec<Proc>,
-    exited: Option<ExitStatus>,
-}
-
 impl Running {
-    fn spawn(cmd: &mut Command, stderr: &Path) -> anyhow::Result<Running> {
-        let spawned = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {}", Path::new(cmd.get_program()).display()))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        // Keeps reading to the end even when nobody listens any more: a full pipe would
-        // block the contender's logging.
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match reader.read_line(&mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let _ = tx.send((Instant::now(), line.trim_end().to_string()));
-                    }
-                }
-            }
-        });
-        let mut running = Running {
-            seen: Proc::of(child.id()).into_iter().collect(),
-            child,
-            spawned,
-            lines: rx,
-            stderr: stderr.to_path_buf(),
-            exited: None,
-        };
-        running.observe();
-        Ok(running)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Fails with its stderr if it has exited.
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            self.exited = Some(status);
-            let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-            let tail: String = stderr
-                .lines()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
-            bail!(
-                "exited before it was ready ({}); stderr ends:\n{tail}",
-                describe_exit(status)
-            );
-        }
-        if self.spawned.elapsed() > READY_TIMEOUT {
-            bail!("not ready within {READY_TIMEOUT:?}");
-        }
-        Ok(())
-    }
-
-    /// The first stdout line that `wanted` accepts, and when it was read.
-    fn wait_line(&mut self, wanted: impl Fn(&str) -> bool) -> anyhow::Result<(Instant, String)> {
-        loop {
-            match self.lines.recv_timeout(Duration::from_millis(50)) {
-                Ok((at, line)) if wanted(&line) => return Ok((at, line)),
-                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-            self.check_alive()?;
-        }
-    }
-
     /// When `GET /global/health` on `port` first answered 200.
     fn poll_health(&mut self, port: u16, authorization: &str) -> anyhow::Result<Instant> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -951,210 +809,6 @@ impl Running {
             std::thread::sleep(POLL);
         }
     }
-
-    /// Adds the tree's current processes to those seen.
-    fn observe(&mut self) {
-        for proc in self.descendants() {
-            if !self.seen.contains(&proc) {
-                self.seen.push(proc);
-            }
-        }
-    }
-
-    fn descendants(&self) -> Vec<Proc> {
-        descendants(self.pid())
-    }
-
-    /// SIGTERM, then waits for the exit; returns how long that took.
-    fn terminate(&mut self) -> anyhow::Result<(Duration, ExitStatus)> {
-        self.observe();
-        let started = Instant::now();
-        // SAFETY: kill(2) on our own, not yet reaped child.
-        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                self.exited = Some(status);
-                return Ok((started.elapsed(), status));
-            }
-            if started.elapsed() > STOP_TIMEOUT {
-                bail!("still running {STOP_TIMEOUT:?} after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    /// Processes of the tree still running `ORPHAN_GRACE` after the contender exited.
-    fn left_behind(&self) -> Vec<String> {
-        let root = self.pid();
-        let deadline = Instant::now() + ORPHAN_GRACE;
-        loop {
-            let alive: Vec<&Proc> = self
-                .seen
-                .iter()
-                .filter(|p| p.pid != root && p.alive())
-                .collect();
-            if alive.is_empty() || Instant::now() > deadline {
-                return alive
-                    .iter()
-                    .map(|p| proc_name(p.pid).unwrap_or_else(|| "?".into()))
-                    .collect();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.exited.is_none() {
-            self.observe();
-        }
-        for proc in &self.seen {
-            proc.kill();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A process, identified by pid and start time (in clock ticks since boot).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Proc {
-    pid: u32,
-    start: u64,
-}
-
-/// The fields of /proc/<pid>/stat this benchmark uses.
-struct Stat {
-    state: char,
-    ppid: u32,
-    pgrp: u32,
-    start: u64,
-}
-
-fn read_stat(pid: u32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: the fields start after the last ')'.
-    let (_, rest) = text.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(Stat {
-        state: fields.first()?.chars().next()?,
-        ppid: fields.get(1)?.parse().ok()?,
-        pgrp: fields.get(2)?.parse().ok()?,
-        start: fields.get(19)?.parse().ok()?,
-    })
-}
-
-impl Proc {
-    fn of(pid: u32) -> Option<Proc> {
-        read_stat(pid).map(|s| Proc {
-            pid,
-            start: s.start,
-        })
-    }
-
-    /// Running (not a zombie) and still the same process.
-    fn alive(&self) -> bool {
-        read_stat(self.pid).is_some_and(|s| s.start == self.start && !matches!(s.state, 'Z' | 'X'))
-    }
-
-    /// SIGKILLs it and, if it leads one, its process group.
-    fn kill(&self) {
-        let Some(stat) = read_stat(self.pid).filter(|s| s.start == self.start) else {
-            return;
-        };
-        // SAFETY: kill(2) on a process this benchmark started (checked by start time).
-        unsafe {
-            if stat.pgrp == self.pid {
-                libc::kill(-(self.pid as libc::pid_t), libc::SIGKILL);
-            }
-            libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
-        }
-    }
-}
-
-/// Every process below `root`, from one scan of /proc.
-fn descendants(root: u32) -> Vec<Proc> {
-    let mut children: HashMap<u32, Vec<Proc>> = HashMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        if let Some(stat) = read_stat(pid) {
-            children.entry(stat.ppid).or_default().push(Proc {
-                pid,
-                start: stat.start,
-            });
-        }
-    }
-    let mut out = Vec::new();
-    let mut queue = vec![root];
-    while let Some(pid) = queue.pop() {
-        for child in children.get(&pid).into_iter().flatten() {
-            out.push(*child);
-            queue.push(child.pid);
-        }
-    }
-    out
-}
-
-fn proc_name(pid: u32) -> Option<String> {
-    Some(
-        std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .ok()?
-            .trim()
-            .to_string(),
-    )
-}
-
-/// VmRSS of `pid` in bytes.
-fn vm_rss(pid: u32) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    let kb: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no VmRSS in {path}"))?;
-    Ok(kb * 1024)
-}
-
-/// After every run's guard has done its work: any process still running one of the
-/// contenders' executables (there should be none), SIGKILLed and listed. This catches what
-/// a guard never saw, such as a grandchild re-parented between two looks at the tree.
-fn check_nothing_left(contenders: &[Contender]) -> Vec<String> {
-    let exes: Vec<PathBuf> = contenders
-        .iter()
-        .filter_map(|c| std::fs::canonicalize(&c.exe).ok())
-        .collect();
-    let mut left = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return left;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-            continue;
-        };
-        let running = read_stat(pid).is_some_and(|s| !matches!(s.state, 'Z' | 'X'));
-        if running && exes.contains(&exe) {
-            left.push(format!("{pid} {}", exe.display()));
-            if let Some(proc) = Proc::of(pid) {
-                proc.kill();
-            }
-        }
-    }
-    left
 }
 
 /// True if `GET /global/health` answers 200.
@@ -1280,14 +934,6 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-fn describe_exit(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit {code}"),
-        (None, Some(signal)) => format!("signal {signal}"),
-        _ => status.to_string(),
-    }
-}
-
 /// The distinct exits of a contender's runs.
 fn exits(c: &Contender) -> String {
     let mut all: Vec<&str> = c.samples.iter().map(|s| s.exit.as_str()).collect();
@@ -1343,18 +989,18 @@ fn as_ms_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, 
     }
 }
 
-/// Packs the pinned opencode into the release stub, as a release is packed.
-fn pack_artifact(
+/// Packs the pinned opencode into the release stub, with `compression`.
+pub(crate) fn pack_artifact(
     target: &'static Target,
     pins: &Constants,
     opencode: &Path,
     work: &Path,
+    compression: Compression,
 ) -> anyhow::Result<PathBuf> {
     let stub_dir = cargo_target_dir()?.join("bench-stubs");
     progress(format_args!("building the release stub"));
     let stub =
         openwork_packager::stub::build_stub(&openwork_tests::workspace_root(), target, &stub_dir)?;
-    let compression = Compression::release();
     progress(format_args!(
         "packing with zstd level {}, {} threads",
         compression.level, compression.workers
@@ -1435,11 +1081,6 @@ fn write_stand_in(work: &Path) -> anyhow::Result<PathBuf> {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("chmod {}", path.display()))?;
     Ok(path)
-}
-
-fn mkdir(dir: &Path) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    Ok(dir.to_path_buf())
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! connection, `Content-Length` and chunked responses, and a streaming reader for SSE.
 //! Deliberately not the server's own client code, so a bug there cannot hide here.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -54,7 +54,8 @@ pub fn request_with_token(
     request(addr, method, path, &headers, body)
 }
 
-/// Sends one request and reads the whole response (30 s read timeout).
+/// Sends one request and reads the whole response (30 s read timeout); panics on any
+/// I/O or protocol error.
 pub fn request(
     addr: &str,
     method: &str,
@@ -62,8 +63,23 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
-    let mut reader = open(addr, method, path, headers, body);
-    let (status, headers) = read_head(&mut reader);
+    try_request(addr, method, path, headers, body, DEFAULT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+/// Sends one request and reads the whole response, with `timeout` for the connect and for
+/// each read. Errors, for callers that count failures instead of failing (the soak):
+/// `TimedOut`/`WouldBlock` when the server went quiet, `InvalidData` for a bad response.
+pub fn try_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> io::Result<HttpResponse> {
+    let mut reader = open(addr, method, path, headers, body, timeout)?;
+    let (status, headers) = read_head(&mut reader)?;
     let chunked = headers
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
@@ -76,10 +92,11 @@ pub fn request(
     } else if chunked {
         loop {
             let mut size = String::new();
-            reader.read_line(&mut size).unwrap();
-            let size = usize::from_str_radix(size.trim().split(';').next().unwrap(), 16).unwrap();
+            reader.read_line(&mut size)?;
+            let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| invalid(format!("bad chunk size line: {size:?}")))?;
             let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk).unwrap();
+            reader.read_exact(&mut chunk)?;
             if size == 0 {
                 break;
             }
@@ -87,30 +104,42 @@ pub fn request(
         }
     } else if let Some(length) = length {
         body.resize(length, 0);
-        reader.read_exact(&mut body).unwrap();
+        reader.read_exact(&mut body)?;
     } else {
-        reader.read_to_end(&mut body).unwrap();
+        reader.read_to_end(&mut body)?;
     }
-    HttpResponse {
+    Ok(HttpResponse {
         status,
         headers,
         body,
-    }
+    })
 }
 
 /// Sends a request and returns the status, headers and a reader positioned at the body:
-/// for event streams, read it line by line (a read timeout of `timeout` applies).
-pub fn stream(
+/// for event streams, read it line by line (a read timeout of `timeout` applies). Panics
+/// on any I/O or protocol error.
+pub fn stream(addr: &str, path: &str, headers: &[(&str, &str)], timeout: Duration) -> OpenStream {
+    try_stream(addr, path, headers, timeout).unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"))
+}
+
+/// A response whose body is still to be read: status, headers (names lower-cased) and
+/// the reader positioned at the body.
+pub type OpenStream = (u16, Vec<(String, String)>, BufReader<TcpStream>);
+
+/// [`stream`], returning errors instead of panicking.
+pub fn try_stream(
     addr: &str,
     path: &str,
     headers: &[(&str, &str)],
     timeout: Duration,
-) -> (u16, Vec<(String, String)>, BufReader<TcpStream>) {
-    let mut reader = open(addr, "GET", path, headers, b"");
-    reader.get_ref().set_read_timeout(Some(timeout)).unwrap();
-    let (status, headers) = read_head(&mut reader);
-    (status, headers, reader)
+) -> io::Result<OpenStream> {
+    let mut reader = open(addr, "GET", path, headers, b"", timeout)?;
+    let (status, headers) = read_head(&mut reader)?;
+    Ok((status, headers, reader))
 }
+
+/// The read timeout of the panicking calls.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn open(
     addr: &str,
@@ -118,11 +147,16 @@ fn open(
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> BufReader<TcpStream> {
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    timeout: Duration,
+) -> io::Result<BufReader<TcpStream>> {
+    let socket = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| invalid(format!("{addr} resolves to nothing")))?;
+    let mut stream = TcpStream::connect_timeout(&socket, timeout)
+        .map_err(|e| io::Error::new(e.kind(), format!("connect {addr}: {e}")))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -131,23 +165,28 @@ fn open(
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    BufReader::new(stream)
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    Ok(BufReader::new(stream))
 }
 
-fn read_head(reader: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>) {
+fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<(u16, Vec<(String, String)>)> {
     let mut status_line = String::new();
-    reader.read_line(&mut status_line).unwrap();
+    reader.read_line(&mut status_line)?;
     let status = status_line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line: {status_line:?}"));
+        .ok_or_else(|| invalid(format!("bad status line: {status_line:?}")))?;
     let mut headers = Vec::new();
     loop {
         let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the connection closed inside the response head",
+            ));
+        }
         let line = line.trim_end();
         if line.is_empty() {
             break;
@@ -156,5 +195,9 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>) 
             headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
         }
     }
-    (status, headers)
+    Ok((status, headers))
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
 }
