@@ -33,7 +33,7 @@ use openwork_packager::constants::Constants;
 use openwork_packager::fetch;
 use openwork_packager::pack::Compression;
 use openwork_payload::targets;
-use openwork_tests::http::{self, HttpResponse};
+use openwork_tests::http;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -346,7 +346,10 @@ struct Request {
 enum Answer {
     /// The status, and the `error` code of a JSON error body.
     Status(u16, Option<String>),
-    /// The connection failed or the answer was cut short.
+    /// The head (with this status) arrived, then the connection ended before the body did:
+    /// opencode died mid-answer, and the proxy ended the stream.
+    Cut(u16, String),
+    /// The connection failed before an answer began.
     Broken(String),
     /// No answer within [`HANG`].
     Hung,
@@ -362,10 +365,17 @@ impl Answer {
         matches!(self, Answer::Status(502..=504, Some(_)))
     }
 
+    /// An answer begun and then ended early, which is how a response already under way
+    /// fails when its opencode dies.
+    fn cut(&self) -> bool {
+        matches!(self, Answer::Cut(..))
+    }
+
     fn describe(&self) -> String {
         match self {
             Answer::Status(code, Some(error)) => format!("{code} {error}"),
             Answer::Status(code, None) => code.to_string(),
+            Answer::Cut(code, why) => format!("{code}, then cut short: {why}"),
             Answer::Broken(why) => format!("broken: {why}"),
             Answer::Hung => format!("no answer within {} s", HANG.as_secs()),
         }
@@ -614,25 +624,25 @@ fn load(shared: &Shared, rate: f64, seed: u64, worker: usize) -> Vec<Request> {
         match what {
             "POST+DELETE /session" => {
                 let body = format!("{{\"title\":\"soak {worker}-{}\"}}", done.len());
-                let created = send(shared, "POST", "/opencode/session", body.as_bytes());
-                let id = match &created.1 {
-                    Ok(response) if response.status == 200 => {
-                        serde_json::from_slice::<Value>(&response.body)
-                            .ok()
-                            .and_then(|v| v["id"].as_str().map(String::from))
-                    }
-                    _ => None,
-                };
-                done.push(created.0.finish("POST /session", created.1));
+                let (created, answer) = send(
+                    shared,
+                    "POST /session",
+                    "POST",
+                    "/opencode/session",
+                    body.as_bytes(),
+                );
+                let id = answer
+                    .filter(|_| created.answer.ok())
+                    .and_then(|v| v["id"].as_str().map(String::from));
+                done.push(created);
                 if let Some(id) = id {
-                    let deleted = send(shared, "DELETE", &format!("/opencode/session/{id}"), b"");
-                    done.push(deleted.0.finish("DELETE /session", deleted.1));
+                    let path = format!("/opencode/session/{id}");
+                    done.push(send(shared, "DELETE /session", "DELETE", &path, b"").0);
                 }
             }
             get => {
                 let path = format!("/opencode{}", get.trim_start_matches("GET "));
-                let answer = send(shared, "GET", &path, b"");
-                done.push(answer.0.finish(get, answer.1));
+                done.push(send(shared, get, "GET", &path, b"").0);
             }
         }
         shared.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -640,44 +650,44 @@ fn load(shared: &Shared, rate: f64, seed: u64, worker: usize) -> Vec<Request> {
     done
 }
 
-/// When a request was sent.
-struct Sent(Instant);
-
-impl Sent {
-    fn finish(self, what: &'static str, result: std::io::Result<HttpResponse>) -> Request {
-        let end = Instant::now();
-        let answer = match result {
-            Ok(response) => {
-                let error = serde_json::from_slice::<Value>(&response.body)
-                    .ok()
-                    .and_then(|v| v["error"].as_str().map(String::from));
-                Answer::Status(response.status, error)
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
-                Answer::Hung
-            }
-            Err(e) => Answer::Broken(e.to_string()),
-        };
-        Request {
-            what,
-            start: self.0,
-            end,
-            answer,
-        }
-    }
-}
-
+/// Sends one request through the proxy; returns it with its answer, and the body as JSON
+/// when it is JSON. The head and the body are read apart, to tell an answer cut short
+/// (its head had arrived) from a connection that failed.
 fn send(
     shared: &Shared,
+    what: &'static str,
     method: &str,
     path: &str,
     body: &[u8],
-) -> (Sent, std::io::Result<HttpResponse>) {
-    let sent = Sent(Instant::now());
+) -> (Request, Option<Value>) {
+    let start = Instant::now();
     let [bearer] = shared.bearer();
     let headers = [bearer, ("Content-Type", "application/json")];
-    let result = http::try_request(&shared.addr, method, path, &headers, body, HANG);
-    (sent, result)
+    let hung = |e: &std::io::Error| matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock);
+    let (answer, json) = match http::try_open(&shared.addr, method, path, &headers, body, HANG) {
+        Err(e) if hung(&e) => (Answer::Hung, None),
+        Err(e) => (Answer::Broken(e.to_string()), None),
+        Ok((status, headers, mut reader)) => {
+            match http::read_body(&mut reader, method, status, &headers) {
+                Err(e) if hung(&e) => (Answer::Hung, None),
+                Err(e) => (Answer::Cut(status, e.to_string()), None),
+                Ok(body) => {
+                    let json = serde_json::from_slice::<Value>(&body).ok();
+                    let error = json
+                        .as_ref()
+                        .and_then(|v| v["error"].as_str().map(String::from));
+                    (Answer::Status(status, error), json)
+                }
+            }
+        }
+    };
+    let request = Request {
+        what,
+        start,
+        end: Instant::now(),
+        answer,
+    };
+    (request, json)
 }
 
 /// Reads `/system/events` for the whole soak, reconnecting with `Last-Event-ID` (and
@@ -846,8 +856,9 @@ impl Observed {
         let unclear_inside: Vec<&Request> = inside
             .iter()
             .copied()
-            .filter(|r| !r.answer.ok() && !r.answer.refused())
+            .filter(|r| !r.answer.ok() && !r.answer.refused() && !r.answer.cut())
             .collect();
+        let cut_inside = inside.iter().filter(|r| r.answer.cut()).count();
         let refused_inside = inside.iter().filter(|r| r.answer.refused()).count();
         let mut at_kills: BTreeMap<String, usize> = BTreeMap::new();
         for r in &self.requests {
@@ -954,7 +965,8 @@ impl Observed {
                 count(refused_inside),
             )
             .note(format!(
-                "of {} requests overlapping a window; the rest were answered 2xx",
+                "of {} requests overlapping a window; {cut_inside} had their answer cut short \
+                 (opencode died mid-answer); the rest were answered 2xx",
                 inside.len()
             )),
             Row::info(
@@ -1095,6 +1107,7 @@ impl Observed {
         for r in &self.requests {
             let class = match &r.answer {
                 Answer::Status(code, _) => code.to_string(),
+                Answer::Cut(code, _) => format!("{code} cut"),
                 Answer::Broken(_) => "broken".into(),
                 Answer::Hung => "hung".into(),
             };

@@ -78,8 +78,38 @@ pub fn try_request(
     body: &[u8],
     timeout: Duration,
 ) -> io::Result<HttpResponse> {
+    let (status, headers, mut reader) = try_open(addr, method, path, headers, body, timeout)?;
+    let body = read_body(&mut reader, method, status, &headers)?;
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Sends a request and reads the response head: status, headers and the reader positioned
+/// at the body, for [`read_body`] or line by line. A caller that needs to know whether an
+/// answer had begun when the connection failed reads the two parts apart.
+pub fn try_open(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> io::Result<OpenStream> {
     let mut reader = open(addr, method, path, headers, body, timeout)?;
     let (status, headers) = read_head(&mut reader)?;
+    Ok((status, headers, reader))
+}
+
+/// Reads a whole body after [`try_open`]: by `Content-Length`, chunked, or to the end.
+pub fn read_body(
+    reader: &mut BufReader<TcpStream>,
+    method: &str,
+    status: u16,
+    headers: &[(String, String)],
+) -> io::Result<Vec<u8>> {
     let chunked = headers
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
@@ -108,11 +138,7 @@ pub fn try_request(
     } else {
         reader.read_to_end(&mut body)?;
     }
-    Ok(HttpResponse {
-        status,
-        headers,
-        body,
-    })
+    Ok(body)
 }
 
 /// Sends a request and returns the status, headers and a reader positioned at the body:
@@ -133,9 +159,7 @@ pub fn try_stream(
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> io::Result<OpenStream> {
-    let mut reader = open(addr, "GET", path, headers, b"", timeout)?;
-    let (status, headers) = read_head(&mut reader)?;
-    Ok((status, headers, reader))
+    try_open(addr, "GET", path, headers, b"", timeout)
 }
 
 /// The read timeout of the panicking calls.
