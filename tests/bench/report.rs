@@ -368,7 +368,7 @@ pub fn write_markdown(
 ) -> anyhow::Result<()> {
     let mut out = String::from(
         "# Benchmarks\n\nThe latest run of every benchmark, written by \
-         `cargo run --release -p openwork-tests --bin openwork-bench -- all --markdown \
+         `cargo run --release -p openwork-tests --bin openwork-bench -- all --soak --markdown \
          docs/BENCHMARKS.md` (after `cargo build --release -p openwork-packager`). Each \
          figure stands beside its side-by-side baseline from the same run; the targets are \
          the issues'.\n\n",

@@ -831,7 +831,9 @@ impl Observed {
     }
 
     /// Restart windows: from each kill until its `ready` was read, plus the grace (until
-    /// the end of the soak if opencode never came back).
+    /// the end of the soak if opencode never came back); and likewise from each exit of
+    /// opencode that no kill caused (a failed liveness check under load, a crash) until
+    /// the next `ready`: a restart the supervisor made on its own is a restart window too.
     fn windows(&self, restarts: &[Restart]) -> Vec<(Instant, Instant)> {
         let end = self
             .requests
@@ -839,10 +841,16 @@ impl Observed {
             .map(|r| r.end)
             .max()
             .unwrap_or(self.started);
-        restarts
-            .iter()
-            .map(|r| (r.kill.at, r.ready.map_or(end, |at| at + WINDOW_GRACE)))
-            .collect()
+        let until_ready = |ready: Option<Instant>| ready.map_or(end, |at| at + WINDOW_GRACE);
+        let by_kills = restarts.iter().map(|r| (r.kill.at, until_ready(r.ready)));
+        let by_other_exits = self
+            .opencode_events("exited")
+            .filter(|e| !self.kills.iter().any(|k| e.data["pid"] == k.pid))
+            .map(|e| {
+                let ready = self.opencode_events("ready").find(|r| r.at > e.at);
+                (e.at, until_ready(ready.map(|r| r.at)))
+            });
+        by_kills.chain(by_other_exits).collect()
     }
 
     fn report(&self, settings: &Settings, artifact: &Path, opencode_version: &str) -> Report {

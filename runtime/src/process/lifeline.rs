@@ -368,13 +368,7 @@ mod tests {
 
     /// A command running only the test `name` of this module, in this test binary, as `role`.
     fn this_test_binary(name: &str, role: &str) -> Command {
-        let module = module_path!()
-            .split_once("::")
-            .map_or(module_path!(), |(_, m)| m);
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([&format!("{module}::{name}"), "--exact", "--nocapture"])
-            .env(ROLE_VAR, role);
-        cmd
+        super::super::test_roles::this_test_binary(module_path!(), name, ROLE_VAR, role)
     }
 
     /// In the end-to-end test's lifeline process: the lifeline. Otherwise does nothing.

@@ -29,6 +29,8 @@
 
 mod leftovers;
 mod lifeline;
+#[cfg(test)]
+mod test_roles;
 #[cfg(unix)]
 mod unix;
 #[cfg(windows)]

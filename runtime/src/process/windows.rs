@@ -1,8 +1,10 @@
 //! Windows side: a Job Object that the kernel closes, killing every sidecar, when the server
 //! dies; `TerminateProcess` for stops.
 //!
-//! Run under Wine by tests/tests/wine.rs (a SIGKILLed server's sidecar and grandchild are
-//! gone; without the job they are not); native Windows runs belong to the CI workflow.
+//! Tested twice: the module's own tests (a server killed with `TerminateProcess` takes its
+//! sidecar and grandchild with it, and not without the job) run natively in the CI
+//! workflow's Windows job and under Wine in `.ci/run`; tests/tests/wine.rs does the same
+//! with the packed Windows server and a SIGKILL of its Wine process.
 
 use std::io;
 use std::path::PathBuf;
@@ -150,4 +152,138 @@ pub(super) fn executable_of(_pid: u32) -> Option<PathBuf> {
 
 pub(super) fn start_time_of(_pid: u32) -> Option<u64> {
     None
+}
+
+/// The Job Object end to end, natively (the CI workflow's Windows job runs these, and so
+/// does `.ci/run` under Wine): this test binary plays the server, which puts itself into
+/// the job and starts a sidecar, which starts a grandchild; the server is then killed
+/// with `TerminateProcess`, which no handler can intercept, and both must be gone. The
+/// control: without the job, they outlive it.
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Set in the processes the tests start from this test binary, to the role they play.
+    const ROLE_VAR: &str = "OPENWORK_JOB_TEST_ROLE";
+
+    /// How long a role process lives unless it is killed first.
+    const LIFETIME: Duration = Duration::from_secs(120);
+
+    fn role() -> Option<String> {
+        std::env::var(ROLE_VAR).ok()
+    }
+
+    /// A command running only the test `name` of this module, in this test binary, as `role`.
+    fn this_test_binary(name: &str, role: &str) -> Command {
+        let mut cmd =
+            super::super::test_roles::this_test_binary(module_path!(), name, ROLE_VAR, role);
+        cmd.arg("--quiet")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    }
+
+    /// Starts `role` of `role_process` and reads the line of pids it prints.
+    fn start(role: &str) -> (Child, Vec<u32>) {
+        let mut child = this_test_binary("role_process", role)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let pids = loop {
+            let line = lines.next().expect("the role printed its pids").unwrap();
+            if let Some(pids) = line.strip_prefix("PIDS ") {
+                break pids
+                    .split_whitespace()
+                    .map(|p| p.parse().unwrap())
+                    .collect();
+            }
+        };
+        (child, pids)
+    }
+
+    /// In a process the tests started: `server-with-job` and `server-without-job` start a
+    /// sidecar and print `PIDS <sidecar> <grandchild>`; `sidecar` starts a grandchild and
+    /// prints `PIDS <grandchild>`; every role then waits to be killed. Outside the tests'
+    /// processes it does nothing.
+    #[test]
+    fn role_process() {
+        let Some(role) = role() else { return };
+        let pids = match role.as_str() {
+            "server-with-job" | "server-without-job" => {
+                if role == "server-with-job" {
+                    contain_children().unwrap();
+                }
+                let (sidecar, below) = start("sidecar");
+                // Its stdout pipe is not read again; it prints nothing more.
+                std::mem::forget(sidecar);
+                format!("{} {}", below[0], below[1])
+            }
+            "sidecar" => {
+                let grandchild = this_test_binary("role_process", "grandchild")
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let pid = grandchild.id();
+                std::mem::forget(grandchild);
+                format!("{} {pid}", std::process::id())
+            }
+            "grandchild" => String::new(),
+            other => panic!("unknown role {other}"),
+        };
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "PIDS {pids}").unwrap();
+        stdout.flush().unwrap();
+        drop(stdout);
+        std::thread::sleep(LIFETIME);
+    }
+
+    fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if done() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        done()
+    }
+
+    /// Starts `role`, kills it with TerminateProcess, and returns whether its sidecar and
+    /// grandchild were each gone within 5 s; ends them afterwards either way.
+    fn gone_after_killing(role: &str) -> Vec<bool> {
+        let (mut server, pids) = start(role);
+        for pid in &pids {
+            assert!(is_alive(*pid), "{pid} should be running before the kill");
+        }
+        server.kill().unwrap();
+        server.wait().unwrap();
+        wait_until(Duration::from_secs(5), || {
+            pids.iter().all(|p| !is_alive(*p))
+        });
+        let gone = pids.iter().map(|p| !is_alive(*p)).collect();
+        for pid in &pids {
+            let _ = terminate(*pid);
+        }
+        gone
+    }
+
+    #[test]
+    fn a_killed_servers_job_ends_its_sidecar_and_grandchild() {
+        if role().is_none() {
+            assert_eq!(gone_after_killing("server-with-job"), [true, true]);
+        }
+    }
+
+    #[test]
+    fn without_the_job_a_killed_servers_sidecar_lives_on() {
+        if role().is_none() {
+            // The control: without the job nothing ends them.
+            assert_eq!(gone_after_killing("server-without-job"), [false, false]);
+        }
+    }
 }

@@ -1,6 +1,13 @@
 //! When to restart a sidecar, and when to give up: exponential backoff with jitter, reset
 //! after a healthy stretch, and a crash-loop limit. Pure (time is passed in), so every
 //! rule is unit-tested without sleeping.
+//!
+//! Two stretches matter. A run that was healthy for `delay_reset` (10 s) was not a crash
+//! loop: it is restarted after the initial delay again, though its failure still counts
+//! toward the limit. Without that, a sidecar that dies now and then (the soak kills opencode
+//! every 16-60 s) climbs to the 30 s cap and is down half the time, each death treated as
+//! if it had followed the last one at once. A run healthy for `healthy_reset` (a minute)
+//! forgets the failures altogether.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -12,7 +19,10 @@ pub struct RestartPolicy {
     pub initial: Duration,
     /// The delay never grows beyond this.
     pub max: Duration,
-    /// A run at least this long (since ready) forgives earlier failures.
+    /// A run healthy at least this long is restarted after `initial` again (its failure
+    /// still counts toward `limit`).
+    pub delay_reset: Duration,
+    /// A run healthy at least this long forgives earlier failures.
     pub healthy_reset: Duration,
     /// Failures are counted over this sliding window…
     pub window: Duration,
@@ -25,6 +35,7 @@ impl Default for RestartPolicy {
         RestartPolicy {
             initial: Duration::from_millis(250),
             max: Duration::from_secs(30),
+            delay_reset: Duration::from_secs(10),
             healthy_reset: Duration::from_secs(60),
             window: Duration::from_secs(60),
             limit: 5,
@@ -79,6 +90,8 @@ impl Backoff {
     pub fn on_failure(&mut self, now: Instant, healthy_for: Duration, jitter: f64) -> Decision {
         if healthy_for >= self.policy.healthy_reset {
             self.reset();
+        } else if healthy_for >= self.policy.delay_reset {
+            self.consecutive = 0;
         }
         while let Some(&first) = self.recent.front() {
             if now.duration_since(first) >= self.policy.window {
@@ -204,6 +217,37 @@ mod tests {
                 delay: Duration::from_millis(250),
                 attempt: 1
             }
+        );
+    }
+
+    #[test]
+    fn a_run_healthy_for_ten_seconds_restarts_quickly_but_still_counts() {
+        let mut backoff = Backoff::new(RestartPolicy::default());
+        let now = Instant::now();
+        let at = |s: u64| now + Duration::from_secs(s);
+        // Two quick failures: the delay has doubled.
+        backoff.on_failure(at(0), Duration::ZERO, 0.5);
+        assert!(matches!(
+            backoff.on_failure(at(1), Duration::ZERO, 0.5),
+            Decision::RestartAfter { attempt: 2, .. }
+        ));
+        // Then a run healthy for 12 s: the initial delay again…
+        assert_eq!(
+            backoff.on_failure(at(15), Duration::from_secs(12), 0.5),
+            Decision::RestartAfter {
+                delay: Duration::from_millis(250),
+                attempt: 1
+            }
+        );
+        // …a run healthy for 9 s does double it…
+        assert!(matches!(
+            backoff.on_failure(at(27), Duration::from_secs(9), 0.5),
+            Decision::RestartAfter { attempt: 2, .. }
+        ));
+        // …and the fifth failure within the minute gives up, however healthy its run.
+        assert_eq!(
+            backoff.on_failure(at(40), Duration::from_secs(12), 0.5),
+            Decision::GiveUp { failures: 5 }
         );
     }
 

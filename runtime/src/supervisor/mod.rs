@@ -162,9 +162,10 @@ impl Default for Tuning {
 
 impl Tuning {
     /// Parses `key=value` pairs separated by commas (values in ms unless said otherwise):
-    /// `backoff_initial_ms`, `backoff_max_ms`, `healthy_reset_ms`, `crash_window_ms`,
-    /// `crash_limit` (count), `ready_poll_ms`, `ready_timeout_ms`, `liveness_interval_ms`,
-    /// `liveness_timeout_ms`, `liveness_failures` (count), `stop_grace_ms`.
+    /// `backoff_initial_ms`, `backoff_max_ms`, `delay_reset_ms`, `healthy_reset_ms`,
+    /// `crash_window_ms`, `crash_limit` (count), `ready_poll_ms`, `ready_timeout_ms`,
+    /// `liveness_interval_ms`, `liveness_timeout_ms`, `liveness_failures` (count),
+    /// `stop_grace_ms`.
     pub fn from_env_value(value: &str) -> Result<Tuning, String> {
         let mut tuning = Tuning::default();
         for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -179,6 +180,7 @@ impl Tuning {
             match key.trim() {
                 "backoff_initial_ms" => tuning.restart.initial = ms,
                 "backoff_max_ms" => tuning.restart.max = ms,
+                "delay_reset_ms" => tuning.restart.delay_reset = ms,
                 "healthy_reset_ms" => tuning.restart.healthy_reset = ms,
                 "crash_window_ms" => tuning.restart.window = ms,
                 "crash_limit" => tuning.restart.limit = number.max(1) as usize,
