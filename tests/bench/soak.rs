@@ -567,6 +567,15 @@ impl<'a> Soak<'a> {
     }
 }
 
+impl Drop for Soak<'_> {
+    /// However the soak ends, its threads stop: the load at once, the watchers when their
+    /// connections end (the server is killed when `server` drops, right after this).
+    fn drop(&mut self) {
+        self.shared.stop_load.store(true, Ordering::SeqCst);
+        self.shared.stop_watching.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Polls `done` every 50 ms for up to `limit`.
 fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -1024,8 +1033,8 @@ impl Observed {
                     Quantity::ms(stats.median_ms),
                 )
                 .note(format!(
-                    "max {:.0} ms; the supervisor's backoff (250 ms doubling, reset after a \
-                         healthy minute) plus opencode's start-up",
+                    "max {:.0} ms; the supervisor's restart delay (250 ms, doubling only after \
+                         runs healthy for less than 10 s) plus opencode's start-up",
                     stats.max_ms
                 )),
             );
