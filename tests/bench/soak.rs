@@ -123,7 +123,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     };
 
     let mut rng = fastrand::Rng::with_seed(settings.seed);
-    let server = Server::start(&artifact, work.path(), &mut rng)?;
+    let server = Server::start(&artifact, work.path())?;
     progress(format_args!(
         "server ready on {}; soaking for {} s after {} s of warm-up (seed {})",
         server.addr,
@@ -148,11 +148,13 @@ struct Server {
 }
 
 impl Server {
-    fn start(artifact: &Path, work: &Path, rng: &mut fastrand::Rng) -> anyhow::Result<Server> {
+    fn start(artifact: &Path, work: &Path) -> anyhow::Result<Server> {
         let workspace = mkdir(&work.join("workspace"))?;
         let stderr = work.join("server.stderr");
-        let token: String = (0..32).map(|_| rng.alphanumeric()).collect();
-        let host_token: String = (0..32).map(|_| rng.alphanumeric()).collect();
+        // Not from the soak's seed, which is printed: a token must not be guessable.
+        let mut random = fastrand::Rng::new();
+        let token: String = (0..32).map(|_| random.alphanumeric()).collect();
+        let host_token: String = (0..32).map(|_| random.alphanumeric()).collect();
         let mut cmd = isolated_command(artifact, &work.join("home"), &workspace)?;
         cmd.arg("serve")
             .args(["--port", "0", "--log-format", "json"])
