@@ -173,32 +173,22 @@ fn encrypted_keys_are_refused_with_a_way_out() {
     let traditional = files.path("enc-traditional.pem");
     let key = files.key();
     let key = s(&key);
-    run_openssl(&[
-        "pkcs8",
-        "-topk8",
-        "-in",
-        key,
-        "-v2",
-        "aes-256-cbc",
-        "-passout",
-        "env:P12_PASSWORD",
-        "-out",
-        s(&pkcs8_pem),
-    ]);
-    run_openssl(&[
-        "pkcs8",
-        "-topk8",
-        "-in",
-        key,
-        "-v2",
-        "aes-256-cbc",
-        "-passout",
-        "env:P12_PASSWORD",
-        "-outform",
-        "DER",
-        "-out",
-        s(&pkcs8_der),
-    ]);
+    for (form, out) in [("PEM", &pkcs8_pem), ("DER", &pkcs8_der)] {
+        run_openssl(&[
+            "pkcs8",
+            "-topk8",
+            "-in",
+            key,
+            "-v2",
+            "aes-256-cbc",
+            "-passout",
+            "env:P12_PASSWORD",
+            "-outform",
+            form,
+            "-out",
+            s(out),
+        ]);
+    }
     run_openssl(&[
         "rsa",
         "-in",

@@ -112,30 +112,21 @@ fn openssl_verifies_the_responses_and_tokens() {
             "application/timestamp-reply"
         );
         std::fs::write(path("resp.tsr"), response.bytes().unwrap()).unwrap();
-        openssl(&[
-            "ts",
-            "-verify",
-            "-in",
-            &p(&path("resp.tsr")),
-            "-queryfile",
-            &p(&path("req.tsq")),
-            "-CAfile",
-            &p(&path("tsa-ca.pem")),
-            "-untrusted",
-            &p(&path("tsa.pem")),
-        ]);
-        openssl(&[
-            "ts",
-            "-verify",
-            "-in",
-            &p(&path("resp.tsr")),
-            "-data",
-            &p(&path("msg")),
-            "-CAfile",
-            &p(&path("tsa-ca.pem")),
-            "-untrusted",
-            &p(&path("tsa.pem")),
-        ]);
+        // Against the request it answers, and against the data the request was for.
+        for (against, file) in [("-queryfile", "req.tsq"), ("-data", "msg")] {
+            openssl(&[
+                "ts",
+                "-verify",
+                "-in",
+                &p(&path("resp.tsr")),
+                against,
+                &p(&path(file)),
+                "-CAfile",
+                &p(&path("tsa-ca.pem")),
+                "-untrusted",
+                &p(&path("tsa.pem")),
+            ]);
+        }
 
         // A token from our client, checked by OpenSSL with the certificate from the token.
         let token = request_token(&config(vec![tsa.url()], 1), MESSAGE).unwrap();

@@ -85,17 +85,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         openwork_packager::stub::build_stub(&openwork_tests::workspace_root(), target, &stub_dir)?;
     let stub_size = file_size(&stub)?;
 
-    std::fs::create_dir_all(&settings.work_dir)
-        .with_context(|| format!("create {}", settings.work_dir.display()))?;
-    let work = tempfile::Builder::new()
-        .prefix("run-")
-        .tempdir_in(&settings.work_dir)
-        .with_context(|| format!("create a directory in {}", settings.work_dir.display()))?;
+    let work = measure::work_tempdir(&settings.work_dir, "run-")?;
     let (artifact, packing) = match &settings.artifact {
-        Some(given) => (
-            std::path::absolute(given).with_context(|| format!("resolve {}", given.display()))?,
-            None,
-        ),
+        Some(given) => (measure::absolute(given)?, None),
         None => {
             let compression = Compression::release();
             progress(format_args!(

@@ -279,6 +279,51 @@ impl Stats {
     }
 }
 
+/// Order statistics of byte counts (or any counts).
+pub struct ByteStats {
+    /// Number of values.
+    pub n: usize,
+    /// Median (mean of the middle two for even `n`); 0 for none.
+    pub median: u64,
+    /// Smallest; 0 for none.
+    pub min: u64,
+    /// Largest; 0 for none.
+    pub max: u64,
+}
+
+pub fn byte_stats(values: impl Iterator<Item = u64>) -> ByteStats {
+    let mut sorted: Vec<u64> = values.collect();
+    sorted.sort_unstable();
+    let n = sorted.len();
+    let median = match n {
+        0 => 0,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2,
+    };
+    ByteStats {
+        n,
+        median,
+        min: sorted.first().copied().unwrap_or(0),
+        max: sorted.last().copied().unwrap_or(0),
+    }
+}
+
+/// A fresh temporary directory named `<prefix>…` inside `dir` (made if missing), removed
+/// when dropped: where a benchmark's files go.
+pub fn work_tempdir(dir: &Path, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(dir)
+        .with_context(|| format!("create a directory in {}", dir.display()))
+}
+
+/// `path` made absolute (against the working directory), for a path given on the command
+/// line.
+pub fn absolute(path: &Path) -> anyhow::Result<std::path::PathBuf> {
+    std::path::absolute(path).with_context(|| format!("resolve {}", path.display()))
+}
+
 /// The 1-minute load average, where the system publishes it: other work on the machine
 /// inflates every figure, so each report says how busy it was.
 pub fn load_average() -> Option<f64> {
@@ -376,6 +421,15 @@ pub fn unix_time() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_medians() {
+        let s = byte_stats([5u64, 1, 3].into_iter());
+        assert_eq!((s.n, s.median, s.max), (3, 3, 5));
+        assert_eq!(s.min, 1);
+        let s = byte_stats([4u64, 1, 3, 2].into_iter());
+        assert_eq!(s.median, 2);
+    }
 
     #[test]
     fn order_statistics() {

@@ -37,16 +37,10 @@ pub(crate) fn isolated_command(
             cmd.env_remove(&key);
         }
     }
-    for (var, sub) in [
-        ("XDG_CONFIG_HOME", ".config"),
-        ("XDG_DATA_HOME", ".local/share"),
-        ("XDG_CACHE_HOME", ".cache"),
-        ("XDG_STATE_HOME", ".local/state"),
-    ] {
-        cmd.env(var, mkdir(&home.join(sub))?);
+    for (var, dir) in openwork_tests::isolated_home_env(home) {
+        cmd.env(var, mkdir(&dir)?);
     }
-    cmd.env("HOME", home)
-        .current_dir(workspace)
+    cmd.current_dir(workspace)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     die_with_this_process(&mut cmd);
@@ -333,17 +327,33 @@ pub(crate) fn proc_name(pid: u32) -> Option<String> {
     )
 }
 
-/// VmRSS of `pid` in bytes.
-pub(crate) fn vm_rss(pid: u32) -> anyhow::Result<u64> {
+/// What this crate reads of /proc/<pid>/status.
+pub(crate) struct Status {
+    /// VmRSS, in bytes.
+    pub(crate) rss: u64,
+    /// Threads.
+    pub(crate) threads: u64,
+}
+
+/// /proc/<pid>/status, read once.
+pub(crate) fn status(pid: u32) -> anyhow::Result<Status> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    let kb: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no VmRSS in {path}"))?;
-    Ok(kb * 1024)
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .with_context(|| format!("no {name} in {path}"))
+    };
+    Ok(Status {
+        rss: field("VmRSS")? * 1024,
+        threads: field("Threads")?,
+    })
+}
+
+/// VmRSS of `pid` in bytes.
+pub(crate) fn vm_rss(pid: u32) -> anyhow::Result<u64> {
+    Ok(status(pid)?.rss)
 }
 
 /// After every run's guard has done its work: any process still running one of

@@ -67,12 +67,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     };
     let load_before = load_average();
 
-    std::fs::create_dir_all(&settings.work_dir)
-        .with_context(|| format!("create {}", settings.work_dir.display()))?;
-    let work = tempfile::Builder::new()
-        .prefix("release-")
-        .tempdir_in(&settings.work_dir)
-        .with_context(|| format!("create a directory in {}", settings.work_dir.display()))?;
+    let work = measure::work_tempdir(&settings.work_dir, "release-")?;
 
     progress(format_args!(
         "untimed release for {} to fill the caches",

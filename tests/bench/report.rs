@@ -188,6 +188,29 @@ impl Row {
     }
 }
 
+/// How a renderer writes what follows its table.
+struct Footer {
+    notes_heading: &'static str,
+    note_prefix: &'static str,
+    all_met: &'static str,
+    missed_prefix: &'static str,
+}
+
+impl Footer {
+    const MARKDOWN: Footer = Footer {
+        notes_heading: "\n",
+        note_prefix: "- ",
+        all_met: "All targets met.\n",
+        missed_prefix: "**Missed:** ",
+    };
+    const TEXT: Footer = Footer {
+        notes_heading: "\nnotes:\n",
+        note_prefix: "  ",
+        all_met: "all targets met\n",
+        missed_prefix: "MISSED: ",
+    };
+}
+
 /// A benchmark's results.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -255,27 +278,7 @@ impl Report {
             let cells: Vec<String> = row.iter().map(|c| escape(c)).collect();
             let _ = writeln!(out, "| {} |", cells.join(" | "));
         }
-        let notes: Vec<&Row> = self.rows.iter().filter(|r| r.note.is_some()).collect();
-        if !notes.is_empty() {
-            out.push('\n');
-            for row in notes {
-                let _ = writeln!(
-                    out,
-                    "- {}: {}",
-                    row.figure,
-                    row.note.as_deref().unwrap_or("")
-                );
-            }
-        }
-        let missed = self.missed();
-        out.push('\n');
-        if missed.is_empty() {
-            out += "All targets met.\n";
-        } else {
-            for row in missed {
-                let _ = writeln!(out, "**Missed:** {}", row.figure);
-            }
-        }
+        self.write_footer(&mut out, &Footer::MARKDOWN);
         out
     }
 
@@ -311,28 +314,29 @@ impl Report {
             out += &line(row);
             out.push('\n');
         }
+        self.write_footer(&mut out, &Footer::TEXT);
+        out
+    }
+
+    /// The rows' notes, then one line per missed target (or one saying all were met).
+    fn write_footer(&self, out: &mut String, style: &Footer) {
         let notes: Vec<&Row> = self.rows.iter().filter(|r| r.note.is_some()).collect();
         if !notes.is_empty() {
-            out += "\nnotes:\n";
+            *out += style.notes_heading;
             for row in notes {
-                let _ = writeln!(
-                    out,
-                    "  {}: {}",
-                    row.figure,
-                    row.note.as_deref().unwrap_or("")
-                );
+                let note = row.note.as_deref().unwrap_or("");
+                let _ = writeln!(out, "{}{}: {note}", style.note_prefix, row.figure);
             }
         }
         let missed = self.missed();
         out.push('\n');
         if missed.is_empty() {
-            out += "all targets met\n";
+            *out += style.all_met;
         } else {
             for row in missed {
-                let _ = writeln!(out, "MISSED: {}", row.figure);
+                let _ = writeln!(out, "{}{}", style.missed_prefix, row.figure);
             }
         }
-        out
     }
 
     /// Prints the table on stdout.

@@ -41,7 +41,7 @@ use openwork_runtime::source;
 use serde_json::{Value, json};
 
 use crate::measure;
-use crate::measure::Stats;
+use crate::measure::{Stats, byte_stats};
 use crate::measure::{cargo_target_dir, file_size, load_average, progress};
 use crate::procs::{
     Running, check_nothing_left, describe_exit, isolated_command, mkdir, proc_name, vm_rss,
@@ -100,17 +100,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     ));
     let opencode = fetch::ensure_pinned_opencode(&target.name)?;
 
-    std::fs::create_dir_all(&settings.work_dir)
-        .with_context(|| format!("create {}", settings.work_dir.display()))?;
-    let work = tempfile::Builder::new()
-        .prefix("openwork-bench-serve-")
-        .tempdir_in(&settings.work_dir)
-        .with_context(|| format!("create a directory in {}", settings.work_dir.display()))?;
+    let work = measure::work_tempdir(&settings.work_dir, "openwork-bench-serve-")?;
     let work_path = work.path().to_path_buf();
     let artifact = match &settings.artifact {
-        Some(given) => {
-            std::path::absolute(given).with_context(|| format!("resolve {}", given.display()))?
-        }
+        Some(given) => measure::absolute(given)?,
         None => pack_artifact(target, &pins, &opencode, &work_path, Compression::release())?,
     };
 
@@ -955,29 +948,6 @@ fn summarize(names: &[String]) -> String {
         .join(", ")
 }
 
-/// Median and max of byte counts.
-struct ByteStats {
-    n: usize,
-    median: u64,
-    max: u64,
-}
-
-fn byte_stats(values: impl Iterator<Item = u64>) -> ByteStats {
-    let mut sorted: Vec<u64> = values.collect();
-    sorted.sort_unstable();
-    let n = sorted.len();
-    let median = match n {
-        0 => 0,
-        _ if n % 2 == 1 => sorted[n / 2],
-        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2,
-    };
-    ByteStats {
-        n,
-        median,
-        max: sorted.last().copied().unwrap_or(0),
-    }
-}
-
 fn as_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1e3)
 }
@@ -1141,13 +1111,5 @@ mod tests {
         assert_eq!(logged_startup(&log), Some(Duration::from_millis(1155)));
         std::fs::write(&log, "nothing\n").unwrap();
         assert_eq!(logged_startup(&log), None);
-    }
-
-    #[test]
-    fn byte_medians() {
-        let s = byte_stats([5u64, 1, 3].into_iter());
-        assert_eq!((s.n, s.median, s.max), (3, 3, 5));
-        let s = byte_stats([4u64, 1, 3, 2].into_iter());
-        assert_eq!(s.median, 2);
     }
 }

@@ -34,12 +34,13 @@ use openwork_packager::fetch;
 use openwork_packager::pack::Compression;
 use openwork_payload::targets;
 use openwork_tests::http;
+use openwork_tests::server::wait_until;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::measure::{load_average, progress};
+use crate::measure::{self, byte_stats, load_average, progress};
 use crate::procs::{
-    self, Running, check_nothing_left, describe_exit, isolated_command, mkdir, read_stat, vm_rss,
+    self, Running, check_nothing_left, describe_exit, isolated_command, mkdir, read_stat,
 };
 use crate::report::{Quantity, Report, Row, Target as Goal};
 
@@ -106,16 +107,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         target.name
     ));
     let opencode = fetch::ensure_pinned_opencode(&target.name)?;
-    std::fs::create_dir_all(&settings.work_dir)
-        .with_context(|| format!("create {}", settings.work_dir.display()))?;
-    let work = tempfile::Builder::new()
-        .prefix("openwork-soak-")
-        .tempdir_in(&settings.work_dir)
-        .with_context(|| format!("create a directory in {}", settings.work_dir.display()))?;
+    let work = measure::work_tempdir(&settings.work_dir, "openwork-soak-")?;
     let artifact = match &settings.artifact {
-        Some(given) => {
-            std::path::absolute(given).with_context(|| format!("resolve {}", given.display()))?
-        }
+        Some(given) => measure::absolute(given)?,
         // What is soaked is the server, not the compression: the fast level packs in seconds.
         None => {
             crate::serve::pack_artifact(target, &pins, &opencode, work.path(), Compression::fast())?
@@ -214,13 +208,7 @@ impl Server {
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .with_context(|| format!("list the descriptors of {pid}"))?
             .count();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .with_context(|| format!("read the status of {pid}"))?;
-        let threads = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
+        let status = procs::status(pid)?;
         let tree = procs::descendants(pid)
             .iter()
             .filter_map(|p| {
@@ -241,9 +229,9 @@ impl Server {
             .collect();
         Ok(Sample {
             at_s: since.elapsed().as_secs_f64(),
-            rss: vm_rss(pid)?,
+            rss: status.rss,
             fds,
-            threads,
+            threads: status.threads,
             tree,
         })
     }
@@ -257,7 +245,7 @@ struct Sample {
     at_s: f64,
     rss: u64,
     fds: usize,
-    threads: usize,
+    threads: u64,
     /// The names of the processes below it; a zombie is marked.
     tree: Vec<String>,
 }
@@ -455,7 +443,7 @@ impl<'a> Soak<'a> {
         let (kills, samples) = self.inject_faults(rng, started)?;
 
         // The last kill's restart finishes before the end is counted.
-        let settled = wait_for(Duration::from_secs(90), || {
+        let settled = wait_until(Duration::from_secs(90), || {
             self.server.running_opencode().is_some()
         });
         if !settled {
@@ -547,10 +535,10 @@ impl<'a> Soak<'a> {
     /// event stream open (it holds two descriptors in the server).
     fn quiet_sample(&mut self, since: Instant) -> anyhow::Result<Sample> {
         self.shared.paused.store(true, Ordering::SeqCst);
-        let quiet = wait_for(HANG + Duration::from_secs(5), || {
+        let quiet = wait_until(HANG + Duration::from_secs(5), || {
             self.shared.in_flight.load(Ordering::SeqCst) == 0
         });
-        let following = wait_for(Duration::from_secs(15), || {
+        let following = wait_until(Duration::from_secs(15), || {
             self.shared.following.load(Ordering::SeqCst)
         });
         // The server closes a finished connection a moment after the client has read it.
@@ -575,20 +563,6 @@ impl Drop for Soak<'_> {
     fn drop(&mut self) {
         self.shared.stop_load.store(true, Ordering::SeqCst);
         self.shared.stop_watching.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Polls `done` every 50 ms for up to `limit`.
-fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -909,14 +883,14 @@ impl Observed {
             .count();
         let failed_events = self.opencode_events("failed").count();
 
-        let rss = |part: &[Sample]| median(part.iter().map(|s| s.rss));
+        let rss = |part: &[Sample]| byte_stats(part.iter().map(|s| s.rss));
         let quarter = (self.samples.len() / 4).max(1);
         let (first, last) = (
-            rss(&self.samples[..quarter.min(self.samples.len())]),
-            rss(&self.samples[self.samples.len().saturating_sub(quarter)..]),
+            rss(&self.samples[..quarter.min(self.samples.len())]).median,
+            rss(&self.samples[self.samples.len().saturating_sub(quarter)..]).median,
         );
-        let rss_max = self.samples.iter().map(|s| s.rss).max().unwrap_or(0);
-        let rss_min = self.samples.iter().map(|s| s.rss).min().unwrap_or(0);
+        let all = rss(&self.samples);
+        let (rss_min, rss_max) = (all.min, all.max);
         let fds_max = self.samples.iter().map(|s| s.fds).max().unwrap_or(0);
         let (a, b) = (&self.after_warm_up, &self.at_end);
 
@@ -1205,10 +1179,4 @@ impl Observed {
             })
             .collect()
     }
-}
-
-fn median(values: impl Iterator<Item = u64>) -> u64 {
-    let mut all: Vec<u64> = values.collect();
-    all.sort_unstable();
-    all.get(all.len() / 2).copied().unwrap_or(0)
 }

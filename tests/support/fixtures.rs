@@ -62,6 +62,18 @@ pub fn pack_host(stub: &Path, sidecars: &[(&str, &Path)], out: &Path) -> PathBuf
     out.to_path_buf()
 }
 
+/// The host's debug `openwork-server-v2` packed (fast) with the real pinned opencode for
+/// linux-x64 (from the npm registry, or the warm cache), as `dir/openwork-server-v2`.
+pub fn pack_host_with_pinned_opencode(dir: &Path) -> PathBuf {
+    let opencode = openwork_packager::fetch::ensure_pinned_opencode("linux-x64")
+        .expect("the pinned opencode (npm registry, or the warm cache)");
+    pack_host(
+        &host_bin("openwork-server-v2"),
+        &[("opencode", &opencode)],
+        &dir.join("openwork-server-v2"),
+    )
+}
+
 /// A packed host artifact with an opencode of `extra` bytes and a small router.
 pub fn packed_host_artifact(dir: &Path, extra: usize, seed: u64) -> PathBuf {
     let opencode = host_sidecar(dir, &format!("opencode-{seed}"), extra, seed);

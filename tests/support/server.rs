@@ -105,15 +105,8 @@ impl ServerBuilder {
     /// HOME and the XDG dirs under `<dir>/home`: real opencode keeps its state there, and
     /// a test's must stay away from the user's.
     pub fn isolated_home(mut self) -> ServerBuilder {
-        let home = self.dir.join("home");
-        for (key, sub) in [
-            ("HOME", ""),
-            ("XDG_DATA_HOME", "data"),
-            ("XDG_CONFIG_HOME", "config"),
-            ("XDG_CACHE_HOME", "cache"),
-            ("XDG_STATE_HOME", "state"),
-        ] {
-            self = self.env(key, home.join(sub));
+        for (key, dir) in crate::isolated_home_env(&self.dir.join("home")) {
+            self = self.env(key, dir);
         }
         self
     }

@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use openwork_tests::fixtures::pack_host;
-use openwork_tests::host_bin;
+use openwork_tests::fixtures::pack_host_with_pinned_opencode;
 use openwork_tests::server::{ServerBuilder, process_alive, wait_until};
 
 /// Every process whose executable lies under `dir` (Linux /proc).
@@ -25,14 +24,8 @@ fn processes_running_from(dir: &std::path::Path) -> Vec<u32> {
 
 #[test]
 fn the_packed_server_runs_real_opencode_restarts_it_and_stops_cleanly() {
-    let opencode = openwork_packager::fetch::ensure_pinned_opencode("linux-x64")
-        .expect("the pinned opencode (npm registry, or the warm cache)");
     let dir = tempfile::tempdir().unwrap();
-    let artifact = pack_host(
-        &host_bin("openwork-server-v2"),
-        &[("opencode", &opencode)],
-        &dir.path().join("openwork-server-v2"),
-    );
+    let artifact = pack_host_with_pinned_opencode(dir.path());
     let mut server = ServerBuilder::executable(&artifact, dir.path())
         .isolated_home()
         .start();

@@ -157,6 +157,18 @@ fn pack(packing: &Packing, stub: &[u8]) -> Vec<u8> {
     packed
 }
 
+/// The signed file's payload is where the unsigned one's was, intact, and extracts (into
+/// `label`).
+fn assert_payload_survived_signing(packing: &Packing, packed: &[u8], signed: &[u8], label: &str) {
+    let (_, region) = container::locate(signed).expect("locate in the signed file");
+    let (_, unsigned_region) = container::locate(packed).unwrap();
+    assert_eq!(region.span(), unsigned_region.span());
+    region
+        .verify_payload()
+        .expect("payload checksum after signing");
+    packing.assert_extracts(&region, label);
+}
+
 #[test]
 fn unsigned_packed_stub_yields_its_payload() {
     let packing = Packing::new();
@@ -225,13 +237,7 @@ fn signed_packed_stub_verifies_and_yields_its_payload() {
 
     let bounds = container::region_bounds(ExecutableFormat::Pe, &signed).unwrap();
     assert_eq!(bounds.end, packed.len());
-    let (_, region) = container::locate(&signed).expect("locate in the signed file");
-    let (_, unsigned_region) = container::locate(&packed).unwrap();
-    assert_eq!(region.span(), unsigned_region.span());
-    region
-        .verify_payload()
-        .expect("payload checksum after signing");
-    packing.assert_extracts(&region, "signed");
+    assert_payload_survived_signing(&packing, &packed, &signed, "signed");
 }
 
 #[test]
@@ -382,11 +388,5 @@ fn a_packed_stub_signed_by_our_signer_verifies_and_yields_its_payload() {
     let trust = TrustAnchors::parse(pki.ca.pem.as_bytes(), b"").unwrap();
     authenticode::verify(&signed, &trust).expect("our verifier accepts it");
 
-    let (_, region) = container::locate(&signed).expect("locate in the signed file");
-    let (_, unsigned_region) = container::locate(&packed).unwrap();
-    assert_eq!(region.span(), unsigned_region.span());
-    region
-        .verify_payload()
-        .expect("payload checksum after signing");
-    packing.assert_extracts(&region, "signed-by-us");
+    assert_payload_survived_signing(&packing, &packed, &signed, "signed-by-us");
 }

@@ -10,20 +10,13 @@
 
 use std::process::Command;
 
-use openwork_tests::fixtures::pack_host;
-use openwork_tests::host_bin;
+use openwork_tests::fixtures::pack_host_with_pinned_opencode;
 use serde_json::Value;
 
 #[test]
 fn a_short_soak_loses_hangs_and_leaks_nothing() {
-    let opencode = openwork_packager::fetch::ensure_pinned_opencode("linux-x64")
-        .expect("the pinned opencode (npm registry, or the warm cache)");
     let dir = tempfile::tempdir().unwrap();
-    let artifact = pack_host(
-        &host_bin("openwork-server-v2"),
-        &[("opencode", &opencode)],
-        &dir.path().join("openwork-server-v2"),
-    );
+    let artifact = pack_host_with_pinned_opencode(dir.path());
     let json = dir.path().join("soak.json");
     let output = Command::new(env!("CARGO_BIN_EXE_openwork-bench"))
         .args(["soak", "--duration", "40", "--warm-up", "5"])
