@@ -166,7 +166,11 @@ fn run(args: Vec<String>) -> Result<()> {
     let listener = TcpListener::bind((invocation.host.as_str(), invocation.port))
         .with_context(|| format!("listen on {}:{}", invocation.host, invocation.port))?;
     let address = listener.local_addr()?;
-    println!("{who} listening on {address}");
+    // Announced the way the real sidecars do: the supervisor learns the port from this line.
+    match role {
+        Role::Opencode => println!("opencode server listening on http://{address}"),
+        Role::Router => println!("{who}: health on http://{address}/health"),
+    }
 
     let user = std::env::var("OPENCODE_SERVER_USERNAME").unwrap_or_else(|_| "opencode".to_owned());
     let server = Arc::new(Server {

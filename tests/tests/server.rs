@@ -237,7 +237,7 @@ fn the_proxy_reaches_opencode_with_its_password_and_streams() {
         .unwrap();
     write!(
         socket,
-        "GET /opencode/ws HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        "GET /opencode/ws HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     )
     .unwrap();
     let mut head = Vec::new();

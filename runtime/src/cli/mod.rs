@@ -71,6 +71,10 @@ pub struct ServeArgs {
     /// [env: OPENWORK_CORS_ORIGINS, comma separated]
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     pub cors_origins: Vec<String>,
+    /// A host name requests may address besides localhost and loopback addresses, e.g. the
+    /// name of a reverse proxy in front (repeatable); other names get 421
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl ServeArgs {
@@ -239,6 +243,7 @@ fn serve(args: ServeArgs, settings: Settings) -> Result<ExitCode> {
         sidecars: args.sidecars,
         router: args.router,
         cors_origins,
+        allowed_hosts: args.allowed_hosts,
         data_dir: settings.data_dir,
         bundle_dir: settings.bundle_dir,
         prepare,

@@ -1,6 +1,6 @@
 //! Routing and the handlers of the HTTP API (docs/RUNTIME.md lists every route).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use super::auth::{Access, Tokens};
 use super::proxy::{self, ProxyOptions, Upstream};
 use super::response::{self, ResponseBody};
+use super::server::ConnectionTicket;
 use super::sse;
 use crate::supervisor::Supervisor;
 
@@ -34,10 +35,70 @@ pub struct AppState {
     pub base_url: String,
     /// Origins allowed to call from a browser; empty = no CORS headers at all.
     pub cors_origins: Vec<String>,
+    /// Which `Host` names are served.
+    pub host_check: HostCheck,
     /// Set to true to shut the server down.
     pub shutdown: watch::Sender<bool>,
     /// Proxy limits.
     pub proxy: ProxyOptions,
+}
+
+/// Which names a request may address the server by (its `Host` header).
+///
+/// On a loopback bind only loopback names are served: a web page that rebinds its own DNS
+/// name to 127.0.0.1 (DNS rebinding) reaches the port, but its requests still carry its own
+/// name, and get `421 Misdirected Request` before any handler runs. A request without `Host`
+/// (HTTP/1.0) is served: no browser sends one.
+#[derive(Debug, Clone)]
+pub enum HostCheck {
+    /// Any name (a non-loopback bind: remote clients use whatever name reaches the host).
+    Any,
+    /// `localhost`, `*.localhost`, loopback IP literals, and these names (lowercase).
+    Loopback(Vec<String>),
+}
+
+impl HostCheck {
+    /// The check for a server bound to `ip`, with the `--allow-host` names.
+    pub fn for_bind(ip: IpAddr, allowed: &[String]) -> HostCheck {
+        if ip.is_loopback() {
+            HostCheck::Loopback(
+                allowed
+                    .iter()
+                    .map(|name| name.trim().trim_end_matches('.').to_ascii_lowercase())
+                    .collect(),
+            )
+        } else {
+            HostCheck::Any
+        }
+    }
+
+    /// Whether a request with this `Host` header is served.
+    pub fn allows(&self, host: Option<&HeaderValue>) -> bool {
+        let HostCheck::Loopback(allowed) = self else {
+            return true;
+        };
+        let Some(host) = host else { return true };
+        let Ok(host) = host.to_str() else {
+            return false;
+        };
+        let name = host_name(host).trim_end_matches('.').to_ascii_lowercase();
+        let ip = name.trim_start_matches('[').trim_end_matches(']');
+        name == "localhost"
+            || name.ends_with(".localhost")
+            || ip.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            || allowed.contains(&name)
+    }
+}
+
+/// The name part of a `Host` value: without its port, brackets kept around an IPv6 address.
+fn host_name(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
 }
 
 /// The active workspace.
@@ -76,7 +137,13 @@ pub async fn handle(
     let origin = allowed_origin(&state, request.headers());
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let mut response = if head_size(&request) > super::server::MAX_HEAD_BYTES {
+    let mut response = if !state.host_check.allows(request.headers().get(header::HOST)) {
+        response::error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "misdirected_request",
+            "this server answers to localhost and loopback addresses only; a reverse proxy's name can be allowed with --allow-host NAME",
+        )
+    } else if head_size(&request) > super::server::MAX_HEAD_BYTES {
         // hyper's buffer limit only bites when a head arrives in pieces; this holds always.
         response::error(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -108,14 +175,24 @@ async fn route(
     let path = request.uri().path().to_string();
     let method = request.method().clone();
 
-    // The handshake and the health overview need no token.
+    let access = state.tokens.access(request.headers());
+    if access != Access::None
+        && let Some(ticket) = request.extensions().get::<Arc<ConnectionTicket>>()
+    {
+        ticket.authenticated();
+    }
+
+    // The handshake and the health overview need no token (pids only with one).
     match path.as_str() {
         "/health" => return only(&method, &[Method::GET], || health(state)),
-        "/system/health" => return only(&method, &[Method::GET], || system_health(state)),
+        "/system/health" => {
+            return only(&method, &[Method::GET], || {
+                system_health(state, access != Access::None)
+            });
+        }
         _ => {}
     }
 
-    let access = state.tokens.access(request.headers());
     if access == Access::None {
         let mut response = response::error(
             StatusCode::UNAUTHORIZED,
@@ -254,16 +331,19 @@ fn health(state: &AppState) -> Response<ResponseBody> {
     )
 }
 
-fn system_health(state: &AppState) -> Response<ResponseBody> {
+/// `with_pids`: only for a caller with a token; pids tell another local user which processes
+/// to watch.
+fn system_health(state: &AppState, with_pids: bool) -> Response<ResponseBody> {
     let sidecars: serde_json::Map<String, serde_json::Value> = state
         .supervisor
         .statuses()
         .into_iter()
         .map(|s| {
-            (
-                s.name.to_string(),
-                json!({ "state": s.state, "pid": s.pid }),
-            )
+            let mut entry = json!({ "state": s.state });
+            if with_pids {
+                entry["pid"] = json!(s.pid);
+            }
+            (s.name.to_string(), entry)
         })
         .collect();
     response::json(
@@ -392,4 +472,48 @@ fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
         .filter_map(|pair| pair.split_once('='))
         .find(|(k, _)| *k == key)
         .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allows(check: &HostCheck, host: &str) -> bool {
+        check.allows(Some(&HeaderValue::from_str(host).unwrap()))
+    }
+
+    #[test]
+    fn a_loopback_bind_serves_loopback_names_and_allowed_ones_only() {
+        let check = HostCheck::for_bind("127.0.0.1".parse().unwrap(), &["Proxy.Example.".into()]);
+        for host in [
+            "localhost",
+            "LOCALHOST:4321",
+            "localhost.:80",
+            "app.localhost:9",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.3.4.5:1",
+            "[::1]",
+            "[::1]:8080",
+            "proxy.example",
+            "proxy.example:443",
+        ] {
+            assert!(allows(&check, host), "{host} should be served");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "192.168.1.10:8080",
+            "[2001:db8::1]:80",
+            "0.0.0.0",
+            "",
+        ] {
+            assert!(!allows(&check, host), "{host} should get 421");
+        }
+        assert!(check.allows(None), "no Host header: not a browser");
+        let remote = HostCheck::for_bind("192.0.2.1".parse().unwrap(), &[]);
+        assert!(allows(&remote, "evil.example"));
+    }
 }

@@ -1,15 +1,32 @@
-//! The accept loop and per-connection settings: HTTP/1.1 with upgrades, a bounded
-//! request head, and a time limit for reading it.
+//! The accept loop and per-connection settings: HTTP/1.1 with upgrades, a bounded request
+//! head, a time limit for reading it, and a bound on connections that a flood cannot use to
+//! lock out the user.
+//!
+//! Why connections are bounded this way:
+//!
+//! - **Every connection costs a descriptor** (two while proxied), and a server that runs out
+//!   cannot connect to opencode for its health checks or start it again. The bound
+//!   ([`ConnectionLimits::for_open_file_limit`]) leaves descriptors in reserve for those.
+//! - **Anyone on the machine can connect; only token holders should be able to stay.** A
+//!   connection counts as *unauthenticated* until one of its requests carries a valid token.
+//!   When the bound is reached, a new connection takes the place of the oldest idle
+//!   unauthenticated one, so idle connections from another user never keep the user's
+//!   client out, and an unauthenticated connection that sends nothing (or sends its head a
+//!   byte at a time) is closed after [`ConnectionLimits::unauthenticated_idle`].
+//! - **Accept errors are logged at most once a second**, with a count, so a flood does not
+//!   also fill the log.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::api::{AppState, handle};
 
@@ -18,35 +35,226 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// A client must send its request head within this time.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Descriptors kept free for what the server itself needs while connections come and go:
+/// health probes, sidecar spawns (three pipes each), log files, the run record and leases.
+const RESERVED_DESCRIPTORS: u64 = 64;
+/// More connections than this are never needed by a desktop server's clients.
+const MAX_CONNECTIONS: usize = 4096;
+/// Fewer than this would leave too little for a real client's parallel requests.
+const MIN_CONNECTIONS: usize = 16;
+
+/// How many connections are served at once, and how long unauthenticated ones may idle.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// An unauthenticated connection with no request in progress is closed after this long.
+    pub unauthenticated_idle: Duration,
+}
+
+impl ConnectionLimits {
+    /// Limits for a process that may have `open_files` descriptors (`None`: no such limit
+    /// is known, as on Windows): each connection may need two (client and upstream), and
+    /// [`RESERVED_DESCRIPTORS`] stay free.
+    pub fn for_open_file_limit(open_files: Option<u64>) -> ConnectionLimits {
+        let max_connections = match open_files {
+            Some(limit) => {
+                let usable = limit.saturating_sub(RESERVED_DESCRIPTORS) / 2;
+                usize::try_from(usable)
+                    .unwrap_or(MAX_CONNECTIONS)
+                    .clamp(MIN_CONNECTIONS, MAX_CONNECTIONS)
+            }
+            None => MAX_CONNECTIONS,
+        };
+        ConnectionLimits {
+            max_connections,
+            unauthenticated_idle: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits::for_open_file_limit(None)
+    }
+}
+
+/// One connection's standing, shared between the accept loop and its requests (a request
+/// finds it in its extensions). The API marks it authenticated when a request's token is
+/// valid.
+#[derive(Debug)]
+pub struct ConnectionTicket {
+    id: u64,
+    authenticated: AtomicBool,
+    /// Requests being handled (response head not yet returned).
+    busy: AtomicUsize,
+    /// When the last request finished (or the connection was accepted).
+    idle_since: Mutex<Instant>,
+    evict: Notify,
+}
+
+impl ConnectionTicket {
+    /// A request on this connection carried a valid token: it may stay.
+    pub fn authenticated(&self) {
+        self.authenticated.store(true, Ordering::Relaxed);
+    }
+
+    fn is_authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Relaxed)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) == 0
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.idle_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+
+    fn begin(&self) {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The open connections, oldest first.
+struct Connections {
+    limits: ConnectionLimits,
+    open: Mutex<(u64, BTreeMap<u64, Arc<ConnectionTicket>>)>,
+}
+
+impl Connections {
+    /// A ticket for a new connection, making room by evicting the oldest idle
+    /// unauthenticated connection if the bound is reached; `None` if there is no room.
+    fn admit(&self) -> Option<Arc<ConnectionTicket>> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (next_id, tickets) = &mut *open;
+        if tickets.len() >= self.limits.max_connections {
+            let victim = tickets
+                .values()
+                .find(|t| !t.is_authenticated() && t.is_idle())
+                .map(|t| t.id)?;
+            if let Some(ticket) = tickets.remove(&victim) {
+                ticket.evict.notify_one();
+            }
+        }
+        *next_id += 1;
+        let ticket = Arc::new(ConnectionTicket {
+            id: *next_id,
+            authenticated: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            evict: Notify::new(),
+        });
+        tickets.insert(ticket.id, ticket.clone());
+        Some(ticket)
+    }
+
+    fn close(&self, ticket: &ConnectionTicket) {
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .remove(&ticket.id);
+    }
+}
+
+/// Counts a recurring problem and logs it at most once a second.
+struct Throttled {
+    what: &'static str,
+    count: u64,
+    last_log: Option<Instant>,
+}
+
+impl Throttled {
+    fn new(what: &'static str) -> Throttled {
+        Throttled {
+            what,
+            count: 0,
+            last_log: None,
+        }
+    }
+
+    fn hit(&mut self, detail: &dyn std::fmt::Display) {
+        self.count += 1;
+        if self
+            .last_log
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(count = self.count, "{} ({detail})", self.what);
+            self.count = 0;
+            self.last_log = Some(Instant::now());
+        }
+    }
+}
+
 /// Accepts connections until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
+    limits: ConnectionLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let connections = Arc::new(Connections {
+        limits,
+        open: Mutex::new((0, BTreeMap::new())),
+    });
+    let mut accept_failed = Throttled::new("accept failed");
+    let mut refused =
+        Throttled::new("connection refused: every connection is busy or authenticated");
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    accept_failed.hit(&e);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = super::stopping(&mut shutdown) => return,
         };
+        let Some(ticket) = connections.admit() else {
+            refused.hit(&peer);
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        tokio::spawn(serve_connection(stream, peer, state));
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, state, ticket.clone(), limits).await;
+            connections.close(&ticket);
+        });
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, state: Arc<AppState>) {
-    let service = service_fn(move |request| {
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    ticket: Arc<ConnectionTicket>,
+    limits: ConnectionLimits,
+) {
+    let for_requests = ticket.clone();
+    let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(request, state, peer).await) }
+        let ticket = for_requests.clone();
+        async move {
+            ticket.begin();
+            request.extensions_mut().insert(ticket.clone());
+            let response = handle(request, state, peer).await;
+            ticket.end();
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .max_buf_size(MAX_HEAD_BYTES)
@@ -54,7 +262,88 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, state
         .header_read_timeout(HEAD_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    if let Err(e) = connection.await {
-        tracing::debug!(error = %e, %peer, "connection ended with an error");
+    tokio::pin!(connection);
+    // Dropping the connection future closes the socket: that is how an evicted or idle
+    // unauthenticated connection ends.
+    let mut check = limits.unauthenticated_idle;
+    loop {
+        tokio::select! {
+            result = &mut connection => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                }
+                return;
+            }
+            _ = ticket.evict.notified() => {
+                tracing::debug!(%peer, "closed an idle unauthenticated connection to make room");
+                return;
+            }
+            _ = tokio::time::sleep(check), if !ticket.is_authenticated() => {
+                let idle = ticket.idle_for();
+                if ticket.is_idle() && idle >= limits.unauthenticated_idle {
+                    tracing::debug!(%peer, "closed an unauthenticated connection idle for {} s", idle.as_secs());
+                    return;
+                }
+                check = limits.unauthenticated_idle.saturating_sub(idle).max(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connections(max: usize) -> Connections {
+        Connections {
+            limits: ConnectionLimits {
+                max_connections: max,
+                unauthenticated_idle: Duration::from_secs(10),
+            },
+            open: Mutex::new((0, BTreeMap::new())),
+        }
+    }
+
+    #[test]
+    fn limits_leave_descriptors_in_reserve() {
+        let at_256 = ConnectionLimits::for_open_file_limit(Some(256));
+        assert_eq!(at_256.max_connections, 96);
+        assert_eq!(
+            ConnectionLimits::for_open_file_limit(Some(70)).max_connections,
+            MIN_CONNECTIONS
+        );
+        assert_eq!(
+            ConnectionLimits::for_open_file_limit(Some(1 << 20)).max_connections,
+            MAX_CONNECTIONS
+        );
+    }
+
+    #[test]
+    fn a_full_house_evicts_the_oldest_idle_unauthenticated_connection_only() {
+        let connections = connections(3);
+        let authenticated = connections.admit().unwrap();
+        authenticated.authenticated();
+        let busy = connections.admit().unwrap();
+        busy.begin();
+        let idle = connections.admit().unwrap();
+        let newcomer = connections.admit().expect("room made");
+        let open: Vec<u64> = connections.open.lock().unwrap().1.keys().copied().collect();
+        assert_eq!(open, vec![authenticated.id, busy.id, newcomer.id]);
+        // The evicted one was told to go (a permit is stored for its next wait).
+        let told = idle.evict.notified();
+        tokio::pin!(told);
+        assert!(
+            told.as_mut().enable(),
+            "the idle connection is told to close"
+        );
+
+        // Now nothing is evictable but the newcomer, which is idle and unauthenticated.
+        newcomer.authenticated();
+        assert!(connections.admit().is_none(), "no room: refused");
+        busy.end();
+        assert!(
+            connections.admit().is_some(),
+            "the finished request made room"
+        );
     }
 }

@@ -106,6 +106,13 @@ pub fn contain_children() -> io::Result<()> {
     sys::contain_children()
 }
 
+/// Raises this process's soft limit on open files to its hard limit (macOS: at most
+/// `OPEN_MAX`, which is what its kernel accepts) and returns the limit now in force; `None`
+/// where there is no such limit (Windows). Sidecars inherit the raised limit.
+pub fn raise_open_file_limit() -> Option<u64> {
+    sys::raise_open_file_limit()
+}
+
 /// Whether a process with this pid exists. On Linux a zombie (exited, not yet reaped) counts as
 /// gone; elsewhere it counts as alive until its parent reaps it.
 pub fn is_alive(pid: u32) -> bool {

@@ -58,6 +58,36 @@ fn exists(target: libc::pid_t) -> bool {
     signalled || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+pub(super) fn raise_open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    let wanted = if cfg!(target_os = "macos") {
+        // macOS refuses a soft limit above OPEN_MAX (10240) even when the hard limit is
+        // "unlimited".
+        limit.rlim_max.min(10240)
+    } else {
+        limit.rlim_max
+    };
+    if wanted > limit.rlim_cur {
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = wanted;
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every unix
+    Some(limit.rlim_cur as u64)
+}
+
 pub(super) fn is_alive(pid: u32) -> bool {
     let Some(pid) = libc::pid_t::try_from(pid).ok().filter(|&p| p > 0) else {
         return false;

@@ -131,6 +131,11 @@ pub(super) fn contain_children() -> io::Result<()> {
     Ok(())
 }
 
+pub(super) fn raise_open_file_limit() -> Option<u64> {
+    // Sockets are kernel handles, limited by memory rather than by a per-process count.
+    None
+}
+
 pub(super) fn is_alive(pid: u32) -> bool {
     match open_process(pid, PROCESS_SYNCHRONIZE | PROCESS_QUERY_LIMITED_INFORMATION) {
         // SAFETY: the handle is open and was opened with SYNCHRONIZE.

@@ -14,9 +14,10 @@ use tokio::sync::watch;
 
 use crate::env_vars;
 use crate::error::{Error, Result};
-use crate::http::api::{AppState, Workspace};
+use crate::http::api::{AppState, HostCheck, Workspace};
 use crate::http::auth::Tokens;
 use crate::http::proxy::ProxyOptions;
+use crate::http::server::ConnectionLimits;
 use crate::install::{self, PrepareOptions, PreparedRuntime};
 use crate::layout::{self, DataLayout};
 use crate::source::{self, SourceKind};
@@ -44,6 +45,8 @@ pub struct ServeOptions {
     pub router: bool,
     /// Browser origins allowed (CORS).
     pub cors_origins: Vec<String>,
+    /// `--allow-host`: names requests may carry in `Host` besides the loopback ones.
+    pub allowed_hosts: Vec<String>,
     /// `--data-dir`.
     pub data_dir: Option<PathBuf>,
     /// `--bundle-dir` / env, with how it was given.
@@ -55,6 +58,16 @@ pub struct ServeOptions {
 /// Runs the server until it is told to stop; `Ok(ExitCode::Ok)` after a clean stop.
 pub fn run(options: ServeOptions) -> Result<ExitCode> {
     let addr = listen_address(&options.host, options.port, options.remote_access)?;
+    // Before anything is opened: a connection flood must not leave the server without
+    // descriptors for its own work (macOS starts GUI apps with a soft limit of 256).
+    let open_files = process::raise_open_file_limit();
+    let connection_limits = ConnectionLimits::for_open_file_limit(open_files);
+    tracing::debug!(
+        ?open_files,
+        max_connections = connection_limits.max_connections,
+        "connection limits"
+    );
+    let host_check = HostCheck::for_bind(addr.ip(), &options.allowed_hosts);
     let workspace = workspace_dir(options.workspace.as_deref())?;
     let layout = DataLayout::resolve(options.data_dir.clone())?;
     std::fs::create_dir_all(&layout.data_dir)
@@ -170,12 +183,14 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
             workspace,
             base_url: base_url.clone(),
             cors_origins: options.cors_origins.clone(),
+            host_check,
             shutdown: shutdown.clone(),
             proxy: ProxyOptions::default(),
         });
         tokio::spawn(crate::http::server::serve(
             listener,
             state,
+            connection_limits,
             shutdown_rx.clone(),
         ));
         tokio::spawn(forward_signals(shutdown.clone()));

@@ -31,12 +31,19 @@ pub struct Event {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "camelCase")]
 pub enum EventKind {
-    /// A process was started and is being checked for readiness.
+    /// A process was started; it picks its own port and announces it.
     #[serde(rename_all = "camelCase")]
     Starting {
         /// Its pid.
         pid: u32,
-        /// The port it was told to use.
+    },
+    /// The process announced the loopback port it listens on (opencode) or reports health on
+    /// (router); readiness checks go there.
+    #[serde(rename_all = "camelCase")]
+    Listening {
+        /// Its pid.
+        pid: u32,
+        /// The port.
         port: u16,
     },
     /// The health check passed for the first time since the start.
@@ -94,6 +101,7 @@ impl EventKind {
     pub fn name(&self) -> &'static str {
         match self {
             EventKind::Starting { .. } => "starting",
+            EventKind::Listening { .. } => "listening",
             EventKind::Ready { .. } => "ready",
             EventKind::Exited { .. } => "exited",
             EventKind::Restarting { .. } => "restarting",

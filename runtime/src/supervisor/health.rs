@@ -20,16 +20,73 @@ pub struct ProbeAnswer {
     pub body: Bytes,
 }
 
+/// Why a probe failed.
+#[derive(Debug)]
+pub struct ProbeError {
+    /// In words.
+    pub reason: String,
+    /// The probe could not even be made: this process is out of descriptors or memory. It
+    /// says nothing about the sidecar.
+    pub local_shortage: bool,
+}
+
+impl ProbeError {
+    /// A failure of the sidecar's (no answer, a wrong answer).
+    pub fn answer(reason: impl Into<String>) -> ProbeError {
+        ProbeError {
+            reason: reason.into(),
+            local_shortage: false,
+        }
+    }
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl From<String> for ProbeError {
+    fn from(reason: String) -> ProbeError {
+        ProbeError::answer(reason)
+    }
+}
+
+/// Whether `error` means this process (or the system) ran out of descriptors, processes or
+/// memory, rather than that something it talked to failed.
+pub fn is_resource_shortage(error: &std::io::Error) -> bool {
+    if error.kind() == std::io::ErrorKind::OutOfMemory {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        matches!(
+            error.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN | libc::ENOBUFS)
+        )
+    }
+    #[cfg(windows)]
+    {
+        // WSAEMFILE, WSAENOBUFS, ERROR_NOT_ENOUGH_MEMORY, ERROR_NO_SYSTEM_RESOURCES.
+        matches!(error.raw_os_error(), Some(10024 | 10055 | 8 | 1450))
+    }
+    #[cfg(not(any(unix, windows)))]
+    false
+}
+
 /// `GET path` on `addr`, with `authorization` if given; an error says why in words.
 pub async fn probe(
     addr: SocketAddr,
     path: &str,
     authorization: Option<&HeaderValue>,
     timeout: Duration,
-) -> Result<ProbeAnswer, String> {
+) -> Result<ProbeAnswer, ProbeError> {
     match tokio::time::timeout(timeout, probe_inner(addr, path, authorization)).await {
         Ok(result) => result,
-        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+        Err(_) => Err(ProbeError::answer(format!(
+            "no answer within {} ms",
+            timeout.as_millis()
+        ))),
     }
 }
 
@@ -37,10 +94,13 @@ async fn probe_inner(
     addr: SocketAddr,
     path: &str,
     authorization: Option<&HeaderValue>,
-) -> Result<ProbeAnswer, String> {
+) -> Result<ProbeAnswer, ProbeError> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| ProbeError {
+            reason: format!("connect: {e}"),
+            local_shortage: is_resource_shortage(&e),
+        })?;
     let _ = stream.set_nodelay(true);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -55,7 +115,7 @@ async fn probe_inner(
             .headers_mut()
             .insert(header::AUTHORIZATION, value.clone());
     }
-    let result = async {
+    let result: Result<ProbeAnswer, ProbeError> = async {
         let response = sender
             .send_request(request)
             .await

@@ -40,6 +40,9 @@ pub const REDACTED: &str = "[redacted]";
 /// oldest goes first, since the process that knew it is gone.
 const MAX_SECRETS: usize = 32;
 
+/// Sees each line a sidecar writes until it returns true (see [`SidecarLog::attach_watching`]).
+pub type LineWatch = Box<dyn FnMut(&[u8]) -> bool + Send>;
+
 /// Size limits of one sidecar's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogLimits {
@@ -224,7 +227,18 @@ impl SidecarLog {
         R: AsyncRead + Unpin + Send + 'static,
     {
         let log = self.clone();
-        tokio::spawn(async move { log.read_lines(stream, reader).await })
+        tokio::spawn(async move { log.read_lines(stream, reader, None).await })
+    }
+
+    /// Like [`SidecarLog::attach`], and also shows every line, as the sidecar wrote it (before
+    /// redaction and splitting), to `watch` until `watch` returns true: how the supervisor
+    /// learns the address a sidecar announces on its stdout.
+    pub fn attach_watching<R>(&self, stream: Stream, reader: R, watch: LineWatch) -> JoinHandle<()>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
+        let log = self.clone();
+        tokio::spawn(async move { log.read_lines(stream, reader, Some(watch)).await })
     }
 
     /// The current log file, `<logs_dir>/<name>.log`.
@@ -237,7 +251,12 @@ impl SidecarLog {
         &self.inner.name
     }
 
-    async fn read_lines<R: AsyncRead + Unpin>(&self, stream: Stream, reader: R) {
+    async fn read_lines<R: AsyncRead + Unpin>(
+        &self,
+        stream: Stream,
+        reader: R,
+        mut watch: Option<LineWatch>,
+    ) {
         let mut reader = BufReader::with_capacity(16 * 1024, reader);
         let mut line = Vec::new();
         loop {
@@ -254,6 +273,11 @@ impl SidecarLog {
             if let Some(end) = window.iter().position(|&b| b == b'\n') {
                 line.extend_from_slice(&window[..end]);
                 reader.consume(end + 1);
+                if let Some(seen) = &mut watch
+                    && seen(&line)
+                {
+                    watch = None;
+                }
                 self.push(stream, &line);
                 line.clear();
             } else {

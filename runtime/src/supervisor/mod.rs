@@ -221,7 +221,7 @@ pub struct SupervisorConfig {
 pub struct OpencodeEndpoint {
     /// `127.0.0.1:<port>`.
     pub addr: SocketAddr,
-    /// Its password (fresh for every server start).
+    /// Its password (fresh for every opencode process).
     pub password: String,
 }
 
@@ -279,9 +279,6 @@ impl Supervisor {
         lifeline: Option<Lifeline>,
         record: Option<RunRecord>,
     ) -> crate::Result<Supervisor> {
-        let password = random_secret();
-        let mut secrets = config.secrets.clone();
-        secrets.push(password.clone());
         let (endpoint_tx, endpoint_rx) = watch::channel(None);
         let guard = Arc::new(sidecar::Guard::new(lifeline, record));
         let mut sidecars = Vec::new();
@@ -301,9 +298,6 @@ impl Supervisor {
                     crate::Error::io(what, e)
                 },
             )?;
-            for secret in &secrets {
-                log.add_secret(secret);
-            }
             let status = Arc::new(Mutex::new(SidecarStatus {
                 name: kind.name(),
                 state: SidecarState::Pending,
@@ -326,7 +320,7 @@ impl Supervisor {
                 log: log.clone(),
                 events: events.clone(),
                 commands: receiver,
-                password: password.clone(),
+                secrets: config.secrets.clone(),
                 endpoint_tx: endpoint_tx.clone(),
                 endpoint_rx: endpoint_rx.clone(),
                 guard: guard.clone(),

@@ -1,21 +1,21 @@
 //! One sidecar's life: spawn, wait for health, watch, restart or give up, stop.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::process::Child;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::backoff::{Backoff, Decision};
 use super::events::{EventBus, EventKind, unix_ms};
-use super::health::probe;
-use super::logs::{SidecarLog, Stream};
+use super::health::{ProbeError, is_resource_shortage, probe};
+use super::logs::{LineWatch, SidecarLog, Stream};
 use super::{
     Command, LastExit, OPENCODE_USERNAME, OpencodeEndpoint, SidecarKind, SidecarState,
-    SidecarStatus, Tuning,
+    SidecarStatus, Tuning, random_secret,
 };
 use crate::env_vars;
 use crate::process::{self, Lifeline, RunRecord};
@@ -75,6 +75,9 @@ enum Outcome {
     },
     /// A restart was asked for; the process is gone.
     Restart,
+    /// It could not be started for lack of descriptors, processes or memory on our side:
+    /// retried after a pause, and not counted as a crash of the sidecar.
+    Starved(String),
     /// A stop was asked for; the process is gone.
     Stopped(Option<tokio::sync::oneshot::Sender<()>>),
 }
@@ -85,6 +88,9 @@ enum Wake {
     Command(Option<Command>),
     Tick,
     EndpointChanged,
+    /// The address the sidecar announced on stdout (`None`: stdout closed first).
+    Announced(Option<SocketAddr>),
+    Deadline,
 }
 
 pub(super) struct SidecarTask {
@@ -96,7 +102,8 @@ pub(super) struct SidecarTask {
     pub log: SidecarLog,
     pub events: Arc<EventBus>,
     pub commands: mpsc::UnboundedReceiver<Command>,
-    pub password: String,
+    /// The server's tokens: never in a sidecar's log.
+    pub secrets: Vec<String>,
     pub endpoint_tx: Arc<watch::Sender<Option<OpencodeEndpoint>>>,
     pub endpoint_rx: watch::Receiver<Option<OpencodeEndpoint>>,
     pub guard: Arc<Guard>,
@@ -117,16 +124,39 @@ impl SidecarTask {
 
     pub(super) async fn run(mut self) {
         let mut backoff = Backoff::new(self.tuning.restart);
-        let mut last_port = None;
+        let mut starved_since: Option<Instant> = None;
         loop {
             if self.kind == SidecarKind::Router
                 && let Some(ack) = self.wait_for_opencode().await
             {
                 return self.stopped(ack);
             }
-            let outcome = self.run_once(&mut last_port).await;
+            let outcome = self.run_once().await;
+            if !matches!(outcome, Outcome::Starved(_)) {
+                starved_since = None;
+            }
             let (exit, healthy_for) = match outcome {
                 Outcome::Stopped(ack) => return self.stopped(ack),
+                Outcome::Starved(reason) => {
+                    // Logged once per shortage, not once per retry: a flood must not also
+                    // flood the log.
+                    if starved_since.is_none() {
+                        starved_since = Some(Instant::now());
+                        self.log
+                            .note(&format!("{reason}: retrying every second until it works"));
+                        tracing::warn!(sidecar = self.kind.name(), "{reason}");
+                    }
+                    self.set_state(SidecarState::Backoff);
+                    tokio::select! {
+                        _ = tokio::time::sleep(STARVED_RETRY) => {}
+                        command = self.commands.recv() => match command {
+                            Some(Command::Restart) => backoff.reset(),
+                            Some(Command::Stop(ack)) => return self.stopped(Some(ack)),
+                            None => return self.stopped(None),
+                        },
+                    }
+                    continue;
+                }
                 Outcome::Restart => {
                     backoff.reset();
                     self.status().restarts += 1;
@@ -212,9 +242,24 @@ impl SidecarTask {
         None
     }
 
-    async fn run_once(&mut self, last_port: &mut Option<u16>) -> Outcome {
-        let port = choose_port(*last_port);
-        *last_port = Some(port);
+    async fn run_once(&mut self) -> Outcome {
+        // Fresh credentials for every process: one that another user somehow learned (a core
+        // dump, a leaked log line) dies with the process it was made for.
+        let opencode_now = self.endpoint_rx.borrow().clone();
+        let password = match self.kind {
+            SidecarKind::Opencode => random_secret(),
+            SidecarKind::Router => opencode_now
+                .as_ref()
+                .map(|e| e.password.clone())
+                .unwrap_or_default(),
+        };
+        // The server's tokens are re-added so they stay the newest secrets however many
+        // passwords come and go; the password before anything can print it.
+        for secret in &self.secrets {
+            self.log.add_secret(secret);
+        }
+        self.log.add_secret(&password);
+
         let mut command = process::sidecar_command(&self.program);
         command
             .current_dir(&self.workspace)
@@ -222,27 +267,34 @@ impl SidecarTask {
             .env_remove(env_vars::OPENWORK_TOKEN)
             .env_remove(env_vars::OPENWORK_HOST_TOKEN)
             .env("OPENCODE_SERVER_USERNAME", OPENCODE_USERNAME)
-            .env("OPENCODE_SERVER_PASSWORD", &self.password);
-        let opencode_url = self
-            .endpoint_rx
-            .borrow()
-            .as_ref()
-            .map(|e| (e.addr, format!("http://{}", e.addr)));
+            .env("OPENCODE_SERVER_PASSWORD", &password);
+        // Port 0 everywhere: the sidecar binds a port the kernel picks and announces it on the
+        // stdout pipe only we hold. A port chosen here and handed over on the command line
+        // (readable by every user) could be bound first by another user's process, which would
+        // then receive opencode's password with the first health probe.
         match self.kind {
             SidecarKind::Opencode => {
-                command.args(["serve", "--hostname", "127.0.0.1", "--port"]);
-                command.arg(port.to_string());
+                command.args(["serve", "--hostname", "127.0.0.1", "--port", "0"]);
             }
             SidecarKind::Router => {
-                let url = opencode_url.as_ref().map(|u| u.1.as_str()).unwrap_or("");
+                let url = opencode_now
+                    .as_ref()
+                    .map(|e| format!("http://{}", e.addr))
+                    .unwrap_or_default();
                 command.arg("serve").arg(&self.workspace);
-                command.args(["--opencode-url", url]);
-                command.env("OPENCODE_ROUTER_HEALTH_PORT", port.to_string());
+                command.args(["--opencode-url", &url]);
+                command.env("OPENCODE_ROUTER_HEALTH_PORT", "0");
             }
         }
         let spawned_at = Instant::now();
         let mut child = match command.spawn() {
             Ok(child) => child,
+            Err(e) if is_resource_shortage(&e) => {
+                return Outcome::Starved(format!(
+                    "could not start {}: {e}",
+                    self.program.display()
+                ));
+            }
             Err(e) => {
                 return Outcome::Failed {
                     exit: failure(format!("could not start {}: {e}", self.program.display())),
@@ -252,90 +304,133 @@ impl SidecarTask {
         };
         let pid = child.id().unwrap_or(0);
         self.guard.started(self.kind.name(), pid, &self.program);
+        let (announced_tx, mut announced) = oneshot::channel();
         if let Some(stdout) = child.stdout.take() {
-            self.log.attach(Stream::Stdout, stdout);
+            let kind = self.kind;
+            let mut announced_tx = Some(announced_tx);
+            let watch: LineWatch = Box::new(move |line| {
+                let Some(addr) = announced_address(kind, &String::from_utf8_lossy(line)) else {
+                    return false;
+                };
+                if let Some(tx) = announced_tx.take() {
+                    let _ = tx.send(addr);
+                }
+                true
+            });
+            self.log.attach_watching(Stream::Stdout, stdout, watch);
         }
         if let Some(stderr) = child.stderr.take() {
             self.log.attach(Stream::Stderr, stderr);
         }
-        self.log.note(&format!(
-            "started pid {pid}, port {port}: {}",
-            self.program.display()
-        ));
+        self.log
+            .note(&format!("started pid {pid}: {}", self.program.display()));
         {
             let mut status = self.status();
             status.state = SidecarState::Starting;
             status.pid = Some(pid);
-            status.port = Some(port);
+            status.port = None;
             status.ready_at = None;
         }
-        self.publish(EventKind::Starting { pid, port });
+        self.publish(EventKind::Starting { pid });
 
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let endpoint = OpencodeEndpoint {
-            addr,
-            password: self.password.clone(),
-        };
-        let authorization = endpoint.authorization();
         let health_path = match self.kind {
             SidecarKind::Opencode => "/global/health",
             SidecarKind::Router => "/health",
         };
-        let check = |timeout: Duration| {
+        let kind = self.kind;
+        // opencode's password goes to opencode's announced port only; the router's health
+        // server never gets it.
+        let authorization = (kind == SidecarKind::Opencode).then(|| {
+            OpencodeEndpoint {
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                password: password.clone(),
+            }
+            .authorization()
+        });
+        let check = |addr: SocketAddr, timeout: Duration| {
             let authorization = authorization.clone();
-            let kind = self.kind;
             async move {
-                let answer = probe(addr, health_path, Some(&authorization), timeout).await?;
+                let answer = probe(addr, health_path, authorization.as_ref(), timeout).await?;
                 if !answer.status.is_success() {
-                    return Err(format!("health check answered {}", answer.status));
+                    return Err(ProbeError::answer(format!(
+                        "health check answered {}",
+                        answer.status
+                    )));
                 }
                 if kind == SidecarKind::Opencode
                     && let Ok(body) = serde_json::from_slice::<serde_json::Value>(&answer.body)
                     && body.get("healthy") == Some(&serde_json::Value::Bool(false))
                 {
-                    return Err("health check answered healthy: false".into());
+                    return Err(ProbeError::answer("health check answered healthy: false"));
                 }
                 Ok(())
             }
         };
 
-        // Readiness: poll quickly until healthy, the process exits, or time runs out.
+        // Readiness: wait for the announced address, then poll quickly until healthy, the
+        // process exits, or time runs out.
         let deadline = spawned_at + self.tuning.ready_timeout;
+        let mut addr: Option<SocketAddr> = None;
+        let mut announcing = true;
         loop {
             let wake = tokio::select! {
                 status = child.wait() => Wake::Exited(status),
                 command = self.commands.recv() => Wake::Command(command),
-                _ = tokio::time::sleep(self.tuning.ready_poll) => Wake::Tick,
+                announced = &mut announced, if announcing => Wake::Announced(announced.ok()),
+                _ = tokio::time::sleep(self.tuning.ready_poll), if addr.is_some() => Wake::Tick,
+                _ = tokio::time::sleep_until(deadline.into()) => Wake::Deadline,
             };
             match wake {
                 Wake::Exited(status) => {
                     return self.exited(pid, status, "before it became healthy", Duration::ZERO);
                 }
                 Wake::Command(command) => return self.obey(command, &mut child, pid).await,
-                Wake::Tick | Wake::EndpointChanged => {
-                    // (EndpointChanged is only watched for once the sidecar is running.)
+                Wake::Announced(found) => {
+                    announcing = false;
+                    // None: stdout closed without an announcement; the exit or the deadline
+                    // comes next.
+                    if let Some(found) = found {
+                        addr = Some(found);
+                        self.status().port = Some(found.port());
+                        self.log.note(&format!("listening on {found}"));
+                        self.publish(EventKind::Listening {
+                            pid,
+                            port: found.port(),
+                        });
+                    }
+                }
+                Wake::Tick => {
+                    let Some(addr) = addr else { continue };
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     let limit = self
                         .tuning
                         .liveness_timeout
                         .min(remaining)
                         .max(Duration::from_millis(1));
-                    if check(limit).await.is_ok() {
+                    if check(addr, limit).await.is_ok() {
                         break;
                     }
-                    if Instant::now() >= deadline {
-                        self.stop_child(&mut child, pid).await;
-                        return Outcome::Failed {
-                            exit: failure(format!(
-                                "not healthy within {} s of starting (pid {pid})",
-                                self.tuning.ready_timeout.as_secs_f64()
-                            )),
-                            healthy_for: Duration::ZERO,
-                        };
-                    }
                 }
+                Wake::Deadline => {
+                    self.stop_child(&mut child, pid).await;
+                    let what = if addr.is_some() {
+                        "not healthy"
+                    } else {
+                        "did not announce a loopback address on stdout"
+                    };
+                    return Outcome::Failed {
+                        exit: failure(format!(
+                            "{what} within {} s of starting (pid {pid})",
+                            self.tuning.ready_timeout.as_secs_f64()
+                        )),
+                        healthy_for: Duration::ZERO,
+                    };
+                }
+                Wake::EndpointChanged => {}
             }
         }
+        let addr = addr.expect("healthy only after an announcement");
+        let endpoint = OpencodeEndpoint { addr, password };
 
         let ready_at = Instant::now();
         let startup_ms = ready_at.duration_since(spawned_at).as_millis() as u64;
@@ -346,13 +441,14 @@ impl SidecarTask {
         }
         self.log.note(&format!("healthy after {startup_ms} ms"));
         self.publish(EventKind::Ready { pid, startup_ms });
-        let started_with = opencode_url.map(|u| u.0);
+        let started_with = opencode_now.map(|e| (e.addr, e.password));
         if self.kind == SidecarKind::Opencode {
             self.endpoint_tx.send_replace(Some(endpoint));
         }
 
         // Liveness: a few failed checks in a row mean it hangs: restart it.
         let mut failed_checks = 0u32;
+        let mut starved_checks = 0u32;
         let mut ticker = tokio::time::interval_at(
             tokio::time::Instant::now() + self.tuning.liveness_interval,
             self.tuning.liveness_interval,
@@ -380,17 +476,38 @@ impl SidecarTask {
                     return self.obey(command, &mut child, pid).await;
                 }
                 Wake::EndpointChanged => {
-                    // opencode came back on another port: the router must follow it.
-                    let now = self.endpoint_rx.borrow().as_ref().map(|e| e.addr);
+                    // A new opencode (another port, another password): the router must follow.
+                    let now = self
+                        .endpoint_rx
+                        .borrow()
+                        .as_ref()
+                        .map(|e| (e.addr, e.password.clone()));
                     if now.is_some() && now != started_with {
-                        self.log.note("opencode moved to another port: restarting");
+                        self.log
+                            .note("opencode was restarted: restarting to follow it");
                         self.stop_child(&mut child, pid).await;
                         return Outcome::Restart;
                     }
                 }
-                Wake::Tick => match check(self.tuning.liveness_timeout).await {
-                    Ok(()) => failed_checks = 0,
-                    Err(reason) => {
+                // (Only waited for before readiness.)
+                Wake::Announced(_) | Wake::Deadline => {}
+                Wake::Tick => match check(addr, self.tuning.liveness_timeout).await {
+                    Ok(()) => {
+                        failed_checks = 0;
+                        starved_checks = 0;
+                    }
+                    Err(error) if error.local_shortage => {
+                        // Our side is out of descriptors (a connection flood, say): that says
+                        // nothing about the sidecar, so it is not held against it.
+                        starved_checks += 1;
+                        if starved_checks == 1 {
+                            self.log.note(&format!(
+                                "liveness check skipped: {}; not counted against the sidecar",
+                                error.reason
+                            ));
+                        }
+                    }
+                    Err(ProbeError { reason, .. }) => {
                         failed_checks += 1;
                         self.log.note(&format!(
                             "liveness check {failed_checks}/{} failed: {reason}",
@@ -507,16 +624,68 @@ fn describe_exit(status: ExitStatus) -> LastExit {
     }
 }
 
-/// The previous port if it is still free (so clients and the router keep their URL),
-/// else any free loopback port.
-fn choose_port(previous: Option<u16>) -> u16 {
-    if let Some(port) = previous
-        && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
-    {
-        return port;
+/// How long to wait before trying again to start a sidecar that could not be started for
+/// lack of resources on our side.
+const STARVED_RETRY: Duration = Duration::from_secs(1);
+
+/// The loopback address a sidecar announces on its stdout once it listens: opencode prints
+/// `opencode server listening on http://127.0.0.1:4096`, opencode-router
+/// `opencode-router 0.1.0: health on http://127.0.0.1:41234/health, …`. Anything else (no
+/// such line, a non-loopback address, port 0) is not an announcement.
+pub(super) fn announced_address(kind: SidecarKind, line: &str) -> Option<SocketAddr> {
+    let marker = match kind {
+        SidecarKind::Opencode => "listening on http://",
+        SidecarKind::Router => "health on http://",
+    };
+    let rest = &line[line.find(marker)? + marker.len()..];
+    let authority = rest
+        .split(|c: char| c == '/' || c == ',' || c.is_whitespace())
+        .next()?;
+    let addr: SocketAddr = authority.parse().ok()?;
+    (addr.ip().is_loopback() && addr.port() != 0).then_some(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_loopback_announcement_with_a_port_counts() {
+        let opencode = SidecarKind::Opencode;
+        assert_eq!(
+            announced_address(
+                opencode,
+                "opencode server listening on http://127.0.0.1:4096"
+            ),
+            Some("127.0.0.1:4096".parse().unwrap())
+        );
+        assert_eq!(
+            announced_address(opencode, "opencode server listening on http://[::1]:5000/"),
+            Some("[::1]:5000".parse().unwrap())
+        );
+        for line in [
+            "opencode server listening on http://0.0.0.0:4096",
+            "opencode server listening on http://192.0.2.7:4096",
+            "opencode server listening on http://127.0.0.1:0",
+            "opencode server listening on http://localhost:4096",
+            "opencode server listening on http://127.0.0.1:99999",
+            "see http://127.0.0.1:4096 for details",
+            "",
+        ] {
+            assert_eq!(announced_address(opencode, line), None, "{line}");
+        }
+        let router = SidecarKind::Router;
+        assert_eq!(
+            announced_address(
+                router,
+                "opencode-router 0.1.0: health on http://127.0.0.1:41234/health, opencode http://127.0.0.1:4096, workspace /w"
+            ),
+            Some("127.0.0.1:41234".parse().unwrap())
+        );
+        assert_eq!(
+            announced_address(router, "opencode server listening on http://127.0.0.1:4096"),
+            None,
+            "the router's announcement is its health server"
+        );
     }
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
 }
