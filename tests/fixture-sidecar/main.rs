@@ -137,7 +137,7 @@ fn run(args: Vec<String>) -> Result<()> {
         .ok()
         .filter(|p| !p.is_empty());
     if let Some(dir) = &state_dir {
-        record_start(dir, role, child_pid, &args, password.is_some())?;
+        record_start(dir, role, child_pid, &args, password.as_deref())?;
     }
 
     let who = format!("fixture {}", role.name());
@@ -326,7 +326,7 @@ fn record_start(
     role: Role,
     child_pid: Option<u32>,
     args: &[String],
-    has_password: bool,
+    password: Option<&str>,
 ) -> Result<()> {
     #[cfg(unix)]
     // SAFETY: neither call has preconditions or can fail.
@@ -341,7 +341,12 @@ fn record_start(
         "childPid": child_pid,
         "startedAtMs": SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64,
         "args": args,
-        "hasPassword": has_password,
+        "hasPassword": password.is_some(),
+        // Tells one start's password from another's without putting it in the file.
+        "passwordSha256": password.map(|p| {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(p.as_bytes()))
+        }),
         "cwd": std::env::current_dir()?,
     });
     let mut line = serde_json::to_vec(&start)?;

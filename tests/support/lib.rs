@@ -1,6 +1,8 @@
 //! Shared helpers for the end-to-end tests: where the workspace's binaries are, how to get a
 //! real stub for each target (cross-linked here with cargo-zigbuild), and small fixtures.
 
+#[cfg(unix)]
+pub mod attacker;
 pub mod fixtures;
 pub mod http;
 pub mod release;

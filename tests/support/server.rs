@@ -24,6 +24,7 @@ pub struct ServerBuilder {
     dir: PathBuf,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    open_files: Option<u64>,
 }
 
 /// A started server.
@@ -79,6 +80,7 @@ impl ServerBuilder {
                 ("FIXTURE_STATE_DIR".into(), dir.join("state").into()),
                 ("OPENWORK_LOG".into(), "debug".into()),
             ],
+            open_files: None,
         }
     }
 
@@ -111,6 +113,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Starts the server with this soft and hard limit on open files (`ulimit -n`), as
+    /// a macOS GUI app gets 256.
+    pub fn open_file_limit(mut self, limit: u64) -> ServerBuilder {
+        self.open_files = Some(limit);
+        self
+    }
+
     /// Supervisor timings (`OPENWORK_SERVER_V2_SUPERVISOR`).
     pub fn tuning(self, value: &str) -> ServerBuilder {
         self.env("OPENWORK_SERVER_V2_SUPERVISOR", value)
@@ -129,6 +138,24 @@ impl ServerBuilder {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(File::create(&stderr).unwrap());
+        #[cfg(unix)]
+        if let Some(limit) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe and only reads `limit`.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let child = crate::fixtures::spawn_retrying(&mut command);
         (child, stderr)
     }

@@ -19,8 +19,10 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
@@ -42,6 +44,28 @@ const RESERVED_DESCRIPTORS: u64 = 64;
 const MAX_CONNECTIONS: usize = 4096;
 /// Fewer than this would leave too little for a real client's parallel requests.
 const MIN_CONNECTIONS: usize = 16;
+
+/// Connections the kernel may hold for us before we accept them. std's 128 fills up under a
+/// flood, and a client whose handshake is then dropped waits a whole second to retry: with
+/// room for every connection a flood can hold, it waits only for its turn to be accepted.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// A non-blocking listening socket on `addr`, with address reuse as std sets it on unix (a
+/// restarted server can bind its port while old connections linger in TIME-WAIT) and a
+/// backlog of [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
 
 /// How many connections are served at once, and how long unauthenticated ones may idle.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +112,8 @@ pub struct ConnectionTicket {
     authenticated: AtomicBool,
     /// Requests being handled (response head not yet returned).
     busy: AtomicUsize,
+    /// Whether the client has sent a byte yet.
+    spoken: AtomicBool,
     /// When the last request finished (or the connection was accepted).
     idle_since: Mutex<Instant>,
     evict: Notify,
@@ -101,6 +127,10 @@ impl ConnectionTicket {
 
     fn is_authenticated(&self) -> bool {
         self.authenticated.load(Ordering::Relaxed)
+    }
+
+    fn has_spoken(&self) -> bool {
+        self.spoken.load(Ordering::Relaxed)
     }
 
     fn is_idle(&self) -> bool {
@@ -124,6 +154,57 @@ impl ConnectionTicket {
     }
 }
 
+/// A connection's stream, telling its ticket when the client first sends something.
+struct Watched {
+    stream: tokio::net::TcpStream,
+    ticket: Arc<ConnectionTicket>,
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.ticket.spoken.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// The open connections, oldest first.
 struct Connections {
     limits: ConnectionLimits,
@@ -137,9 +218,14 @@ impl Connections {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let (next_id, tickets) = &mut *open;
         if tickets.len() >= self.limits.max_connections {
+            // A connection that has never sent a byte goes first: a real client sends its
+            // request as soon as it connects; a flood holds connections open and silent.
+            let evictable = |t: &&Arc<ConnectionTicket>| !t.is_authenticated() && t.is_idle();
             let victim = tickets
                 .values()
-                .find(|t| !t.is_authenticated() && t.is_idle())
+                .filter(evictable)
+                .find(|t| !t.has_spoken())
+                .or_else(|| tickets.values().find(evictable))
                 .map(|t| t.id)?;
             if let Some(ticket) = tickets.remove(&victim) {
                 ticket.evict.notify_one();
@@ -150,6 +236,7 @@ impl Connections {
             id: *next_id,
             authenticated: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
+            spoken: AtomicBool::new(false),
             idle_since: Mutex::new(Instant::now()),
             evict: Notify::new(),
         });
@@ -222,11 +309,17 @@ pub async fn serve(
             },
             _ = super::stopping(&mut shutdown) => return,
         };
+        // A client whose request is already waiting is no flood's idle connection: it is not
+        // evicted as a silent one while its task waits for its turn to read.
+        let spoken = has_pending_data(&stream);
         let Some(ticket) = connections.admit() else {
             refused.hit(&peer);
             drop(stream);
             continue;
         };
+        if spoken {
+            ticket.spoken.store(true, Ordering::Relaxed);
+        }
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let connections = connections.clone();
@@ -234,7 +327,17 @@ pub async fn serve(
             serve_connection(stream, peer, state, ticket.clone(), limits).await;
             connections.close(&ticket);
         });
+        // Let the new connection read its request (and an evicted one close) before the next
+        // accept: in a burst of accepts, a client's request would otherwise wait behind a
+        // flood's connections until it had become the oldest idle one itself.
+        tokio::task::yield_now().await;
     }
+}
+
+/// Whether bytes from the client are waiting on `stream` (a non-blocking peek).
+fn has_pending_data(stream: &tokio::net::TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    matches!(socket2::SockRef::from(stream).peek(&mut byte), Ok(n) if n > 0)
 }
 
 async fn serve_connection(
@@ -260,7 +363,13 @@ async fn serve_connection(
         .max_buf_size(MAX_HEAD_BYTES)
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(
+            TokioIo::new(Watched {
+                stream,
+                ticket: ticket.clone(),
+            }),
+            service,
+        )
         .with_upgrades();
     tokio::pin!(connection);
     // Dropping the connection future closes the socket: that is how an evicted or idle
@@ -318,6 +427,10 @@ mod tests {
         );
     }
 
+    fn ids(connections: &Connections) -> Vec<u64> {
+        connections.open.lock().unwrap().1.keys().copied().collect()
+    }
+
     #[test]
     fn a_full_house_evicts_the_oldest_idle_unauthenticated_connection_only() {
         let connections = connections(3);
@@ -327,8 +440,10 @@ mod tests {
         busy.begin();
         let idle = connections.admit().unwrap();
         let newcomer = connections.admit().expect("room made");
-        let open: Vec<u64> = connections.open.lock().unwrap().1.keys().copied().collect();
-        assert_eq!(open, vec![authenticated.id, busy.id, newcomer.id]);
+        assert_eq!(
+            ids(&connections),
+            vec![authenticated.id, busy.id, newcomer.id]
+        );
         // The evicted one was told to go (a permit is stored for its next wait).
         let told = idle.evict.notified();
         tokio::pin!(told);
@@ -345,5 +460,31 @@ mod tests {
             connections.admit().is_some(),
             "the finished request made room"
         );
+    }
+
+    #[test]
+    fn a_silent_connection_goes_before_one_that_has_spoken_whatever_their_age() {
+        let connections = connections(3);
+        let authenticated = connections.admit().unwrap();
+        authenticated.authenticated();
+        let talker = connections.admit().unwrap();
+        talker.spoken.store(true, Ordering::Relaxed);
+        let silent = connections.admit().unwrap();
+        let newcomer = connections.admit().expect("room made");
+        assert_eq!(
+            ids(&connections),
+            vec![authenticated.id, talker.id, newcomer.id]
+        );
+        let _ = silent;
+        // With no silent one left but the newcomer, the newcomer goes before the talker.
+        let next = connections.admit().expect("room made");
+        assert_eq!(
+            ids(&connections),
+            vec![authenticated.id, talker.id, next.id]
+        );
+        next.spoken.store(true, Ordering::Relaxed);
+        // All have spoken: the oldest idle one goes.
+        let last = connections.admit().expect("room made");
+        assert_eq!(ids(&connections), vec![authenticated.id, next.id, last.id]);
     }
 }

@@ -96,14 +96,10 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
         None => Tuning::default(),
     };
 
-    let listener =
-        std::net::TcpListener::bind(addr).map_err(|source| Error::AddressUnavailable {
-            addr: addr.to_string(),
-            source,
-        })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| Error::io("configure the listening socket", e))?;
+    let listener = crate::http::server::bind(addr).map_err(|source| Error::AddressUnavailable {
+        addr: addr.to_string(),
+        source,
+    })?;
     let local = listener
         .local_addr()
         .map_err(|e| Error::io("read the listening address", e))?;

@@ -1,0 +1,70 @@
+//! Attacks from another local user, done for real. CI runs as root; the attacker runs as
+//! `nobody` (uid 65534) through util-linux's `setpriv`, with Debian's `/usr/bin/python3` (a
+//! pyenv shim under root's home is not reachable by other users) running a script from a
+//! directory it may write.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The attacker's uid and gid.
+pub const ATTACKER_ID: u32 = 65534;
+
+/// The Python that every user can run.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Whether this test can act as another user: it runs as root and has `setpriv` and a system
+/// Python. When not, says why on stderr (the test then has nothing to prove here).
+pub fn can_attack() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: attacks from another user need root (CI runs as root)");
+        return false;
+    }
+    for tool in ["/usr/bin/setpriv", PYTHON] {
+        if !Path::new(tool).exists() {
+            eprintln!("skipped: {tool} is missing");
+            return false;
+        }
+    }
+    true
+}
+
+/// A directory under `parent` that the attacker may read and write (0777), with every
+/// directory above it up to `parent` made traversable for it.
+pub fn attacker_dir(parent: &Path) -> PathBuf {
+    let dir = parent.join("attacker");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// `program args…` as the attacker: another uid and gid, no supplementary groups.
+pub fn as_attacker(program: &str) -> Command {
+    let mut command = Command::new("/usr/bin/setpriv");
+    command.args([
+        format!("--reuid={ATTACKER_ID}"),
+        format!("--regid={ATTACKER_ID}"),
+        "--clear-groups".to_string(),
+        "--".to_string(),
+        program.to_string(),
+    ]);
+    command
+}
+
+/// Starts `script` (Python) as the attacker, from `dir` (see [`attacker_dir`]), with `args`.
+pub fn spawn_python(dir: &Path, name: &str, script: &str, args: &[String]) -> Child {
+    let path = dir.join(name);
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    as_attacker(PYTHON)
+        .arg(&path)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.stderr"))).unwrap())
+        .spawn()
+        .expect("start the attacker")
+}
