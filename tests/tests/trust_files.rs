@@ -339,9 +339,10 @@ fn a_data_dir_or_token_file_others_can_write_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let builder = || ServerBuilder::fixture(dir.path());
-    drop(builder());
+    // (The builder makes the data dir private: open it up after.)
+    let server = builder();
     chmod(&data, 0o777);
-    let (child, stderr) = builder().spawn();
+    let (child, stderr) = server.spawn();
     let (code, stderr) = refused(child, &stderr);
     assert_eq!(code, UNTRUSTED, "{stderr}");
     assert!(stderr.contains("writable by group and others"), "{stderr}");
