@@ -72,11 +72,7 @@ fn packed_fixture(dir: &Path, name: &str, router_seed: Option<u64>) -> PathBuf {
     if let Some(router) = &router {
         sidecars.push(("opencode-router", router.as_path()));
     }
-    pack_host(
-        &host_bin("openwork-server-v2"),
-        &sidecars,
-        &dir.join(name),
-    )
+    pack_host(&host_bin("openwork-server-v2"), &sidecars, &dir.join(name))
 }
 
 /// `runtime info --json` of `artifact` (for a data dir that need not exist).
@@ -175,8 +171,8 @@ fn plant_runtime(data: &Path, target: &Target, marker: &Path, staging: &Path) ->
         staging = staging.display(),
     ));
     // The stamp holds only sizes, times and inode numbers: anyone can write a valid one.
-    let stamp = openwork_runtime::stamp::Stamp::record(&dir, &target.manifest, &target.digest)
-        .unwrap();
+    let stamp =
+        openwork_runtime::stamp::Stamp::record(&dir, &target.manifest, &target.digest).unwrap();
     std::fs::write(staging.join("stamp.json"), stamp.to_json()).unwrap();
     as_attacker(&format!(
         "cp '{}/stamp.json' '{}/.stamp.json'",
@@ -259,7 +255,11 @@ fn a_data_dir_made_and_seeded_by_another_uid_is_refused_and_nothing_planted_is_u
 
     assert!(!marker.exists(), "the impostor ran");
     assert!(fixture_starts(&state).is_empty(), "nothing ran at all");
-    assert_eq!(tree(&victim), Vec::<String>::new(), "written through a link");
+    assert_eq!(
+        tree(&victim),
+        Vec::<String>::new(),
+        "written through a link"
+    );
     assert_eq!(tree(&data), planted, "the planted data dir was changed");
     assert_eq!(std::fs::read(data.join("token")).unwrap(), tokens);
 
@@ -301,7 +301,10 @@ fn a_planted_runtime_dir_with_a_forged_stamp_never_runs() {
     let (code, stderr) = refused(child, &stderr);
     assert_eq!(code, UNTRUSTED, "{stderr}");
     assert!(
-        stderr.contains(&format!("refusing the runtime directory {}", planted.display())),
+        stderr.contains(&format!(
+            "refusing the runtime directory {}",
+            planted.display()
+        )),
         "{stderr}"
     );
     assert!(stderr.contains("owned by uid 65534"), "{stderr}");
@@ -330,7 +333,11 @@ fn a_planted_runtime_dir_with_a_forged_stamp_never_runs() {
     );
     assert!(!marker.exists());
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(Path::new(runtime_dir)), 0o700, "a new runtime dir is private");
+    assert_eq!(
+        mode(Path::new(runtime_dir)),
+        0o700,
+        "a new runtime dir is private"
+    );
     assert_eq!(mode(&Path::new(runtime_dir).join("bin")), 0o700);
 }
 
@@ -441,8 +448,7 @@ fn a_manifest_beside_a_packed_server_does_not_replace_what_it_carries() {
     );
     assert!(out.status.success(), "{}", describe(&out));
     let extracted: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let installed =
-        Path::new(extracted["runtimeDir"].as_str().unwrap()).join("bin/opencode");
+    let installed = Path::new(extracted["runtimeDir"].as_str().unwrap()).join("bin/opencode");
     assert_eq!(std::fs::read_to_string(installed).unwrap(), impostor);
 }
 
@@ -528,7 +534,10 @@ fn a_killed_servers_sidecar_is_stopped_before_gc_removes_its_runtime() {
         .lines()
         .find(|l| l.contains(&format!("(pid {sidecar},")))
         .unwrap_or_else(|| panic!("the leftover is not logged:\n{stderr}"));
-    assert!(line.contains("left behind by a server that was killed"), "{line}");
+    assert!(
+        line.contains("left behind by a server that was killed"),
+        "{line}"
+    );
     assert!(
         line.contains(": stopped") || line.contains(": killed"),
         "{line}"

@@ -230,11 +230,18 @@ mod tests {
             let err = resolve(Some(&given), "OPENWORK_TOKEN", None, &default)
                 .err()
                 .unwrap();
-            assert_eq!(err.exit_code(), crate::ExitCode::Untrusted, "{mode:o}: {err}");
+            assert_eq!(
+                err.exit_code(),
+                crate::ExitCode::Untrusted,
+                "{mode:o}: {err}"
+            );
             let message = err.to_string();
             assert!(message.contains("writable by"), "{message}");
             assert!(message.contains("--token-file"), "{message}");
-            assert!(!message.contains("from-the-file"), "the token is not echoed");
+            assert!(
+                !message.contains("from-the-file"),
+                "the token is not echoed"
+            );
         }
         set_mode(&given, 0o644);
         let token = resolve(Some(&given), "OPENWORK_TOKEN", None, &default).unwrap();
@@ -242,11 +249,15 @@ mod tests {
         // The generated one is held to the same rule.
         let first = resolve(None, "OPENWORK_TOKEN", None, &default).unwrap();
         set_mode(&default, 0o660);
-        let err = resolve(None, "OPENWORK_TOKEN", None, &default).err().unwrap();
+        let err = resolve(None, "OPENWORK_TOKEN", None, &default)
+            .err()
+            .unwrap();
         assert_eq!(err.exit_code(), crate::ExitCode::Untrusted, "{err}");
         set_mode(&default, 0o600);
         assert_eq!(
-            resolve(None, "OPENWORK_TOKEN", None, &default).unwrap().value,
+            resolve(None, "OPENWORK_TOKEN", None, &default)
+                .unwrap()
+                .value,
             first.value
         );
     }
@@ -262,7 +273,9 @@ mod tests {
         // Dangling: a write through it would create outside/stolen.
         let default = data.join("token");
         std::os::unix::fs::symlink(outside.join("stolen"), &default).unwrap();
-        let err = resolve(None, "OPENWORK_TOKEN", None, &default).err().unwrap();
+        let err = resolve(None, "OPENWORK_TOKEN", None, &default)
+            .err()
+            .unwrap();
         assert_eq!(err.exit_code(), crate::ExitCode::Untrusted, "{err}");
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert!(!outside.join("stolen").exists());
@@ -291,12 +304,19 @@ mod tests {
         std::fs::write(&default, "planted-by-uid-65534-0123456789\n").unwrap();
         set_mode(&default, 0o600);
         std::os::unix::fs::chown(&default, Some(65534), Some(65534)).unwrap();
-        let err = resolve(None, "OPENWORK_TOKEN", None, &default).err().unwrap();
-        assert_eq!(err.exit_code(), crate::ExitCode::Untrusted, "{err}");
-        assert!(err.to_string().contains("uid 65534"), "{err}");
-        let err = resolve(Some(&default), "OPENWORK_TOKEN", None, &dir.path().join("t"))
+        let err = resolve(None, "OPENWORK_TOKEN", None, &default)
             .err()
             .unwrap();
+        assert_eq!(err.exit_code(), crate::ExitCode::Untrusted, "{err}");
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+        let err = resolve(
+            Some(&default),
+            "OPENWORK_TOKEN",
+            None,
+            &dir.path().join("t"),
+        )
+        .err()
+        .unwrap();
         assert_eq!(err.exit_code(), crate::ExitCode::Untrusted, "{err}");
     }
 }
