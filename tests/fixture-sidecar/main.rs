@@ -12,8 +12,8 @@
 //! Knobs, read per role (`FIXTURE_OPENCODE_` or `FIXTURE_ROUTER_` + name): `CRASH_AFTER_MS`,
 //! `EXIT_CODE` (default 1), `CRASH_TIMES`, `READY_DELAY_MS`, `HANG`, `UNHEALTHY_AFTER_MS`
 //! (counted from when it listens), `IGNORE_SIGTERM`, `SPAWN_CHILD`, `OUTLIVE_SERVER` (Linux:
-//! clear the parent-death signal, as a sidecar that survives a killed server would have
-//! it: for the leftover sweep's tests). `CRASH_TIMES=K` limits
+//! clears its parent-death signal, so that it can outlive a killed server, for the leftover
+//! sweep's tests). `CRASH_TIMES=K` limits
 //! crashing, hanging and unhealthiness to the role's first K starts, as counted in
 //! `$FIXTURE_STATE_DIR/starts.jsonl`, where every start appends one JSON line.
 //!
