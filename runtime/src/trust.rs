@@ -172,6 +172,7 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
 /// Creates the new directory `dir` (its parent must exist; fails if anything is at `dir`,
 /// a symbolic link included), mode 0700.
 pub fn create_new_private_dir(dir: &Path) -> io::Result<()> {
+    #[cfg_attr(not(unix), allow(unused_mut))]
     let mut builder = std::fs::DirBuilder::new();
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
