@@ -348,3 +348,113 @@ fn extract_into(source: &PayloadSource, tmp: &Path, layout: &DataLayout) -> Resu
     }
     Ok(())
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use openwork_payload::Manifest;
+    use openwork_payload::manifest::{FileEntry, MANIFEST_VERSION};
+    use sha2::Digest;
+
+    use super::*;
+    use crate::source::{self, SourceKind};
+
+    /// A bundle directory with one sidecar, loaded as a source.
+    fn bundle(dir: &Path) -> PayloadSource {
+        let target = openwork_payload::targets::host_name().unwrap();
+        let path = openwork_payload::targets::by_name(target)
+            .unwrap()
+            .sidecar_path("opencode");
+        let bytes = b"#!/bin/sh\nexit 0\n";
+        fs::create_dir_all(dir.join(&path).parent().unwrap()).unwrap();
+        fs::write(dir.join(&path), bytes).unwrap();
+        let manifest = Manifest {
+            manifest_version: MANIFEST_VERSION,
+            server_version: "0.0.0-test".into(),
+            opencode_version: "0.0.0".into(),
+            router_version: "0.0.0".into(),
+            target: target.into(),
+            files: [(
+                "opencode".to_string(),
+                FileEntry {
+                    path,
+                    size: bytes.len() as u64,
+                    sha256: hex::encode(sha2::Sha256::digest(bytes)),
+                    mode: 0o755,
+                },
+            )]
+            .into(),
+        };
+        fs::write(dir.join(MANIFEST_FILE_NAME), manifest.to_json()).unwrap();
+        source::load_bundle(dir, SourceKind::BundleFlag).unwrap()
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_runtime_dir_is_private_and_run_only_while_nobody_else_can_write_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let source = bundle(&tmp.path().join("bundle"));
+        let layout = DataLayout::resolve(Some(tmp.path().join("data"))).unwrap();
+        let options = PrepareOptions {
+            verify: VerifyMode::Fast,
+            lock_timeout: Duration::from_secs(1),
+            server_version: "0.0.0-test".into(),
+        };
+        let prepared = prepare(&source, &layout, &options).unwrap();
+        assert!(prepared.extracted);
+        let dir = prepared.dir.clone();
+        drop(prepared);
+        let opencode = source.manifest.files["opencode"].path_in(&dir);
+        let bin = opencode.parent().unwrap().to_path_buf();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&bin), 0o700);
+        assert_eq!(mode(&opencode), 0o755);
+        for name in [MANIFEST_FILE_NAME, LEASE_FILE, STAMP_FILE] {
+            assert_eq!(mode(&dir.join(name)), 0o644, "{name}");
+        }
+        assert_eq!(mode(&layout.runtime_root), 0o700);
+        assert_eq!(mode(&layout.runtime_root.join(LOCKS_DIR)), 0o700);
+
+        // A chmod keeps size, mtime and inode: the stamp still matches, and only the
+        // ownership check stands between a writable file and running it.
+        let refused = |needle: &str| {
+            let err = prepare(&source, &layout, &options).unwrap_err();
+            assert_eq!(err.exit_code(), crate::ExitCode::Untrusted, "{err}");
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        };
+        for (path, bits, needle) in [
+            (&opencode, 0o775, "the runtime directory's file"),
+            (&dir.join(STAMP_FILE), 0o646, "the runtime directory's file"),
+            (&bin, 0o770, "the runtime directory's subdirectory"),
+            (&dir, 0o707, "refusing the runtime directory"),
+        ] {
+            let before = mode(path);
+            chmod(path, bits);
+            refused(needle);
+            assert!(
+                Stamp::read(&dir)
+                    .unwrap()
+                    .check(&dir, &source.manifest, &source.digest)
+                    .is_ok()
+            );
+            chmod(path, before);
+        }
+        // A link in the runtime directory's place is not followed.
+        let moved = tmp.path().join("moved");
+        fs::rename(&dir, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &dir).unwrap();
+        refused("symbolic link");
+        fs::remove_file(&dir).unwrap();
+        fs::rename(&moved, &dir).unwrap();
+        let warm = prepare(&source, &layout, &options).unwrap();
+        assert!(!warm.extracted, "intact and ours again: used as it is");
+    }
+}
