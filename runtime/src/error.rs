@@ -88,6 +88,19 @@ pub enum Error {
         "opencode did not become healthy: {0}; see its log with `--log-format text` output above or under the data dir's logs/"
     )]
     SidecarFailed(String),
+    /// A file or directory the server would trust could have been written by someone else
+    /// (see [`crate::trust`]).
+    #[error("refusing {what} {path}: {problem}; {fix}")]
+    Untrusted {
+        /// What it is ("the data directory", "the token file", …).
+        what: String,
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+        /// What to do about it.
+        fix: String,
+    },
     /// No platform data directory could be determined.
     #[error(
         "cannot determine a data directory for this user; pass --data-dir or set OPENWORK_DATA_DIR"
@@ -116,6 +129,7 @@ impl Error {
             Error::Usage(_) => ExitCode::Usage,
             Error::AddressUnavailable { .. } => ExitCode::AddressUnavailable,
             Error::SidecarFailed(_) => ExitCode::SidecarFailed,
+            Error::Untrusted { .. } => ExitCode::Untrusted,
         }
     }
 }

@@ -6,6 +6,12 @@
 //! while an exclusive lock on its lease succeeds, by renaming it to a trash name first, so a
 //! process starting at that moment either leases it before (and GC skips it) or finds it
 //! gone (and extracts anew).
+//!
+//! A killed server's sidecar may still run from a runtime nobody leases any more (the
+//! lease belonged to the server, not to the sidecar). So every collection first stops such
+//! leftovers ([`crate::process::sweep_leftovers`]): removed first, the runtime would leave
+//! the sidecar running from `.trash~…` or a deleted file, which no longer matches its record
+//! and would be taken for a reused pid and left running.
 
 use std::fs;
 use std::path::PathBuf;
@@ -33,6 +39,8 @@ pub struct GcReport {
     pub kept: Vec<PathBuf>,
     /// Abandoned temp and trash directories removed.
     pub scratch_removed: Vec<PathBuf>,
+    /// Sidecars of killed servers found first (see the module docs), and what became of them.
+    pub leftovers: Vec<String>,
 }
 
 /// Collects garbage under `layout`, never touching the runtime named `current`.
@@ -41,6 +49,7 @@ pub fn collect(layout: &DataLayout, current: Option<&str>) -> Result<GcReport> {
     if !layout.runtime_root.is_dir() {
         return Ok(report);
     }
+    report.leftovers = stop_leftovers(layout);
     report.scratch_removed = remove_scratch_dirs(layout, TRASH_PREFIX, None);
     // Temp dirs are abandoned only if nobody holds their runtime's extraction lock.
     let mut tmp_keys: Vec<String> = read_names(layout)?
@@ -79,9 +88,17 @@ pub fn collect(layout: &DataLayout, current: Option<&str>) -> Result<GcReport> {
             continue;
         };
         let lease_path = dir.join(LEASE_FILE);
-        let lease = match fs::File::open(&lease_path) {
+        let mut no_follow = fs::OpenOptions::new();
+        crate::trust::no_follow(no_follow.read(true));
+        let lease = match no_follow.open(&lease_path) {
             Ok(file) => Some(file),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            // A link in the lease's place leases nothing: the runtime is broken anyway.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || crate::trust::is_symlink_error(&e) =>
+            {
+                None
+            }
             Err(e) => return Err(Error::io(format!("open {}", lease_path.display()), e)),
         };
         if let Some(file) = &lease
@@ -108,6 +125,28 @@ pub fn collect(layout: &DataLayout, current: Option<&str>) -> Result<GcReport> {
         report.removed.push(dir);
     }
     Ok(report)
+}
+
+/// Stops what killed servers left running, logging each one: the sweep every start makes
+/// first, and every collection too (see the module docs). A failure is only logged.
+pub fn stop_leftovers(layout: &DataLayout) -> Vec<String> {
+    match crate::process::sweep_leftovers(&layout.run_dir()) {
+        Ok(found) => found
+            .into_iter()
+            .map(|leftover| {
+                if leftover.fate == crate::process::LeftoverFate::AlreadyGone {
+                    tracing::debug!("recorded by a server that was killed: {leftover}");
+                } else {
+                    tracing::warn!("left behind by a server that was killed: {leftover}");
+                }
+                leftover.to_string()
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check for sidecars left by a killed server");
+            Vec::new()
+        }
+    }
 }
 
 fn read_names(layout: &DataLayout) -> Result<Vec<String>> {

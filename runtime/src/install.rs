@@ -13,6 +13,13 @@
 //!
 //! A process killed at any point leaves either no directory (only temp litter, removed by
 //! the next extraction or GC) or a complete, stamped one: nothing partial is ever used.
+//!
+//! A runtime directory is run only when it is ours ([`crate::trust`]): the directory, every
+//! directory and file the stamp covers, the stamp and the lease must be owned by this user
+//! (or root), be no symbolic links, and not be writable by group or others; otherwise the
+//! start is refused (exit 15). A planted directory with a forged stamp (which anyone can
+//! write: it records only sizes, times and inode numbers) is therefore never run. New
+//! runtime directories are 0700 and their own files 0644, set explicitly.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,6 +35,7 @@ use crate::layout::{
 use crate::lock::{self, Lease};
 use crate::source::PayloadSource;
 use crate::stamp::Stamp;
+use crate::trust::{self, DATA_DIR_FIX};
 
 /// How much a warm start checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,6 +79,7 @@ pub fn prepare(
 ) -> Result<PreparedRuntime> {
     let key = DataLayout::runtime_key(&options.server_version, &source.digest);
     let dir = layout.runtime_dir(&key);
+    trust::check_path(&dir, "the runtime directory", true, DATA_DIR_FIX)?;
     if let Some(lease) = try_warm(source, &dir, options.verify)? {
         return Ok(PreparedRuntime {
             dir,
@@ -80,7 +89,7 @@ pub fn prepare(
         });
     }
 
-    fs::create_dir_all(layout.runtime_root.join(LOCKS_DIR))
+    trust::create_private_dir(&layout.runtime_root.join(LOCKS_DIR))
         .map_err(|e| Error::io(format!("create {}", layout.runtime_root.display()), e))?;
     let lock_path = layout.lock_file(&key);
     let _lock = lock::lock_exclusive(
@@ -162,6 +171,7 @@ fn try_warm(source: &PayloadSource, dir: &Path, verify: VerifyMode) -> Result<Op
         tracing::debug!(dir = %dir.display(), %reason, "stamp check failed");
         return Ok(None);
     }
+    check_owned_tree(source, dir)?;
     if verify == VerifyMode::Full
         && let Err(e) = verify_files(source, dir)
     {
@@ -169,6 +179,27 @@ fn try_warm(source: &PayloadSource, dir: &Path, verify: VerifyMode) -> Result<Op
         return Ok(None);
     }
     Ok(Some(lease))
+}
+
+/// Refuses a runtime directory any part of which is not ours (see the module docs): the
+/// stamp proves completeness, not who wrote it.
+pub fn check_owned_tree(source: &PayloadSource, dir: &Path) -> Result<()> {
+    let what = "the runtime directory's";
+    let mut checked = std::collections::BTreeSet::new();
+    trust::check_path(dir, "the runtime directory", true, DATA_DIR_FIX)?;
+    let files = [MANIFEST_FILE_NAME, STAMP_FILE, LEASE_FILE]
+        .into_iter()
+        .map(|name| dir.join(name))
+        .chain(source.manifest.files.values().map(|e| e.path_in(dir)));
+    for file in files {
+        for parent in file.ancestors().skip(1).take_while(|d| *d != dir) {
+            if checked.insert(parent.to_path_buf()) {
+                trust::check_path(parent, &format!("{what} subdirectory"), true, DATA_DIR_FIX)?;
+            }
+        }
+        trust::check_path(&file, &format!("{what} file"), false, DATA_DIR_FIX)?;
+    }
+    Ok(())
 }
 
 /// Rehashes every file of `dir` against the manifest.
@@ -260,7 +291,8 @@ fn extract_into(source: &PayloadSource, tmp: &Path, layout: &DataLayout) -> Resu
         openwork_payload::Error::Io { context, source } => space(context, source),
         other => Error::Payload(other),
     };
-    fs::create_dir(tmp).map_err(|e| space(format!("create {}", tmp.display()), e))?;
+    trust::create_new_private_dir(tmp)
+        .map_err(|e| space(format!("create {}", tmp.display()), e))?;
     match &source.embedded {
         Some(embedded) => {
             archive::extract(embedded.payload(), &embedded.trailer, &source.manifest, tmp)
@@ -279,7 +311,7 @@ fn extract_into(source: &PayloadSource, tmp: &Path, layout: &DataLayout) -> Resu
     }
     let write_synced = |name: &str, bytes: &[u8]| -> Result<()> {
         let path = tmp.join(name);
-        let mut file = fs::File::create_new(&path)
+        let mut file = trust::create_new_file(&path, 0o644)
             .map_err(|e| space(format!("create {}", path.display()), e))?;
         std::io::Write::write_all(&mut file, bytes)
             .map_err(|e| space(format!("write {}", path.display()), e))?;
@@ -309,7 +341,120 @@ fn extract_into(source: &PayloadSource, tmp: &Path, layout: &DataLayout) -> Resu
     dirs.dedup();
     dirs.reverse();
     for dir in dirs {
+        // Made by the archive's writer with the umask's mode: 0700 like the runtime dir.
+        trust::set_mode(&dir, 0o700)
+            .map_err(|e| Error::io(format!("set mode of {}", dir.display()), e))?;
         layout::fsync_dir(&dir).map_err(|e| Error::io(format!("flush {}", dir.display()), e))?;
     }
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use openwork_payload::Manifest;
+    use openwork_payload::manifest::{FileEntry, MANIFEST_VERSION};
+    use sha2::Digest;
+
+    use super::*;
+    use crate::source::{self, SourceKind};
+
+    /// A bundle directory with one sidecar, loaded as a source.
+    fn bundle(dir: &Path) -> PayloadSource {
+        let target = openwork_payload::targets::host_name().unwrap();
+        let path = openwork_payload::targets::by_name(target)
+            .unwrap()
+            .sidecar_path("opencode");
+        let bytes = b"#!/bin/sh\nexit 0\n";
+        fs::create_dir_all(dir.join(&path).parent().unwrap()).unwrap();
+        fs::write(dir.join(&path), bytes).unwrap();
+        let manifest = Manifest {
+            manifest_version: MANIFEST_VERSION,
+            server_version: "0.0.0-test".into(),
+            opencode_version: "0.0.0".into(),
+            router_version: "0.0.0".into(),
+            target: target.into(),
+            files: [(
+                "opencode".to_string(),
+                FileEntry {
+                    path,
+                    size: bytes.len() as u64,
+                    sha256: hex::encode(sha2::Sha256::digest(bytes)),
+                    mode: 0o755,
+                },
+            )]
+            .into(),
+        };
+        fs::write(dir.join(MANIFEST_FILE_NAME), manifest.to_json()).unwrap();
+        source::load_bundle(dir, SourceKind::BundleFlag).unwrap()
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_runtime_dir_is_private_and_run_only_while_nobody_else_can_write_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let source = bundle(&tmp.path().join("bundle"));
+        let layout = DataLayout::resolve(Some(tmp.path().join("data"))).unwrap();
+        let options = PrepareOptions {
+            verify: VerifyMode::Fast,
+            lock_timeout: Duration::from_secs(1),
+            server_version: "0.0.0-test".into(),
+        };
+        let prepared = prepare(&source, &layout, &options).unwrap();
+        assert!(prepared.extracted);
+        let dir = prepared.dir.clone();
+        drop(prepared);
+        let opencode = source.manifest.files["opencode"].path_in(&dir);
+        let bin = opencode.parent().unwrap().to_path_buf();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&bin), 0o700);
+        assert_eq!(mode(&opencode), 0o755);
+        for name in [MANIFEST_FILE_NAME, LEASE_FILE, STAMP_FILE] {
+            assert_eq!(mode(&dir.join(name)), 0o644, "{name}");
+        }
+        assert_eq!(mode(&layout.runtime_root), 0o700);
+        assert_eq!(mode(&layout.runtime_root.join(LOCKS_DIR)), 0o700);
+
+        // A chmod keeps size, mtime and inode: the stamp still matches, and only the
+        // ownership check stands between a writable file and running it.
+        let refused = |needle: &str| {
+            let err = prepare(&source, &layout, &options).unwrap_err();
+            assert_eq!(err.exit_code(), crate::ExitCode::Untrusted, "{err}");
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        };
+        for (path, bits, needle) in [
+            (&opencode, 0o775, "the runtime directory's file"),
+            (&dir.join(STAMP_FILE), 0o646, "the runtime directory's file"),
+            (&bin, 0o770, "the runtime directory's subdirectory"),
+            (&dir, 0o707, "refusing the runtime directory"),
+        ] {
+            let before = mode(path);
+            chmod(path, bits);
+            refused(needle);
+            assert!(
+                Stamp::read(&dir)
+                    .unwrap()
+                    .check(&dir, &source.manifest, &source.digest)
+                    .is_ok()
+            );
+            chmod(path, before);
+        }
+        // A link in the runtime directory's place is not followed.
+        let moved = tmp.path().join("moved");
+        fs::rename(&dir, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &dir).unwrap();
+        refused("symbolic link");
+        fs::remove_file(&dir).unwrap();
+        fs::rename(&moved, &dir).unwrap();
+        let warm = prepare(&source, &layout, &options).unwrap();
+        assert!(!warm.extracted, "intact and ours again: used as it is");
+    }
 }

@@ -8,6 +8,7 @@
 //! - [`stamp`]: the completion stamp that makes warm starts cheap.
 //! - [`lock`]: OS file locks and leases, which a crash always releases.
 //! - [`gc`]: removal of unused runtimes and abandoned temp directories.
+//! - [`trust`]: what on disk is trusted (ours, private), and creating files safely.
 //! - [`env_vars`]: the documented environment (exit codes are shared with the packager:
 //!   [`openwork_payload::ExitCode`]).
 //!
@@ -26,6 +27,7 @@ pub mod serve;
 pub mod source;
 pub mod stamp;
 pub mod supervisor;
+pub mod trust;
 
 pub use error::{Error, Result};
 pub use openwork_payload::ExitCode;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::trust;
 
 /// How often a waiting process retries.
 const POLL: Duration = Duration::from_millis(20);
@@ -18,14 +19,41 @@ pub struct ExclusiveLock {
     pub path: PathBuf,
 }
 
+/// Opens (creating, mode 0600) a lock file: never through a link, and only one of ours.
+/// Lock files are shared by every process that extracts the same runtime, so unlike temp
+/// files they cannot be created exclusively.
 fn open_lock_file(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| Error::io(format!("open lock file {}", path.display()), e))
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = trust::no_follow(&mut options).open(path).map_err(|e| {
+        if trust::is_symlink_error(&e) {
+            Error::Untrusted {
+                what: "the lock file".into(),
+                path: path.to_path_buf(),
+                problem: "it is a symbolic link".into(),
+                fix: trust::DATA_DIR_FIX.into(),
+            }
+        } else {
+            Error::io(format!("open lock file {}", path.display()), e)
+        }
+    })?;
+    trust::check_open_file(&file, path, "the lock file", trust::DATA_DIR_FIX)?;
+    Ok(file)
+}
+
+/// Opens an existing file read-only without following a link (a link is "not found").
+fn open_no_follow(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    trust::no_follow(&mut options).open(path).map_err(|e| {
+        if trust::is_symlink_error(&e) {
+            std::io::Error::new(std::io::ErrorKind::NotFound, e)
+        } else {
+            e
+        }
+    })
 }
 
 /// Takes the exclusive lock at `path`, waiting at most `timeout`. Says once, through the
@@ -92,7 +120,7 @@ impl Lease {
     /// Takes a shared lease on an existing lease file; `None` if the file is gone (the
     /// runtime was removed meanwhile).
     pub fn acquire(path: &Path) -> Result<Option<Lease>> {
-        let file = match File::open(path) {
+        let file = match open_no_follow(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(format!("open lease {}", path.display()), e)),
@@ -104,7 +132,7 @@ impl Lease {
 
     /// Whether anybody holds a lease on `path` (tries, and at once drops, an exclusive lock).
     pub fn in_use(path: &Path) -> Result<bool> {
-        match File::open(path) {
+        match open_no_follow(path) {
             Ok(file) => match file.try_lock() {
                 Ok(()) => Ok(false),
                 Err(TryLockError::WouldBlock) => Ok(true),
@@ -131,7 +159,13 @@ mod tests {
         assert!(matches!(err, Error::LockTimeout { .. }), "{err}");
         assert!(try_lock_exclusive(&path).unwrap().is_none());
         drop(held);
-        assert!(try_lock_exclusive(&path).unwrap().is_some());
+        // Another test thread's fork can hold a copy of the descriptor until its exec
+        // closes it (O_CLOEXEC): the lock is free once that moment passes.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while try_lock_exclusive(&path).unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the lock was not freed on drop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]

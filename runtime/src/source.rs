@@ -1,9 +1,14 @@
-//! Where the payload comes from, in this order:
+//! Where the payload comes from:
 //!
 //! 1. a bundle directory named by `--bundle-dir` or `OPENWORK_SERVER_V2_RUNTIME_BUNDLE_DIR`
-//!    (development and staged runtimes);
-//! 2. a `manifest.json` bundle next to the executable (the multi-file distribution);
-//! 3. the payload embedded in the executable itself.
+//!    (development and staged runtimes): always, when one is named;
+//! 2. the payload embedded in the executable itself;
+//! 3. only when the executable carries no payload (a bare stub, the multi-file
+//!    distribution): a `manifest.json` bundle next to the executable.
+//!
+//! A packed server runs what it carries: a `manifest.json` dropped beside a packed
+//! executable (in Downloads, say) is ignored, with a note in the log, so the signature on
+//! the executable still says what runs. Only a named bundle directory replaces the payload.
 //!
 //! Whatever the source, its manifest's SHA-256 is the content digest that names the runtime
 //! directory, and every file is verified against the manifest while it is installed.
@@ -27,7 +32,7 @@ pub enum SourceKind {
     BundleFlag,
     /// `OPENWORK_SERVER_V2_RUNTIME_BUNDLE_DIR`.
     BundleEnv,
-    /// `manifest.json` next to the executable.
+    /// `manifest.json` next to an executable that carries no payload.
     BundleBesideExecutable,
     /// Embedded in the executable.
     Embedded,
@@ -83,7 +88,7 @@ pub fn resolve_for_this_executable(
     Ok(source)
 }
 
-/// Chooses the payload source by the documented order.
+/// Chooses the payload source by the documented order (see the module docs).
 pub fn resolve(
     bundle_dir: Option<(PathBuf, SourceKind)>,
     executable: &Path,
@@ -91,12 +96,32 @@ pub fn resolve(
     if let Some((dir, kind)) = bundle_dir {
         return load_bundle(&dir, kind);
     }
-    if let Some(dir) = executable.parent()
-        && dir.join(MANIFEST_FILE_NAME).is_file()
-    {
-        return load_bundle(dir, SourceKind::BundleBesideExecutable);
+    let beside = executable
+        .parent()
+        .map(|dir| dir.join(MANIFEST_FILE_NAME))
+        .filter(|manifest| manifest.is_file());
+    match load_embedded(executable) {
+        Ok(embedded) => {
+            if let Some(manifest) = beside {
+                tracing::info!(
+                    manifest = %manifest.display(),
+                    "ignoring the manifest.json beside this executable: it carries its own payload (name a bundle with --bundle-dir to run one)"
+                );
+            }
+            Ok(embedded)
+        }
+        // A stub without a payload: the multi-file distribution, if there is one.
+        Err(Error::Payload(e)) if e.kind() == openwork_payload::ErrorKind::NoPayload => {
+            match beside {
+                Some(manifest) => load_bundle(
+                    manifest.parent().unwrap_or(Path::new(".")),
+                    SourceKind::BundleBesideExecutable,
+                ),
+                None => Err(Error::Payload(e)),
+            }
+        }
+        Err(e) => Err(e),
     }
-    load_embedded(executable)
 }
 
 /// Reads a bundle directory's manifest.
@@ -189,5 +214,89 @@ pub(crate) mod sha2_digest {
     /// Lower-case hex SHA-256 of `bytes`.
     pub fn sha256_hex(bytes: &[u8]) -> String {
         hex::encode(Sha256::digest(bytes))
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use openwork_payload::archive::{self, ArchiveInput};
+    use openwork_payload::manifest::{FileEntry, MANIFEST_VERSION};
+    use sha2::Digest;
+
+    /// A manifest for one sidecar `bytes`, written as a source file into `dir`.
+    fn manifest_for(bytes: &[u8], dir: &Path) -> (Manifest, Vec<ArchiveInput>) {
+        let target = openwork_payload::targets::host_name().unwrap();
+        let spec = openwork_payload::targets::by_name(target).unwrap();
+        let entry = FileEntry {
+            path: spec.sidecar_path("opencode"),
+            size: bytes.len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(bytes)),
+            mode: 0o755,
+        };
+        let source = dir.join("opencode.in");
+        std::fs::write(&source, bytes).unwrap();
+        let manifest = Manifest {
+            manifest_version: MANIFEST_VERSION,
+            server_version: "0.1.0".into(),
+            opencode_version: "1.0.0".into(),
+            router_version: "0.1.0".into(),
+            target: target.into(),
+            files: [("opencode".to_string(), entry.clone())].into(),
+        };
+        (manifest, vec![ArchiveInput { entry, source }])
+    }
+
+    /// `/bin/true` (an executable of the host's format) with a payload of `sidecar`.
+    fn packed(stub: &[u8], sidecar: &[u8], dir: &Path) -> Vec<u8> {
+        let (manifest, inputs) = manifest_for(sidecar, dir);
+        let mut tar = Vec::new();
+        let tar_len = archive::write_tar(&mut tar, &inputs, 0).unwrap();
+        let mut zstd = Vec::new();
+        archive::compress(&tar[..], &mut zstd, archive::ZSTD_FAST_LEVEL, 0).unwrap();
+        let region = openwork_payload::region::build_region(&zstd, &manifest.to_json(), tar_len);
+        openwork_payload::container::inject(stub, &region).unwrap()
+    }
+
+    #[test]
+    fn a_manifest_beside_the_executable_is_used_only_by_a_stub_without_payload() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stub = std::fs::read("/bin/true").unwrap();
+        // The planted bundle: a manifest and the impostor it names, beside both executables.
+        let (planted, _) = manifest_for(b"#!/bin/sh\necho impostor\n", tmp.path());
+        std::fs::write(tmp.path().join(MANIFEST_FILE_NAME), planted.to_json()).unwrap();
+
+        let bare = tmp.path().join("bare");
+        std::fs::write(&bare, &stub).unwrap();
+        let source = resolve(None, &bare).unwrap();
+        assert_eq!(source.kind, SourceKind::BundleBesideExecutable);
+        assert_eq!(source.path, tmp.path());
+
+        let carrying = tmp.path().join("packed");
+        std::fs::write(&carrying, packed(&stub, b"the real opencode", tmp.path())).unwrap();
+        let source = resolve(None, &carrying).unwrap();
+        assert_eq!(source.kind, SourceKind::Embedded);
+        assert!(source.embedded.is_some());
+        assert_ne!(source.manifest.files, planted.files, "the payload's own");
+        // Named explicitly, a bundle still wins.
+        let named = resolve(
+            Some((tmp.path().to_path_buf(), SourceKind::BundleFlag)),
+            &carrying,
+        )
+        .unwrap();
+        assert_eq!(named.kind, SourceKind::BundleFlag);
+        assert_eq!(named.manifest.files, planted.files);
+
+        // A damaged payload is reported as such, not replaced by the manifest beside it.
+        let mut damaged = std::fs::read(&carrying).unwrap();
+        let at = damaged.len() - 40;
+        damaged[at] ^= 0x40;
+        std::fs::write(&carrying, damaged).unwrap();
+        let err = resolve(None, &carrying).unwrap_err();
+        assert_ne!(err.exit_code(), crate::ExitCode::NoPayload, "{err}");
+        // And a stub with nothing beside it has no payload.
+        std::fs::remove_file(tmp.path().join(MANIFEST_FILE_NAME)).unwrap();
+        let err = resolve(None, &bare).unwrap_err();
+        assert_eq!(err.exit_code(), crate::ExitCode::NoPayload, "{err}");
     }
 }

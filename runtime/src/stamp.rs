@@ -100,7 +100,13 @@ impl Stamp {
 
     /// Reads the stamp of `dir`, if there is a readable one.
     pub fn read(dir: &Path) -> Option<Stamp> {
-        let bytes = std::fs::read(dir.join(STAMP_FILE)).ok()?;
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        let mut file = crate::trust::no_follow(&mut options)
+            .open(dir.join(STAMP_FILE))
+            .ok()?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 

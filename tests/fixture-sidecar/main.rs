@@ -11,7 +11,9 @@
 //!
 //! Knobs, read per role (`FIXTURE_OPENCODE_` or `FIXTURE_ROUTER_` + name): `CRASH_AFTER_MS`,
 //! `EXIT_CODE` (default 1), `CRASH_TIMES`, `READY_DELAY_MS`, `HANG`, `UNHEALTHY_AFTER_MS`
-//! (counted from when it listens), `IGNORE_SIGTERM`, `SPAWN_CHILD`. `CRASH_TIMES=K` limits
+//! (counted from when it listens), `IGNORE_SIGTERM`, `SPAWN_CHILD`, `OUTLIVE_SERVER` (Linux:
+//! clears its parent-death signal, so that it can outlive a killed server, for the leftover
+//! sweep's tests). `CRASH_TIMES=K` limits
 //! crashing, hanging and unhealthiness to the role's first K starts, as counted in
 //! `$FIXTURE_STATE_DIR/starts.jsonl`, where every start appends one JSON line.
 //!
@@ -132,6 +134,11 @@ fn run(args: Vec<String>) -> Result<()> {
     };
     if knobs.ignore_sigterm {
         ignore_sigterm();
+    }
+    #[cfg(target_os = "linux")]
+    if std::env::var_os(format!("{}OUTLIVE_SERVER", role.env_prefix())).is_some() {
+        // SAFETY: prctl with PR_SET_PDEATHSIG and 0 only clears this process's setting.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
     }
     let password = std::env::var("OPENCODE_SERVER_PASSWORD")
         .ok()
@@ -336,6 +343,7 @@ fn record_start(
     let start = json!({
         "role": role.name(),
         "pid": std::process::id(),
+        "exe": std::env::current_exe().ok(),
         "ppid": ppid,
         "pgid": pgid,
         "childPid": child_pid,

@@ -66,6 +66,13 @@ impl ServerBuilder {
         for sub in ["data", "workspace", "state"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
+        // The server refuses a data dir others can write, whatever the umask made it.
+        #[cfg(unix)]
+        std::fs::set_permissions(
+            dir.join("data"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
         ServerBuilder {
             exe: exe.to_path_buf(),
             dir: dir.to_path_buf(),

@@ -531,8 +531,12 @@ fn bundle_directories_take_precedence_in_the_documented_order() {
         ),
         "bundle-flag"
     );
+    // Beside a manifest, a packed server still runs what it carries; a stub without a
+    // payload (the multi-file distribution) runs the bundle.
     let beside = bundle.join("openwork-server-v2");
     std::fs::copy(&artifact, &beside).unwrap();
+    assert_eq!(source_of(&mut info(&beside)), "embedded");
+    std::fs::copy(openwork_tests::host_bin("openwork-server-v2"), &beside).unwrap();
     assert_eq!(source_of(&mut info(&beside)), "bundle-beside-executable");
 
     // Same content → the same runtime directory, whatever the source.

@@ -42,6 +42,10 @@ pub enum ExitCode {
     /// a wrong password, a key that is not the certificate's, an unsupported key type
     /// (signer, packager).
     Credentials = 14,
+    /// A file or directory the server would trust is not the user's own: the data dir, a
+    /// runtime dir, a token file or a sidecar record owned by another user, writable by group
+    /// or others, or a symbolic link where none may be (server).
+    Untrusted = 15,
 }
 
 impl ExitCode {

@@ -15,6 +15,9 @@ use super::{RuntimeCommand, Settings};
 
 pub fn run(command: RuntimeCommand, settings: &Settings) -> Result<ExitCode> {
     let layout = DataLayout::resolve(settings.data_dir.clone())?;
+    // Only `extract` creates the data dir; every command refuses one that is not ours.
+    let create = matches!(command, RuntimeCommand::Extract(_));
+    openwork_runtime::trust::secure_data_dir(&layout, create)?;
     let source = load_source(settings)?;
     let key = DataLayout::runtime_key(SERVER_VERSION, &source.digest);
     let dir = layout.runtime_dir(&key);

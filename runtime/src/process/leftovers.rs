@@ -85,16 +85,24 @@ impl RunRecord {
     }
 
     fn create_for(run_dir: &Path, server_pid: u32) -> io::Result<RunRecord> {
-        fs::create_dir_all(run_dir).map_err(context("create", run_dir))?;
+        crate::trust::create_private_dir(run_dir).map_err(context("create", run_dir))?;
         let path = run_dir.join(format!("{server_pid}{RECORD_SUFFIX}"));
         let creating = run_dir.join(format!(".{server_pid}{CREATING_SUFFIX}"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&creating)
-            .map_err(context("create", &creating))?;
+        // Created exclusively (mode 0600, never through a link). One already there was left
+        // by a dead server with our pid whose record the sweep could not take: replace it.
+        let create = || {
+            let mut options = crate::trust::new_private_file();
+            options.read(true);
+            options.open(&creating)
+        };
+        let file = match create() {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                fs::remove_file(&creating).map_err(context("remove", &creating))?;
+                create()
+            }
+            other => other,
+        }
+        .map_err(context("create", &creating))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -352,11 +360,22 @@ fn sweep_with_grace(run_dir: &Path, grace: Duration) -> io::Result<Vec<Leftover>
 
 /// Locks a record if its server is dead; `None` if it is alive or the record is gone.
 fn claim(path: &Path) -> io::Result<Option<File>> {
-    let file = match OpenOptions::new().read(true).write(true).open(path) {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    let file = match crate::trust::no_follow(&mut options).open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(context("open", path)(e)),
     };
+    // A record names processes to stop: one that someone else could have written is never
+    // acted on (the start refuses such a run dir before it gets here: see `trust`).
+    let meta = file.metadata().map_err(context("stat", path))?;
+    if let Some(problem) = crate::trust::problem(&meta, false) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{}: not trusted: {problem}", path.display()),
+        ));
+    }
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => return Ok(None),
@@ -566,5 +585,63 @@ mod tests {
         assert_eq!(survivors, [true, true, true]);
         assert_eq!(names(run), ["4000002.json", "notes.txt"]);
         drop(live);
+    }
+
+    #[test]
+    fn a_record_others_could_have_written_is_never_acted_on() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        let sleep = sleep_exe();
+        let victim = spawn_sleep();
+        let pid = victim.id();
+        let exit = reap(victim);
+        let mut dead = RunRecord::create_for(run, 4_000_011).unwrap();
+        dead.add("opencode", pid, &sleep).unwrap();
+        drop(dead);
+        let path = run.join("4000011.json");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "records are private"
+        );
+        // Writable by others: it could name any process of ours.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(sweep_with_grace(run, Duration::from_secs(2)).unwrap(), []);
+        assert!(is_alive(pid), "stopped on an untrusted record");
+        // In place of a record, a link to one: not followed either.
+        let elsewhere = dir.path().join("elsewhere.json");
+        fs::rename(&path, &elsewhere).unwrap();
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        assert_eq!(sweep_with_grace(run, Duration::from_secs(2)).unwrap(), []);
+        assert!(is_alive(pid), "stopped on a linked record");
+        // The same record, private and in place: the leftover is stopped.
+        fs::remove_file(&path).unwrap();
+        fs::rename(&elsewhere, &path).unwrap();
+        let found = sweep_with_grace(run, Duration::from_secs(2)).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].fate, LeftoverFate::Stopped);
+        assert_eq!(exit.join().unwrap().signal(), Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn a_stale_creating_record_or_a_link_in_its_place_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        fs::create_dir(&run).unwrap();
+        let outside = dir.path().join("outside");
+        // Planted where this server's record is first created: a dangling link.
+        std::os::unix::fs::symlink(&outside, run.join(".4000021.json.tmp")).unwrap();
+        let record = RunRecord::create_for(&run, 4_000_021).unwrap();
+        assert!(!outside.exists(), "the record was created through the link");
+        assert!(
+            fs::symlink_metadata(record.path())
+                .unwrap()
+                .file_type()
+                .is_file()
+        );
+        drop(record);
+        assert_eq!(names(&run), Vec::<String>::new());
     }
 }

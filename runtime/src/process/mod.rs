@@ -20,7 +20,9 @@
 //! The intended order of calls in the server:
 //!
 //! 1. [`contain_children`] first thing (Windows; a no-op elsewhere);
-//! 2. [`sweep_leftovers`] on the data dir's `run/`, then [`RunRecord::create`];
+//! 2. [`sweep_leftovers`] on the data dir's `run/`, before the runtime is prepared (its
+//!    garbage collection must not remove a runtime a leftover still runs from; GC sweeps
+//!    first on its own too), then [`RunRecord::create`];
 //! 3. [`Lifeline::spawn_self`];
 //! 4. per sidecar, *on the long-lived runtime thread*: [`sidecar_command`], spawn,
 //!    [`RunRecord::add`], [`Lifeline::watch`];

@@ -70,8 +70,11 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
     let host_check = HostCheck::for_bind(addr.ip(), &options.allowed_hosts);
     let workspace = workspace_dir(options.workspace.as_deref())?;
     let layout = DataLayout::resolve(options.data_dir.clone())?;
-    std::fs::create_dir_all(&layout.data_dir)
-        .map_err(|e| Error::io(format!("create {}", layout.data_dir.display()), e))?;
+    // Nothing in the data dir is used before it is known to be ours (exit 15 otherwise).
+    crate::trust::secure_data_dir(&layout, true)?;
+    // No orphans: stop what a previous, killed server left running, before anything below
+    // (preparing the runtime collects garbage) can remove the runtime it runs from.
+    crate::gc::stop_leftovers(&layout);
 
     let client = token::resolve(
         options.token_file.as_deref(),
@@ -105,23 +108,8 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
         .map_err(|e| Error::io("read the listening address", e))?;
     let base_url = format!("http://{local}");
 
-    // No orphans: sweep what a previous, killed server left, then make sure this one
-    // leaves nothing either.
+    // Leftovers were swept above; make sure this server leaves nothing either.
     let run_dir = layout.run_dir();
-    match process::sweep_leftovers(&run_dir) {
-        Ok(found) => {
-            for leftover in found {
-                if leftover.fate == process::LeftoverFate::AlreadyGone {
-                    tracing::debug!("recorded by a server that was killed: {leftover}");
-                } else {
-                    tracing::warn!("left behind by a server that was killed: {leftover}");
-                }
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "could not check for sidecars left by a killed server")
-        }
-    }
     let record = match process::RunRecord::create(&run_dir) {
         Ok(record) => Some(record),
         Err(e) => {

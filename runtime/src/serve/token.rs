@@ -1,12 +1,18 @@
 //! Where the server's tokens come from: a file, the environment, or — with neither — a
 //! generated token kept in a 0600 file under the data dir (reused on the next start, so
 //! a client that saved it keeps working).
+//!
+//! A token is never read from a file someone else could have written ([`crate::trust`]):
+//! a token file not owned by the user (or root) or writable by group or others is refused
+//! (exit 15), the data dir's own token files are opened without following links, and a
+//! new token is written to an exclusively created temp file, then renamed into place.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::supervisor::random_secret;
+use crate::trust;
 
 /// A token and where it came from.
 pub struct Token {
@@ -28,14 +34,8 @@ pub fn resolve(
     default_file: &Path,
 ) -> Result<Token> {
     if let Some(file) = flag_file {
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            Error::BadInput(format!(
-                "cannot read the token file {}: {e}; pass a readable file with --token-file",
-                file.display()
-            ))
-        })?;
+        let text = read_flag_file(file)?;
         let value = checked(text.trim(), &format!("the token file {}", file.display()))?;
-        warn_if_readable_by_others(file);
         return Ok(Token {
             value,
             file: Some(file.to_path_buf()),
@@ -47,13 +47,18 @@ pub fn resolve(
             file: None,
         });
     }
-    if let Ok(text) = std::fs::read_to_string(default_file)
-        && let Ok(value) = checked(text.trim(), "")
-    {
-        return Ok(Token {
-            value,
-            file: Some(default_file.to_path_buf()),
-        });
+    if let Some(mut file) = trust::open_trusted(default_file, "the token file")? {
+        let mut text = String::new();
+        // Unreadable or unusable content is replaced by a new token below.
+        if file.read_to_string(&mut text).is_ok()
+            && let Ok(value) = checked(text.trim(), "")
+        {
+            warn_if_readable_by_others(&file, default_file);
+            return Ok(Token {
+                value,
+                file: Some(default_file.to_path_buf()),
+            });
+        }
     }
     let value = random_secret();
     write_private(default_file, &value)?;
@@ -61,6 +66,23 @@ pub fn resolve(
         value,
         file: Some(default_file.to_path_buf()),
     })
+}
+
+/// Reads `--token-file`: the user named it, so a link is followed, but what is read must be
+/// theirs (or root's) and writable by nobody else; checked on the open file.
+fn read_flag_file(file: &Path) -> Result<String> {
+    let cannot = |e: std::io::Error| {
+        Error::BadInput(format!(
+            "cannot read the token file {}: {e}; pass a readable file with --token-file",
+            file.display()
+        ))
+    };
+    let mut opened = std::fs::File::open(file).map_err(cannot)?;
+    trust::check_open_file(&opened, file, "the token file", trust::TOKEN_FILE_FIX)?;
+    let mut text = String::new();
+    opened.read_to_string(&mut text).map_err(cannot)?;
+    warn_if_readable_by_others(&opened, file);
+    Ok(text)
 }
 
 fn checked(value: &str, what: &str) -> Result<String> {
@@ -72,48 +94,46 @@ fn checked(value: &str, what: &str) -> Result<String> {
     Ok(value.to_string())
 }
 
-/// Writes `value` to `path` readable by the owner only: a temp file created 0600, then
-/// renamed over, so the token is never briefly readable by others or half-written.
+/// Writes `value` to `path` readable by the owner only: an exclusively created temp file
+/// (mode 0600, never through a link, a fresh random name), then renamed over, so the token is
+/// never briefly readable by others, half-written, or written anywhere but here.
 fn write_private(path: &Path, value: &str) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("token"),
-        std::process::id()
-    ));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    trust::create_private_dir(dir)
+        .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    let tmp = trust::temp_path_beside(path);
     let write = || -> std::io::Result<()> {
-        let mut file = options.open(&tmp)?;
+        let mut file = trust::create_new_file(&tmp, 0o600)?;
         file.write_all(value.as_bytes())?;
         file.write_all(b"\n")?;
         file.sync_all()?;
+        // rename replaces whatever is at `path`, a link included, and never follows it.
         std::fs::rename(&tmp, path)
     };
     write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
+        // Only ever our own temp file: a name that was taken made the create fail first.
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            let _ = std::fs::remove_file(&tmp);
+        }
         Error::io(format!("write the token file {}", path.display()), e)
     })
 }
 
 #[cfg(unix)]
-fn warn_if_readable_by_others(file: &Path) {
+fn warn_if_readable_by_others(file: &std::fs::File, path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(file)
+    if let Ok(meta) = file.metadata()
         && meta.permissions().mode() & 0o077 != 0
     {
         tracing::warn!(
-            file = %file.display(),
+            file = %path.display(),
             "the token file is readable by other users; chmod 600 it"
         );
     }
 }
 
 #[cfg(not(unix))]
-fn warn_if_readable_by_others(_file: &Path) {}
+fn warn_if_readable_by_others(_file: &std::fs::File, _path: &Path) {}
 
 #[cfg(test)]
 mod tests {
@@ -190,5 +210,113 @@ mod tests {
         .err()
         .unwrap();
         assert!(err.to_string().contains("--token-file"), "{err}");
+    }
+
+    #[cfg(unix)]
+    fn set_mode(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_others_can_write_is_refused_one_they_can_read_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let given = dir.path().join("given");
+        std::fs::write(&given, "from-the-file-0123456789\n").unwrap();
+        let default = dir.path().join("token");
+        for mode in [0o666, 0o620, 0o602] {
+            set_mode(&given, mode);
+            let err = resolve(Some(&given), "OPENWORK_TOKEN", None, &default)
+                .err()
+                .unwrap();
+            assert_eq!(
+                err.exit_code(),
+                crate::ExitCode::Untrusted,
+                "{mode:o}: {err}"
+            );
+            let message = err.to_string();
+            assert!(message.contains("writable by"), "{message}");
+            assert!(message.contains("--token-file"), "{message}");
+            assert!(
+                !message.contains("from-the-file"),
+                "the token is not echoed"
+            );
+        }
+        set_mode(&given, 0o644);
+        let token = resolve(Some(&given), "OPENWORK_TOKEN", None, &default).unwrap();
+        assert_eq!(token.value, "from-the-file-0123456789");
+        // The generated one is held to the same rule.
+        let first = resolve(None, "OPENWORK_TOKEN", None, &default).unwrap();
+        set_mode(&default, 0o660);
+        let err = resolve(None, "OPENWORK_TOKEN", None, &default)
+            .err()
+            .unwrap();
+        assert_eq!(err.exit_code(), crate::ExitCode::Untrusted, "{err}");
+        set_mode(&default, 0o600);
+        assert_eq!(
+            resolve(None, "OPENWORK_TOKEN", None, &default)
+                .unwrap()
+                .value,
+            first.value
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_planted_link_in_place_of_the_token_file_is_refused_and_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        // Dangling: a write through it would create outside/stolen.
+        let default = data.join("token");
+        std::os::unix::fs::symlink(outside.join("stolen"), &default).unwrap();
+        let err = resolve(None, "OPENWORK_TOKEN", None, &default)
+            .err()
+            .unwrap();
+        assert_eq!(err.exit_code(), crate::ExitCode::Untrusted, "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(!outside.join("stolen").exists());
+        // Pointing at a token someone else chose: not read either.
+        std::fs::write(outside.join("chosen"), "chosen-by-someone-else-0123\n").unwrap();
+        set_mode(&outside.join("chosen"), 0o600);
+        std::fs::remove_file(&default).unwrap();
+        std::os::unix::fs::symlink(outside.join("chosen"), &default).unwrap();
+        assert!(resolve(None, "OPENWORK_TOKEN", None, &default).is_err());
+        assert_eq!(
+            std::fs::read_dir(&data).unwrap().count(),
+            1,
+            "no temp file left, nothing generated"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_of_another_uid_is_refused() {
+        if crate::trust::current_uid() != 0 {
+            eprintln!("skipped: needs root to give a file to another uid (CI runs as root)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("token");
+        std::fs::write(&default, "planted-by-uid-65534-0123456789\n").unwrap();
+        set_mode(&default, 0o600);
+        std::os::unix::fs::chown(&default, Some(65534), Some(65534)).unwrap();
+        let err = resolve(None, "OPENWORK_TOKEN", None, &default)
+            .err()
+            .unwrap();
+        assert_eq!(err.exit_code(), crate::ExitCode::Untrusted, "{err}");
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+        let err = resolve(
+            Some(&default),
+            "OPENWORK_TOKEN",
+            None,
+            &dir.path().join("t"),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.exit_code(), crate::ExitCode::Untrusted, "{err}");
     }
 }

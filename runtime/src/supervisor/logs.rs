@@ -405,6 +405,8 @@ fn open_log_file(path: &Path) -> io::Result<File> {
     {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         options.mode(0o600);
+        // Never through a link planted in the log's place.
+        crate::trust::no_follow(&mut options);
         let file = options.open(path).map_err(|e| with_path(e, path))?;
         // `mode` only applies to a new file; one left by an older version may be readable by
         // others, and sidecar output can hold prompts and file contents.
