@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::auth::{Access, Tokens};
-use super::proxy::{self, ProxyOptions, Upstream};
+use super::proxy::{self, Proxy, Upstream};
 use super::response::{self, ResponseBody};
 use super::sse;
 use crate::supervisor::Supervisor;
@@ -36,8 +36,8 @@ pub struct AppState {
     pub cors_origins: Vec<String>,
     /// Set to true to shut the server down.
     pub shutdown: watch::Sender<bool>,
-    /// Proxy limits.
-    pub proxy: ProxyOptions,
+    /// The opencode proxy: its limits and its pool of connections to opencode.
+    pub proxy: Proxy,
 }
 
 /// The active workspace.
@@ -325,6 +325,8 @@ async fn proxy_to_opencode(
     peer: SocketAddr,
 ) -> Response<ResponseBody> {
     let Some(endpoint) = state.supervisor.opencode() else {
+        // Its connections are to a process that is gone.
+        state.proxy.forget();
         return response::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "opencode_unavailable",
@@ -345,7 +347,10 @@ async fn proxy_to_opencode(
         authorization: endpoint.authorization(),
     };
     request.extensions_mut().insert(proxy::ClientAddr(peer));
-    proxy::forward(request, &upstream, path_and_query, &state.proxy).await
+    state
+        .proxy
+        .forward(request, &upstream, path_and_query)
+        .await
 }
 
 fn allowed_origin(state: &AppState, headers: &http::HeaderMap) -> Option<HeaderValue> {

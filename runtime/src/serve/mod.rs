@@ -16,7 +16,7 @@ use crate::env_vars;
 use crate::error::{Error, Result};
 use crate::http::api::{AppState, Workspace};
 use crate::http::auth::Tokens;
-use crate::http::proxy::ProxyOptions;
+use crate::http::proxy::{Proxy, ProxyOptions};
 use crate::install::{self, PrepareOptions, PreparedRuntime};
 use crate::layout::{self, DataLayout};
 use crate::source::{self, SourceKind};
@@ -171,7 +171,7 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
             base_url: base_url.clone(),
             cors_origins: options.cors_origins.clone(),
             shutdown: shutdown.clone(),
-            proxy: ProxyOptions::default(),
+            proxy: Proxy::new(ProxyOptions::default()),
         });
         tokio::spawn(crate::http::server::serve(
             listener,
