@@ -11,6 +11,12 @@
 //!   percentile of the direct ones (each request timed from writing it to its body's end).
 //! - **Throughput ratio**: requests per second through the proxy over those direct, each
 //!   the requests of all its rounds over the rounds' summed wall time.
+//! - **At one connection**: the same, one request at a time on one connection per side:
+//!   what the proxy adds to a request when nothing queues (with 32 connections on a small
+//!   machine, every process waits for a core and the added latency is mostly queueing).
+//! - **CPU per request**: user and system time of the server process (and of each opencode)
+//!   over its side's timed rounds, per request: on a machine whose cores are all busy, the
+//!   proxied side's throughput is bounded by the CPU the two processes need together.
 //! - **TIME-WAIT**: sockets in TIME-WAIT (`/proc/net/tcp` and `tcp6`, state `06`) on the
 //!   port of the opencode behind the proxy, counted once the last proxied round has ended
 //!   and the pool's idle connections have been closed, less those there before the first
@@ -35,6 +41,8 @@ pub const CONNECTIONS: usize = 32;
 pub const ROUNDS: usize = 4;
 /// Untimed requests on each side first (connections, caches, the pool).
 const WARM_UP: usize = 2_000;
+/// Requests each side sends one at a time on one connection, in two alternating rounds.
+const SINGLE: usize = 2_000;
 /// A request not answered within this long fails the round.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -53,6 +61,8 @@ pub struct Side {
     pub addr: SocketAddr,
     pub path: &'static str,
     pub authorization: String,
+    /// Processes whose CPU time is counted over this side's rounds, with a name.
+    pub processes: Vec<(&'static str, u32)>,
 }
 
 /// What one side measured, over all its timed rounds.
@@ -61,9 +71,33 @@ struct Measured {
     latencies: Vec<Duration>,
     wall: Duration,
     reconnects: usize,
+    /// CPU time of each of the side's processes over its rounds.
+    cpu: Vec<Duration>,
 }
 
 impl Measured {
+    fn add(&mut self, round: Measured) {
+        self.latencies.extend(round.latencies);
+        self.wall += round.wall;
+        self.reconnects += round.reconnects;
+        if self.cpu.len() < round.cpu.len() {
+            self.cpu.resize(round.cpu.len(), Duration::ZERO);
+        }
+        for (total, cpu) in self.cpu.iter_mut().zip(round.cpu) {
+            *total += cpu;
+        }
+    }
+
+    /// CPU time per request of each process, named as in `side`.
+    fn cpu_per_request(&self, side: &Side) -> Vec<(&'static str, Duration)> {
+        let n = self.latencies.len().max(1) as u32;
+        side.processes
+            .iter()
+            .zip(&self.cpu)
+            .map(|((name, _), cpu)| (*name, *cpu / n))
+            .collect()
+    }
+
     fn throughput(&self) -> f64 {
         self.latencies.len() as f64 / self.wall.as_secs_f64()
     }
@@ -72,12 +106,18 @@ impl Measured {
 /// The figures, ready for rows and the JSON.
 pub struct Figures {
     requests_per_side: usize,
+    /// Every request sent through the proxy while TIME-WAIT was being counted.
+    proxied_total: usize,
     direct: Stats,
     proxied: Stats,
     direct_rps: f64,
     proxied_rps: f64,
     direct_reconnects: usize,
     proxied_reconnects: usize,
+    direct_cpu: Vec<(&'static str, Duration)>,
+    proxied_cpu: Vec<(&'static str, Duration)>,
+    single_direct: Stats,
+    single_proxied: Stats,
     time_wait_upstream: usize,
     time_wait_direct: usize,
 }
@@ -94,8 +134,8 @@ pub fn measure(
     settle: Duration,
 ) -> anyhow::Result<Figures> {
     let per_round = (requests / ROUNDS).max(CONNECTIONS);
-    run_round(direct, WARM_UP).context("warm-up, direct")?;
-    run_round(proxied, WARM_UP).context("warm-up, through the proxy")?;
+    run_round(direct, WARM_UP, CONNECTIONS).context("warm-up, direct")?;
+    run_round(proxied, WARM_UP, CONNECTIONS).context("warm-up, through the proxy")?;
     let upstream_before = time_wait(upstream_port)?;
     let direct_before = time_wait(direct.addr.port())?;
     let (mut d, mut p) = (Measured::default(), Measured::default());
@@ -107,24 +147,36 @@ pub fn measure(
             [(proxied, &mut p, "proxied"), (direct, &mut d, "direct")]
         };
         for (side, into, name) in order {
-            let measured =
-                run_round(side, per_round).with_context(|| format!("round {round}, {name}"))?;
-            into.latencies.extend(measured.latencies);
-            into.wall += measured.wall;
-            into.reconnects += measured.reconnects;
+            let measured = run_round(side, per_round, CONNECTIONS)
+                .with_context(|| format!("round {round}, {name}"))?;
+            into.add(measured);
         }
+    }
+    let (mut single_direct, mut single_proxied) = (Measured::default(), Measured::default());
+    for round in 0..2 {
+        let measured = run_round(direct, SINGLE / 2, 1)
+            .with_context(|| format!("one connection, round {round}, direct"))?;
+        single_direct.add(measured);
+        let measured = run_round(proxied, SINGLE / 2, 1)
+            .with_context(|| format!("one connection, round {round}, proxied"))?;
+        single_proxied.add(measured);
     }
     std::thread::sleep(settle);
     let time_wait_upstream = time_wait(upstream_port)?.saturating_sub(upstream_before);
     let time_wait_direct = time_wait(direct.addr.port())?.saturating_sub(direct_before);
     Ok(Figures {
         requests_per_side: p.latencies.len(),
+        proxied_total: p.latencies.len() + single_proxied.latencies.len(),
         direct: Stats::of(&d.latencies),
         proxied: Stats::of(&p.latencies),
         direct_rps: d.throughput(),
         proxied_rps: p.throughput(),
         direct_reconnects: d.reconnects,
         proxied_reconnects: p.reconnects,
+        direct_cpu: d.cpu_per_request(direct),
+        proxied_cpu: p.cpu_per_request(proxied),
+        single_direct: Stats::of(&single_direct.latencies),
+        single_proxied: Stats::of(&single_proxied.latencies),
         time_wait_upstream,
         time_wait_direct,
     })
@@ -135,7 +187,7 @@ impl Figures {
         let ms = Quantity::ms;
         let added_p50 = self.proxied.median_ms - self.direct.median_ms;
         let added_p99 = self.proxied.p99_ms - self.direct.p99_ms;
-        let per_10k = self.time_wait_upstream as f64 * 10_000.0 / self.requests_per_side as f64;
+        let per_10k = self.time_wait_upstream as f64 * 10_000.0 / self.proxied_total as f64;
         let n = self.requests_per_side;
         vec![
             Row::info(
@@ -157,6 +209,18 @@ impl Figures {
             )),
             Row::info("proxy: added latency, p99", ms(added_p99)),
             Row::info(
+                "proxy: added latency at 1 connection, p50",
+                ms(self.single_proxied.median_ms - self.single_direct.median_ms),
+            )
+            .note(format!(
+                "{SINGLE} requests each way, one at a time on one connection (nothing queues): \
+                 p50 {:.3} ms proxied vs {:.3} ms direct, p99 {:.3} ms vs {:.3} ms",
+                self.single_proxied.median_ms,
+                self.single_direct.median_ms,
+                self.single_proxied.p99_ms,
+                self.single_direct.p99_ms
+            )),
+            Row::info(
                 "proxy: throughput through the proxy, requests/s",
                 Quantity::count(self.proxied_rps.round() as u64),
             )
@@ -169,6 +233,17 @@ impl Figures {
                  over their summed wall time",
             ),
             Row::info(
+                "proxy: the server's CPU time per proxied request",
+                ms(cpu_ms(&self.proxied_cpu, "server")),
+            )
+            .note(format!(
+                "user + system time over the timed rounds at {CONNECTIONS} connections, per \
+                 request: opencode {:.3} ms behind the server, {:.3} ms direct; the \
+                 benchmark's own client runs on the same cores",
+                cpu_ms(&self.proxied_cpu, "opencode"),
+                cpu_ms(&self.direct_cpu, "opencode"),
+            )),
+            Row::info(
                 "proxy: sockets left in TIME-WAIT per 10,000 requests",
                 Quantity::count(per_10k.round() as u64),
             )
@@ -178,10 +253,11 @@ impl Figures {
             .note(format!(
                 "state 06 in /proc/net/tcp and tcp6 on the port of the opencode behind the \
                  proxy, after the last round and the pool's idle timeout, less those before \
-                 the first: {} for {n} requests (the supervisor's health probes included); \
+                 the first: {} for {} requests (the supervisor's health probes included); \
                  direct, on bare opencode's port: {} (the benchmark's own connections); \
                  reconnects of the benchmark's client: {} proxied, {} direct",
                 self.time_wait_upstream,
+                self.proxied_total,
                 self.time_wait_direct,
                 self.proxied_reconnects,
                 self.direct_reconnects
@@ -207,6 +283,15 @@ impl Figures {
             "warmUpRequests": WARM_UP,
             "direct": side(&self.direct, self.direct_rps, self.direct_reconnects),
             "proxied": side(&self.proxied, self.proxied_rps, self.proxied_reconnects),
+            "cpuPerRequestMs": {
+                "direct": cpu_json(&self.direct_cpu),
+                "proxied": cpu_json(&self.proxied_cpu),
+            },
+            "oneConnection": {
+                "requests": self.single_direct.n,
+                "direct": { "p50Ms": self.single_direct.median_ms, "p99Ms": self.single_direct.p99_ms },
+                "proxied": { "p50Ms": self.single_proxied.median_ms, "p99Ms": self.single_proxied.p99_ms },
+            },
             "timeWait": {
                 "upstream": self.time_wait_upstream,
                 "direct": self.time_wait_direct,
@@ -215,22 +300,48 @@ impl Figures {
     }
 }
 
-/// `requests` over [`CONNECTIONS`] connections (the remainder spread over the first ones),
+/// The CPU time per request, in ms, of the process called `name` (NaN if not measured).
+fn cpu_ms(cpu: &[(&'static str, Duration)], name: &str) -> f64 {
+    cpu.iter()
+        .find(|(n, _)| *n == name)
+        .map_or(f64::NAN, |(_, d)| d.as_secs_f64() * 1e3)
+}
+
+fn cpu_json(cpu: &[(&'static str, Duration)]) -> Value {
+    cpu.iter()
+        .map(|(name, d)| ((*name).to_string(), json!(d.as_secs_f64() * 1e3)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// CPU time used so far by each of `side`'s processes.
+fn cpu_times(side: &Side) -> anyhow::Result<Vec<Duration>> {
+    side.processes
+        .iter()
+        .map(|(name, pid)| {
+            crate::procs::cpu_time(*pid)
+                .with_context(|| format!("read the CPU time of {name} ({pid}): it exited?"))
+        })
+        .collect()
+}
+
+/// `requests` over `connections` connections (the remainder spread over the first ones),
 /// all starting together.
-fn run_round(side: &Side, requests: usize) -> anyhow::Result<Measured> {
+fn run_round(side: &Side, requests: usize, connections: usize) -> anyhow::Result<Measured> {
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\n\r\n",
         side.path, side.addr, side.authorization
     );
     let request = Arc::new(request.into_bytes());
-    let start = Arc::new(Barrier::new(CONNECTIONS + 1));
-    let threads: Vec<_> = (0..CONNECTIONS)
+    let start = Arc::new(Barrier::new(connections + 1));
+    let threads: Vec<_> = (0..connections)
         .map(|i| {
-            let share = requests / CONNECTIONS + usize::from(i < requests % CONNECTIONS);
+            let share = requests / connections + usize::from(i < requests % connections);
             let (request, start, addr) = (request.clone(), start.clone(), side.addr);
             std::thread::spawn(move || connection(addr, &request, share, &start))
         })
         .collect();
+    let cpu_before = cpu_times(side)?;
     start.wait();
     let began = Instant::now();
     let mut measured = Measured::default();
@@ -248,6 +359,11 @@ fn run_round(side: &Side, requests: usize) -> anyhow::Result<Measured> {
         }
     }
     measured.wall = began.elapsed();
+    measured.cpu = cpu_times(side)?
+        .into_iter()
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before))
+        .collect();
     match first_error {
         Some(e) => Err(e),
         None => Ok(measured),
@@ -275,7 +391,10 @@ fn connection(
             }
         };
         let sent = Instant::now();
-        reader.get_mut().write_all(request).context("send a request")?;
+        reader
+            .get_mut()
+            .write_all(request)
+            .context("send a request")?;
         let (status, headers) =
             openwork_tests::http::read_head(reader).context("read a response head")?;
         let body = openwork_tests::http::read_body(reader, "GET", status, &headers)

@@ -42,8 +42,8 @@ use serde_json::{Value, json};
 
 use crate::measure;
 use crate::measure::{Stats, byte_stats};
-use crate::overhead::{self, Side};
 use crate::measure::{cargo_target_dir, file_size, load_average, progress};
+use crate::overhead::{self, Side};
 use crate::procs::{
     Running, check_nothing_left, describe_exit, isolated_command, mkdir, proc_name, vm_rss,
 };
@@ -894,12 +894,17 @@ fn proxy_overhead(
     .context("GET /system/runtime")?;
     let runtime: Value =
         serde_json::from_slice(&runtime.body).context("/system/runtime is not JSON")?;
-    let upstream_port = runtime["sidecars"]
+    let opencode = runtime["sidecars"]
         .as_array()
-        .and_then(|all| all.iter().find(|s| s["name"] == "opencode"))
-        .and_then(|s| s["port"].as_u64())
-        .and_then(|p| u16::try_from(p).ok())
-        .with_context(|| format!("no port of opencode in /system/runtime: {runtime}"))?;
+        .and_then(|all| all.iter().find(|s| s["name"] == "opencode"));
+    let sidecar = |field: &str| {
+        opencode
+            .and_then(|s| s[field].as_u64())
+            .and_then(|n| u32::try_from(n).ok())
+            .with_context(|| format!("no {field} of opencode in /system/runtime: {runtime}"))
+    };
+    let upstream_port = u16::try_from(sidecar("port")?)?;
+    let upstream_pid = sidecar("pid")?;
 
     let (mut cmd, stderr) = start(bare)?;
     let bare_port = free_port()?;
@@ -916,11 +921,13 @@ fn proxy_overhead(
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, bare_port)),
             path: "/global/health",
             authorization: basic,
+            processes: vec![("opencode", direct.pid())],
         },
         &Side {
             addr: server_addr,
             path: "/opencode/global/health",
             authorization: bearer,
+            processes: vec![("server", server.pid()), ("opencode", upstream_pid)],
         },
         upstream_port,
         settings.proxy_requests,
