@@ -22,6 +22,8 @@ mod extraction;
 #[cfg(unix)]
 mod measure;
 #[cfg(unix)]
+mod overhead;
+#[cfg(unix)]
 mod procs;
 #[cfg(unix)]
 mod release;
@@ -51,7 +53,9 @@ enum Command {
     /// built from the pinned opencode
     Extraction(ExtractionArgs),
     /// Warm start to ready and idle RSS of `serve` from a packed artifact, beside bare
-    /// `opencode serve` and openwork-orchestrator 0.18.1, all on the same opencode
+    /// `opencode serve` and openwork-orchestrator 0.18.1, all on the same opencode; and what
+    /// its `/opencode/*` proxy adds over asking opencode directly (latency, throughput,
+    /// sockets left in TIME-WAIT)
     Serve(ServeArgs),
     /// Wall time, stage shares, reproducibility and payload size of `openwork-packager
     /// release` with warm caches, beside `zstd` run by hand on the same sidecars (times
@@ -237,6 +241,10 @@ struct ServeArgs {
     /// opencode
     #[arg(long, value_name = "FILE")]
     artifact: Option<PathBuf>,
+    /// Requests each way for the proxy figure (`/opencode/*` vs opencode direct, 32
+    /// connections); 0 leaves it out
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    proxy_requests: usize,
 }
 
 #[derive(Debug, Args)]
@@ -302,6 +310,7 @@ impl ServeArgs {
             work_dir: None,
             json: None,
             artifact: extraction.artifact.clone(),
+            proxy_requests: 20_000,
         }
     }
 
@@ -313,6 +322,7 @@ impl ServeArgs {
             work_dir,
             json,
             artifact,
+            proxy_requests,
         } = self;
         serve::Settings {
             runs: runs as usize,
@@ -325,6 +335,7 @@ impl ServeArgs {
                     .join("serve.json")
             }),
             artifact,
+            proxy_requests,
         }
     }
 }

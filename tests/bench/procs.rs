@@ -247,6 +247,8 @@ pub(crate) struct Stat {
     pub(crate) ppid: u32,
     pub(crate) pgrp: u32,
     pub(crate) start: u64,
+    /// User and system time, in clock ticks.
+    pub(crate) cpu_ticks: u64,
 }
 
 pub(crate) fn read_stat(pid: u32) -> Option<Stat> {
@@ -259,7 +261,19 @@ pub(crate) fn read_stat(pid: u32) -> Option<Stat> {
         ppid: fields.get(1)?.parse().ok()?,
         pgrp: fields.get(2)?.parse().ok()?,
         start: fields.get(19)?.parse().ok()?,
+        cpu_ticks: fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?,
     })
+}
+
+/// The CPU time (user and system) `pid` has used so far.
+pub(crate) fn cpu_time(pid: u32) -> Option<std::time::Duration> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks_per_second = u64::try_from(ticks_per_second).ok().filter(|&t| t > 0)?;
+    let ticks = read_stat(pid)?.cpu_ticks;
+    Some(std::time::Duration::from_nanos(
+        ticks * 1_000_000_000 / ticks_per_second,
+    ))
 }
 
 impl Proc {

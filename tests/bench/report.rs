@@ -85,6 +85,8 @@ pub enum Target {
     Value { max: Quantity },
     /// The row's ratio to its baseline must be at most this.
     Ratio { max: f64 },
+    /// The row's ratio to its baseline must be at least this (a throughput, say).
+    RatioAtLeast { min: f64 },
 }
 
 /// How a row compares with its target.
@@ -176,6 +178,7 @@ impl Row {
         let met = match (self.target, self.value, self.ratio) {
             (Some(Target::Value { max }), Some(value), _) => Some(value.amount <= max.amount),
             (Some(Target::Ratio { max }), _, Some(ratio)) => Some(ratio <= max),
+            (Some(Target::RatioAtLeast { min }), _, Some(ratio)) => Some(ratio >= min),
             _ => None,
         };
         self.verdict = match met {
@@ -238,6 +241,7 @@ impl Report {
                         None => String::new(),
                         Some(Target::Value { max }) => format!("<= {max}"),
                         Some(Target::Ratio { max }) => format!("ratio <= {max:.2}"),
+                        Some(Target::RatioAtLeast { min }) => format!("ratio >= {min:.2}"),
                     },
                     row.baseline.map_or_else(String::new, |b| b.to_string()),
                     row.ratio.map_or_else(String::new, |r| format!("{r:.3}")),
@@ -402,6 +406,14 @@ mod tests {
         };
         assert_eq!(ratio(110.0, 100.0), Verdict::Pass);
         assert_eq!(ratio(130.0, 100.0), Verdict::Missed);
+        let at_least = |ours, base| {
+            Row::info("x", Quantity::count(ours))
+                .against(Quantity::count(base))
+                .target(Target::RatioAtLeast { min: 0.9 })
+                .verdict
+        };
+        assert_eq!(at_least(95, 100), Verdict::Pass);
+        assert_eq!(at_least(85, 100), Verdict::Missed);
         let value = |v| {
             Row::info("x", Quantity::ms(v))
                 .target(Target::Value {

@@ -43,6 +43,7 @@ use serde_json::{Value, json};
 use crate::measure;
 use crate::measure::{Stats, byte_stats};
 use crate::measure::{cargo_target_dir, file_size, load_average, progress};
+use crate::overhead::{self, Side};
 use crate::procs::{
     Running, check_nothing_left, describe_exit, isolated_command, mkdir, proc_name, vm_rss,
 };
@@ -61,6 +62,8 @@ pub struct Settings {
     pub json: PathBuf,
     /// A packed artifact to measure instead of packing one.
     pub artifact: Option<PathBuf>,
+    /// Requests each way for the proxy figure (0: not measured).
+    pub proxy_requests: usize,
 }
 
 /// The foundation issue's targets.
@@ -209,6 +212,23 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
             }
         }
     }
+    let proxy = if settings.proxy_requests == 0 {
+        Err("not asked for (--proxy-requests 0)".to_string())
+    } else {
+        progress(format_args!(
+            "proxy overhead: {} requests each way over {} connections, through the server \
+             and to bare opencode, in {} alternating rounds",
+            settings.proxy_requests,
+            overhead::CONNECTIONS,
+            overhead::ROUNDS
+        ));
+        proxy_overhead(&contenders[0], &contenders[1], &env, &work_path, settings)
+            .map_err(|e| format!("{e:#}"))
+    };
+    if let Err(why) = &proxy {
+        progress(format_args!("proxy overhead not measured: {why}"));
+    }
+
     let executables: Vec<&Path> = contenders.iter().map(|c| c.exe.as_path()).collect();
     let leftovers = check_nothing_left(&executables);
 
@@ -222,7 +242,11 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         orchestrator_error = Some(why.clone());
     }
     let orch = orch.filter(|o| o.failed.is_none() && !o.samples.is_empty());
-    let rows = rows(ours, bare, orch, orchestrator_error.as_deref(), settings);
+    let mut rows = rows(ours, bare, orch, orchestrator_error.as_deref(), settings);
+    match &proxy {
+        Ok(figures) => rows.extend(figures.rows()),
+        Err(why) => rows.push(Row::skipped("proxy: added latency, p50", why.clone())),
+    }
     let report = Report {
         benchmark: "openwork-bench serve".into(),
         context: format!(
@@ -256,6 +280,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
             },
             "rounds": order_log,
             "contenders": contenders.iter().map(Contender::details).collect::<Vec<_>>(),
+            "proxy": match &proxy {
+                Ok(figures) => figures.details(),
+                Err(why) => json!({ "error": why }),
+            },
             "processesLeftAtEnd": leftovers,
             "loadAverage": { "before": load_before, "after": load_after },
             "unixTime": measure::unix_time(),
@@ -802,6 +830,113 @@ impl Running {
             std::thread::sleep(POLL);
         }
     }
+}
+
+/// The proxy figure: the packed server and a bare opencode of the same executable side by
+/// side, each in the home of its contender (opencode's first-run work done there already),
+/// both sent the same load (see overhead.rs).
+fn proxy_overhead(
+    ours: &Contender,
+    bare: &Contender,
+    env: &Environment,
+    work: &Path,
+    settings: &Settings,
+) -> anyhow::Result<overhead::Figures> {
+    let start = |contender: &Contender| -> anyhow::Result<(Command, PathBuf)> {
+        let name = format!("proxy-{}", contender.kind.name());
+        let workspace = mkdir(&work.join("workspaces").join(&name))?;
+        let stderr = contender.logs.join(format!("{name}.stderr"));
+        let mut cmd = contender.command(&workspace)?;
+        cmd.stderr(
+            std::fs::File::create(&stderr)
+                .with_context(|| format!("create {}", stderr.display()))?,
+        );
+        if contender.kind == Kind::Ours {
+            cmd.arg("serve")
+                .args(["--port", "0"])
+                .arg("--data-dir")
+                .arg(&env.data_dir)
+                .arg("--workspace")
+                .arg(&workspace);
+        }
+        Ok((cmd, stderr))
+    };
+
+    let (mut cmd, stderr) = start(ours)?;
+    let mut server = Running::spawn(&mut cmd, &stderr)?;
+    let (_, line) = server.wait_line(|_| true)?;
+    let ready: Value = serde_json::from_str(&line)
+        .with_context(|| format!("the ready line is not JSON: {line}"))?;
+    if ready["event"] != "ready" {
+        bail!("unexpected first line on stdout: {line}");
+    }
+    let port = ready["port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .with_context(|| format!("no port in {line}"))?;
+    let token_file = ready["tokenFile"]
+        .as_str()
+        .with_context(|| format!("no tokenFile in {line}"))?;
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("read {token_file}"))?
+        .trim()
+        .to_string();
+    let server_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let bearer = format!("Bearer {token}");
+    let runtime = openwork_tests::http::try_request(
+        &server_addr.to_string(),
+        "GET",
+        "/system/runtime",
+        &[("Authorization", bearer.as_str())],
+        b"",
+        Duration::from_secs(30),
+    )
+    .context("GET /system/runtime")?;
+    let runtime: Value =
+        serde_json::from_slice(&runtime.body).context("/system/runtime is not JSON")?;
+    let opencode = runtime["sidecars"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == "opencode"));
+    let sidecar = |field: &str| {
+        opencode
+            .and_then(|s| s[field].as_u64())
+            .and_then(|n| u32::try_from(n).ok())
+            .with_context(|| format!("no {field} of opencode in /system/runtime: {runtime}"))
+    };
+    let upstream_port = u16::try_from(sidecar("port")?)?;
+    let upstream_pid = sidecar("pid")?;
+
+    let (mut cmd, stderr) = start(bare)?;
+    let bare_port = free_port()?;
+    let password = password(usize::MAX);
+    cmd.args(["serve", "--hostname", "127.0.0.1", "--port"])
+        .arg(bare_port.to_string())
+        .env("OPENCODE_SERVER_PASSWORD", &password);
+    let mut direct = Running::spawn(&mut cmd, &stderr)?;
+    let basic = basic_auth(OPENCODE_USER, &password);
+    direct.poll_health(bare_port, &basic)?;
+
+    let figures = overhead::measure(
+        &Side {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, bare_port)),
+            path: "/global/health",
+            authorization: basic,
+            processes: vec![("opencode", direct.pid())],
+        },
+        &Side {
+            addr: server_addr,
+            path: "/opencode/global/health",
+            authorization: bearer,
+            processes: vec![("server", server.pid()), ("opencode", upstream_pid)],
+        },
+        upstream_port,
+        settings.proxy_requests,
+        // The proxy's pool closes idle connections after 4 s: they are counted too.
+        Duration::from_secs(6),
+    )?;
+    direct.terminate()?;
+    server.terminate()?;
+    Ok(figures)
 }
 
 /// True if `GET /global/health` answers 200.

@@ -190,7 +190,17 @@ impl Server {
 
     /// opencode's pid while the supervisor says it is running.
     fn running_opencode(&self) -> Option<u32> {
-        let health = http::try_request(&self.addr, "GET", "/system/health", &[], b"", HANG).ok()?;
+        // With the token: token-less callers are not told pids.
+        let authorization = format!("Bearer {}", self.token);
+        let health = http::try_request(
+            &self.addr,
+            "GET",
+            "/system/health",
+            &[("Authorization", authorization.as_str())],
+            b"",
+            HANG,
+        )
+        .ok()?;
         let opencode = &serde_json::from_slice::<Value>(&health.body).ok()?["sidecars"]["opencode"];
         if opencode["state"] != "running" {
             return None;

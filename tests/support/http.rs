@@ -194,7 +194,9 @@ fn open(
     Ok(BufReader::new(stream))
 }
 
-fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<(u16, Vec<(String, String)>)> {
+/// Reads a response head: the status and the headers (names lower-cased), leaving the
+/// reader at the body (for a client that keeps its connection, as the benchmarks' does).
+pub fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<(u16, Vec<(String, String)>)> {
     let mut status_line = String::new();
     reader.read_line(&mut status_line)?;
     let status = status_line

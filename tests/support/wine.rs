@@ -222,7 +222,7 @@ fn prepare_prefix() -> PathBuf {
 /// Built as a package of its own (generated in the target directory, with the workspace's
 /// lock file for the same dependency versions) from the same `main.rs`: cross-building the
 /// tests crate's binary would cross-build everything the tests crate depends on too, the
-/// signer and the packager included (minutes, for three small dependencies).
+/// signer and the packager included (minutes, for five small dependencies).
 pub fn fixture_sidecar() -> &'static Path {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
     EXE.get_or_init(|| {
@@ -246,6 +246,8 @@ path = {main:?}
 anyhow = "1"
 serde_json = "1"
 libc = "0.2"
+sha2 = "0.10"
+hex = "0.4"
 
 [workspace]
 "#,

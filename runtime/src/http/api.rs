@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::auth::{Access, Tokens};
-use super::proxy::{self, ProxyOptions, Upstream};
+use super::proxy::{self, Proxy, Upstream};
 use super::response::{self, ResponseBody};
 use super::server::ConnectionTicket;
 use super::sse;
@@ -39,8 +39,8 @@ pub struct AppState {
     pub host_check: HostCheck,
     /// Set to true to shut the server down.
     pub shutdown: watch::Sender<bool>,
-    /// Proxy limits.
-    pub proxy: ProxyOptions,
+    /// The opencode proxy: its limits and its pool of connections to opencode.
+    pub proxy: Proxy,
 }
 
 /// Which names a request may address the server by (its `Host` header).
@@ -405,6 +405,8 @@ async fn proxy_to_opencode(
     peer: SocketAddr,
 ) -> Response<ResponseBody> {
     let Some(endpoint) = state.supervisor.opencode() else {
+        // Its connections are to a process that is gone.
+        state.proxy.forget();
         return response::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "opencode_unavailable",
@@ -425,7 +427,10 @@ async fn proxy_to_opencode(
         authorization: endpoint.authorization(),
     };
     request.extensions_mut().insert(proxy::ClientAddr(peer));
-    proxy::forward(request, &upstream, path_and_query, &state.proxy).await
+    state
+        .proxy
+        .forward(request, &upstream, path_and_query)
+        .await
 }
 
 fn allowed_origin(state: &AppState, headers: &http::HeaderMap) -> Option<HeaderValue> {

@@ -3,14 +3,28 @@
 //!
 //! Why it looks the way it does:
 //!
-//! - **One upstream connection per request, no pool.** A loopback connect costs tens of
-//!   microseconds, which is noise beside what opencode does with the request. A pool would
-//!   keep connections to an opencode that has just been restarted on another port with another
-//!   password, and the first request after every restart would fail on a stale connection.
-//!   Without a pool, [`Upstream`] is read afresh for every request and a restart is invisible.
+//! - **Keep-alive upstream connections, from hyper's own pooled client.** One connection per
+//!   request left one socket in TIME-WAIT per request (about 14,000 per 40 s at 1,350
+//!   requests/s). Linux reuses those on loopback; Windows (16k ephemeral ports, TIME-WAIT of
+//!   2 to 4 minutes) and macOS do not, so a busy client could run the machine out of ports.
+//!   Requests therefore go over hyper-util's pooled client, and everything that decides
+//!   whether a connection may carry another request (message framing, a body cut short, an
+//!   error, `Connection: close` from opencode) is hyper's, not ours: a request can never be
+//!   read as the tail of another client's body.
+//! - **One pool per opencode instance.** opencode gets another port and another password
+//!   when it restarts, so [`Proxy`] keys its client on both: the first request for a new
+//!   instance builds a new client, and the old one is dropped with its idle connections. No
+//!   request after a restart goes out on a connection to the previous process. Idle
+//!   connections are closed after [`ProxyOptions::pool_idle_timeout`], shorter than
+//!   opencode's own idle timeout, so that it is us, not opencode, who closes an idle
+//!   connection, and a request is never written onto one that opencode is closing.
+//! - **An upgrade gets a connection of its own**, outside the pool: after the `101` it
+//!   carries WebSocket bytes until one side closes it, and is never reused.
 //! - **Nothing is buffered whole.** Prompts carry attachments and the event stream
 //!   (`text/event-stream`) lives for hours, so both bodies are passed through frame by frame.
-//!   The request body is bounded by [`ProxyOptions::max_request_body`] as it flows.
+//!   The request body is bounded by [`ProxyOptions::max_request_body`] as it flows. A
+//!   response body the client leaves unread closes its upstream connection (hyper never pools
+//!   a connection with a body still on it).
 //! - **No total timeout**, only one on connecting and one on the response head: an SSE stream
 //!   or a WebSocket is healthy for as long as it stays open. A dead opencode still never
 //!   leaves a client hanging: the kernel closes its sockets, and a body cut short ends the
@@ -18,21 +32,29 @@
 //! - **The client never learns opencode's password, and opencode never sees our token.**
 //!   `Authorization` and `X-OpenWork-Token` are dropped, opencode's Basic credentials are set,
 //!   and `WWW-Authenticate` is dropped from responses so a browser never prompts for them.
+//! - **Forwarding headers are ours alone.** We are the first hop opencode can trust, so
+//!   whatever the client claims about earlier hops (`Forwarded`, `X-Real-IP`, any
+//!   `X-Forwarded-*`) is removed, and the ones we know are set from the connection itself.
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
+use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::response::{self, BoxError, ResponseBody};
@@ -48,6 +70,7 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Where opencode listens now (its port and password change when it restarts).
 #[derive(Clone)]
@@ -71,6 +94,11 @@ impl Upstream {
             authorization,
         }
     }
+
+    /// Whether `other` is the same opencode instance (same address, same credentials).
+    fn same_instance(&self, other: &Upstream) -> bool {
+        self.addr == other.addr && self.authorization == other.authorization
+    }
 }
 
 // Written by hand so the password can never be derived into a log line.
@@ -83,7 +111,7 @@ impl fmt::Debug for Upstream {
     }
 }
 
-/// Limits of one forwarded request.
+/// Limits of one forwarded request, and of the pool of upstream connections.
 #[derive(Clone, Debug)]
 pub struct ProxyOptions {
     /// The largest request body forwarded, in bytes (default 64 MiB).
@@ -93,6 +121,12 @@ pub struct ProxyOptions {
     /// How long opencode may take to send the response head (default 5 min). There is no
     /// timeout on the body: SSE streams and WebSockets live for hours.
     pub response_header_timeout: Duration,
+    /// Idle keep-alive connections kept to opencode (default 32); connections beyond it
+    /// are closed when their exchange ends.
+    pub pool_max_idle: usize,
+    /// How long an idle connection is kept (default 4 s: under the 10 s after which
+    /// opencode's server, Bun's, closes an idle connection itself).
+    pub pool_idle_timeout: Duration,
 }
 
 impl Default for ProxyOptions {
@@ -101,62 +135,299 @@ impl Default for ProxyOptions {
             max_request_body: 64 * 1024 * 1024,
             connect_timeout: Duration::from_secs(5),
             response_header_timeout: Duration::from_secs(5 * 60),
+            pool_max_idle: 32,
+            pool_idle_timeout: Duration::from_secs(4),
         }
     }
 }
 
 /// The address of the client that sent a request. The front door inserts it into the
 /// request's extensions (`req.extensions_mut().insert(ClientAddr(peer))`) so that
-/// [`forward`] can send `X-Forwarded-For`; without it, no `X-Forwarded-For` is sent.
+/// [`Proxy::forward`] can send `X-Forwarded-For`; without it, no client address is sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
 
-/// Forwards `req` to `upstream` with the path replaced by `path_and_query` (the caller strips
-/// [`PREFIX`]), and returns opencode's response with its body still streaming.
-///
-/// - The client's address comes from the [`ClientAddr`] request extension.
-/// - WebSocket (any `Connection: upgrade`) requests are passed through: on a `101` from
-///   opencode the client gets the `101`, and the two upgraded connections are then spliced on
-///   a task of their own. For that the front door must serve its connections
-///   `.with_upgrades()`; without it the client's side never upgrades and the splice is
-///   dropped.
-/// - Failures are JSON errors: `413` for a body over the limit, `503` when opencode is not
-///   reachable or drops the connection before answering, `504` on a timeout, `502` when
-///   opencode answers wrongly or rejects our credentials (`401`).
-///
-/// Spawns tasks with [`tokio::spawn`], so it must run inside a tokio runtime.
-pub async fn forward(
-    req: Request<Incoming>,
-    upstream: &Upstream,
-    path_and_query: PathAndQuery,
-    options: &ProxyOptions,
-) -> Response<ResponseBody> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    // Only the path is logged: a query may carry a token (EventSource cannot set headers).
-    let path = path_and_query.path().to_owned();
-    let response = match exchange(req, upstream, path_and_query, options).await {
-        Ok(response) => response,
-        Err(failure) => {
-            tracing::debug!(%method, %path, error = %failure, "opencode proxy failure");
-            failure.into_response(options)
+/// The body of a request to opencode: the client's, bounded.
+type UpstreamBody = UnsyncBoxBody<Bytes, RequestBodyError>;
+type PooledClient = Client<HttpConnector, UpstreamBody>;
+
+/// The proxy: its limits and the keep-alive connections to the current opencode instance.
+/// One per server, shared by all requests.
+pub struct Proxy {
+    options: ProxyOptions,
+    /// The instance the pool is for, and its client.
+    pool: Mutex<Option<(Upstream, PooledClient)>>,
+}
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        f.debug_struct("Proxy")
+            .field("options", &self.options)
+            .field("pooled_for", &pool.as_ref().map(|(upstream, _)| upstream))
+            .finish()
+    }
+}
+
+impl Proxy {
+    /// A proxy with no connection yet.
+    pub fn new(options: ProxyOptions) -> Proxy {
+        Proxy {
+            options,
+            pool: Mutex::new(None),
         }
+    }
+
+    /// Its limits.
+    pub fn options(&self) -> &ProxyOptions {
+        &self.options
+    }
+
+    /// Drops the pool and closes its idle connections (opencode is gone; exchanges under way
+    /// finish on their own connections).
+    pub fn forget(&self) {
+        let old = self.pool.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(old);
+    }
+
+    /// The client for `upstream`'s instance: the pooled one if it is the same instance as
+    /// before, else a new one (and the previous one is dropped).
+    fn client_for(&self, upstream: &Upstream) -> PooledClient {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((pooled_for, client)) = pool.as_ref()
+            && pooled_for.same_instance(upstream)
+        {
+            return client.clone();
+        }
+        if pool.is_some() {
+            tracing::debug!(addr = %upstream.addr, "new opencode instance: new connection pool");
+        }
+        let client = new_client(&self.options);
+        *pool = Some((upstream.clone(), client.clone()));
+        client
+    }
+
+    /// Forwards `req` to `upstream` with the path replaced by `path_and_query` (the caller
+    /// strips [`PREFIX`]), and returns opencode's response with its body still streaming.
+    ///
+    /// - The client's address comes from the [`ClientAddr`] request extension.
+    /// - WebSocket (any `Connection: upgrade`) requests are passed through: on a `101` from
+    ///   opencode the client gets the `101`, and the two upgraded connections are then
+    ///   spliced on a task of their own. For that the front door must serve its connections
+    ///   `.with_upgrades()`; without it the client's side never upgrades and the splice is
+    ///   dropped.
+    /// - Failures are JSON errors: `413` for a body over the limit, `503` when opencode is
+    ///   not reachable or drops the connection before answering, `504` on a timeout, `502`
+    ///   when opencode answers wrongly or rejects our credentials (`401`).
+    ///
+    /// Spawns tasks with [`tokio::spawn`], so it must run inside a tokio runtime.
+    pub async fn forward(
+        &self,
+        req: Request<Incoming>,
+        upstream: &Upstream,
+        path_and_query: PathAndQuery,
+    ) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        // Only the path is logged: a query may carry a token (EventSource cannot set headers).
+        let path = path_and_query.path().to_owned();
+        let response = match self.exchange(req, upstream, path_and_query).await {
+            Ok(response) => response,
+            Err(failure) => {
+                tracing::debug!(%method, %path, error = %failure, "opencode proxy failure");
+                failure.into_response(&self.options)
+            }
+        };
+        tracing::debug!(
+            %method,
+            %path,
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "proxied to opencode"
+        );
+        response
+    }
+
+    async fn exchange(
+        &self,
+        mut req: Request<Incoming>,
+        upstream: &Upstream,
+        path_and_query: PathAndQuery,
+    ) -> Result<Response<ResponseBody>, Failure> {
+        let options = &self.options;
+        // Refused before connecting, and before hyper answers an `Expect: 100-continue`, so
+        // the client is not invited to send a body that would be thrown away.
+        if req.body().size_hint().lower() > options.max_request_body {
+            return Err(Failure::TooLarge);
+        }
+
+        let upgrading = is_upgrade(req.headers());
+        // Taken before the request is rebuilt: the extension is what resolves once the front
+        // door has sent our 101.
+        let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        let client_addr = parts.extensions.get::<ClientAddr>().copied();
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+        });
+        rewrite_request_headers(
+            &mut parts.headers,
+            upgrading,
+            upstream,
+            client_addr,
+            original_host,
+        );
+        let body = Limited::new(body, usize_limit(options.max_request_body))
+            .map_err(RequestBodyError)
+            .boxed_unsync();
+        let mut upstream_req = Request::new(body);
+        *upstream_req.method_mut() = parts.method;
+        *upstream_req.version_mut() = Version::HTTP_11;
+        *upstream_req.headers_mut() = parts.headers;
+
+        match client_upgrade {
+            Some(client_upgrade) => {
+                *upstream_req.uri_mut() = path_and_query.into();
+                exchange_upgrade(upstream_req, client_upgrade, upstream, options).await
+            }
+            None => {
+                *upstream_req.uri_mut() = Uri::builder()
+                    .scheme("http")
+                    .authority(upstream.addr.to_string())
+                    .path_and_query(path_and_query)
+                    .build()
+                    .map_err(|error| Failure::BadGateway(format!("upstream URI: {error}")))?;
+                self.exchange_pooled(upstream_req, upstream).await
+            }
+        }
+    }
+
+    /// One request over a pooled keep-alive connection.
+    async fn exchange_pooled(
+        &self,
+        upstream_req: Request<UpstreamBody>,
+        upstream: &Upstream,
+    ) -> Result<Response<ResponseBody>, Failure> {
+        let client = self.client_for(upstream);
+        // Dropping the request future on a timeout closes its connection: hyper never pools
+        // a connection whose response was not read.
+        let upstream_response = match tokio::time::timeout(
+            self.options.response_header_timeout,
+            client.request(upstream_req),
+        )
+        .await
+        {
+            Err(_) => return Err(Failure::Timeout("sending the response head")),
+            Ok(Err(error)) => return Err(classify_client(&error)),
+            Ok(Ok(response)) => response,
+        };
+
+        let status = upstream_response.status();
+        if status == StatusCode::UNAUTHORIZED {
+            tracing::warn!("opencode rejected the server's credentials");
+            return Err(Failure::Unauthorized);
+        }
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(Failure::BadGateway(
+                "101 to a request that did not ask for it".into(),
+            ));
+        }
+        let (mut parts, body) = upstream_response.into_parts();
+        rewrite_response_headers(&mut parts.headers, false);
+        Ok(Response::from_parts(parts, response::boxed(body)))
+    }
+}
+
+/// The pooled client for one opencode instance.
+fn new_client(options: &ProxyOptions) -> PooledClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(options.connect_timeout));
+    // Small writes (an SSE event) must not wait for a delayed ACK.
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(options.pool_max_idle)
+        .pool_idle_timeout(options.pool_idle_timeout)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// An upgrade (WebSocket) request, on a connection of its own: once opencode answers `101`,
+/// the connection is spliced to the client's and never carries HTTP again.
+async fn exchange_upgrade(
+    upstream_req: Request<UpstreamBody>,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    upstream: &Upstream,
+    options: &ProxyOptions,
+) -> Result<Response<ResponseBody>, Failure> {
+    let stream = match tokio::time::timeout(
+        options.connect_timeout,
+        TcpStream::connect(upstream.addr),
+    )
+    .await
+    {
+        Err(_) => return Err(Failure::Timeout("accepting the connection")),
+        Ok(Err(error)) => return Err(Failure::Unavailable(format!("connect: {error}"))),
+        Ok(Ok(stream)) => stream,
     };
-    tracing::debug!(
-        %method,
-        %path,
-        status = response.status().as_u16(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "proxied to opencode"
-    );
-    response
+    // Small writes (a WebSocket frame) must not wait for a delayed ACK.
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|error| Failure::BadGateway(format!("handshake: {error}")))?;
+    // The task owns the socket; on a 101 it hands it over to `hyper::upgrade::on`.
+    let connection = tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%error, "opencode connection ended with an error");
+        }
+    });
+    // Only the connection task may outlive a failed exchange, and it must not: it would keep
+    // writing a request nobody waits for.
+    let abort = AbortOnDrop(Some(connection));
+
+    let mut upstream_response = match tokio::time::timeout(
+        options.response_header_timeout,
+        sender.send_request(upstream_req),
+    )
+    .await
+    {
+        Err(_) => return Err(Failure::Timeout("sending the response head")),
+        Ok(Err(error)) => return Err(classify(&error)),
+        Ok(Ok(response)) => response,
+    };
+
+    let status = upstream_response.status();
+    if status == StatusCode::UNAUTHORIZED {
+        tracing::warn!("opencode rejected the server's credentials");
+        return Err(Failure::Unauthorized);
+    }
+
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
+        let (mut parts, _) = upstream_response.into_parts();
+        rewrite_response_headers(&mut parts.headers, true);
+        // The connection task is what hands the socket over to `upstream_upgrade`.
+        abort.disarm();
+        tokio::spawn(splice(client_upgrade, upstream_upgrade));
+        return Ok(Response::from_parts(parts, response::empty()));
+    }
+
+    // opencode declined the upgrade and answered plainly: the answer is passed on, and the
+    // connection ends with it.
+    abort.disarm();
+    let (mut parts, body) = upstream_response.into_parts();
+    rewrite_response_headers(&mut parts.headers, false);
+    Ok(Response::from_parts(parts, response::boxed(body)))
 }
 
 /// Why a request got no response from opencode. Messages name no header values.
 #[derive(Debug)]
 enum Failure {
     TooLarge,
-    ClientBody(BoxError),
+    ClientBody(String),
     Unavailable(String),
     Timeout(&'static str),
     BadGateway(String),
@@ -233,109 +504,6 @@ impl StdError for RequestBodyError {
     }
 }
 
-async fn exchange(
-    mut req: Request<Incoming>,
-    upstream: &Upstream,
-    path_and_query: PathAndQuery,
-    options: &ProxyOptions,
-) -> Result<Response<ResponseBody>, Failure> {
-    // Refused before connecting, and before hyper answers an `Expect: 100-continue`, so the
-    // client is not invited to send a body that would be thrown away.
-    if req.body().size_hint().lower() > options.max_request_body {
-        return Err(Failure::TooLarge);
-    }
-
-    let upgrading = is_upgrade(req.headers());
-    // Taken before the request is rebuilt: the extension is what resolves once the front
-    // door has sent our 101.
-    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
-
-    let (mut parts, body) = req.into_parts();
-    let client_addr = parts.extensions.get::<ClientAddr>().copied();
-    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
-    });
-    rewrite_request_headers(
-        &mut parts.headers,
-        upgrading,
-        upstream,
-        client_addr,
-        original_host,
-    );
-    let body = Limited::new(body, usize_limit(options.max_request_body)).map_err(RequestBodyError);
-    let mut upstream_req = Request::new(body);
-    *upstream_req.method_mut() = parts.method;
-    *upstream_req.uri_mut() = path_and_query.into();
-    *upstream_req.version_mut() = Version::HTTP_11;
-    *upstream_req.headers_mut() = parts.headers;
-
-    let stream = match tokio::time::timeout(
-        options.connect_timeout,
-        TcpStream::connect(upstream.addr),
-    )
-    .await
-    {
-        Err(_) => return Err(Failure::Timeout("accepting the connection")),
-        Ok(Err(error)) => return Err(Failure::Unavailable(format!("connect: {error}"))),
-        Ok(Ok(stream)) => stream,
-    };
-    // Small writes (an SSE event, a WebSocket frame) must not wait for a delayed ACK.
-    let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|error| Failure::BadGateway(format!("handshake: {error}")))?;
-    // The task owns the socket and feeds the response body; it ends when the exchange is
-    // done, when opencode closes, or when the client drops the response body.
-    let connection = tokio::spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(%error, "opencode connection ended with an error");
-        }
-    });
-    // Only the connection task may outlive a failed exchange, and it must not: it would keep
-    // writing a request nobody waits for.
-    let abort = AbortOnDrop(Some(connection));
-
-    let mut upstream_response = match tokio::time::timeout(
-        options.response_header_timeout,
-        sender.send_request(upstream_req),
-    )
-    .await
-    {
-        Err(_) => return Err(Failure::Timeout("sending the response head")),
-        Ok(Err(error)) => return Err(classify(error)),
-        Ok(Ok(response)) => response,
-    };
-
-    let status = upstream_response.status();
-    if status == StatusCode::UNAUTHORIZED {
-        tracing::warn!("opencode rejected the server's credentials");
-        return Err(Failure::Unauthorized);
-    }
-
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
-            return Err(Failure::BadGateway(
-                "101 to a request that did not ask for it".into(),
-            ));
-        };
-        let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
-        let (mut parts, _) = upstream_response.into_parts();
-        rewrite_response_headers(&mut parts.headers, true);
-        // The connection task is what hands the socket over to `upstream_upgrade`.
-        abort.disarm();
-        tokio::spawn(splice(client_upgrade, upstream_upgrade));
-        return Ok(Response::from_parts(parts, response::empty()));
-    }
-
-    abort.disarm();
-    let (mut parts, body) = upstream_response.into_parts();
-    rewrite_response_headers(&mut parts.headers, false);
-    Ok(Response::from_parts(parts, response::boxed(body)))
-}
-
 /// Copies bytes both ways between the client and opencode once both sides have upgraded.
 async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
@@ -371,12 +539,29 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn classify(error: hyper::Error) -> Failure {
-    if let Some(body) = find_source::<RequestBodyError>(&error) {
+/// An error of the pooled client: connecting, or the exchange itself.
+fn classify_client(error: &hyper_util::client::legacy::Error) -> Failure {
+    if error.is_connect() {
+        let timed_out = find_source::<std::io::Error>(error)
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+        return if timed_out {
+            Failure::Timeout("accepting the connection")
+        } else {
+            Failure::Unavailable(error_chain(error))
+        };
+    }
+    match find_source::<hyper::Error>(error) {
+        Some(error) => classify(error),
+        None => Failure::BadGateway(error_chain(error)),
+    }
+}
+
+fn classify(error: &hyper::Error) -> Failure {
+    if let Some(body) = find_source::<RequestBodyError>(error) {
         if body.0.downcast_ref::<LengthLimitError>().is_some() {
             return Failure::TooLarge;
         }
-        return Failure::ClientBody(error.into());
+        return Failure::ClientBody(error_chain(error));
     }
     if error.is_timeout() {
         return Failure::Timeout("sending the response head");
@@ -386,7 +571,7 @@ fn classify(error: hyper::Error) -> Failure {
     let gone = error.is_canceled()
         || error.is_closed()
         || error.is_incomplete_message()
-        || find_source::<std::io::Error>(&error).is_some_and(|io| {
+        || find_source::<std::io::Error>(error).is_some_and(|io| {
             use std::io::ErrorKind::*;
             matches!(
                 io.kind(),
@@ -394,10 +579,25 @@ fn classify(error: hyper::Error) -> Failure {
             )
         });
     if gone {
-        Failure::Unavailable(error.to_string())
+        Failure::Unavailable(error_chain(error))
     } else {
-        Failure::BadGateway(error.to_string())
+        Failure::BadGateway(error_chain(error))
     }
+}
+
+/// An error and its sources, `: `-separated (the client's own messages say little alone).
+fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(source) = next {
+        let more = source.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        next = source.source();
+    }
+    text
 }
 
 fn find_source<'a, E: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a E> {
@@ -454,12 +654,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade {
         headers.remove(header::UPGRADE);
     }
-    let proxy: Vec<HeaderName> = headers
+    remove_prefixed(headers, "proxy-");
+}
+
+/// Removes every header whose (lowercase) name starts with `prefix`.
+fn remove_prefixed(headers: &mut HeaderMap, prefix: &str) {
+    let names: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with("proxy-"))
+        .filter(|name| name.as_str().starts_with(prefix))
         .cloned()
         .collect();
-    for name in proxy {
+    for name in names {
         headers.remove(name);
     }
 }
@@ -472,10 +677,10 @@ fn rewrite_request_headers(
     original_host: Option<HeaderValue>,
 ) {
     strip_hop_by_hop(headers, upgrading);
-    headers.insert(
-        header::CONNECTION,
-        HeaderValue::from_static(if upgrading { "upgrade" } else { "close" }),
-    );
+    // Without `Connection`, an HTTP/1.1 connection stays open: the pool's to reuse or close.
+    if upgrading {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     // hyper's server side has answered any `Expect: 100-continue` already, when the body was
     // first read.
     headers.remove(header::EXPECT);
@@ -488,24 +693,62 @@ fn rewrite_request_headers(
         HeaderValue::try_from(upstream.addr.to_string())
             .expect("a socket address is a valid header value"),
     );
+    set_forwarding_headers(headers, client_addr, original_host);
+}
 
-    // We are the first hop opencode can trust, so whatever the client claims about earlier
-    // hops is replaced rather than appended to.
+/// We are the first hop opencode can trust, so whatever the client claims about earlier hops
+/// is removed rather than appended to, and what we know is set: the client's address (from
+/// the connection), the scheme, the `Host` it asked for and the prefix we strip.
+fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    client_addr: Option<ClientAddr>,
+    original_host: Option<HeaderValue>,
+) {
     headers.remove(header::FORWARDED);
-    headers.remove(X_FORWARDED_FOR);
+    headers.remove(X_REAL_IP);
+    remove_prefixed(headers, "x-forwarded-");
+
+    let mut forwarded: Vec<Vec<u8>> = Vec::new();
     if let Some(ClientAddr(addr)) = client_addr {
-        headers.insert(
-            X_FORWARDED_FOR,
-            HeaderValue::try_from(addr.ip().to_string())
-                .expect("an IP address is a valid header value"),
+        let ip = addr.ip().to_canonical();
+        let value =
+            HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value");
+        headers.insert(X_FORWARDED_FOR, value.clone());
+        headers.insert(X_REAL_IP, value);
+        forwarded.push(
+            match ip {
+                std::net::IpAddr::V4(ip) => format!("for={ip}"),
+                std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+            }
+            .into_bytes(),
         );
     }
+    if let Some(host) = original_host {
+        let mut pair = b"host=".to_vec();
+        pair.extend(quoted_string(host.as_bytes()));
+        forwarded.push(pair);
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    forwarded.push(b"proto=http".to_vec());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    match original_host {
-        Some(host) => headers.insert(X_FORWARDED_HOST, host),
-        None => headers.remove(X_FORWARDED_HOST),
-    };
     headers.insert(X_FORWARDED_PREFIX, HeaderValue::from_static(PREFIX));
+    let forwarded = HeaderValue::from_bytes(&forwarded.join(&b';'))
+        .expect("made of a header value, an IP address and tokens");
+    headers.insert(header::FORWARDED, forwarded);
+}
+
+/// `value` as an RFC 9110 quoted-string (`"` and `\` escaped).
+fn quoted_string(value: &[u8]) -> Vec<u8> {
+    let mut quoted = Vec::with_capacity(value.len() + 2);
+    quoted.push(b'"');
+    for &byte in value {
+        if byte == b'"' || byte == b'\\' {
+            quoted.push(b'\\');
+        }
+        quoted.push(byte);
+    }
+    quoted.push(b'"');
+    quoted
 }
 
 fn rewrite_response_headers(headers: &mut HeaderMap, upgraded: bool) {
@@ -523,6 +766,7 @@ mod tests {
     use std::convert::Infallible;
     use std::pin::Pin;
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::{Context, Poll};
 
     use bytes::Bytes;
@@ -574,40 +818,101 @@ mod tests {
         Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = serve_upstream(listener, handler);
+        // Never stopped: it lives as long as the test.
+        std::mem::forget(server.stop);
+        server.addr
+    }
+
+    /// A running opencode stand-in that counts the connections it accepted, and whose
+    /// [`TestUpstream::stop`] closes its listener and every connection, as opencode's death
+    /// does.
+    struct TestUpstream {
+        addr: SocketAddr,
+        accepted: Arc<AtomicUsize>,
+        stop: oneshot::Sender<()>,
+    }
+
+    impl TestUpstream {
+        fn accepted(&self) -> usize {
+            self.accepted.load(Ordering::SeqCst)
+        }
+
+        /// Stops it and waits until its port refuses connections.
+        async fn stop(self) {
+            let _ = self.stop.send(());
+            within("the stand-in stops", async {
+                while TcpStream::connect(self.addr).await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+        }
+    }
+
+    fn serve_upstream<F, Fut>(listener: TcpListener, handler: F) -> TestUpstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
+    {
         let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let counter = accepted.clone();
         tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
             loop {
-                let (stream, _) = listener.accept().await.unwrap();
+                let stream = tokio::select! {
+                    Ok(()) = &mut stopped => break,
+                    accepted = listener.accept() => accepted.unwrap().0,
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
                 let handler = handler.clone();
                 let service = service_fn(move |req| {
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(req).await) }
                 });
-                tokio::spawn(
+                connections.spawn(
                     hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades(),
                 );
             }
+            // Dropping the set aborts every connection task, which closes its socket.
+            drop(connections);
         });
-        addr
+        TestUpstream {
+            addr,
+            accepted,
+            stop,
+        }
     }
 
     /// The front door as the server wires it: the client address as an extension, the
-    /// prefix stripped, connections served with upgrades.
+    /// prefix stripped, connections served with upgrades, one [`Proxy`] for all.
     async fn spawn_front(upstream: Upstream, options: ProxyOptions) -> SocketAddr {
+        spawn_switchable_front(
+            Arc::new(Mutex::new(upstream)),
+            Arc::new(Proxy::new(options)),
+        )
+        .await
+    }
+
+    /// [`spawn_front`] with an upstream the test can switch, as a restart of opencode does.
+    async fn spawn_switchable_front(
+        upstream: Arc<Mutex<Upstream>>,
+        proxy: Arc<Proxy>,
+    ) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let upstream = Arc::new(upstream);
-        let options = Arc::new(options);
         tokio::spawn(async move {
             loop {
                 let (stream, peer) = listener.accept().await.unwrap();
                 let upstream = upstream.clone();
-                let options = options.clone();
+                let proxy = proxy.clone();
                 let service = service_fn(move |mut req: Request<Incoming>| {
-                    let upstream = upstream.clone();
-                    let options = options.clone();
+                    let upstream = upstream.lock().unwrap().clone();
+                    let proxy = proxy.clone();
                     async move {
                         req.extensions_mut().insert(ClientAddr(peer));
                         let rest = req.uri().path().strip_prefix(PREFIX).unwrap();
@@ -617,7 +922,7 @@ mod tests {
                             None => rest.to_owned(),
                         };
                         let target = PathAndQuery::try_from(target).unwrap();
-                        Ok::<_, Infallible>(forward(req, &upstream, target, &options).await)
+                        Ok::<_, Infallible>(proxy.forward(req, &upstream, target).await)
                     }
                 });
                 tokio::spawn(
@@ -693,14 +998,11 @@ mod tests {
     #[test]
     fn forward_is_send() {
         fn assert_send<T: Send>(_: &T) {}
-        fn check(req: Request<Incoming>, upstream: &Upstream, options: &ProxyOptions) {
-            assert_send(&forward(
-                req,
-                upstream,
-                PathAndQuery::from_static("/"),
-                options,
-            ));
+        fn check(req: Request<Incoming>, upstream: &Upstream, proxy: &Proxy) {
+            assert_send(&proxy.forward(req, upstream, PathAndQuery::from_static("/")));
         }
+        fn assert_shareable<T: Send + Sync>() {}
+        assert_shareable::<Proxy>();
         let _ = check;
     }
 
@@ -1255,10 +1557,330 @@ mod tests {
         headers.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
 
         rewrite_request_headers(&mut headers, false, &upstream, None, None);
-        for gone in ["x-forwarded-for", "x-forwarded-host", "forwarded", "expect"] {
+        for gone in ["x-forwarded-for", "x-forwarded-host", "expect"] {
             assert!(!headers.contains_key(gone), "{gone} was kept");
         }
+        assert_eq!(headers[header::FORWARDED], "proto=http");
         assert_eq!(headers[header::HOST], "127.0.0.1:4096");
-        assert_eq!(headers[header::CONNECTION], "close");
+        // The connection is kept alive for the pool, which is HTTP/1.1's default.
+        assert!(!headers.contains_key(header::CONNECTION));
+
+        let mut upgrading = HeaderMap::new();
+        upgrading.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        upgrading.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        rewrite_request_headers(&mut upgrading, true, &upstream, None, None);
+        assert_eq!(upgrading[header::CONNECTION], "upgrade");
+        assert_eq!(upgrading[header::UPGRADE], "websocket");
+    }
+
+    /// Answers with the `Authorization` it received and its own port.
+    fn whoami(req: Request<Incoming>) -> impl Future<Output = Response<ResponseBody>> {
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap().to_owned());
+        async move {
+            response::json(
+                StatusCode::OK,
+                &serde_json::json!({ "authorization": authorization }),
+            )
+        }
+    }
+
+    /// Sends `GET path` on `sender` and returns the status and JSON body.
+    async fn get_json(
+        sender: &mut SendRequest<ResponseBody>,
+        front: SocketAddr,
+        path: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        within("ready for a request", sender.ready()).await.unwrap();
+        let response = within("response head", sender.send_request(get(front, path)))
+            .await
+            .unwrap();
+        (response.status(), json_body(response).await)
+    }
+
+    #[tokio::test]
+    async fn requests_share_one_kept_alive_upstream_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = serve_upstream(listener, whoami);
+        let front = spawn_front(credentials(upstream.addr), ProxyOptions::default()).await;
+
+        let mut sender = client(front).await;
+        for _ in 0..20 {
+            let (status, _) = get_json(&mut sender, front, "/opencode/global/health").await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        // A second client connection to the front door shares the same pool.
+        let mut other = client(front).await;
+        let (status, _) = get_json(&mut other, front, "/opencode/global/health").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            upstream.accepted(),
+            1,
+            "a connection per request, not a pool"
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+        let (addr, socket) = spawn_raw_upstream().await;
+        let options = ProxyOptions {
+            pool_idle_timeout: Duration::from_millis(200),
+            ..ProxyOptions::default()
+        };
+        let front = spawn_front(credentials(addr), options).await;
+
+        let mut sender = client(front).await;
+        let response = tokio::spawn(sender.send_request(get(front, "/opencode/global/health")));
+        let mut socket = within("request reaches opencode", socket).await.unwrap();
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        let response = within("response", response).await.unwrap().unwrap();
+        assert_eq!(body_bytes(response).await, "ok");
+        // Kept for a while, then closed by us (so the TIME-WAIT is on our side, and opencode
+        // never closes a connection we are about to use).
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        within(
+            "proxy closes the idle connection",
+            socket.read_to_end(&mut rest),
+        )
+        .await
+        .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_new_opencode_instance_gets_a_new_pool() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = serve_upstream(listener, whoami);
+        let first = credentials(upstream.addr);
+        let second = Upstream::basic(upstream.addr, "opencode", "second-password");
+        let current = Arc::new(Mutex::new(first.clone()));
+        let proxy = Arc::new(Proxy::new(ProxyOptions::default()));
+        let front = spawn_switchable_front(current.clone(), proxy.clone()).await;
+
+        let mut sender = client(front).await;
+        for _ in 0..3 {
+            let (_, seen) = get_json(&mut sender, front, "/opencode/x").await;
+            assert_eq!(seen["authorization"], first.authorization.to_str().unwrap());
+        }
+        assert_eq!(upstream.accepted(), 1);
+
+        // Same address, new password: another process as far as the pool is concerned.
+        *current.lock().unwrap() = second.clone();
+        let (_, seen) = get_json(&mut sender, front, "/opencode/x").await;
+        assert_eq!(
+            seen["authorization"],
+            second.authorization.to_str().unwrap()
+        );
+        assert_eq!(
+            upstream.accepted(),
+            2,
+            "a connection made for the old instance was reused"
+        );
+
+        // Forgetting the pool (opencode is gone) closes the idle connections too.
+        proxy.forget();
+        let (_, seen) = get_json(&mut sender, front, "/opencode/x").await;
+        assert_eq!(
+            seen["authorization"],
+            second.authorization.to_str().unwrap()
+        );
+        assert_eq!(upstream.accepted(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_first_request_after_a_restart_succeeds() {
+        for same_port in [true, false] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let before = serve_upstream(listener, whoami);
+            let current = Arc::new(Mutex::new(credentials(before.addr)));
+            let proxy = Arc::new(Proxy::new(ProxyOptions::default()));
+            let front = spawn_switchable_front(current.clone(), proxy).await;
+            let mut sender = client(front).await;
+            let (status, _) = get_json(&mut sender, front, "/opencode/x").await;
+            assert_eq!(status, StatusCode::OK);
+
+            // opencode dies with an idle pooled connection to it, and comes back with a new
+            // password, on the same port or another one; the very next request is answered.
+            let old_addr = before.addr;
+            before.stop().await;
+            let listener = if same_port {
+                TcpListener::bind(old_addr).await.unwrap()
+            } else {
+                TcpListener::bind("127.0.0.1:0").await.unwrap()
+            };
+            let after = serve_upstream(listener, whoami);
+            let restarted = Upstream::basic(after.addr, "opencode", "after-restart");
+            *current.lock().unwrap() = restarted.clone();
+            let (status, seen) = get_json(&mut sender, front, "/opencode/x").await;
+            assert_eq!(status, StatusCode::OK, "same port: {same_port}: {seen}");
+            assert_eq!(
+                seen["authorization"],
+                restarted.authorization.to_str().unwrap()
+            );
+            assert_eq!(after.accepted(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_the_client_did_not_finish_is_not_reused() {
+        // opencode answers with a body that the client abandons half-way: the connection
+        // still has bytes of that answer on it and must never carry the next request.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = serve_upstream(listener, |req: Request<Incoming>| async move {
+            if req.uri().path() == "/big" {
+                let (tx, body) = channel_body(1);
+                tokio::spawn(async move {
+                    for _ in 0..64 {
+                        if tx.send(Bytes::from(vec![b'x'; 64 * 1024])).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                Response::new(body)
+            } else {
+                response::json(StatusCode::OK, &serde_json::json!({ "small": true }))
+            }
+        });
+        let front = spawn_front(credentials(upstream.addr), ProxyOptions::default()).await;
+
+        let response = send(front, get(front, "/opencode/big")).await;
+        let mut body = response.into_body();
+        within("first chunk", body.frame()).await.unwrap().unwrap();
+        drop(body);
+
+        let mut sender = client(front).await;
+        let (status, seen) = get_json(&mut sender, front, "/opencode/small").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(seen["small"], true);
+        assert_eq!(upstream.accepted(), 2);
+    }
+
+    #[tokio::test]
+    async fn spoofed_forwarding_headers_are_replaced_end_to_end() {
+        let upstream = spawn_upstream(describe).await;
+        let front = spawn_front(credentials(upstream), ProxyOptions::default()).await;
+
+        let host = format!("localhost:{}", front.port());
+        let req = Request::get("/opencode/x")
+            .header(header::HOST, &host)
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-port", "443")
+            .header("x-forwarded-prefix", "/elsewhere")
+            .header("x-forwarded-ssl", "on")
+            .header("x-real-ip", "203.0.113.9")
+            .header(header::FORWARDED, "for=203.0.113.9;proto=https")
+            .body(response::empty())
+            .unwrap();
+        let response = send(front, req).await;
+        let seen = json_body(response).await;
+        let headers = &seen["headers"];
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(headers["x-real-ip"], "127.0.0.1");
+        assert_eq!(headers["x-forwarded-host"], host.as_str());
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-prefix"], "/opencode");
+        assert_eq!(
+            headers["forwarded"],
+            format!("for=127.0.0.1;host=\"{host}\";proto=http")
+        );
+        for gone in ["x-forwarded-port", "x-forwarded-ssl"] {
+            assert!(headers.get(gone).is_none(), "{gone} was passed through");
+        }
+    }
+
+    #[test]
+    fn every_client_forwarding_claim_is_replaced() {
+        let upstream = credentials("127.0.0.1:4096".parse().unwrap());
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/elsewhere"),
+            ("x-forwarded-server", "evil"),
+            ("x-forwarded-ssl", "on"),
+            ("x-real-ip", "203.0.113.9"),
+            ("x-real-ip", "198.51.100.1"),
+            ("forwarded", "for=203.0.113.9;host=evil.example;proto=https"),
+            ("forwarded", "for=198.51.100.1"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        let client = ClientAddr("127.0.0.1:5555".parse().unwrap());
+        let host = HeaderValue::from_static("localhost:7777");
+        rewrite_request_headers(&mut headers, false, &upstream, Some(client), Some(host));
+
+        let all = |name: &str| -> Vec<&str> {
+            headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(all("x-forwarded-for"), ["127.0.0.1"]);
+        assert_eq!(all("x-real-ip"), ["127.0.0.1"]);
+        assert_eq!(all("x-forwarded-host"), ["localhost:7777"]);
+        assert_eq!(all("x-forwarded-proto"), ["http"]);
+        assert_eq!(all("x-forwarded-prefix"), ["/opencode"]);
+        assert_eq!(
+            all("forwarded"),
+            ["for=127.0.0.1;host=\"localhost:7777\";proto=http"]
+        );
+        for gone in ["x-forwarded-port", "x-forwarded-server", "x-forwarded-ssl"] {
+            assert!(all(gone).is_empty(), "{gone} was passed through");
+        }
+    }
+
+    #[test]
+    fn without_a_client_address_or_host_none_is_claimed() {
+        let upstream = credentials("127.0.0.1:4096".parse().unwrap());
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        headers.insert("x-real-ip", HeaderValue::from_static("203.0.113.9"));
+        headers.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        rewrite_request_headers(&mut headers, false, &upstream, None, None);
+        for gone in ["x-forwarded-for", "x-real-ip", "x-forwarded-host"] {
+            assert!(!headers.contains_key(gone), "{gone} was passed through");
+        }
+        assert_eq!(headers[header::FORWARDED], "proto=http");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn ipv6_clients_and_odd_hosts_are_written_as_forwarded_expects() {
+        let upstream = credentials("127.0.0.1:4096".parse().unwrap());
+        for (peer, host, expect_for, expect_forwarded) in [
+            (
+                "[::1]:5555",
+                "localhost",
+                "::1",
+                "for=\"[::1]\";host=\"localhost\";proto=http",
+            ),
+            (
+                "[::ffff:127.0.0.1]:5555",
+                "a\"b\\c",
+                "127.0.0.1",
+                "for=127.0.0.1;host=\"a\\\"b\\\\c\";proto=http",
+            ),
+        ] {
+            let mut headers = HeaderMap::new();
+            let client = ClientAddr(peer.parse().unwrap());
+            let host = HeaderValue::from_str(host).unwrap();
+            rewrite_request_headers(&mut headers, false, &upstream, Some(client), Some(host));
+            assert_eq!(headers["x-forwarded-for"], expect_for);
+            assert_eq!(headers["x-real-ip"], expect_for);
+            assert_eq!(headers[header::FORWARDED], expect_forwarded);
+        }
     }
 }

@@ -16,7 +16,7 @@ use crate::env_vars;
 use crate::error::{Error, Result};
 use crate::http::api::{AppState, HostCheck, Workspace};
 use crate::http::auth::Tokens;
-use crate::http::proxy::ProxyOptions;
+use crate::http::proxy::{Proxy, ProxyOptions};
 use crate::http::server::ConnectionLimits;
 use crate::install::{self, PrepareOptions, PreparedRuntime};
 use crate::layout::{self, DataLayout};
@@ -169,7 +169,7 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
             cors_origins: options.cors_origins.clone(),
             host_check,
             shutdown: shutdown.clone(),
-            proxy: ProxyOptions::default(),
+            proxy: Proxy::new(ProxyOptions::default()),
         });
         tokio::spawn(crate::http::server::serve(
             listener,
