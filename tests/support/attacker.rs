@@ -7,6 +7,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use crate::fixtures::describe;
+
 /// The attacker's uid and gid.
 pub const ATTACKER_ID: u32 = 65534;
 
@@ -53,12 +55,35 @@ pub fn as_attacker(program: &str) -> Command {
     command
 }
 
+/// Runs `script` with `sh -eu` as the attacker; panics if it fails.
+pub fn run_shell(script: &str) {
+    let output = as_attacker("/bin/sh")
+        .args(["-euc", script])
+        .output()
+        .expect("run the attacker's script");
+    assert!(
+        output.status.success(),
+        "the attacker's script failed: {}\n{script}",
+        describe(&output)
+    );
+}
+
+/// An attacker process, killed when dropped (only root's kill reaches it).
+pub struct Attacker(Child);
+
+impl Drop for Attacker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `script` (Python) as the attacker, from `dir` (see [`attacker_dir`]), with `args`.
-pub fn spawn_python(dir: &Path, name: &str, script: &str, args: &[String]) -> Child {
+pub fn spawn_python(dir: &Path, name: &str, script: &str, args: &[String]) -> Attacker {
     let path = dir.join(name);
     std::fs::write(&path, script).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    as_attacker(PYTHON)
+    let child = as_attacker(PYTHON)
         .arg(&path)
         .args(args)
         .current_dir(dir)
@@ -66,5 +91,6 @@ pub fn spawn_python(dir: &Path, name: &str, script: &str, args: &[String]) -> Ch
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join(format!("{name}.stderr"))).unwrap())
         .spawn()
-        .expect("start the attacker")
+        .expect("start the attacker");
+    Attacker(child)
 }

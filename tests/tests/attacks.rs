@@ -7,11 +7,10 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::Child;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use openwork_tests::attacker::{attacker_dir, can_attack, spawn_python};
+use openwork_tests::attacker::{Attacker, attacker_dir, can_attack, spawn_python};
 use openwork_tests::server::{ServerBuilder, ServerProcess, wait_until};
 use serde_json::Value;
 
@@ -121,14 +120,15 @@ fn wait_for_file(path: &Path) {
     );
 }
 
-struct Attacker(Child);
-
-impl Drop for Attacker {
-    fn drop(&mut self) {
-        // The attacker runs as another user: only root's kill reaches it.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// Starts [`SQUATTER`] for `seconds`, with `prebound` ports bound at once, and waits until it
+/// watches; returns it and its directory.
+fn start_squatter(dir: &Path, seconds: u32, prebound: &[u16]) -> (Attacker, PathBuf) {
+    let spy = attacker_dir(dir);
+    let mut args = vec![spy.display().to_string(), seconds.to_string()];
+    args.extend(prebound.iter().map(u16::to_string));
+    let attacker = spawn_python(&spy, "squatter.py", SQUATTER, &args);
+    wait_for_file(&spy.join("watching"));
+    (attacker, spy)
 }
 
 /// The fixture opencode answers `/pid` through the proxy with its own pid: proof that the
@@ -154,14 +154,7 @@ fn a_port_squatter_of_another_user_gets_no_credentials_at_start_or_restart() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let spy = attacker_dir(dir.path());
-    let _attacker = Attacker(spawn_python(
-        &spy,
-        "squatter.py",
-        SQUATTER,
-        &[spy.display().to_string(), "60".into()],
-    ));
-    wait_for_file(&spy.join("watching"));
+    let (_attacker, spy) = start_squatter(dir.path(), 60, &[]);
 
     // A slow bind (300 ms after start) leaves a squatter ample time, were there a port to see.
     let server = ServerBuilder::fixture(&dir.path().join("server"))
@@ -266,14 +259,7 @@ fn the_real_opencode_announces_its_port_and_a_prebound_4096_gets_nothing() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let spy = attacker_dir(dir.path());
-    let _attacker = Attacker(spawn_python(
-        &spy,
-        "squatter.py",
-        SQUATTER,
-        &[spy.display().to_string(), "90".into(), "4096".into()],
-    ));
-    wait_for_file(&spy.join("watching"));
+    let (_attacker, spy) = start_squatter(dir.path(), 90, &[4096]);
     let log = attacker_log(&spy, "squatter.log");
     if log.contains("could not squat 4096") {
         // Something else on this machine holds 4096; the first test covers the rest.
@@ -354,7 +340,7 @@ fn a_connection_flood_from_another_user_does_not_take_the_server_down() {
     let before = server.sidecar("opencode");
     let port = server.ready["port"].as_u64().unwrap();
     let flood_seconds = 15;
-    let _attacker = Attacker(spawn_python(
+    let _attacker = spawn_python(
         &spy,
         "flood.py",
         FLOOD,
@@ -365,7 +351,7 @@ fn a_connection_flood_from_another_user_does_not_take_the_server_down() {
             flood_seconds.to_string(),
             spy.display().to_string(),
         ],
-    ));
+    );
     wait_for_file(&spy.join("flooding"));
     let stderr_before = server.stderr().lines().count();
 
@@ -528,4 +514,50 @@ fn a_rebound_dns_name_gets_421_and_token_less_health_names_no_pids() {
     );
     let health: Value = serde_json::from_str(&body).unwrap();
     assert!(health["sidecars"]["opencode"]["pid"].is_u64(), "{body}");
+}
+
+/// Defence: the proxy removes every forwarding claim a client makes and sets its own from the
+/// connection. Attack: a client claims to be another address, host, port and scheme, to make
+/// opencode (or whatever logs behind it) believe the request came from elsewhere.
+#[test]
+fn forged_forwarding_headers_never_reach_opencode() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerBuilder::fixture(dir.path()).start();
+    let auth = format!("Bearer {}", server.token);
+    let seen = openwork_tests::http::request(
+        &server.addr,
+        "GET",
+        "/opencode/headers",
+        &[
+            ("Authorization", auth.as_str()),
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Forwarded-Host", "attacker.example"),
+            ("X-Forwarded-Port", "443"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Prefix", "/admin"),
+            ("X-Real-IP", "203.0.113.9"),
+            (
+                "Forwarded",
+                "for=203.0.113.9;host=attacker.example;proto=https",
+            ),
+        ],
+        b"",
+    );
+    assert_eq!(seen.status, 200, "{}", seen.text());
+    let headers = seen.json();
+    let text = headers.to_string();
+    for forged in ["203.0.113.9", "attacker.example", "https", "/admin"] {
+        assert!(!text.contains(forged), "{forged} reached opencode: {text}");
+    }
+    assert!(headers.get("x-forwarded-port").is_none(), "{text}");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1", "{text}");
+    assert_eq!(headers["x-forwarded-host"], server.addr.as_str(), "{text}");
+    assert_eq!(headers["x-forwarded-proto"], "http", "{text}");
+    assert_eq!(headers["x-forwarded-prefix"], "/opencode", "{text}");
+    assert!(
+        headers
+            .get("authorization")
+            .is_some_and(|a| a.as_str().unwrap().starts_with("Basic "))
+    );
+    assert!(!text.contains(&server.token), "our token reached opencode");
 }

@@ -23,7 +23,7 @@ use serde_json::Value;
 /// The exit code of a refusal (`ExitCode::Untrusted`).
 const UNTRUSTED: i32 = 15;
 /// The attacker.
-const OTHER_UID: u32 = 65534;
+const OTHER_UID: u32 = openwork_tests::attacker::ATTACKER_ID;
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -39,22 +39,7 @@ fn is_root() -> bool {
 /// Runs `script` with `sh` as the attacker.
 fn as_attacker(script: &str) {
     openwork_tests::require_tool("setpriv", "install util-linux");
-    let output = Command::new("setpriv")
-        .args([
-            &format!("--reuid={OTHER_UID}"),
-            &format!("--regid={OTHER_UID}"),
-            "--clear-groups",
-            "sh",
-            "-euc",
-            script,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "the attacker's script failed: {}\n{script}",
-        describe(&output)
-    );
+    openwork_tests::attacker::run_shell(script);
 }
 
 fn chmod(path: &Path, mode: u32) {
