@@ -132,3 +132,44 @@ async fn probe_inner(
     driver.abort();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_descriptors_or_memory_is_ours_not_the_sidecars() {
+        #[cfg(unix)]
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOMEM, libc::EAGAIN] {
+            assert!(is_resource_shortage(&std::io::Error::from_raw_os_error(
+                code
+            )));
+        }
+        #[cfg(unix)]
+        for code in [
+            libc::ECONNREFUSED,
+            libc::ENOENT,
+            libc::EACCES,
+            libc::ETIMEDOUT,
+        ] {
+            assert!(!is_resource_shortage(&std::io::Error::from_raw_os_error(
+                code
+            )));
+        }
+        assert!(is_resource_shortage(
+            &std::io::ErrorKind::OutOfMemory.into()
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_the_sidecars_failure() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let error = probe(addr, "/health", None, Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(!error.local_shortage, "{error}");
+        assert!(error.reason.starts_with("connect:"), "{error}");
+    }
+}
