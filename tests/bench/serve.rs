@@ -936,6 +936,20 @@ fn proxy_overhead(
     )?;
     direct.terminate()?;
     server.terminate()?;
+    // As after every round: the server's lifeline notices its exit through a pipe, so its
+    // tree gets the same grace before anything still running counts as left behind (and is
+    // killed when the `Running` is dropped).
+    let left: Vec<String> = server
+        .left_behind()
+        .into_iter()
+        .chain(direct.left_behind())
+        .collect();
+    if !left.is_empty() {
+        progress(format_args!(
+            "proxy overhead: left running after their parent exited (killed): {}",
+            summarize(&left)
+        ));
+    }
     Ok(figures)
 }
 
