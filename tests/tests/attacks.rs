@@ -352,6 +352,15 @@ fn a_connection_flood_from_another_user_does_not_take_the_server_down() {
             spy.display().to_string(),
         ],
     );
+    // The user's own long-lived stream, authenticated before the flood: it must outlive the
+    // flood and the 10 s after which idle unauthenticated connections are closed.
+    let auth = format!("Bearer {}", server.token);
+    let mut events = openwork_tests::http::stream(
+        &server.addr,
+        "/system/events",
+        &[("Authorization", auth.as_str())],
+        Duration::from_secs(30),
+    );
     wait_for_file(&spy.join("flooding"));
     let stderr_before = server.stderr().lines().count();
 
@@ -418,6 +427,21 @@ fn a_connection_flood_from_another_user_does_not_take_the_server_down() {
         stats["closed"].as_u64().unwrap() >= 500,
         "the server should have closed the idle connections it had no room for: {stats}"
     );
+
+    // The event stream stayed open past the flood: its first keepalive comment (sent 15 s
+    // after it opened, later than the 10 s idle limit) arrives rather than its end.
+    assert_eq!(events.0, 200);
+    loop {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut events.2, &mut line).unwrap_or(0);
+        assert!(
+            read > 0,
+            "the authenticated event stream was closed during the flood"
+        );
+        if line.starts_with(": keepalive") {
+            break;
+        }
+    }
 
     // opencode never left `running` (no restart was caused), and the log stayed quiet.
     let after = server.wait_state("opencode", "running", Duration::from_secs(5));

@@ -388,6 +388,10 @@ async fn serve_connection(
                 return;
             }
             _ = tokio::time::sleep(check), if !ticket.is_authenticated() => {
+                // Checked again: the connection may have authenticated while this slept.
+                if ticket.is_authenticated() {
+                    continue;
+                }
                 let idle = ticket.idle_for();
                 if ticket.is_idle() && idle >= limits.unauthenticated_idle {
                     tracing::debug!(%peer, "closed an unauthenticated connection idle for {} s", idle.as_secs());
