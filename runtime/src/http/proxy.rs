@@ -315,22 +315,13 @@ impl Proxy {
         let client = self.client_for(upstream);
         // Dropping the request future on a timeout closes its connection: hyper never pools
         // a connection whose response was not read.
-        let upstream_response = match tokio::time::timeout(
+        let upstream_response = response_head(
             self.options.response_header_timeout,
             client.request(upstream_req),
+            classify_client,
         )
-        .await
-        {
-            Err(_) => return Err(Failure::Timeout("sending the response head")),
-            Ok(Err(error)) => return Err(classify_client(&error)),
-            Ok(Ok(response)) => response,
-        };
-
+        .await?;
         let status = upstream_response.status();
-        if status == StatusCode::UNAUTHORIZED {
-            tracing::warn!("opencode rejected the server's credentials");
-            return Err(Failure::Unauthorized);
-        }
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(Failure::BadGateway(
                 "101 to a request that did not ask for it".into(),
@@ -388,22 +379,13 @@ async fn exchange_upgrade(
     // writing a request nobody waits for.
     let abort = AbortOnDrop(Some(connection));
 
-    let mut upstream_response = match tokio::time::timeout(
+    let mut upstream_response = response_head(
         options.response_header_timeout,
         sender.send_request(upstream_req),
+        classify,
     )
-    .await
-    {
-        Err(_) => return Err(Failure::Timeout("sending the response head")),
-        Ok(Err(error)) => return Err(classify(&error)),
-        Ok(Ok(response)) => response,
-    };
-
+    .await?;
     let status = upstream_response.status();
-    if status == StatusCode::UNAUTHORIZED {
-        tracing::warn!("opencode rejected the server's credentials");
-        return Err(Failure::Unauthorized);
-    }
 
     if status == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
@@ -540,6 +522,25 @@ impl Drop for AbortOnDrop {
 }
 
 /// An error of the pooled client: connecting, or the exchange itself.
+/// opencode's response head to a request being `sent`, within `limit`: a failure as `classify`
+/// names it, and a 401 (opencode refused our credentials) as [`Failure::Unauthorized`].
+async fn response_head<E>(
+    limit: Duration,
+    sent: impl Future<Output = Result<Response<Incoming>, E>>,
+    classify: impl FnOnce(&E) -> Failure,
+) -> Result<Response<Incoming>, Failure> {
+    let response = match tokio::time::timeout(limit, sent).await {
+        Err(_) => return Err(Failure::Timeout("sending the response head")),
+        Ok(Err(error)) => return Err(classify(&error)),
+        Ok(Ok(response)) => response,
+    };
+    if response.status() == StatusCode::UNAUTHORIZED {
+        tracing::warn!("opencode rejected the server's credentials");
+        return Err(Failure::Unauthorized);
+    }
+    Ok(response)
+}
+
 fn classify_client(error: &hyper_util::client::legacy::Error) -> Failure {
     if error.is_connect() {
         let timed_out = find_source::<std::io::Error>(error)
