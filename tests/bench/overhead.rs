@@ -1,11 +1,14 @@
 //! The proxy figure of the serve benchmark: what `/opencode/*` of the packed server adds to
 //! a request over asking opencode directly.
 //!
-//! Two processes run side by side: the packed server (whose proxy forwards to the opencode
-//! it supervises) and a bare `opencode serve` of the same executable with a password the
-//! benchmark chose. Both are sent `GET /global/health` over [`CONNECTIONS`] keep-alive
-//! connections, each connection one request at a time, in rounds that alternate between
-//! the two so that a busy moment of the machine does not land on one of them only.
+//! One opencode answers both sides: the one the packed server supervises, asked through
+//! `/opencode/*` and directly on its own port (with its password, read from its environment).
+//! A second opencode would be a baseline with another history, and opencode 1.2.27 slows down
+//! with every request it serves (5,300 → 1,500 requests/s within 150,000 requests here). Both
+//! sides are sent `GET /global/health` over [`CONNECTIONS`] keep-alive connections, each
+//! connection one request at a time, in rounds ordered ABBA (direct, proxied, proxied,
+//! direct, …) so that neither a busy moment of the machine nor opencode's slowing lands on
+//! one side only.
 //!
 //! - **Added latency**: a percentile of the proxied requests' latencies minus the same
 //!   percentile of the direct ones (each request timed from writing it to its body's end).
@@ -17,10 +20,11 @@
 //! - **CPU per request**: user and system time of the server process (and of each opencode)
 //!   over its side's timed rounds, per request: on a machine whose cores are all busy, the
 //!   proxied side's throughput is bounded by the CPU the two processes need together.
-//! - **TIME-WAIT**: sockets in TIME-WAIT (`/proc/net/tcp` and `tcp6`, state `06`) on the
-//!   port of the opencode behind the proxy, counted once the last proxied round has ended
-//!   and the pool's idle connections have been closed, less those there before the first
-//!   round, per 10,000 proxied requests: what the proxy's own upstream connections leave.
+//! - **TIME-WAIT**: sockets in TIME-WAIT (`/proc/net/tcp` and `tcp6`, state `06`) on
+//!   opencode's port that were not there before a last, proxied-only round, counted once the
+//!   pool's idle connections have been closed, per 10,000 requests of that round: what the
+//!   proxy's own upstream connections leave (the direct rounds' connections end on the same
+//!   port, so they are kept out of that window).
 //!
 //! The client is a plain blocking one over `std::net`, not the server's code.
 
@@ -119,13 +123,12 @@ pub struct Figures {
     single_direct: Stats,
     single_proxied: Stats,
     time_wait_upstream: usize,
-    time_wait_direct: usize,
 }
 
 /// Runs the rounds: `requests` on each side in all (at least one per connection and round).
 /// `upstream_port` is the port of the opencode behind the proxy, whose TIME-WAIT sockets
-/// are counted; `settle` is how long to wait after the last round before counting them (the
-/// pool's idle timeout and a margin).
+/// are counted over a last, proxied-only round; `settle` is how long to wait after it before
+/// counting them (the pool's idle timeout and a margin).
 pub fn measure(
     direct: &Side,
     proxied: &Side,
@@ -136,11 +139,9 @@ pub fn measure(
     let per_round = (requests / ROUNDS).max(CONNECTIONS);
     run_round(direct, WARM_UP, CONNECTIONS).context("warm-up, direct")?;
     run_round(proxied, WARM_UP, CONNECTIONS).context("warm-up, through the proxy")?;
-    let upstream_before = time_wait(upstream_port)?;
-    let direct_before = time_wait(direct.addr.port())?;
     let (mut d, mut p) = (Measured::default(), Measured::default());
     for round in 0..ROUNDS {
-        // Alternate which side goes first, too.
+        // ABBA: which side goes first alternates, so a trend cancels out.
         let order: [(&Side, &mut Measured, &str); 2] = if round % 2 == 0 {
             [(direct, &mut d, "direct"), (proxied, &mut p, "proxied")]
         } else {
@@ -154,19 +155,34 @@ pub fn measure(
     }
     let (mut single_direct, mut single_proxied) = (Measured::default(), Measured::default());
     for round in 0..2 {
-        let measured = run_round(direct, SINGLE / 2, 1)
-            .with_context(|| format!("one connection, round {round}, direct"))?;
-        single_direct.add(measured);
-        let measured = run_round(proxied, SINGLE / 2, 1)
-            .with_context(|| format!("one connection, round {round}, proxied"))?;
-        single_proxied.add(measured);
+        let order: [(&Side, &mut Measured, &str); 2] = if round % 2 == 0 {
+            [
+                (direct, &mut single_direct, "direct"),
+                (proxied, &mut single_proxied, "proxied"),
+            ]
+        } else {
+            [
+                (proxied, &mut single_proxied, "proxied"),
+                (direct, &mut single_direct, "direct"),
+            ]
+        };
+        for (side, into, name) in order {
+            let measured = run_round(side, SINGLE / 2, 1)
+                .with_context(|| format!("one connection, round {round}, {name}"))?;
+            into.add(measured);
+        }
     }
+    // TIME-WAIT in a window of proxied requests only.
+    let before = time_wait(upstream_port)?;
+    // As many requests as a side's timed rounds: the pool's own last connections (closed
+    // after its idle timeout) are spread over a realistic count.
+    let window =
+        run_round(proxied, requests.max(CONNECTIONS), CONNECTIONS).context("TIME-WAIT window")?;
     std::thread::sleep(settle);
-    let time_wait_upstream = time_wait(upstream_port)?.saturating_sub(upstream_before);
-    let time_wait_direct = time_wait(direct.addr.port())?.saturating_sub(direct_before);
+    let time_wait_upstream = time_wait(upstream_port)?.difference(&before).count();
     Ok(Figures {
         requests_per_side: p.latencies.len(),
-        proxied_total: p.latencies.len() + single_proxied.latencies.len(),
+        proxied_total: window.latencies.len(),
         direct: Stats::of(&d.latencies),
         proxied: Stats::of(&p.latencies),
         direct_rps: d.throughput(),
@@ -178,7 +194,6 @@ pub fn measure(
         single_direct: Stats::of(&single_direct.latencies),
         single_proxied: Stats::of(&single_proxied.latencies),
         time_wait_upstream,
-        time_wait_direct,
     })
 }
 
@@ -199,8 +214,8 @@ impl Figures {
             })
             .note(format!(
                 "GET /global/health through /opencode/* of the packed server minus the same \
-                 to a bare `opencode serve` of the same executable, side by side, \
-                 {CONNECTIONS} keep-alive connections each, {ROUNDS} alternating rounds; \
+                 to the same opencode directly, {CONNECTIONS} keep-alive connections each, \
+                 {ROUNDS} rounds ordered ABBA; \
                  p50 {:.3} ms proxied vs {:.3} ms direct, p99 {:.3} ms vs {:.3} ms",
                 self.proxied.median_ms,
                 self.direct.median_ms,
@@ -229,8 +244,8 @@ impl Figures {
                 min: goals::THROUGHPUT_RATIO,
             })
             .note(
-                "baseline: the same requests to bare opencode directly; all rounds' requests \
-                 over their summed wall time",
+                "baseline: the same requests to the same opencode directly; all rounds' \
+                 requests over their summed wall time",
             ),
             Row::info(
                 "proxy: the server's CPU time per proxied request",
@@ -238,7 +253,7 @@ impl Figures {
             )
             .note(format!(
                 "user + system time over the timed rounds at {CONNECTIONS} connections, per \
-                 request: opencode {:.3} ms behind the server, {:.3} ms direct; the \
+                 request: opencode {:.3} ms through the server, {:.3} ms direct; the \
                  benchmark's own client runs on the same cores",
                 cpu_ms(&self.proxied_cpu, "opencode"),
                 cpu_ms(&self.direct_cpu, "opencode"),
@@ -251,14 +266,12 @@ impl Figures {
                 max: Quantity::count(goals::TIME_WAIT_PER_10K as u64),
             })
             .note(format!(
-                "state 06 in /proc/net/tcp and tcp6 on the port of the opencode behind the \
-                 proxy, after the last round and the pool's idle timeout, less those before \
-                 the first: {} for {} requests (the supervisor's health probes included); \
-                 direct, on bare opencode's port: {} (the benchmark's own connections); \
-                 reconnects of the benchmark's client: {} proxied, {} direct",
+                "state 06 in /proc/net/tcp and tcp6 on opencode's port, new after a \
+                 proxied-only round and the pool's idle timeout: {} for {} requests (the \
+                 supervisor's health probes included); reconnects of the benchmark's client: \
+                 {} proxied, {} direct",
                 self.time_wait_upstream,
                 self.proxied_total,
-                self.time_wait_direct,
                 self.proxied_reconnects,
                 self.direct_reconnects
             )),
@@ -294,7 +307,7 @@ impl Figures {
             },
             "timeWait": {
                 "upstream": self.time_wait_upstream,
-                "direct": self.time_wait_direct,
+                "windowRequests": self.proxied_total,
             },
         })
     }
@@ -427,8 +440,8 @@ fn open(addr: SocketAddr) -> anyhow::Result<BufReader<TcpStream>> {
 }
 
 /// Sockets in TIME-WAIT whose local or remote port is `port`, IPv4 and IPv6.
-pub fn time_wait(port: u16) -> anyhow::Result<usize> {
-    let mut count = 0;
+pub fn time_wait(port: u16) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let mut sockets = std::collections::BTreeSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let file = match std::fs::File::open(table) {
             Ok(file) => file,
@@ -438,10 +451,14 @@ pub fn time_wait(port: u16) -> anyhow::Result<usize> {
         };
         for line in BufReader::new(file).lines().skip(1) {
             let line = line.with_context(|| format!("read {table}"))?;
-            count += usize::from(time_wait_on(&line, port));
+            if time_wait_on(&line, port) {
+                // Local and remote address: the socket's identity while it waits.
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                sockets.insert(format!("{} {}", fields[1], fields[2]));
+            }
         }
     }
-    Ok(count)
+    Ok(sockets)
 }
 
 /// Whether one line of `/proc/net/tcp{,6}` is a socket in TIME-WAIT on `port`.

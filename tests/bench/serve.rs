@@ -217,13 +217,12 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     } else {
         progress(format_args!(
             "proxy overhead: {} requests each way over {} connections, through the server \
-             and to bare opencode, in {} alternating rounds",
+             and to its opencode directly, in {} rounds ordered ABBA",
             settings.proxy_requests,
             overhead::CONNECTIONS,
             overhead::ROUNDS
         ));
-        proxy_overhead(&contenders[0], &contenders[1], &env, &work_path, settings)
-            .map_err(|e| format!("{e:#}"))
+        proxy_overhead(&contenders[0], &env, &work_path, settings).map_err(|e| format!("{e:#}"))
     };
     if let Err(why) = &proxy {
         progress(format_args!("proxy overhead not measured: {why}"));
@@ -832,12 +831,10 @@ impl Running {
     }
 }
 
-/// The proxy figure: the packed server and a bare opencode of the same executable side by
-/// side, each in the home of its contender (opencode's first-run work done there already),
-/// both sent the same load (see overhead.rs).
+/// The proxy figure: the packed server's opencode asked through `/opencode/*` and directly,
+/// the same load both ways (see overhead.rs).
 fn proxy_overhead(
     ours: &Contender,
-    bare: &Contender,
     env: &Environment,
     work: &Path,
     settings: &Settings,
@@ -906,22 +903,16 @@ fn proxy_overhead(
     let upstream_port = u16::try_from(sidecar("port")?)?;
     let upstream_pid = sidecar("pid")?;
 
-    let (mut cmd, stderr) = start(bare)?;
-    let bare_port = free_port()?;
-    let password = password(usize::MAX);
-    cmd.args(["serve", "--hostname", "127.0.0.1", "--port"])
-        .arg(bare_port.to_string())
-        .env("OPENCODE_SERVER_PASSWORD", &password);
-    let mut direct = Running::spawn(&mut cmd, &stderr)?;
+    // The baseline is the very opencode behind the proxy, asked directly (see overhead.rs),
+    // with its password from its environment, which only its own user can read.
+    let password = environment_value(upstream_pid, "OPENCODE_SERVER_PASSWORD")?;
     let basic = basic_auth(OPENCODE_USER, &password);
-    direct.poll_health(bare_port, &basic)?;
-
     let figures = overhead::measure(
         &Side {
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, bare_port)),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, upstream_port)),
             path: "/global/health",
             authorization: basic,
-            processes: vec![("opencode", direct.pid())],
+            processes: vec![("opencode", upstream_pid)],
         },
         &Side {
             addr: server_addr,
@@ -934,16 +925,11 @@ fn proxy_overhead(
         // The proxy's pool closes idle connections after 4 s: they are counted too.
         Duration::from_secs(6),
     )?;
-    direct.terminate()?;
     server.terminate()?;
     // As after every round: the server's lifeline notices its exit through a pipe, so its
     // tree gets the same grace before anything still running counts as left behind (and is
     // killed when the `Running` is dropped).
-    let left: Vec<String> = server
-        .left_behind()
-        .into_iter()
-        .chain(direct.left_behind())
-        .collect();
+    let left = server.left_behind();
     if !left.is_empty() {
         progress(format_args!(
             "proxy overhead: left running after their parent exited (killed): {}",
@@ -1053,6 +1039,18 @@ fn logged_startup(stderr: &Path) -> Option<Duration> {
 }
 
 /// `Basic <base64 user:password>`.
+/// The value of `name` in the environment process `pid` was started with (Linux).
+fn environment_value(pid: u32, name: &str) -> anyhow::Result<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ"))
+        .with_context(|| format!("read the environment of {pid}"))?;
+    environ
+        .split(|&b| b == 0)
+        .filter_map(|entry| std::str::from_utf8(entry).ok())
+        .find_map(|entry| entry.strip_prefix(name)?.strip_prefix('='))
+        .map(str::to_owned)
+        .with_context(|| format!("{name} is not in the environment of {pid}"))
+}
+
 fn basic_auth(user: &str, password: &str) -> String {
     format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))
 }
