@@ -169,6 +169,21 @@ impl Running {
         }
     }
 
+    /// The server's ready line (its first stdout line), parsed, with when it was read; an
+    /// error if it is not one, or names no port.
+    pub(crate) fn wait_ready_line(&mut self) -> anyhow::Result<(Instant, serde_json::Value)> {
+        let (at, line) = self.wait_line(|_| true)?;
+        let ready: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("the ready line is not JSON: {line}"))?;
+        if ready["event"] != "ready" || ready["pid"] != self.pid() {
+            bail!("unexpected first line on stdout: {line}");
+        }
+        if !ready["port"].is_u64() {
+            bail!("no port in {line}");
+        }
+        Ok((at, ready))
+    }
+
     /// Adds the tree's current processes to those seen.
     pub(crate) fn observe(&mut self) {
         for proc in self.descendants() {

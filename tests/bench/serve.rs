@@ -692,17 +692,12 @@ impl Contender {
         let mut timeline = Vec::new();
         let (ready, polled, opencode_spawned) = match self.kind {
             Kind::Ours => {
-                let (at, line) = running.wait_line(|_| true)?;
-                let ready: Value = serde_json::from_str(&line)
-                    .with_context(|| format!("the ready line is not JSON: {line}"))?;
-                if ready["event"] != "ready" || ready["pid"] != running.pid() {
-                    bail!("unexpected first line on stdout: {line}");
-                }
+                let (at, ready) = running.wait_ready_line()?;
                 let dir = ready["runtimeDir"].as_str().map(PathBuf::from);
                 if dir.as_deref() != Some(env.runtime_dir.as_path()) {
                     bail!(
                         "the server did not use the runtime extracted before (a warm start \
-                         was wanted): {line}"
+                         was wanted): {ready}"
                     );
                 }
                 (at.duration_since(running.spawned), None, None)
@@ -839,41 +834,25 @@ fn proxy_overhead(
     work: &Path,
     settings: &Settings,
 ) -> anyhow::Result<overhead::Figures> {
-    let start = |contender: &Contender| -> anyhow::Result<(Command, PathBuf)> {
-        let name = format!("proxy-{}", contender.kind.name());
-        let workspace = mkdir(&work.join("workspaces").join(&name))?;
-        let stderr = contender.logs.join(format!("{name}.stderr"));
-        let mut cmd = contender.command(&workspace)?;
-        cmd.stderr(
-            std::fs::File::create(&stderr)
-                .with_context(|| format!("create {}", stderr.display()))?,
-        );
-        if contender.kind == Kind::Ours {
-            cmd.arg("serve")
-                .args(["--port", "0"])
-                .arg("--data-dir")
-                .arg(&env.data_dir)
-                .arg("--workspace")
-                .arg(&workspace);
-        }
-        Ok((cmd, stderr))
-    };
-
-    let (mut cmd, stderr) = start(ours)?;
+    let name = format!("proxy-{}", ours.kind.name());
+    let workspace = mkdir(&work.join("workspaces").join(&name))?;
+    let stderr = ours.logs.join(format!("{name}.stderr"));
+    let mut cmd = ours.command(&workspace)?;
+    cmd.stderr(
+        std::fs::File::create(&stderr).with_context(|| format!("create {}", stderr.display()))?,
+    )
+    .arg("serve")
+    .args(["--port", "0"])
+    .arg("--data-dir")
+    .arg(&env.data_dir)
+    .arg("--workspace")
+    .arg(&workspace);
     let mut server = Running::spawn(&mut cmd, &stderr)?;
-    let (_, line) = server.wait_line(|_| true)?;
-    let ready: Value = serde_json::from_str(&line)
-        .with_context(|| format!("the ready line is not JSON: {line}"))?;
-    if ready["event"] != "ready" {
-        bail!("unexpected first line on stdout: {line}");
-    }
-    let port = ready["port"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .with_context(|| format!("no port in {line}"))?;
+    let (_, ready) = server.wait_ready_line()?;
+    let port = u16::try_from(ready["port"].as_u64().unwrap_or_default())?;
     let token_file = ready["tokenFile"]
         .as_str()
-        .with_context(|| format!("no tokenFile in {line}"))?;
+        .with_context(|| format!("no tokenFile in {ready}"))?;
     let token = std::fs::read_to_string(token_file)
         .with_context(|| format!("read {token_file}"))?
         .trim()

@@ -163,18 +163,11 @@ impl Server {
                     .with_context(|| format!("create {}", stderr.display()))?,
             );
         let mut running = Running::spawn(&mut cmd, &stderr)?;
-        let (_, line) = running.wait_line(|_| true)?;
-        let ready: Value = serde_json::from_str(&line)
-            .with_context(|| format!("the ready line is not JSON: {line}"))?;
-        if ready["event"] != "ready" {
-            bail!("unexpected first line on stdout: {line}");
-        }
-        let port = ready["port"]
-            .as_u64()
-            .with_context(|| format!("no port in {line}"))?;
+        let (_, ready) = running.wait_ready_line()?;
+        let port = &ready["port"];
         let runtime_dir = ready["runtimeDir"]
             .as_str()
-            .with_context(|| format!("no runtimeDir in {line}"))?;
+            .with_context(|| format!("no runtimeDir in {ready}"))?;
         Ok(Server {
             running,
             addr: format!("127.0.0.1:{port}"),

@@ -171,17 +171,24 @@ fn plant_runtime(data: &Path, target: &Target, marker: &Path, staging: &Path) ->
     dir
 }
 
-#[test]
-fn a_data_dir_made_and_seeded_by_another_uid_is_refused_and_nothing_planted_is_used() {
-    if !is_root() {
-        return;
-    }
+/// A work dir others may traverse, the packed fixture in it, and a `staging` dir (0755) for
+/// what the attacker plants.
+fn packed_with_staging() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let work = tempfile::tempdir().unwrap();
     chmod(work.path(), 0o755);
     let artifact = packed_fixture(work.path(), "packed", None);
     let staging = work.path().join("staging");
     std::fs::create_dir(&staging).unwrap();
     chmod(&staging, 0o755);
+    (work, artifact, staging)
+}
+
+#[test]
+fn a_data_dir_made_and_seeded_by_another_uid_is_refused_and_nothing_planted_is_used() {
+    if !is_root() {
+        return;
+    }
+    let (work, artifact, staging) = packed_with_staging();
     // Where the victim's writes would land through the planted links: a directory of the
     // victim's own that the attacker cannot write.
     let victim = work.path().join("victim-files");
@@ -260,12 +267,7 @@ fn a_planted_runtime_dir_with_a_forged_stamp_never_runs() {
     if !is_root() {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    chmod(work.path(), 0o755);
-    let artifact = packed_fixture(work.path(), "packed", None);
-    let staging = work.path().join("staging");
-    std::fs::create_dir(&staging).unwrap();
-    chmod(&staging, 0o755);
+    let (work, artifact, staging) = packed_with_staging();
     let dir = work.path().join("server");
     let marker = work.path().join("impostor-ran");
     let builder = || ServerBuilder::executable(&artifact, &dir);
