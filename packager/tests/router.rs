@@ -350,6 +350,7 @@ fn unchanged_source_comes_from_the_cache_and_a_change_rebuilds() {
 
     let first = fresh_build(host, &source, &cache);
     assert!(!first.from_cache);
+    let built_at = fs_err::metadata(&first.path).unwrap().modified().unwrap();
     let mut req = pinned(host);
     req.source = source.clone();
     req.cache_root = cache.clone();
@@ -362,7 +363,12 @@ fn unchanged_source_comes_from_the_cache_and_a_change_rebuilds() {
     assert!(second.from_cache);
     assert_eq!(second.path, first.path);
     assert_eq!(second.sha256, first.sha256);
-    assert!(second.seconds < first.seconds);
+    // Served, not rebuilt: the cached executable was not written again. (Timing is the
+    // bench's business; a 0.4 s Bun build is as fast as a cache check on a busy runner.)
+    assert_eq!(
+        fs_err::metadata(&second.path).unwrap().modified().unwrap(),
+        built_at
+    );
     assert_eq!(
         fs_err::read(&out).unwrap(),
         fs_err::read(&first.path).unwrap()
