@@ -34,7 +34,7 @@ fuzz_target!(|tar: &[u8]| {
         manifest_version: MANIFEST_VERSION,
         server_version: "0.0.0".into(),
         opencode_version: "0.0.0".into(),
-        router_version: "0.0.0".into(),
+        router_version: None,
         target: "linux-x64".into(),
         files,
     };

@@ -15,7 +15,8 @@ use std::path::PathBuf;
 
 use openwork_payload::targets::{self, Target};
 
-use crate::fetch::{self, FetchError, FetchRequest, FetchedBinary};
+use crate::fetch::{self, FetchError, FetchRequest, FetchedBinary, Source};
+use crate::lock::{Input, InputsLock};
 
 /// The cache directory name of Bun entries (`<cache_root>/bun/<target>/v<version>/`).
 pub const CACHE_NAME: &str = "bun";
@@ -25,10 +26,11 @@ pub fn file_name(target: &Target) -> String {
     format!("bun{}", target.exe_suffix)
 }
 
-/// The pinned Bun for `target` at `version`, fetched into the default cache unless it is
+/// The pinned Bun for `target` at `version` (checked against the built-in lock), fetched into the default cache unless it is
 /// already there (verified against its record on every use); with `offline`, the cache only.
 pub fn ensure_bun(target: &'static Target, version: &str, offline: bool) -> fetch::Result<PathBuf> {
     let mut req = FetchRequest::new(target, version);
+    req.pin_from(&InputsLock::built_in(), Input::Bun, &Source::Npm);
     req.offline = offline;
     Ok(fetch_bun(&req)?.path)
 }

@@ -24,6 +24,9 @@ pub enum Error {
     /// A bad combination of arguments.
     #[error("{0}")]
     Usage(String),
+    /// A committed record (the lock) no longer matches what it records (`lock --check`).
+    #[error("{0}")]
+    Stale(String),
     /// An I/O error (fs-err errors name their path).
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -42,6 +45,7 @@ impl Error {
             Error::Payload(e) => e.kind().into(),
             Error::Input { .. } => ExitCode::BadInput,
             Error::Usage(_) => ExitCode::Usage,
+            Error::Stale(_) => ExitCode::Integrity,
             Error::Io(_) => ExitCode::Io,
             Error::Fetch(e) => crate::fetch::exit_code(e),
             Error::Sign(e) => e.exit_code(),

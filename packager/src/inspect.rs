@@ -99,10 +99,7 @@ pub fn render(path: &Path, i: &Inspection) -> String {
         i.format, i.arch, i.format_version
     );
     out += &format!("target:     {}\n", i.target);
-    out += &format!(
-        "versions:   server {}, opencode {}, router {}\n",
-        i.manifest.server_version, i.manifest.opencode_version, i.manifest.router_version
-    );
+    out += &format!("versions:   {}\n", i.manifest.versions());
     out += &format!(
         "payload:    offset {}, {} bytes zstd → {} bytes tar, sha256 {}\n",
         i.payload.offset, i.payload.length, i.uncompressed_length, i.payload.sha256

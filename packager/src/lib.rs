@@ -6,6 +6,7 @@ pub mod constants;
 pub mod error;
 pub mod fetch;
 pub mod inspect;
+pub mod lock;
 pub mod matrix;
 pub mod pack;
 pub mod release;

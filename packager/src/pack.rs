@@ -14,15 +14,14 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-/// Versions written into the manifest.
+/// Versions written into the manifest besides the server's own
+/// ([`openwork_payload::SERVER_VERSION`], which the stub reports too).
 #[derive(Debug, Clone)]
 pub struct Versions {
-    /// openwork-server-v2.
-    pub server: String,
     /// opencode.
     pub opencode: String,
-    /// opencode-router.
-    pub router: String,
+    /// opencode-router, when the payload carries it.
+    pub router: Option<String>,
 }
 
 /// Compression settings.
@@ -230,11 +229,20 @@ pub(crate) fn build_manifest(
             "an opencode sidecar is required: --sidecar opencode=<file>".into(),
         ));
     }
+    let router_version = match (files.contains_key("opencode-router"), &versions.router) {
+        (true, Some(version)) => Some(version.clone()),
+        (true, None) => {
+            return Err(Error::Usage(
+                "an opencode-router sidecar needs its version: --router-version".into(),
+            ));
+        }
+        (false, _) => None,
+    };
     let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
-        server_version: versions.server.clone(),
+        server_version: openwork_payload::SERVER_VERSION.to_string(),
         opencode_version: versions.opencode.clone(),
-        router_version: versions.router.clone(),
+        router_version,
         target: target.name.clone(),
         files,
     };

@@ -1,7 +1,9 @@
 //! `release`: the whole path from pins to a checksummed artifact for one target.
 //!
-//! fetch the pinned opencode (integrity-checked, cached) → build opencode-router from its
-//! source with the pinned Bun (cached) → build the stub for the target (or take `--stub`)
+//! fetch the pinned opencode (checked against `inputs.lock.json`, cached) → build
+//! opencode-router from its source with the pinned Bun (cached), when a router is named
+//! (`router` in constants.json, `--router-source`) → build the stub for the target (or take
+//! `--stub`)
 //! → pack → `dist/openwork-server-v2-<target>[.exe]`, `SHA256SUMS`, and
 //! a JSON build report beside the artifact (`<artifact>.report.json`: versions, sources,
 //! sizes, hashes, and each stage's time).
@@ -29,8 +31,9 @@ use openwork_payload::targets::Target;
 use crate::constants::Constants;
 use crate::error::Result;
 use crate::fetch::{self, FetchRequest, Source};
+use crate::lock::{Input, InputsLock};
 use crate::pack::{self, Compression, PackReport, PackRequest, Versions};
-use crate::router::{self, RouterBuildRequest};
+use crate::router::{self, RouterBuildRequest, RouterSource};
 use crate::stub;
 
 /// What to release.
@@ -56,10 +59,12 @@ pub struct ReleaseRequest {
     pub offline: bool,
     /// Where opencode comes from.
     pub source: Source,
-    /// Accept an opencode download no pin vouches for.
-    pub allow_unverified: bool,
-    /// Leave opencode-router out of the payload.
-    pub no_router: bool,
+    /// What every input must be.
+    pub lock: InputsLock,
+    /// Accept inputs the lock does not pin (local experiments).
+    pub allow_unpinned: bool,
+    /// The opencode-router to build and carry, if any.
+    pub router: Option<RouterSource>,
     /// Sign sidecars and artifact with these (`--sign`).
     pub signing: Option<Arc<Signers>>,
 }
@@ -109,8 +114,9 @@ pub struct ReportVersions {
     pub server: String,
     /// opencode.
     pub opencode: String,
-    /// opencode-router.
-    pub router: String,
+    /// opencode-router, when the release carries one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub router: Option<String>,
 }
 
 /// One input of a [`BuildReport`].
@@ -185,18 +191,22 @@ pub fn release(req: &ReleaseRequest) -> Result<BuildReport> {
     let mut clock = Stopwatch::new();
     let mut fetch_request = FetchRequest::new(req.target, req.constants.opencode_version());
     fetch_request.offline = req.offline;
-    fetch_request.allow_unverified = req.allow_unverified;
-    fetch_request.pin_from(&req.constants.opencode_sha256, &req.source);
+    fetch_request.allow_unpinned = req.allow_unpinned;
+    fetch_request.pin_from(&req.lock, Input::Opencode, &req.source);
     let opencode = fetch::fetch_opencode(&fetch_request, &req.source)?;
     clock.lap("fetch-opencode");
-    let router = if req.no_router {
-        None
-    } else {
-        let mut build = RouterBuildRequest::pinned(req.target, &req.constants, &req.workspace);
-        build.offline = req.offline;
-        let built = router::build_router(&build)?;
-        clock.lap("build-router");
-        Some(built)
+    let router = match &req.router {
+        None => None,
+        Some(source) => {
+            let mut build = RouterBuildRequest::new(req.target, source.dir.clone(), &req.constants);
+            build.expected_version = source.expected_version.clone();
+            build.lock = req.lock.clone();
+            build.allow_unpinned = req.allow_unpinned;
+            build.offline = req.offline;
+            let built = router::build_router(&build)?;
+            clock.lap("build-router");
+            Some(built)
+        }
     };
     let stub = match &req.stub {
         Some(path) => path.clone(),
@@ -250,9 +260,8 @@ pub fn release(req: &ReleaseRequest) -> Result<BuildReport> {
         out: out.clone(),
         target: req.target,
         versions: Versions {
-            server: req.constants.server_version.clone(),
             opencode: req.constants.opencode_version().to_string(),
-            router: req.constants.router.version.clone(),
+            router: router.as_ref().map(|r| r.version.clone()),
         },
         compression: req.compression,
         mtime: req.mtime,
@@ -341,12 +350,12 @@ fn build_report(
         integrity: (!opencode.integrity.is_empty()).then_some(opencode.integrity),
         from_cache: opencode.from_cache,
     }];
-    if let Some(router) = router {
+    if let (Some(router), Some(source)) = (router, &req.router) {
         inputs.push(ReportInput {
             name: "opencode-router".into(),
             source: format!(
                 "build:{} (source sha256 {}, bun {})",
-                req.constants.router.source_dir, router.source_sha256, router.bun_version
+                source.shown, router.source_sha256, router.bun_version
             ),
             sha256: router.sha256,
             size: router.size,
@@ -386,8 +395,10 @@ fn build_report(
 pub fn update_sha256sums(dist: &Path, name: &str, sha256: &str) -> Result<()> {
     let path = dist.join("SHA256SUMS");
     // Releases of several targets may share a dist dir and run at once (a CI matrix on one
-    // machine): without the lock, each read-edit-rename could drop the other's line.
-    let lock = fs_err::File::create(dist.join(".SHA256SUMS.lock"))?;
+    // machine): without the lock, each read-edit-rename could drop the other's line. The
+    // lock file lives in the temp dir, keyed by the dist dir, so that dist/ holds only what
+    // is published.
+    let lock = fs_err::File::create(sha256sums_lock_path(dist)?)?;
     lock.file().lock()?;
     let existing = match fs_err::read_to_string(&path) {
         Ok(text) => text,
@@ -410,6 +421,16 @@ pub fn update_sha256sums(dist: &Path, name: &str, sha256: &str) -> Result<()> {
     pack::write_atomically(&path, text.as_bytes(), false)
 }
 
+/// `<temp>/openwork-sha256sums-<16 hex of the dist dir's canonical path>.lock`.
+fn sha256sums_lock_path(dist: &Path) -> Result<PathBuf> {
+    let canonical = fs_err::canonicalize(dist)?;
+    let key = Sha256::digest(canonical.to_string_lossy().as_bytes());
+    Ok(std::env::temp_dir().join(format!(
+        "openwork-sha256sums-{}.lock",
+        &hex::encode(key)[..16]
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,5 +446,11 @@ mod tests {
             text,
             format!("{}  a\n{}  b\n", "2".repeat(64), "3".repeat(64))
         );
+        // Nothing but the sums: dist/ is what gets published.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["SHA256SUMS"]);
     }
 }

@@ -44,7 +44,8 @@ use sha2::{Digest, Sha256};
 
 use crate::constants::Constants;
 use crate::error::{Error, Result};
-use crate::fetch::{self, FetchRequest, Registry};
+use crate::fetch::{self, FetchRequest, Registry, Source};
+use crate::lock::{Input, InputsLock};
 
 /// The cache directory name of router builds.
 pub const CACHE_NAME: &str = "opencode-router";
@@ -79,26 +80,67 @@ pub struct RouterBuildRequest {
     pub offline: bool,
     /// The registry for Bun; `None` discovers it the way npm does.
     pub registry: Option<Registry>,
+    /// What Bun must be, per target (`inputs.lock.json`).
+    pub lock: InputsLock,
+    /// Accept a Bun the lock does not pin (local experiments).
+    pub allow_unpinned: bool,
     /// No progress lines on stderr.
     pub quiet: bool,
 }
 
 impl RouterBuildRequest {
-    /// The pinned build: `router.sourceDir` under `workspace`, checked against
-    /// `router.version`, with `bunVersion`, into the default cache.
-    pub fn pinned(target: &'static Target, constants: &Constants, workspace: &Path) -> Self {
+    /// A build of the source in `source` with the pinned `bunVersion` (checked against the
+    /// built-in lock), into the default cache, with no version expectation.
+    pub fn new(target: &'static Target, source: PathBuf, constants: &Constants) -> Self {
         RouterBuildRequest {
             target,
-            source: workspace.join(&constants.router.source_dir),
-            expected_version: Some(constants.router.version.clone()),
+            source,
+            expected_version: None,
             bun_version: constants.bun_version.clone(),
             cache_root: fetch::default_cache_root(),
             bun_cache_root: fetch::default_cache_root(),
             out: None,
             offline: false,
             registry: None,
+            lock: InputsLock::built_in(),
+            allow_unpinned: false,
             quiet: false,
         }
+    }
+}
+
+/// The router a release or a staged bundle carries.
+#[derive(Debug, Clone)]
+pub struct RouterSource {
+    /// The source directory (with `package.json` and `src/cli.ts`).
+    pub dir: PathBuf,
+    /// How reports name it: as given, not this machine's absolute path.
+    pub shown: String,
+    /// The version its `package.json` must say, when pinned in constants.json.
+    pub expected_version: Option<String>,
+}
+
+impl RouterSource {
+    /// `--router-source DIR` if given, else `router.sourceDir` of constants.json (under
+    /// `workspace`, checked against `router.version`), else none: a release carries
+    /// opencode alone unless a real router is named.
+    pub fn named(
+        flag: Option<PathBuf>,
+        constants: &Constants,
+        workspace: &Path,
+    ) -> Option<RouterSource> {
+        if let Some(dir) = flag {
+            return Some(RouterSource {
+                shown: dir.display().to_string(),
+                dir,
+                expected_version: None,
+            });
+        }
+        constants.router.as_ref().map(|pin| RouterSource {
+            dir: workspace.join(&pin.source_dir),
+            shown: pin.source_dir.clone(),
+            expected_version: Some(pin.version.clone()),
+        })
     }
 }
 
@@ -220,6 +262,8 @@ pub fn build_router(req: &RouterBuildRequest) -> Result<BuiltRouter> {
     let host_target = crate::bun::host_target()?;
     let bun_request = |target: &'static Target| {
         let mut bun = FetchRequest::new(target, bun_version.clone());
+        bun.pin_from(&req.lock, Input::Bun, &Source::Npm);
+        bun.allow_unpinned = req.allow_unpinned;
         bun.cache_root = req.bun_cache_root.clone();
         bun.offline = req.offline;
         bun.registry = req.registry.clone();
@@ -696,10 +740,5 @@ mod tests {
         ] {
             assert!(!is_plain_semver(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn the_pinned_router_version_is_plain_semver() {
-        assert!(is_plain_semver(&Constants::built_in().router.version));
     }
 }

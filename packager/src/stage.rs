@@ -150,9 +150,8 @@ mod tests {
             target,
             sidecars: vec![("opencode".into(), sidecar.clone())],
             versions: Versions {
-                server: "0.1.0".into(),
-                opencode: "1.2.27".into(),
-                router: "0.1.0".into(),
+                opencode: "1.18.32".into(),
+                router: None,
             },
             dir: work.path().join("bundle"),
         };

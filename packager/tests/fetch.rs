@@ -18,6 +18,7 @@ use openwork_packager::fetch::{
     self, CacheRecord, FetchError, FetchRequest, FetchedBinary, Registry, Source, fetch_opencode,
     fetch_opencode_npm,
 };
+use openwork_packager::lock::{Input, InputsLock, LockedInput, LockedPackages};
 use openwork_payload::targets::{self, Target};
 use openwork_payload::{Arch, ExecutableFormat};
 use sha2::{Digest, Sha256, Sha512};
@@ -218,10 +219,13 @@ fn target(name: &str) -> &'static Target {
     targets::by_name(name).unwrap()
 }
 
+/// An npm request to the fake registry that the lock does not pin: these tests are about
+/// the registry's own integrity, the cache and the network; the lock's checks come after.
 fn request(target: &'static Target, cache: &Path, registry: Registry) -> FetchRequest {
     FetchRequest {
         cache_root: cache.to_owned(),
         registry: Some(registry),
+        allow_unpinned: true,
         ..FetchRequest::new(target, format!("v{VERSION}"))
     }
 }
@@ -368,6 +372,251 @@ fn integrity_mismatch_is_refused_and_leaves_the_cache_untouched() {
         "{:?}",
         leftovers(cache.path(), "linux-x64")
     );
+}
+
+/// The lock, not the registry, vouches for an input: a registry (or a mirror, or an
+/// `.npmrc` added to the repository) that serves another build with an integrity field
+/// computed from it is refused before anything is downloaded, and so is what the lock does
+/// not pin; a cached entry the lock no longer names is not served.
+#[test]
+fn the_lock_refuses_what_a_registry_vouches_for_itself() {
+    let server = FakeRegistry::start();
+    let linux = target("linux-x64");
+    let tgz_path = "/opencode-linux-x64/-/opencode-linux-x64-1.0.0.tgz";
+    let locked_binary = elf(ELF_X86_64);
+    let locked_tgz = tarball(&[("package/bin/opencode", &locked_binary)]);
+    let lock = lock_of(linux, &locked_tgz, &locked_binary);
+    let cache = tempfile::tempdir().unwrap();
+    let pinned = |lock: &InputsLock| {
+        let mut req = FetchRequest {
+            allow_unpinned: false,
+            ..request(linux, cache.path(), server.registry())
+        };
+        req.pin_from(lock, Input::Opencode, &Source::Npm);
+        req
+    };
+
+    // Another build, announced with its own (self-consistent) integrity.
+    let mut other = locked_binary.clone();
+    other.extend_from_slice(b"and a little extra");
+    server.publish(
+        "opencode-linux-x64",
+        &[("package/bin/opencode", &other)],
+        None,
+    );
+    let err = fetch_opencode_npm(&pinned(&lock)).unwrap_err();
+    assert!(matches!(err, FetchError::LockMismatch { .. }), "{err}");
+    assert_eq!(fetch::exit_code(&err), ExitCode::Integrity);
+    assert!(
+        err.to_string().contains("openwork-packager lock"),
+        "says what to do: {err}"
+    );
+    assert_eq!(server.hits(tgz_path), 0, "refused before the download");
+    assert!(leftovers(cache.path(), "linux-x64").is_empty());
+
+    // Nothing pins it and it is not allowed: refused before any request.
+    let before = server.total();
+    let unpinned = FetchRequest {
+        allow_unpinned: false,
+        ..request(linux, cache.path(), server.registry())
+    };
+    let err = fetch_opencode_npm(&unpinned).unwrap_err();
+    assert!(matches!(err, FetchError::Unverified { .. }), "{err}");
+    assert_eq!(fetch::exit_code(&err), ExitCode::BadInput);
+    assert!(err.to_string().contains("--allow-unpinned"), "{err}");
+    assert_eq!(server.total(), before);
+
+    // The locked build: fetched, checked, cached.
+    server.publish(
+        "opencode-linux-x64",
+        &[("package/bin/opencode", &locked_binary)],
+        None,
+    );
+    let fetched = fetch_opencode_npm(&pinned(&lock)).unwrap();
+    assert_cached_ok(&fetched, &locked_binary);
+    assert!(fetched.verified);
+
+    // A lock that names another executable: the cached entry is not served, the download
+    // does not match, and the entry in place survives.
+    let mut relocked = lock.clone();
+    relocked
+        .opencode
+        .targets
+        .get_mut("linux-x64")
+        .unwrap()
+        .sha256 = sha256_hex(b"another");
+    let err = fetch_opencode_npm(&pinned(&relocked)).unwrap_err();
+    assert!(matches!(err, FetchError::Sha256Mismatch { .. }), "{err}");
+    assert_eq!(std::fs::read(&fetched.path).unwrap(), locked_binary);
+}
+
+/// A download never grows past the size the lock says, whatever the registry announces:
+/// a body without an end (no `Content-Length`) is cut off there and nothing is cached.
+#[test]
+fn a_download_stops_at_the_locked_size() {
+    let endless = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endless_url = format!("http://{}/endless.tgz", endless.local_addr().unwrap());
+    thread::spawn(move || {
+        for mut stream in endless.incoming().flatten() {
+            thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                    line.clear();
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+                let chunk = vec![0x1f; 64 * 1024];
+                while stream.write_all(&chunk).is_ok() {}
+            });
+        }
+    });
+    let server = FakeRegistry::start();
+    let linux = target("linux-x64");
+    let binary = elf(ELF_X86_64);
+    let tgz = tarball(&[("package/bin/opencode", &binary)]);
+    let lock = lock_of(linux, &tgz, &binary);
+    // The registry announces the locked integrity but points at a body without end.
+    let doc = serde_json::json!({
+        "name": "opencode-linux-x64",
+        "version": VERSION,
+        "dist": { "tarball": endless_url, "integrity": sri_sha512(&tgz) },
+    });
+    server.set(
+        &format!("/opencode-linux-x64/{VERSION}"),
+        200,
+        serde_json::to_vec(&doc).unwrap(),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let mut req = FetchRequest {
+        allow_unpinned: false,
+        ..request(linux, cache.path(), server.registry())
+    };
+    req.pin_from(&lock, Input::Opencode, &Source::Npm);
+    let err = fetch_opencode_npm(&req).unwrap_err();
+    let FetchError::TooLarge { limit, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(*limit, tgz.len() as u64);
+    assert_eq!(fetch::exit_code(&err), ExitCode::Integrity);
+    assert!(leftovers(cache.path(), "linux-x64").is_empty());
+}
+
+/// `openwork-packager lock` against the fake registry: it records what the registry serves
+/// (integrity, sizes, the executable's hash), leaves out what the registry lacks, prints the
+/// changes, and `--check` fails (exit 4, nothing written) while the file is stale.
+#[test]
+fn lock_records_what_the_registry_serves_and_check_catches_a_stale_lock() {
+    let server = FakeRegistry::start();
+    let binary = elf(ELF_X86_64);
+    server.publish(
+        "opencode-linux-x64",
+        &[("package/bin/opencode", &binary)],
+        None,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let constants = dir.path().join("constants.json");
+    std::fs::write(
+        &constants,
+        format!(r#"{{"opencodeVersion":"{VERSION}","bunVersion":"{VERSION}"}}"#),
+    )
+    .unwrap();
+    let lock_path = dir.path().join("inputs.lock.json");
+    let mut empty = InputsLock::built_in();
+    empty.opencode.targets.clear();
+    std::fs::write(&lock_path, empty.to_text()).unwrap();
+    let cache = dir.path().join("cache");
+    let lock = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_openwork-packager"))
+            .args(["--constants", constants.to_str().unwrap()])
+            .args(["--lock", lock_path.to_str().unwrap()])
+            .args(["lock", "--cache-dir", cache.to_str().unwrap()])
+            .args(extra)
+            .env("NPM_CONFIG_REGISTRY", &server.url)
+            .output()
+            .unwrap()
+    };
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+
+    let before = std::fs::read(&lock_path).unwrap();
+    let out = lock(&["--check"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("+ opencode linux-x64"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read(&lock_path).unwrap(),
+        before,
+        "--check writes nothing"
+    );
+
+    let out = lock(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("the registry has no opencode-windows-x64@1.0.0"),
+        "{}",
+        text(&out)
+    );
+    let written = InputsLock::load(Some(&lock_path)).unwrap();
+    let entry = written
+        .entry(Input::Opencode, "linux-x64", VERSION)
+        .unwrap();
+    let tgz = tarball(&[("package/bin/opencode", &binary)]);
+    assert_eq!(entry.integrity, sri_sha512(&tgz));
+    assert_eq!(entry.tarball_size, tgz.len() as u64);
+    assert_eq!(entry.sha256, sha256_hex(&binary));
+    assert_eq!(
+        written.opencode.targets.len(),
+        1,
+        "only what the registry has"
+    );
+    assert!(lock(&["--check"]).status.success());
+
+    // The registry changes its bytes: the lock shows it as a change, downloaded afresh.
+    let mut rebuilt = binary.clone();
+    rebuilt.extend_from_slice(b"rebuilt");
+    server.publish(
+        "opencode-linux-x64",
+        &[("package/bin/opencode", &rebuilt)],
+        None,
+    );
+    let out = lock(&["--check"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("~ opencode linux-x64"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains(&sha256_hex(&rebuilt)), "{}", text(&out));
+}
+
+/// A lock with `target`'s opencode at [`VERSION`] as `tgz` holding `binary`.
+fn lock_of(target: &Target, tgz: &[u8], binary: &[u8]) -> InputsLock {
+    let mut lock = InputsLock::built_in();
+    lock.opencode = LockedPackages {
+        version: VERSION.into(),
+        targets: [(
+            target.name.clone(),
+            LockedInput {
+                package: target.opencode.npm_package.clone(),
+                integrity: sri_sha512(tgz),
+                tarball_size: tgz.len() as u64,
+                sha256: sha256_hex(binary),
+                size: binary.len() as u64,
+                asset_sha256: None,
+            },
+        )]
+        .into(),
+    };
+    lock.validate().unwrap();
+    lock
 }
 
 #[test]
@@ -609,14 +858,34 @@ fn real_pinned_opencode_linux_x64_from_npm() {
         let constants: serde_json::Value = serde_json::from_str(&text).unwrap();
         constants["opencodeVersion"].as_str().unwrap().to_owned()
     };
-    let req = FetchRequest {
+    let mut req = FetchRequest {
         offline: true,
         ..FetchRequest::new(target("linux-x64"), pinned.clone())
     };
+    let lock = InputsLock::built_in();
+    req.pin_from(&lock, Input::Opencode, &Source::Npm);
     let fetched = fetch_opencode_npm(&req).unwrap();
     assert!(fetched.from_cache);
     assert_eq!(fetched.path, path);
     assert_eq!(fetched.source, format!("npm:opencode-linux-x64@{pinned}"));
+    // What the committed lock says, byte for byte.
+    let locked = lock
+        .entry(Input::Opencode, "linux-x64", &pinned)
+        .expect("the pinned linux-x64 opencode is locked");
+    assert_eq!(
+        (
+            &fetched.integrity,
+            &fetched.sha256,
+            fetched.size,
+            fetched.download_size
+        ),
+        (
+            &locked.integrity,
+            &locked.sha256,
+            locked.size,
+            Some(locked.tarball_size)
+        )
+    );
 
     // The tarball was checked against the registry's SHA-512 before it was unpacked; the
     // record keeps that integrity, which must be a well-formed SHA-512.
@@ -864,7 +1133,7 @@ fn unpinned_downloads_are_refused_unless_allowed_and_then_recorded_unverified() 
     let cache = tempfile::tempdir().unwrap();
 
     let missing = FetchRequest {
-        allow_unverified: true,
+        allow_unpinned: true,
         ..url_request(cache.path())
     };
     let err =
@@ -881,11 +1150,11 @@ fn unpinned_downloads_are_refused_unless_allowed_and_then_recorded_unverified() 
     let err = fetch_opencode(&url_request(cache.path()), &source).unwrap_err();
     assert!(matches!(err, FetchError::Unverified { .. }), "{err}");
     assert_eq!(fetch::exit_code(&err), ExitCode::BadInput);
-    assert!(err.to_string().contains("--allow-unverified"), "{err}");
+    assert!(err.to_string().contains("--allow-unpinned"), "{err}");
     assert_eq!(server.total(), before, "refused before any download");
 
     let allowed = FetchRequest {
-        allow_unverified: true,
+        allow_unpinned: true,
         ..url_request(cache.path())
     };
     let fetched = fetch_opencode(&allowed, &source).unwrap();
@@ -981,7 +1250,7 @@ fn unsafe_or_incomplete_archives_are_refused() {
     }
     let cache = tempfile::tempdir().unwrap();
     let req = FetchRequest {
-        allow_unverified: true,
+        allow_unpinned: true,
         ..url_request(cache.path())
     };
     for (path, _, expected) in &cases {
@@ -1033,22 +1302,35 @@ fn file_source_takes_binaries_and_archives_checked_against_pins() {
     std::fs::write(&asset, &archive).unwrap();
     let cache = tempfile::tempdir().unwrap();
 
-    // Unpinned: accepted (a deliberate local file), recorded as unverified.
-    let fetched =
-        fetch_opencode(&url_request(cache.path()), &Source::File(binary.clone())).unwrap();
+    // Unpinned: refused like any other source, unless allowed; then recorded unverified.
+    let err =
+        fetch_opencode(&url_request(cache.path()), &Source::File(binary.clone())).unwrap_err();
+    assert!(matches!(err, FetchError::Unverified { .. }), "{err}");
+    assert!(leftovers(cache.path(), &host().name).is_empty());
+    let allowed = FetchRequest {
+        allow_unpinned: true,
+        ..url_request(cache.path())
+    };
+    let fetched = fetch_opencode(&allowed, &Source::File(binary.clone())).unwrap();
     assert!(!fetched.verified && !fetched.from_cache);
     assert_eq!(fetched.source, format!("file:{}", exe_name(host())));
     assert_cached_ok(&fetched, exe);
     assert_runs(&fetched.path);
 
-    // Pinned through constants.json's GitHub pin, because it is the release asset.
-    let mut pins = openwork_packager::constants::OpencodeSha256::default();
-    pins.github
-        .insert(host().name.clone(), sha256_hex(&archive));
+    // Pinned through the lock's asset pin, because it is the release asset.
+    let dir_path = dir.path();
+    let asset_sha = sha256_hex(&archive);
+    let lock = InputsLock::load(Some(&lock_with(
+        dir_path,
+        "lock.json",
+        &[(host(), &sha256_hex(exe), Some(&asset_sha))],
+    )))
+    .unwrap();
     let source = Source::File(asset.clone());
     let mut req = url_request(cache.path());
-    req.pin_from(&pins, &source);
-    assert_eq!(req.asset_sha256, Some(sha256_hex(&archive)));
+    req.pin_from(&lock, Input::Opencode, &source);
+    assert_eq!(req.asset_sha256, Some(asset_sha.clone()));
+    assert_eq!(req.expected_sha256, Some(sha256_hex(exe)));
     let fetched = fetch_opencode(&req, &source).unwrap();
     assert!(fetched.verified);
     assert_eq!(read_record(&fetched)["verified"], true);
@@ -1067,7 +1349,7 @@ fn file_source_takes_binaries_and_archives_checked_against_pins() {
     // Not an executable at all.
     let text = dir.path().join("notes.txt");
     std::fs::write(&text, "not a program").unwrap();
-    let err = fetch_opencode(&url_request(cache.path()), &Source::File(text)).unwrap_err();
+    let err = fetch_opencode(&allowed, &Source::File(text)).unwrap_err();
     assert!(matches!(err, FetchError::WrongBinary { .. }), "{err}");
     assert_eq!(fetch::exit_code(&err), ExitCode::WrongTarget);
     assert_eq!(leftovers(cache.path(), &host().name), ["v1.0.0"]);
@@ -1130,13 +1412,29 @@ fn packager(args: &[&str], releases: &str) -> std::process::Output {
         .unwrap()
 }
 
-/// The repository's constants.json with `opencodeSha256` replaced.
-fn constants_with(dir: &Path, name: &str, pins: serde_json::Value) -> PathBuf {
-    let text = std::fs::read_to_string(fetch::workspace_root().join("constants.json")).unwrap();
-    let mut constants: serde_json::Value = serde_json::from_str(&text).unwrap();
-    constants["opencodeSha256"] = pins;
+/// The repository's inputs.lock.json with opencode at [`VERSION`] pinned as `pins` says:
+/// per target, the executable's SHA-256 and the release asset's, if any.
+fn lock_with(dir: &Path, name: &str, pins: &[(&Target, &str, Option<&str>)]) -> PathBuf {
+    let mut lock = InputsLock::built_in();
+    lock.opencode = LockedPackages {
+        version: VERSION.into(),
+        targets: pins
+            .iter()
+            .map(|(target, exe_sha256, asset_sha256)| {
+                let entry = LockedInput {
+                    package: target.opencode.npm_package.clone(),
+                    integrity: sri_sha512(b"the npm tarball, not used by github"),
+                    tarball_size: 1,
+                    sha256: (*exe_sha256).to_owned(),
+                    size: 1,
+                    asset_sha256: asset_sha256.map(str::to_owned),
+                };
+                (target.name.clone(), entry)
+            })
+            .collect(),
+    };
     let path = dir.join(name);
-    std::fs::write(&path, serde_json::to_vec(&constants).unwrap()).unwrap();
+    std::fs::write(&path, lock.to_text()).unwrap();
     path
 }
 
@@ -1162,25 +1460,24 @@ fn cli_github_source_pins_exit_codes_and_offline() {
         );
     }
     let dir = tempfile::tempdir().unwrap();
-    let good = constants_with(
+    let exe = sha256_hex(real_exe());
+    let (host_sha, foreign_sha) = (sha256_hex(&host_asset), sha256_hex(&foreign_asset));
+    let good = lock_with(
         dir.path(),
         "good.json",
-        serde_json::json!({"github": {
-            host.name.clone(): sha256_hex(&host_asset),
-            foreign.name.clone(): sha256_hex(&foreign_asset),
-        }}),
+        &[
+            (host, &exe, Some(&host_sha)),
+            (foreign, &exe, Some(&foreign_sha)),
+        ],
     );
-    let wrong = constants_with(
-        dir.path(),
-        "wrong.json",
-        serde_json::json!({"github": {host.name.clone(): sha256_hex(b"other")}}),
-    );
-    let none = constants_with(dir.path(), "none.json", serde_json::json!({}));
+    let other = sha256_hex(b"other");
+    let wrong = lock_with(dir.path(), "wrong.json", &[(host, &exe, Some(&other))]);
+    let none = lock_with(dir.path(), "none.json", &[]);
     let cache = dir.path().join("cache");
     let cache = cache.to_str().unwrap();
     let fetch_args = |target: &str, constants: &Path| -> Vec<String> {
         [
-            "--constants",
+            "--lock",
             constants.to_str().unwrap(),
             "fetch",
             "--source",
@@ -1201,14 +1498,14 @@ fn cli_github_source_pins_exit_codes_and_offline() {
         packager(&all, releases)
     };
 
-    // Unpinned: exit 10 without a download; with --allow-unverified: a loud warning.
+    // Unpinned: exit 10 without a download; with --allow-unpinned: a loud warning.
     let out = run(&fetch_args(&host.name, &none), &[], &releases);
     assert_eq!(out.status.code(), Some(10), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-unverified"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-unpinned"));
     assert_eq!(server.total(), 0);
     let out = run(
         &fetch_args(&host.name, &none),
-        &["--allow-unverified"],
+        &["--allow-unpinned"],
         &releases,
     );
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -1228,7 +1525,7 @@ fn cli_github_source_pins_exit_codes_and_offline() {
         format!("github:v1.0.0/{}", host.opencode.github_asset)
     );
     assert_eq!(record["assetSha256"], sha256_hex(&host_asset).as_str());
-    assert_eq!(record["verified"], false, "stored with --allow-unverified");
+    assert_eq!(record["verified"], false, "stored with --allow-unpinned");
 
     // Warm cache, server unreachable: works, offline or not.
     let dead = format!("{}releases", dead_registry().display_url());
@@ -1248,17 +1545,13 @@ fn cli_github_source_pins_exit_codes_and_offline() {
     assert_eq!(out.status.code(), Some(9), "{out:?}");
     assert!(leftovers(Path::new(cache), &foreign.name).is_empty());
 
-    // A malformed pin in the constants file is a clear input error.
-    let bad = constants_with(
-        dir.path(),
-        "bad.json",
-        serde_json::json!({"github": {host.name.clone(): "abc"}}),
-    );
+    // A malformed pin in the lock file is a clear input error.
+    let bad = lock_with(dir.path(), "bad.json", &[(host, &exe, Some("abc"))]);
     let out = run(&fetch_args(&host.name, &bad), &[], &releases);
     assert_eq!(out.status.code(), Some(10), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains(&format!("opencodeSha256.github.{}", host.name)),
+            .contains(&format!("opencode.targets.{}.assetSha256", host.name)),
         "{out:?}"
     );
 }

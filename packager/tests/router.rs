@@ -22,12 +22,18 @@ fn target(name: &str) -> &'static Target {
     targets::by_name(name).unwrap()
 }
 
+/// A build of the stand-in in `fixtures/opencode-router` (no release carries it unless
+/// pointed at it) with the pinned Bun, expecting its version.
 fn pinned(target: &'static Target) -> RouterBuildRequest {
-    let mut req =
-        RouterBuildRequest::pinned(target, &Constants::built_in(), &fetch::workspace_root());
+    let source = fetch::workspace_root().join("fixtures/opencode-router");
+    let mut req = RouterBuildRequest::new(target, source, &Constants::built_in());
+    req.expected_version = Some(FIXTURE_VERSION.into());
     req.quiet = true;
     req
 }
+
+/// `fixtures/opencode-router/package.json`'s version.
+const FIXTURE_VERSION: &str = "0.1.0";
 
 /// The pinned build into a private build cache (Bun still from the shared cache), so that
 /// the test sees a real build and not an earlier run's output.
@@ -240,7 +246,7 @@ fn host_build_honours_the_router_process_contract() {
     let host = bun::host_target().unwrap();
     let built = build_router(&pinned(host)).unwrap();
     assert_target(&built.path, host);
-    assert_eq!(built.version, Constants::built_in().router.version);
+    assert_eq!(built.version, FIXTURE_VERSION);
 
     let version = Command::new(&built.path).arg("--version").output().unwrap();
     assert!(version.status.success());

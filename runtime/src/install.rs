@@ -373,7 +373,7 @@ mod tests {
             manifest_version: MANIFEST_VERSION,
             server_version: "0.0.0-test".into(),
             opencode_version: "0.0.0".into(),
-            router_version: "0.0.0".into(),
+            router_version: None,
             target: target.into(),
             files: [(
                 "opencode".to_string(),

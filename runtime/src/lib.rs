@@ -32,5 +32,6 @@ pub mod trust;
 pub use error::{Error, Result};
 pub use openwork_payload::ExitCode;
 
-/// This server's version, which keys its runtime directories.
-pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// This server's version, which keys its runtime directories (the one version there is:
+/// see [`openwork_payload::SERVER_VERSION`]).
+pub const SERVER_VERSION: &str = openwork_payload::SERVER_VERSION;

@@ -240,7 +240,7 @@ mod tests {
             manifest_version: MANIFEST_VERSION,
             server_version: "0.1.0".into(),
             opencode_version: "1.0.0".into(),
-            router_version: "0.1.0".into(),
+            router_version: None,
             target: target.into(),
             files: [("opencode".to_string(), entry.clone())].into(),
         };

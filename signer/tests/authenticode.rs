@@ -463,8 +463,8 @@ fn a_signed_packed_executable_still_finds_and_verifies_its_payload() {
     let manifest = Manifest {
         manifest_version: 1,
         server_version: "0.1.0".into(),
-        opencode_version: "1.2.27".into(),
-        router_version: "0.1.0".into(),
+        opencode_version: "1.18.32".into(),
+        router_version: Some("0.1.0".into()),
         target: "windows-x64".into(),
         files: [(
             "opencode".to_string(),

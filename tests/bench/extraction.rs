@@ -102,9 +102,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
                 out: artifact.clone(),
                 target,
                 versions: Versions {
-                    server: pins.server_version.clone(),
                     opencode: pins.opencode_version().to_string(),
-                    router: pins.router.version.clone(),
+                    router: None,
                 },
                 compression,
                 mtime: 0,

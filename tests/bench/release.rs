@@ -5,18 +5,17 @@
 //!
 //! The packager is run as a process, not called as a library, so that the figure is what a
 //! person waits for: start-up, the cache checks, the SHA256SUMS and report writes included.
-//! One untimed run first fills the caches (opencode, Bun, the router, the stub build);
-//! it is an artifact like the others and takes part in the byte-for-byte comparison.
+//! One untimed run first fills the caches (opencode, the stub build); it is an artifact
+//! like the others and takes part in the byte-for-byte comparison. The release is the
+//! default one: opencode alone (no router is named in constants.json).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use openwork_packager::constants::Constants;
 use openwork_packager::fetch;
 use openwork_packager::release::report_path;
-use openwork_packager::router::{self, RouterBuildRequest};
 use openwork_payload::archive::{ZSTD_RELEASE_LEVEL, ZSTD_WINDOW_LOG};
 use openwork_payload::targets::{self, Target};
 use serde_json::json;
@@ -51,7 +50,7 @@ mod goals {
 const FIXED_EPOCH: u64 = 1_700_000_000;
 
 /// The stages the build report times, in order.
-const STAGES: [&str; 4] = ["fetch-opencode", "build-router", "stub", "pack"];
+const STAGES: [&str; 3] = ["fetch-opencode", "stub", "pack"];
 
 /// Runs the benchmark, prints progress on stderr, writes the JSON and returns the report.
 pub fn run(settings: &Settings) -> anyhow::Result<Report> {
@@ -219,7 +218,7 @@ impl BuildFigures {
         })
     }
 
-    /// Seconds a stage took; 0 for one the report does not list (`--no-router`).
+    /// Seconds a stage took; 0 for one the report does not list.
     fn stage(&self, name: &str) -> f64 {
         self.timings
             .iter()
@@ -298,7 +297,7 @@ fn byte_identical<'a>(runs: impl Iterator<Item = &'a Run>) -> anyhow::Result<Ide
     Ok(result)
 }
 
-/// `zstd` by hand on a tar of the same two sidecars.
+/// `zstd` by hand on a tar of the same sidecar.
 struct Baseline {
     tar_size: u64,
     zstd_size: u64,
@@ -308,12 +307,8 @@ struct Baseline {
 /// Threads fixed at 2 rather than `-T0`: the same on this 2-core machine, and still
 /// comparable when the benchmark runs on a bigger one.
 fn zstd_baseline(target: &'static Target, epoch: u64, work: &Path) -> anyhow::Result<Baseline> {
-    let pins = Constants::built_in();
-    // Both come from the caches the untimed release filled: no download, no build.
+    // From the cache the untimed release filled: no download.
     let opencode = fetch::ensure_pinned_opencode(&target.name)?;
-    let mut build = RouterBuildRequest::pinned(target, &pins, &openwork_tests::workspace_root());
-    build.offline = true;
-    let router = router::build_router(&build)?.path;
 
     let dir = work.join("baseline");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -324,11 +319,9 @@ fn zstd_baseline(target: &'static Target, epoch: u64, work: &Path) -> anyhow::Re
         .arg(&tar)
         .args(["--owner=0", "--group=0", "--numeric-owner"])
         .arg(format!("--mtime=@{epoch}"));
-    for file in [&opencode, &router] {
-        cmd.arg("-C")
-            .arg(file.parent().context("a sidecar has no directory")?)
-            .arg(file.file_name().context("a sidecar has no name")?);
-    }
+    cmd.arg("-C")
+        .arg(opencode.parent().context("opencode has no directory")?)
+        .arg(opencode.file_name().context("opencode has no name")?);
     let status = cmd.status().context("run tar")?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
@@ -434,7 +427,7 @@ fn rows(
             max: Quantity::percent(goals::PAYLOAD_PERCENT),
         })
         .note(format!(
-            "`payloadSize / rawSize` of opencode and opencode-router ({:.2} MB raw); \
+            "`payloadSize / rawSize` of the release's sidecars ({:.2} MB raw); \
              baseline: the zstd CLI's output over its tar",
             last.raw_size as f64 / 1e6
         )),
@@ -444,7 +437,7 @@ fn rows(
             .against(Quantity::bytes(baseline.zstd_size))
             .note(format!(
                 "baseline: `zstd -{ZSTD_RELEASE_LEVEL} --long={ZSTD_WINDOW_LOG} -T2` of a tar \
-                 of the same sidecars"
+                 of the same sidecar"
             )),
     );
     rows.push(match npm_tarball {
@@ -453,10 +446,7 @@ fn rows(
             Quantity::bytes(last.payload_size),
         )
         .against(Quantity::bytes(tarball))
-        .note(
-            "baseline: opencode's npm gzip tarball alone; the router is built here and \
-                 has no tarball, yet the payload holds both",
-        ),
+        .note("baseline: opencode's npm gzip tarball"),
         None => Row::skipped(
             "payload vs opencode's npm tarball",
             "the fetch cache's record keeps no tarball size",

@@ -10,7 +10,8 @@
 //! - `<exe> child`: a grandchild that sleeps forever (for `SPAWN_CHILD=1`).
 //!
 //! Knobs, read per role (`FIXTURE_OPENCODE_` or `FIXTURE_ROUTER_` + name): `CRASH_AFTER_MS`,
-//! `EXIT_CODE` (default 1), `CRASH_TIMES`, `READY_DELAY_MS`, `HANG`, `UNHEALTHY_AFTER_MS`
+//! `EXIT_CODE` (default 1), `CRASH_TIMES`, `READY_DELAY_MS`, `HANG`, `DEAF_FOR_MS` (connections
+//! accepted that soon after listening are never answered), `UNHEALTHY_AFTER_MS`
 //! (counted from when it listens), `IGNORE_SIGTERM`, `SPAWN_CHILD`, `OUTLIVE_SERVER` (Linux:
 //! clears its parent-death signal, so that it can outlive a killed server, for the leftover
 //! sweep's tests). `CRASH_TIMES=K` limits
@@ -75,6 +76,9 @@ struct Knobs {
     crash_times: Option<usize>,
     ready_delay: Option<Duration>,
     hang: bool,
+    /// Connections accepted this soon after listening are held open and never answered,
+    /// as opencode 1.18 does for about 0.4 s after it announces its address.
+    deaf_for: Option<Duration>,
     unhealthy_after: Option<Duration>,
     ignore_sigterm: bool,
     spawn_child: bool,
@@ -191,8 +195,14 @@ fn run(args: Vec<String>) -> Result<()> {
             .filter(|_| misbehave)
             .map(|after| Instant::now() + after),
     });
+    let deaf_until = knobs.deaf_for.map(|deaf| Instant::now() + deaf);
+    let mut unanswered = Vec::new();
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
+        if deaf_until.is_some_and(|until| Instant::now() < until) {
+            unanswered.push(stream);
+            continue;
+        }
         let server = Arc::clone(&server);
         thread::spawn(move || {
             // A client that goes away mid-request is normal for a proxy test.
@@ -303,6 +313,7 @@ impl Knobs {
             crash_times: number("CRASH_TIMES")?.map(|n| n as usize),
             ready_delay: millis("READY_DELAY_MS")?,
             hang: flag("HANG"),
+            deaf_for: millis("DEAF_FOR_MS")?,
             unhealthy_after: millis("UNHEALTHY_AFTER_MS")?,
             ignore_sigterm: flag("IGNORE_SIGTERM"),
             spawn_child: flag("SPAWN_CHILD"),

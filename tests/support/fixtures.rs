@@ -217,9 +217,9 @@ pub fn region_from_sidecars(target: &str, sidecars: &[(String, Vec<u8>)], dir: &
     }
     let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
-        server_version: "0.1.0".into(),
-        opencode_version: "1.2.27".into(),
-        router_version: "0.1.0".into(),
+        server_version: openwork_payload::SERVER_VERSION.into(),
+        opencode_version: "1.18.32".into(),
+        router_version: Some("0.1.0".into()),
         target: target.into(),
         files,
     };

@@ -22,15 +22,22 @@ pub enum Opencode {
 }
 
 /// The configured registry has only some of opencode's platform packages: the pinned
-/// version for linux-x64 alone, other versions for windows-x64 and linux-arm64, and nothing
-/// for macOS. A target becomes `Pinned` once the registry serves its pinned package.
+/// version for linux-x64 and windows-x64, another version for linux-arm64, and nothing for
+/// macOS. A target becomes `Pinned` once the registry serves its pinned package and
+/// `openwork-packager lock` has locked it.
 pub const PLAN: [(&str, Opencode); 5] = [
     ("linux-x64", Opencode::Pinned),
     ("linux-arm64", Opencode::OtherVersion("1.18.18")),
     ("darwin-arm64", Opencode::Router),
     ("darwin-x64", Opencode::Router),
-    ("windows-x64", Opencode::OtherVersion("1.18.32")),
+    ("windows-x64", Opencode::Pinned),
 ];
+
+/// The opencode-router stand-in's source (a test fixture: no release carries it unless
+/// pointed at it).
+pub fn router_fixture() -> PathBuf {
+    openwork_packager::fetch::workspace_root().join("fixtures/opencode-router")
+}
 
 /// How `target`'s opencode is had here.
 pub fn opencode_for(target: &str) -> Opencode {
@@ -63,12 +70,14 @@ pub fn stand_in(target: &str, opencode: Opencode, work: &Path) -> Option<PathBuf
             // Under the packager's cache root, so it is kept as that is, but apart from the
             // entries that releases and the dev loop read.
             let cache = openwork_packager::fetch::default_cache_root().join("release-targets");
+            // Not in the lock (another version than the pin), so allowed explicitly.
             let r = packager(&[
                 "fetch",
                 "--target",
                 target,
                 "--version",
                 version,
+                "--allow-unpinned",
                 "--cache-dir",
                 cache.to_str().unwrap(),
             ]);
@@ -81,10 +90,13 @@ pub fn stand_in(target: &str, opencode: Opencode, work: &Path) -> Option<PathBuf
         }
         Opencode::Router => {
             let out = work.join(format!("opencode-router-{target}"));
+            let fixture = router_fixture();
             let r = packager(&[
                 "build-router",
                 "--target",
                 target,
+                "--source",
+                fixture.to_str().unwrap(),
                 "--out",
                 out.to_str().unwrap(),
             ]);
@@ -104,7 +116,7 @@ pub fn opencode_args(target: &str, stand_in: Option<&Path>) -> Vec<String> {
     let Some(file) = stand_in else {
         return Vec::new();
     };
-    let mut args: Vec<String> = ["--source", "file", "--allow-unverified", "--path"]
+    let mut args: Vec<String> = ["--source", "file", "--allow-unpinned", "--path"]
         .map(String::from)
         .to_vec();
     args.push(file.display().to_string());

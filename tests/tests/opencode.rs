@@ -38,12 +38,16 @@ fn the_packed_server_runs_real_opencode_restarts_it_and_stops_cleanly() {
     );
     let health = server.get_json("/opencode/global/health");
     assert_eq!(health["healthy"], true, "{health}");
+    let pinned = openwork_packager::constants::Constants::built_in()
+        .opencode_version()
+        .to_owned();
     assert_eq!(
-        health["version"], "1.2.27",
+        health["version"],
+        pinned.as_str(),
         "opencode's own answer: {health}"
     );
     let runtime = server.get_json("/system/runtime");
-    assert_eq!(runtime["manifest"]["opencodeVersion"], "1.2.27");
+    assert_eq!(runtime["manifest"]["opencodeVersion"], pinned.as_str());
     assert_eq!(runtime["payload"]["source"], "embedded");
     let first = server.sidecar("opencode");
     assert_eq!(first["state"], "running");

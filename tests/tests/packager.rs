@@ -199,14 +199,19 @@ fn pack_and_inspect_a_windows_artifact() {
 
 /// `release` with the same inputs and SOURCE_DATE_EPOCH twice: byte-identical artifacts
 /// (sorted entries, fixed mtimes/owners/modes, fixed compression parameters), a checksum
-/// line and a build report; another SOURCE_DATE_EPOCH gives other bytes.
+/// line and a build report; another SOURCE_DATE_EPOCH gives other bytes. The default
+/// release carries opencode alone, and its manifest says the server version the stub
+/// reports; `--router-source` adds a router, which then runs.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[test]
 fn release_is_reproducible_and_reports_what_it_made() {
     openwork_packager::fetch::ensure_pinned_opencode("linux-x64").expect("the pinned opencode");
     let work = tempfile::tempdir().unwrap();
     let stub = host_bin("openwork-server-v2");
-    let release = |dist: &str, epoch: &str| {
+    let pinned = openwork_packager::constants::Constants::built_in()
+        .opencode_version()
+        .to_owned();
+    let release_with = |dist: &str, epoch: &str, extra: &[&str]| {
         let dist = work.path().join(dist);
         let output = Command::new(host_bin("openwork-packager"))
             .args([
@@ -217,6 +222,7 @@ fn release_is_reproducible_and_reports_what_it_made() {
                 "--offline",
                 "--json",
             ])
+            .args(extra)
             .arg("--stub")
             .arg(&stub)
             .arg("--dist")
@@ -229,6 +235,7 @@ fn release_is_reproducible_and_reports_what_it_made() {
         let bytes = std::fs::read(dist.join("openwork-server-v2-linux-x64")).unwrap();
         (dist, report, bytes)
     };
+    let release = |dist: &str, epoch: &str| release_with(dist, epoch, &[]);
     let (dist, report, first) = release("a", "1700000000");
     let (_, _, second) = release("b", "1700000000");
     assert!(first == second, "two releases of the same inputs differ");
@@ -245,16 +252,25 @@ fn release_is_reproducible_and_reports_what_it_made() {
     )
     .unwrap();
     assert_eq!(on_disk["sha256"], sha);
-    assert_eq!(report["versions"]["opencode"], "1.2.27");
+    assert_eq!(report["versions"]["opencode"], pinned.as_str());
+    assert_eq!(
+        report["versions"]["server"],
+        openwork_payload::SERVER_VERSION
+    );
+    assert!(report["versions"].get("router").is_none(), "{report}");
     assert_eq!(report["sourceDateEpoch"], 1700000000);
     let inputs = report["inputs"].as_array().unwrap();
     let names: Vec<&str> = inputs.iter().map(|i| i["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["opencode", "opencode-router", "stub"]);
+    assert_eq!(
+        names,
+        ["opencode", "stub"],
+        "the default release carries opencode alone"
+    );
     assert!(
         inputs[0]["source"]
             .as_str()
             .unwrap()
-            .starts_with("npm:opencode-linux-x64@1.2.27")
+            .starts_with(&format!("npm:opencode-linux-x64@{pinned}"))
     );
     assert!(
         inputs[0]["integrity"]
@@ -268,18 +284,40 @@ fn release_is_reproducible_and_reports_what_it_made() {
         .iter()
         .map(|t| t["stage"].as_str().unwrap())
         .collect();
-    assert_eq!(stages, ["fetch-opencode", "build-router", "stub", "pack"]);
-    // The artifact is what inspect verifies, with both sidecars.
-    let artifact = dist.join("openwork-server-v2-linux-x64");
-    let output = packager(&["inspect", "--json", artifact.to_str().unwrap()]);
-    assert!(output.status.success(), "{}", describe(&output));
-    let inspected: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(stages, ["fetch-opencode", "stub", "pack"]);
+    let inspect = |artifact: &Path| -> Value {
+        let output = packager(&["inspect", "--json", artifact.to_str().unwrap()]);
+        assert!(output.status.success(), "{}", describe(&output));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let inspected = inspect(&dist.join("openwork-server-v2-linux-x64"));
     assert_eq!(inspected["verified"], true);
+    let manifest = &inspected["manifest"];
+    let files: Vec<&String> = manifest["files"].as_object().unwrap().keys().collect();
+    assert_eq!(files, ["opencode"]);
+    assert!(manifest.get("routerVersion").is_none(), "{manifest}");
+    // One server version: the manifest's is the one the stub reports.
+    assert_eq!(manifest["serverVersion"], openwork_payload::SERVER_VERSION);
+    let reported = Command::new(&stub).arg("--version").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&reported.stdout).contains(openwork_payload::SERVER_VERSION),
+        "{}",
+        describe(&reported)
+    );
+
+    // With a router named: both sidecars, and it serves: real opencode and the router
+    // built from the fixture source with the pinned Bun, both healthy under the supervisor.
+    let fixture = openwork_packager::fetch::workspace_root().join("fixtures/opencode-router");
+    let (dist, report, _) = release_with(
+        "with-router",
+        "1700000000",
+        &["--router-source", fixture.to_str().unwrap()],
+    );
+    assert_eq!(report["versions"]["router"], "0.1.0");
+    let artifact = dist.join("openwork-server-v2-linux-x64");
+    let inspected = inspect(&artifact);
     assert_eq!(inspected["manifest"]["routerVersion"], "0.1.0");
     assert!(inspected["manifest"]["files"]["opencode-router"].is_object());
-
-    // And it serves: real opencode, and the router built from the fixture source with the
-    // pinned Bun, both healthy under the supervisor.
     let mut server =
         openwork_tests::server::ServerBuilder::executable(&artifact, &work.path().join("run"))
             .isolated_home()
@@ -312,9 +350,12 @@ fn release_is_reproducible_and_reports_what_it_made() {
 fn a_staged_runtime_runs_with_bundle_dir() {
     let work = tempfile::tempdir().unwrap();
     let bundle = work.path().join("bundle");
+    let fixture = openwork_packager::fetch::workspace_root().join("fixtures/opencode-router");
     let stage = || {
         let output = Command::new(host_bin("openwork-packager"))
-            .args(["stage", "--json", "--dir"])
+            .args(["stage", "--json", "--router-source"])
+            .arg(&fixture)
+            .arg("--dir")
             .arg(&bundle)
             .output()
             .unwrap();
@@ -346,7 +387,7 @@ fn a_staged_runtime_runs_with_bundle_dir() {
     );
     assert_eq!(
         server.get_json("/opencode/global/health")["version"],
-        "1.2.27"
+        openwork_packager::constants::Constants::built_in().opencode_version()
     );
     server.signal(libc::SIGTERM);
     assert!(

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use openwork_tests::fixtures::describe;
-use openwork_tests::release::{Opencode, PLAN, opencode_args, packager, stand_in};
+use openwork_tests::release::{Opencode, PLAN, opencode_args, packager, router_fixture, stand_in};
 use openwork_tests::{host_bin, stub_for};
 use serde_json::Value;
 use sha2::Digest;
@@ -34,9 +34,12 @@ fn release_for_every_target_gives_an_artifact_inspect_verifies() {
                     .arg("--dist")
                     .arg(dist);
                 release.args(opencode_args(target, stand_in.as_deref()));
+                // The router stand-in too, so that every target's release builds one.
+                release.arg("--router-source").arg(router_fixture());
+                let pinned = openwork_packager::constants::Constants::built_in();
                 let version = match opencode {
                     Opencode::OtherVersion(version) => version,
-                    _ => "1.2.27",
+                    _ => pinned.opencode_version(),
                 };
                 let output = release.output().unwrap();
                 assert!(

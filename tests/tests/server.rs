@@ -43,6 +43,26 @@ fn the_ready_line_is_the_only_stdout_and_names_url_port_version_and_token_file()
     );
 }
 
+/// opencode 1.18 accepts connections about 0.4 s before it answers them and never answers
+/// those. A readiness probe that lands there must not hold up the next: with a 30 s probe
+/// limit, waiting it out would take 30 s; hedged probes are ready soon after the deaf spell.
+#[test]
+fn a_readiness_probe_that_is_never_answered_does_not_hold_up_readiness() {
+    let dir = tempdir();
+    let started = Instant::now();
+    let server = ServerBuilder::fixture(dir.path())
+        .tuning("ready_poll_ms=5,ready_timeout_ms=60000,liveness_timeout_ms=30000")
+        .env("FIXTURE_OPENCODE_DEAF_FOR_MS", "400")
+        .start();
+    let took = started.elapsed();
+    eprintln!("ready {:.0} ms after the spawn", took.as_secs_f64() * 1e3);
+    assert!(
+        took < Duration::from_secs(15),
+        "ready only after {took:?}: a probe waited out its 30 s limit"
+    );
+    assert_eq!(server.sidecar("opencode")["state"], "running");
+}
+
 #[test]
 fn tokens_are_required_compared_exactly_and_never_logged() {
     let dir = tempdir();
@@ -616,7 +636,7 @@ fn a_staged_bundle_dir_runs_under_the_same_supervisor() {
         manifest_version: MANIFEST_VERSION,
         server_version: env!("CARGO_PKG_VERSION").into(),
         opencode_version: "0.0.0-fixture".into(),
-        router_version: "0.0.0".into(),
+        router_version: None,
         target: openwork_payload::targets::host_name().unwrap().into(),
         files: [(
             "opencode".to_string(),

@@ -17,7 +17,7 @@ use openwork_signer::testing::tsa::TestTsa;
 use openwork_signer::testing::{KeyKind, TestPki};
 use openwork_signer::verify::{VerifyPolicy, verify};
 use openwork_tests::fixtures::describe;
-use openwork_tests::release::{opencode_args, opencode_for, stand_in};
+use openwork_tests::release::{opencode_args, opencode_for, router_fixture, stand_in};
 use openwork_tests::wine::{self, Wine, windows_path};
 use openwork_tests::{host_bin, require_tool, stub_for};
 use serde_json::Value;
@@ -82,6 +82,8 @@ fn signed_release(target: &str, signing: &Signing, work: &Path, dist: &Path) -> 
         .arg("--sign")
         .arg(&signing.config)
         .args(opencode_args(target, stand_in.as_deref()))
+        .arg("--router-source")
+        .arg(router_fixture())
         .output()
         .unwrap();
     assert!(

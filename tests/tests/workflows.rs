@@ -151,6 +151,119 @@ fn release_job_steps_run_for_linux_x64() {
     assert!(Path::new(&format!("{}.report.json", artifact.display())).is_file());
 }
 
+/// The `signing or not` step, run as Actions would: on a version tag a target whose signing
+/// or notarization secrets are missing fails (a tag never publishes unsigned); on a branch
+/// it builds unsigned (or signed but not notarized) with a warning.
+#[test]
+fn a_tag_never_publishes_unsigned() {
+    let matrix = printed_matrix();
+    let entry_for = |signing: &str| {
+        matrix["include"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["signing"] == signing)
+            .unwrap_or_else(|| panic!("no {signing} target in the matrix"))
+            .clone()
+    };
+    let steps = release_yml()["jobs"]["build"]["steps"].clone();
+    let script = steps
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"].as_str() == Some("signing or not"))
+        .and_then(|s| s["run"].as_str())
+        .expect("release.yml has a `signing or not` step")
+        .to_owned();
+    let run = |signing: &str, git_ref: &str, secrets: &[(&str, &str)]| {
+        let work = tempfile::tempdir().unwrap();
+        let output = work.path().join("github-output");
+        let mut command = Command::new("bash");
+        command
+            .args([
+                "-euo",
+                "pipefail",
+                "-c",
+                &fill(&script, &entry_for(signing)),
+            ])
+            .env("GITHUB_REF", git_ref)
+            .env("GITHUB_OUTPUT", &output);
+        for name in [
+            "APPLE_CERTIFICATE_P12",
+            "APPLE_API_KEY_ID",
+            "WINDOWS_PKCS11_PIN",
+        ] {
+            command.env(name, "");
+        }
+        for (name, value) in secrets {
+            command.env(name, value);
+        }
+        let out = command.output().unwrap();
+        let written = std::fs::read_to_string(&output).unwrap_or_default();
+        (out, written)
+    };
+    let tag = "refs/tags/v1.2.3";
+    let branch = "refs/heads/main";
+
+    for signing in ["codesign", "authenticode"] {
+        let (out, written) = run(signing, tag, &[]);
+        assert!(
+            !out.status.success(),
+            "{signing} on a tag without secrets: {}",
+            show(&out)
+        );
+        assert!(
+            show(&out).contains("never publishes an unsigned"),
+            "{}",
+            show(&out)
+        );
+        assert!(!written.contains("args="), "{written}");
+
+        let (out, written) = run(signing, branch, &[]);
+        assert!(out.status.success(), "{}", show(&out));
+        assert!(
+            show(&out).contains("::warning title=unsigned"),
+            "{}",
+            show(&out)
+        );
+        assert!(written.contains("args=\n"), "{written}");
+    }
+    // A certificate without the notary key: a tag fails, a branch signs without notarizing.
+    let cert = [("APPLE_CERTIFICATE_P12", "cert")];
+    let (out, _) = run("codesign", tag, &cert);
+    assert!(!out.status.success(), "{}", show(&out));
+    let (out, written) = run("codesign", branch, &cert);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        written.contains("args=--sign") && written.contains("notarize=false"),
+        "{written}"
+    );
+    // Everything there: signed and notarized on a tag.
+    let (out, written) = run(
+        "codesign",
+        tag,
+        &[
+            ("APPLE_CERTIFICATE_P12", "cert"),
+            ("APPLE_API_KEY_ID", "key"),
+        ],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        written.contains("args=--sign") && written.contains("notarize=true"),
+        "{written}"
+    );
+    let (out, written) = run("authenticode", tag, &[("WINDOWS_PKCS11_PIN", "1234")]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        written.contains("args=--sign") && written.contains("notarize=false"),
+        "{written}"
+    );
+    // Linux has nothing to sign.
+    let (out, written) = run("none", tag, &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(written.contains("args=\n"), "{written}");
+}
+
 /// Fills the expressions the build steps use, for an unsigned run.
 fn fill(script: &str, entry: &Value) -> String {
     let mut filled = script.to_owned();

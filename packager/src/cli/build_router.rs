@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use openwork_packager::Result;
 use openwork_packager::constants::Constants;
-use openwork_packager::router::{BuiltRouter, RouterBuildRequest, build_router};
+use openwork_packager::lock::InputsLock;
+use openwork_packager::router::{BuiltRouter, RouterBuildRequest, RouterSource, build_router};
+use openwork_packager::{Error, Result};
 
 use super::{print_out, target_by_name};
 
@@ -15,7 +16,8 @@ pub struct BuildRouterArgs {
     /// Target name from targets/ [default: the host's]
     #[arg(long)]
     pub target: Option<String>,
-    /// opencode-router source directory [default: router.sourceDir of constants.json]
+    /// opencode-router source directory [default: router.sourceDir of constants.json; the
+    /// process-contract stand-in is fixtures/opencode-router]
     #[arg(long, value_name = "DIR")]
     pub source: Option<PathBuf>,
     /// Also copy the executable here
@@ -27,27 +29,38 @@ pub struct BuildRouterArgs {
     /// Use only cached Bun and builds; fail rather than download
     #[arg(long)]
     pub offline: bool,
+    /// Accept a Bun that inputs.lock.json does not pin (local experiments only)
+    #[arg(long)]
+    pub allow_unpinned: bool,
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
 }
 
 /// Runs `build-router`.
-pub fn run(args: BuildRouterArgs, constants: &Constants) -> Result<()> {
+pub fn run(args: BuildRouterArgs, constants: &Constants, lock: InputsLock) -> Result<()> {
     let BuildRouterArgs {
         target,
         source,
         out,
         cache_dir,
         offline,
+        allow_unpinned,
         json,
     } = args;
     let workspace = openwork_packager::fetch::workspace_root();
+    let router = RouterSource::named(source, constants, &workspace).ok_or_else(|| {
+        Error::Usage(
+            "no opencode-router source is named: pass --source DIR (constants.json has no \
+             `router`; the process-contract stand-in is fixtures/opencode-router)"
+                .into(),
+        )
+    })?;
     let mut request =
-        RouterBuildRequest::pinned(target_by_name(target.as_deref())?, constants, &workspace);
-    if let Some(source) = source {
-        request.source = source;
-    }
+        RouterBuildRequest::new(target_by_name(target.as_deref())?, router.dir, constants);
+    request.expected_version = router.expected_version;
+    request.lock = lock;
+    request.allow_unpinned = allow_unpinned;
     if let Some(dir) = cache_dir {
         request.cache_root = dir.clone();
         request.bun_cache_root = dir;

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use openwork_packager::constants::Constants;
 use openwork_packager::fetch::Source;
+use openwork_packager::lock::{Input, InputsLock};
 use openwork_packager::pack::{self, Compression, PackRequest, Versions};
+use openwork_packager::router::RouterSource;
 use openwork_packager::{Error, Result, inspect};
 use openwork_payload::targets;
 
@@ -19,6 +21,10 @@ pub struct Cli {
     /// Version pins to use instead of the built-in constants.json
     #[arg(long, global = true, value_name = "FILE")]
     pub constants: Option<PathBuf>,
+    /// Input hashes to use instead of the built-in inputs.lock.json (for `lock`: the file
+    /// to refresh) [default: <repo>/inputs.lock.json]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -40,6 +46,9 @@ pub enum Command {
     /// Stage the pinned opencode and a locally built router as a bundle directory for
     /// `openwork-server-v2 --bundle-dir` (the dev loop; near-instant when nothing changed)
     Stage(StageArgs),
+    /// Refresh inputs.lock.json from the configured registry: opencode's and Bun's integrity,
+    /// tarball size and executable SHA-256 for every target; prints what changed
+    Lock(LockArgs),
     /// Print the CI release matrix from targets/ as one line of JSON
     /// (`{"include": [{"target", "runner", "triple", "artifact", "signing", …}]}`)
     Matrix,
@@ -74,10 +83,14 @@ pub struct ReleaseArgs {
     /// The opencode release asset's URL, with --source url
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
-    /// Accept an opencode download that no pin in constants.json vouches for
-    #[arg(long)]
-    pub allow_unverified: bool,
-    /// Leave opencode-router out of the payload
+    /// Accept inputs that inputs.lock.json does not pin (local experiments; never a release)
+    #[arg(long, alias = "allow-unverified")]
+    pub allow_unpinned: bool,
+    /// Build opencode-router from this source and carry it [default: router.sourceDir of
+    /// constants.json, if any; otherwise the release carries opencode alone]
+    #[arg(long, value_name = "DIR", conflicts_with = "no_router")]
+    pub router_source: Option<PathBuf>,
+    /// Leave out the router that constants.json names
     #[arg(long)]
     pub no_router: bool,
     /// opencode's version, for the manifest and the cache [default: the pin in
@@ -127,7 +140,11 @@ pub struct StageArgs {
     /// Use only cached downloads and builds
     #[arg(long)]
     pub offline: bool,
-    /// Leave opencode-router out
+    /// Build opencode-router from this source and stage it [default: router.sourceDir of
+    /// constants.json, if any]
+    #[arg(long, value_name = "DIR", conflicts_with = "no_router")]
+    pub router_source: Option<PathBuf>,
+    /// Leave out the router that constants.json names
     #[arg(long)]
     pub no_router: bool,
     /// Print the report as JSON
@@ -150,13 +167,11 @@ pub struct PackArgs {
     /// Target name from targets/ [default: the host's]
     #[arg(long)]
     pub target: Option<String>,
-    /// Server version for the manifest [default: constants.json]
-    #[arg(long)]
-    pub server_version: Option<String>,
     /// opencode version for the manifest [default: constants.json]
     #[arg(long)]
     pub opencode_version: Option<String>,
-    /// opencode-router version for the manifest [default: constants.json]
+    /// opencode-router version for the manifest, with an opencode-router sidecar
+    /// [default: router.version of constants.json]
     #[arg(long)]
     pub router_version: Option<String>,
     #[command(flatten)]
@@ -201,12 +216,23 @@ pub struct FetchArgs {
     #[arg(long, required_if_eq("source", "url"))]
     pub url: Option<String>,
     /// Expected SHA-256 of the download or file (of the executable for npm), instead of
-    /// the pin in constants.json
+    /// the pin in inputs.lock.json
     #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
     pub sha256: Option<String>,
-    /// Accept a github or url download that no SHA-256 pin vouches for
+    /// Accept an input that inputs.lock.json does not pin (local experiments only)
+    #[arg(long, alias = "allow-unverified")]
+    pub allow_unpinned: bool,
+}
+
+/// `lock` arguments.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Do not write: exit 4 if the lock differs from what the registry serves
     #[arg(long)]
-    pub allow_unverified: bool,
+    pub check: bool,
+    /// Cache root for the downloads [default: <repo>/.local/runtime-assets]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// `fetch --source`.
@@ -289,13 +315,18 @@ fn source_date_epoch() -> Result<u64> {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let constants = Constants::load(cli.constants.as_deref())?;
+    if let Command::Lock(args) = cli.command {
+        return run_lock(args, &constants, cli.lock);
+    }
+    let lock = InputsLock::load(cli.lock.as_deref())?;
     match cli.command {
         Command::Pack(args) => run_pack(args, &constants),
         Command::Inspect(args) => run_inspect(args),
-        Command::Fetch(args) => run_fetch(args, &constants),
-        Command::Release(args) => run_release(args, constants),
-        Command::BuildRouter(args) => build_router::run(args, &constants),
-        Command::Stage(args) => run_stage(args, &constants),
+        Command::Fetch(args) => run_fetch(args, &constants, &lock),
+        Command::Release(args) => run_release(args, constants, lock),
+        Command::BuildRouter(args) => build_router::run(args, &constants, lock),
+        Command::Stage(args) => run_stage(args, &constants, lock),
+        Command::Lock(_) => unreachable!("handled above"),
         Command::Matrix => {
             let matrix = openwork_packager::matrix::matrix();
             print_out(&format!(
@@ -313,7 +344,6 @@ fn run_pack(args: PackArgs, constants: &Constants) -> Result<()> {
         sidecars,
         out,
         target,
-        server_version,
         opencode_version,
         router_version,
         compression,
@@ -326,11 +356,10 @@ fn run_pack(args: PackArgs, constants: &Constants) -> Result<()> {
         out,
         target: target_by_name(target.as_deref())?,
         versions: Versions {
-            server: server_version.unwrap_or_else(|| constants.server_version.clone()),
             opencode: opencode_version
                 .map(|v| v.trim_start_matches('v').to_string())
                 .unwrap_or_else(|| constants.opencode_version().to_string()),
-            router: router_version.unwrap_or_else(|| constants.router.version.clone()),
+            router: router_version.or_else(|| constants.router.as_ref().map(|r| r.version.clone())),
         },
         compression,
         mtime: source_date_epoch()?,
@@ -355,7 +384,7 @@ fn run_inspect(args: InspectArgs) -> Result<()> {
     }
 }
 
-fn run_fetch(args: FetchArgs, constants: &Constants) -> Result<()> {
+fn run_fetch(args: FetchArgs, constants: &Constants, lock: &InputsLock) -> Result<()> {
     use openwork_packager::fetch::{FetchRequest, fetch_opencode};
     let FetchArgs {
         target,
@@ -366,7 +395,7 @@ fn run_fetch(args: FetchArgs, constants: &Constants) -> Result<()> {
         path,
         url,
         sha256,
-        allow_unverified,
+        allow_unpinned,
     } = args;
     let target = target_by_name(target.as_deref())?;
     let source = opencode_source(source, path, url)?;
@@ -378,8 +407,8 @@ fn run_fetch(args: FetchArgs, constants: &Constants) -> Result<()> {
         request.cache_root = dir;
     }
     request.offline = offline;
-    request.allow_unverified = allow_unverified;
-    request.pin_from(&constants.opencode_sha256, &source);
+    request.allow_unpinned = allow_unpinned;
+    request.pin_from(lock, Input::Opencode, &source);
     if let Some(sha256) = sha256 {
         match source {
             Source::Npm => request.expected_sha256 = Some(sha256),
@@ -391,7 +420,7 @@ fn run_fetch(args: FetchArgs, constants: &Constants) -> Result<()> {
     Ok(())
 }
 
-fn run_release(args: ReleaseArgs, constants: Constants) -> Result<()> {
+fn run_release(args: ReleaseArgs, constants: Constants, lock: InputsLock) -> Result<()> {
     use openwork_packager::release::{ReleaseRequest, release};
     let ReleaseArgs {
         target,
@@ -403,7 +432,8 @@ fn run_release(args: ReleaseArgs, constants: Constants) -> Result<()> {
         source,
         path,
         url,
-        allow_unverified,
+        allow_unpinned,
+        router_source,
         no_router,
         opencode_version,
         sign,
@@ -423,6 +453,11 @@ fn run_release(args: ReleaseArgs, constants: Constants) -> Result<()> {
         constants.opencode_version = version;
     }
     let workspace = openwork_packager::fetch::workspace_root();
+    let router = if no_router {
+        None
+    } else {
+        RouterSource::named(router_source, &constants, &workspace)
+    };
     // A target directory of its own: the cargo that runs this command may hold the lock
     // on the default one.
     let stub_target_dir = std::env::var_os("CARGO_TARGET_DIR")
@@ -440,8 +475,9 @@ fn run_release(args: ReleaseArgs, constants: Constants) -> Result<()> {
         mtime: source_date_epoch()?,
         offline,
         source,
-        allow_unverified,
-        no_router,
+        lock,
+        allow_unpinned,
+        router,
         signing,
     };
     let report = release(&request)?;
@@ -471,7 +507,7 @@ fn run_release(args: ReleaseArgs, constants: Constants) -> Result<()> {
     Ok(())
 }
 
-fn run_stage(args: StageArgs, constants: &Constants) -> Result<()> {
+fn run_stage(args: StageArgs, constants: &Constants, lock: InputsLock) -> Result<()> {
     use openwork_packager::fetch::{FetchRequest, fetch_opencode};
     use openwork_packager::router::{RouterBuildRequest, build_router};
     use openwork_packager::stage::{self, StageRequest};
@@ -479,6 +515,7 @@ fn run_stage(args: StageArgs, constants: &Constants) -> Result<()> {
         target,
         dir,
         offline,
+        router_source,
         no_router,
         json,
     } = args;
@@ -486,22 +523,31 @@ fn run_stage(args: StageArgs, constants: &Constants) -> Result<()> {
     let workspace = openwork_packager::fetch::workspace_root();
     let mut fetch = FetchRequest::new(target, constants.opencode_version());
     fetch.offline = offline;
-    fetch.pin_from(&constants.opencode_sha256, &Source::Npm);
+    fetch.pin_from(&lock, Input::Opencode, &Source::Npm);
     let opencode = fetch_opencode(&fetch, &Source::Npm)?;
     let mut sidecars = vec![("opencode".to_string(), opencode.path)];
-    if !no_router {
-        let mut build = RouterBuildRequest::pinned(target, constants, &workspace);
+    let router = if no_router {
+        None
+    } else {
+        RouterSource::named(router_source, constants, &workspace)
+    };
+    let mut router_version = None;
+    if let Some(router) = &router {
+        let mut build = RouterBuildRequest::new(target, router.dir.clone(), constants);
+        build.expected_version = router.expected_version.clone();
+        build.lock = lock.clone();
         build.offline = offline;
         build.quiet = true;
-        sidecars.push(("opencode-router".to_string(), build_router(&build)?.path));
+        let built = build_router(&build)?;
+        router_version = Some(built.version);
+        sidecars.push(("opencode-router".to_string(), built.path));
     }
     let report = stage::stage(&StageRequest {
         target,
         sidecars,
         versions: Versions {
-            server: constants.server_version.clone(),
             opencode: constants.opencode_version().to_string(),
-            router: constants.router.version.clone(),
+            router: router_version,
         },
         dir: dir.unwrap_or_else(|| stage::default_dir(&workspace, target)),
     })?;
@@ -521,9 +567,43 @@ fn run_stage(args: StageArgs, constants: &Constants) -> Result<()> {
             },
             report.seconds,
             report.dir.display(),
-            if no_router { "" } else { " --router" },
+            if router.is_none() { "" } else { " --router" },
         ));
     }
+    Ok(())
+}
+
+fn run_lock(args: LockArgs, constants: &Constants, path: Option<PathBuf>) -> Result<()> {
+    use openwork_packager::lock::{self, RefreshRequest};
+    let path = path.unwrap_or_else(InputsLock::workspace_path);
+    let previous = InputsLock::load(Some(&path))?;
+    let (fresh, missing) = lock::refresh(&RefreshRequest {
+        constants: constants.clone(),
+        previous: previous.clone(),
+        cache_root: args
+            .cache_dir
+            .unwrap_or_else(openwork_packager::fetch::default_cache_root),
+        registry: None,
+        quiet: false,
+    })?;
+    for note in &missing {
+        eprintln!("lock: {note}");
+    }
+    let diff = lock::diff(&previous, &fresh);
+    if diff.is_empty() {
+        print_out(&format!("{} is up to date\n", path.display()));
+        return Ok(());
+    }
+    print_out(&diff);
+    if args.check {
+        return Err(Error::Stale(format!(
+            "{} differs from what the registry serves (above); run `openwork-packager lock` \
+             and review the diff",
+            path.display()
+        )));
+    }
+    pack::write_atomically(&path, fresh.to_text().as_bytes(), false)?;
+    print_out(&format!("wrote {}\n", path.display()));
     Ok(())
 }
 

@@ -17,7 +17,7 @@
 //! once renamed into place: a damaged one is removed under the lock and fetched again.
 //!
 //! There is one entry per target and version whatever the source (npm, GitHub, a mirror,
-//! a local file), because the packer wants "opencode 1.2.27 for linux-x64" and not a
+//! a local file), because the packer wants "opencode 1.18.32 for linux-x64" and not a
 //! source. The record says where the entry came from and whether anything vouched for it;
 //! a request only takes an entry from its own source that satisfies its pins (see the
 //! `fetch` module). An entry that does not do is replaced by an atomic swap

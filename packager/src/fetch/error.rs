@@ -164,19 +164,55 @@ pub enum FetchError {
         computed: String,
     },
 
-    /// A download from GitHub or a mirror with no SHA-256 pin to check it against.
+    /// An input that nothing pinned: no entry in `inputs.lock.json` for its target and
+    /// version, and no `--sha256`.
     #[error(
-        "refusing to use {what} for {target}: no SHA-256 is pinned for it, so nothing \
-         vouches for its content; add it to opencodeSha256.{pin_key}.{target} in \
-         constants.json (or pass --sha256), or pass --allow-unverified to accept it unchecked"
+        "refusing {what} for {target}: inputs.lock.json pins no such input, so nothing \
+         vouches for its content (a registry's integrity field comes from the same place as \
+         the bytes); run `openwork-packager lock` and review its diff to pin the versions in \
+         constants.json, pass --sha256 to pin this one, or pass --allow-unpinned to accept it \
+         unchecked (a local experiment, never a release)"
     )]
     Unverified {
-        /// The source (`github:…`, `url:…`).
+        /// The source (`npm:…`, `github:…`, `url:…`, `file:…`).
         what: String,
         /// Target name.
         target: String,
-        /// Which map of `opencodeSha256` the pin belongs in.
-        pin_key: &'static str,
+    },
+
+    /// The registry announces other bytes than `inputs.lock.json` locked.
+    #[error(
+        "{what} for {target}: the registry announces {field} {found}, but inputs.lock.json \
+         locked {locked}; the registry, a mirror or an .npmrc serves other bytes than were \
+         locked, so nothing was downloaded; if the change is expected, run \
+         `openwork-packager lock` and review its diff"
+    )]
+    LockMismatch {
+        /// `npm:<package>@<version>`.
+        what: String,
+        /// Target name.
+        target: String,
+        /// Which property differs (`integrity`).
+        field: &'static str,
+        /// What the lock says.
+        locked: String,
+        /// What the registry says.
+        found: String,
+    },
+
+    /// A download larger than the lock or the packager's ceiling allows, or of another size
+    /// than the lock says; nothing past the limit was written.
+    #[error(
+        "{url} is not within the {limit} bytes allowed ({reason}); nothing past the limit \
+         was written and nothing was cached"
+    )]
+    TooLarge {
+        /// The URL (credentials removed).
+        url: String,
+        /// The most that was allowed.
+        limit: u64,
+        /// Where the limit came from.
+        reason: String,
     },
 
     /// An archive that cannot be extracted safely or holds no single executable.

@@ -35,6 +35,57 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const USER_AGENT: &str = concat!("openwork-packager/", env!("CARGO_PKG_VERSION"));
 
 /// Why one attempt failed.
+/// How much a response body may be. A download is written to disk before its integrity
+/// can be checked, so an answer that does not end (no `Content-Length`, or a lying one)
+/// must not fill the disk first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limit {
+    /// The most bytes accepted.
+    pub bytes: u64,
+    /// Whether exactly `bytes` must arrive (a locked size).
+    pub exact: bool,
+    /// Where the limit comes from, for the error.
+    pub reason: &'static str,
+}
+
+impl Limit {
+    /// A download nothing announced the size of: the largest input (opencode's npm
+    /// tarball) is about 60 MB, so 1 GiB is generous and still bounded.
+    pub(crate) fn download() -> Limit {
+        Limit {
+            bytes: 1 << 30,
+            exact: false,
+            reason: "the packager's ceiling for a download of unknown size",
+        }
+    }
+
+    /// A download whose size is known in advance.
+    pub(crate) fn exactly(bytes: u64, reason: &'static str) -> Limit {
+        Limit {
+            bytes,
+            exact: true,
+            reason,
+        }
+    }
+
+    /// A metadata document (an npm version document is a few KiB).
+    fn document() -> Limit {
+        Limit {
+            bytes: 16 << 20,
+            exact: false,
+            reason: "the packager's ceiling for a metadata document",
+        }
+    }
+
+    fn exceeded(&self, url: &str) -> FetchError {
+        FetchError::TooLarge {
+            url: url.to_owned(),
+            limit: self.bytes,
+            reason: self.reason.to_owned(),
+        }
+    }
+}
+
 pub(crate) enum Failure {
     /// Worth another attempt.
     Transient(String),
@@ -135,11 +186,20 @@ impl<'a> Http<'a> {
         credential: Option<&Credential>,
         accept: &str,
     ) -> Result<Vec<u8>> {
-        self.get(url, credential, accept, |mut response| {
+        let limit = Limit::document();
+        let shown = redact_url(url);
+        self.get(url, credential, accept, |response| {
+            if response.content_length().is_some_and(|n| n > limit.bytes) {
+                return Err(Failure::Fatal(limit.exceeded(&shown)));
+            }
             let mut body = Vec::new();
             response
+                .take(limit.bytes + 1)
                 .read_to_end(&mut body)
                 .map_err(|e| Failure::Transient(format!("reading the body: {e}")))?;
+            if body.len() as u64 > limit.bytes {
+                return Err(Failure::Fatal(limit.exceeded(&shown)));
+            }
             Ok(body)
         })
     }
@@ -151,6 +211,7 @@ impl<'a> Http<'a> {
         url: &Url,
         credential: Option<&Credential>,
         dest: &Path,
+        limit: Limit,
         mut new_sink: impl FnMut() -> S,
     ) -> Result<(S, u64)> {
         let shown = redact_url(url);
@@ -161,6 +222,22 @@ impl<'a> Http<'a> {
             |mut response| {
                 let started = Instant::now();
                 let total = response.content_length();
+                match total {
+                    Some(announced) if announced > limit.bytes => {
+                        return Err(Failure::Fatal(limit.exceeded(&shown)));
+                    }
+                    Some(announced) if limit.exact && announced != limit.bytes => {
+                        return Err(Failure::Fatal(FetchError::TooLarge {
+                            url: shown.clone(),
+                            limit: limit.bytes,
+                            reason: format!(
+                                "{}; the server announces {announced} bytes",
+                                limit.reason
+                            ),
+                        }));
+                    }
+                    _ => {}
+                }
                 let mut file = fs_err::File::create(dest).map_err(|e| Failure::Fatal(e.into()))?;
                 let mut sink = new_sink();
                 let mut buf = vec![0u8; 256 * 1024];
@@ -182,6 +259,9 @@ impl<'a> Http<'a> {
                             )));
                         }
                     };
+                    if received + n as u64 > limit.bytes {
+                        return Err(Failure::Fatal(limit.exceeded(&shown)));
+                    }
                     file.write_all(&buf[..n])
                         .map_err(|e| Failure::Fatal(e.into()))?;
                     sink.write_all(&buf[..n])
@@ -193,6 +273,12 @@ impl<'a> Http<'a> {
                 if let Some(total) = total.filter(|&t| t != received) {
                     return Err(Failure::Transient(format!(
                         "received {received} of {total} bytes"
+                    )));
+                }
+                if limit.exact && received != limit.bytes {
+                    return Err(Failure::Transient(format!(
+                        "received {received} of the {} bytes expected ({})",
+                        limit.bytes, limit.reason
                     )));
                 }
                 file.sync_all().map_err(|e| Failure::Fatal(e.into()))?;
@@ -325,7 +411,7 @@ fn status_failure(url: &str, status: StatusCode) -> Failure {
     })
 }
 
-fn is_loopback(url: &Url) -> bool {
+pub(crate) fn is_loopback(url: &Url) -> bool {
     match url.host_str() {
         Some(host) if host.eq_ignore_ascii_case("localhost") => true,
         Some(host) => host

@@ -1,22 +1,24 @@
 //! `fetch`: getting a pinned sidecar onto this machine, verified and cached.
 //!
+//! Every input is pinned by `inputs.lock.json` ([`crate::lock`]): the executable's SHA-256
+//! whatever the source, plus the tarball's integrity and size for npm and the release
+//! asset's SHA-256 where one is locked ([`FetchRequest::pin_from`]). A request that nothing
+//! pins is refused unless [`FetchRequest::allow_unpinned`] is set (then warned about, and
+//! recorded as unverified where nothing else vouched for it).
+//!
 //! Sources of opencode ([`Source`]); all of them end in the same cache entry,
 //! `<cache_root>/opencode/<target>/v<version>/`, and the same checks of the executable
-//! (goblin: the target's format and architecture; the executable pin, when set):
+//! (goblin: the target's format and architecture; the pins):
 //!
-//! - **npm** (the default, described below): the registry's `dist.integrity` vouches for
-//!   the tarball.
+//! - **npm** (the default, described below): the registry must announce the locked
+//!   integrity, and the tarball must hash to it.
 //! - **github**: `<releases>/download/v<version>/<githubAsset>` ([`GITHUB_RELEASES_URL`],
 //!   overridable with [`GITHUB_RELEASES_ENV`] for mirrors and tests). GitHub publishes no
-//!   checksum we could trust more than the download itself, so the asset's SHA-256 must be
-//!   pinned (`opencodeSha256.github.<target>` in `constants.json`); an unpinned download is
-//!   refused unless [`FetchRequest::allow_unverified`] is set, and then recorded as
-//!   unverified.
-//! - **url**: the same for any URL (a mirror); the GitHub pin applies when the URL's file
+//!   checksum we could trust more than the download itself; the lock's executable SHA-256
+//!   (and `assetSha256`, where set) checks it.
+//! - **url**: the same for any URL (a mirror); the asset pin applies when the URL's file
 //!   name is the target's `githubAsset`.
-//! - **file**: a local binary or asset, for air-gapped machines; checked against a pin when
-//!   there is one, else accepted with a warning and recorded as unverified (the user chose
-//!   the file).
+//! - **file**: a local binary or asset, for air-gapped machines; checked like the others.
 //!
 //! Archives are extracted defensively (see the `archive` module). The cache record (`fetch.json`) names
 //! the source and whether anything vouched for it; a request only takes an entry from its
@@ -32,11 +34,12 @@
 //!    matches the record beside it, that is the answer: no network, works offline.
 //! 2. Otherwise, under a per-entry OS file lock: find the registry the way npm does
 //!    ([`Registry::discover`]), read the version document's `dist.tarball` and
-//!    `dist.integrity`, download the tarball into a staging directory while hashing it,
+//!    `dist.integrity`, refuse it unless the integrity is the locked one, download the
+//!    tarball into a staging directory while hashing it (never past the locked size),
 //!    refuse it unless it matches the integrity, extract `package/bin/opencode[.exe]`,
-//!    refuse it unless goblin says it is the target's format and architecture (and unless
-//!    it matches a pinned SHA-256, when one is given), then rename the staging directory
-//!    into place (see [`cache`]).
+//!    refuse it unless goblin says it is the target's format and architecture and it
+//!    matches the locked SHA-256, then rename the staging directory into place (see
+//!    [`cache`]).
 //!
 //! Why the npm registry is the default rather than opencode's GitHub release assets: it publishes a
 //! SHA-512 for every tarball (upstream never verified its downloads), it is what corporate
@@ -51,6 +54,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use openwork_payload::targets::{self, Target};
+
+use crate::lock::{Input, InputsLock};
 
 mod archive;
 pub mod cache;
@@ -108,8 +113,13 @@ pub struct FetchRequest {
     /// SHA-256 of the file downloaded or given (the release asset, or the bare executable)
     /// for the github, url and file sources; see [`FetchRequest::pin_from`].
     pub asset_sha256: Option<String>,
-    /// Accept a github or url download that no pin vouches for (recorded as unverified).
-    pub allow_unverified: bool,
+    /// The npm tarball's integrity as locked (`sha512-…`): the registry must announce it,
+    /// and a cache entry must have been stored from it.
+    pub expected_integrity: Option<String>,
+    /// The npm tarball's size as locked: the download may not grow past it.
+    pub expected_tarball_size: Option<u64>,
+    /// Accept what no pin vouches for (recorded as unverified): local experiments only.
+    pub allow_unpinned: bool,
     /// No progress lines on stderr.
     pub quiet: bool,
 }
@@ -126,37 +136,68 @@ impl FetchRequest {
             registry: None,
             expected_sha256: None,
             asset_sha256: None,
-            allow_unverified: false,
+            expected_integrity: None,
+            expected_tarball_size: None,
+            allow_unpinned: false,
             quiet: false,
         }
     }
 
-    /// Sets the pins `constants.json` holds for this target and `source`: the npm pin (of
-    /// the executable) for npm; the GitHub pin (of the release asset) for github, and for
+    /// Sets the pins `inputs.lock.json` holds for `input` on this target at this version:
+    /// the executable's SHA-256 for every source (the same build, however it arrives); the
+    /// tarball's integrity and size for npm; the release asset's SHA-256 for github, and for
     /// url and file when their file name is the target's `githubAsset` (a copy of the same
-    /// asset). Other files need an explicit pin.
-    pub fn pin_from(&mut self, pins: &crate::constants::OpencodeSha256, source: &Source) {
-        let target = &self.target.name;
+    /// asset). Nothing when the lock has no entry: the fetch then refuses unless
+    /// [`FetchRequest::allow_unpinned`].
+    pub fn pin_from(&mut self, lock: &InputsLock, input: Input, source: &Source) {
+        let Some(locked) = lock.entry(input, &self.target.name, &self.version) else {
+            return;
+        };
         let asset = &self.target.opencode.github_asset;
-        let github = pins.github.get(target).cloned();
         let named_like_the_asset = |name: Option<&str>| name == Some(asset.as_str());
+        self.expected_sha256 = Some(locked.sha256.clone());
         match source {
-            Source::Npm => self.expected_sha256 = pins.npm.get(target).cloned(),
-            Source::Github => self.asset_sha256 = github,
+            Source::Npm => {
+                self.expected_integrity = Some(locked.integrity.clone());
+                self.expected_tarball_size = Some(locked.tarball_size);
+            }
+            Source::Github => self.asset_sha256 = locked.asset_sha256.clone(),
             Source::Url(url) => {
                 let name = reqwest::Url::parse(url)
                     .ok()
                     .and_then(|u| u.path_segments()?.next_back().map(str::to_owned));
                 if named_like_the_asset(name.as_deref()) {
-                    self.asset_sha256 = github;
+                    self.asset_sha256 = locked.asset_sha256.clone();
                 }
             }
             Source::File(path) => {
                 if named_like_the_asset(path.file_name().and_then(|n| n.to_str())) {
-                    self.asset_sha256 = github;
+                    self.asset_sha256 = locked.asset_sha256.clone();
                 }
             }
         }
+    }
+
+    /// Refuses a request that nothing pins, unless it allows that (then warns).
+    fn require_pin(&self, what: &str) -> Result<()> {
+        if self.expected_sha256.is_some()
+            || self.asset_sha256.is_some()
+            || self.expected_integrity.is_some()
+        {
+            return Ok(());
+        }
+        if !self.allow_unpinned {
+            return Err(FetchError::Unverified {
+                what: what.to_owned(),
+                target: self.target.name.clone(),
+            });
+        }
+        warn(format_args!(
+            "{what} for {} is pinned by nothing; accepting it because of --allow-unpinned \
+             (the cache records it as unverified unless a registry integrity vouches for it)",
+            self.target.name
+        ));
+        Ok(())
     }
 }
 
@@ -181,6 +222,8 @@ pub struct FetchedBinary {
     pub verified: bool,
     /// SHA-256 of the release asset or file it came from (not for npm).
     pub asset_sha256: Option<String>,
+    /// Size of the download it came from (the npm tarball, the asset), when recorded.
+    pub download_size: Option<u64>,
     /// Whether it was already cached (no network was used).
     pub from_cache: bool,
 }
@@ -207,11 +250,14 @@ pub fn fetch_npm_bin(
     let version = normalize_version(&req.version)?;
     let source = format!("npm:{package}@{version}");
     let entry = Entry::new(&req.cache_root, name, &target.name, &version, file);
+    req.require_pin(&source)?;
     let want = Want {
         source: &source,
         asset_pin: None,
         exe_pin: req.expected_sha256.as_deref(),
-        // The registry's integrity vouches for every npm download.
+        integrity_pin: req.expected_integrity.as_deref(),
+        // The registry's integrity vouches for the bytes it announced (only the lock
+        // vouches for the announcement).
         allow_unverified: true,
     };
     through_cache(
@@ -233,12 +279,29 @@ pub fn fetch_npm_bin(
             ));
             let http = http::Http::new(registry.url_for(package), &progress)?;
             let dist = npm::version_dist(&http, &registry, package, &version)?;
+            let announced = dist.integrity.to_string();
+            if let Some(locked) = &req.expected_integrity
+                && *locked != announced
+            {
+                return Err(FetchError::LockMismatch {
+                    what: source.clone(),
+                    target: target.name.clone(),
+                    field: "integrity",
+                    locked: locked.clone(),
+                    found: announced,
+                });
+            }
 
             let tgz = staging.join("package.tgz");
+            let limit = match req.expected_tarball_size {
+                Some(size) => http::Limit::exactly(size, "the size inputs.lock.json locked"),
+                None => http::Limit::download(),
+            };
             let (hasher, _) = http.download(
                 &dist.tarball,
                 registry.credential_for(&dist.tarball),
                 &tgz,
+                limit,
                 || dist.integrity.hasher(),
             )?;
             let computed = hasher.finish();
@@ -281,6 +344,21 @@ pub fn fetch_npm_bin(
     )
 }
 
+/// The integrity the registry announces now for `package` at `req.version` (`sha512-…`):
+/// what `openwork-packager lock` records. Nothing is downloaded.
+pub fn announced_integrity(req: &FetchRequest, package: &str) -> Result<String> {
+    let progress = Progress { quiet: req.quiet };
+    let version = normalize_version(&req.version)?;
+    let registry = match &req.registry {
+        Some(registry) => registry.clone(),
+        None => Registry::discover(&workspace_root())?,
+    };
+    let http = http::Http::new(registry.url_for(package), &progress)?;
+    Ok(npm::version_dist(&http, &registry, package, &version)?
+        .integrity
+        .to_string())
+}
+
 /// Gets opencode for `req.target` at `req.version` from `source` (see the module docs for
 /// what each source checks), or from the cache.
 pub fn fetch_opencode(req: &FetchRequest, source: &Source) -> Result<FetchedBinary> {
@@ -292,16 +370,11 @@ pub fn fetch_opencode(req: &FetchRequest, source: &Source) -> Result<FetchedBina
             let (base, origin) = github_releases_url();
             let url = format!("{}/download/v{version}/{asset}", base.trim_end_matches('/'));
             let url = parse_url(&url, &origin)?;
-            fetch_asset(req, &format!("github:v{version}/{asset}"), &url, "github")
+            fetch_asset(req, &format!("github:v{version}/{asset}"), &url)
         }
         Source::Url(url) => {
             let url = parse_url(url, "--url")?;
-            fetch_asset(
-                req,
-                &format!("url:{}", registry::redact_url(&url)),
-                &url,
-                "github",
-            )
+            fetch_asset(req, &format!("url:{}", registry::redact_url(&url)), &url)
         }
         Source::File(path) => fetch_file(req, path),
     }
@@ -334,36 +407,20 @@ fn parse_url(text: &str, origin: &str) -> Result<reqwest::Url> {
 
 /// A release asset (or a bare executable) at `url`: downloaded into staging while hashed,
 /// checked against the pins, then extracted and checked like the npm executable.
-fn fetch_asset(
-    req: &FetchRequest,
-    what: &str,
-    url: &reqwest::Url,
-    pin_key: &'static str,
-) -> Result<FetchedBinary> {
+fn fetch_asset(req: &FetchRequest, what: &str, url: &reqwest::Url) -> Result<FetchedBinary> {
     let progress = Progress { quiet: req.quiet };
     let target = req.target;
     let version = normalize_version(&req.version)?;
     let file = format!("opencode{}", target.exe_suffix);
     let entry = Entry::new(&req.cache_root, "opencode", &target.name, &version, &file);
+    req.require_pin(what)?;
     let want = Want {
         source: what,
         asset_pin: req.asset_sha256.as_deref(),
         exe_pin: req.expected_sha256.as_deref(),
-        allow_unverified: req.allow_unverified,
+        integrity_pin: None,
+        allow_unverified: req.allow_unpinned,
     };
-    if !want.pinned() {
-        if !req.allow_unverified {
-            return Err(FetchError::Unverified {
-                what: what.to_owned(),
-                target: target.name.clone(),
-                pin_key,
-            });
-        }
-        warn(format_args!(
-            "{what} has no SHA-256 pin; accepting whatever arrives because of \
-             --allow-unverified (the cache records it as unverified)"
-        ));
-    }
     through_cache(
         req,
         &entry,
@@ -378,7 +435,7 @@ fn fetch_asset(
             let http = http::Http::new(url, &progress)?;
             let download = staging.join("download");
             let (hasher, size) = http
-                .download(url, None, &download, || {
+                .download(url, None, &download, http::Limit::download(), || {
                     cache::Sha256Writer::new(std::io::sink())
                 })
                 .map_err(asset_status_hint)?;
@@ -430,19 +487,14 @@ fn fetch_file(req: &FetchRequest, path: &Path) -> Result<FetchedBinary> {
     );
     let what = format!("file:{name}");
     let entry = Entry::new(&req.cache_root, "opencode", &target.name, &version, &file);
+    req.require_pin(&what)?;
     let want = Want {
         source: &what,
         asset_pin: req.asset_sha256.as_deref(),
         exe_pin: req.expected_sha256.as_deref(),
-        allow_unverified: true,
+        integrity_pin: None,
+        allow_unverified: req.allow_unpinned,
     };
-    if !want.pinned() {
-        warn(format_args!(
-            "{} has no SHA-256 pin to check it against; using it as given (the cache \
-             records it as unverified)",
-            path.display()
-        ));
-    }
     let local = FetchRequest {
         offline: false,
         ..req.clone()
@@ -516,6 +568,8 @@ struct Want<'a> {
     asset_pin: Option<&'a str>,
     /// SHA-256 of the executable.
     exe_pin: Option<&'a str>,
+    /// The npm tarball's integrity the entry must have been stored from.
+    integrity_pin: Option<&'a str>,
     /// Whether an entry that nothing vouched for will do.
     allow_unverified: bool,
 }
@@ -549,6 +603,14 @@ impl Want<'_> {
             return Some(format!(
                 "its executable has sha256 {}, the pin says {pin}",
                 record.sha256
+            ));
+        }
+        if let Some(pin) = self.integrity_pin
+            && record.integrity != pin
+        {
+            return Some(format!(
+                "it was stored from a tarball with integrity {}, the lock says {pin}",
+                record.integrity
             ));
         }
         if !provenance.verified && !self.pinned() && !self.allow_unverified {
@@ -661,7 +723,9 @@ pub fn ensure_pinned_opencode(target_name: &str) -> Result<PathBuf> {
             .join(", "),
     })?;
     let pins = crate::constants::Constants::built_in();
-    Ok(fetch_opencode_npm(&FetchRequest::new(target, pins.opencode_version()))?.path)
+    let mut request = FetchRequest::new(target, pins.opencode_version());
+    request.pin_from(&InputsLock::built_in(), Input::Opencode, &Source::Npm);
+    Ok(fetch_opencode_npm(&request)?.path)
 }
 
 /// The workspace root this crate was built in (the directory with `constants.json`).
@@ -693,6 +757,8 @@ pub fn exit_code(error: &FetchError) -> crate::ExitCode {
         | FetchError::VersionNotFound { .. }
         | FetchError::BadMetadata { .. } => ExitCode::Network,
         FetchError::IntegrityMismatch { .. }
+        | FetchError::LockMismatch { .. }
+        | FetchError::TooLarge { .. }
         | FetchError::Sha256Mismatch { .. }
         | FetchError::CacheCorrupt { .. } => ExitCode::Integrity,
         FetchError::WrongBinary { .. } => ExitCode::WrongTarget,
@@ -761,6 +827,7 @@ fn fetched(
         integrity: record.integrity,
         verified: provenance.verified,
         asset_sha256: provenance.asset_sha256,
+        download_size: record.tarball_size,
         from_cache,
     }
 }

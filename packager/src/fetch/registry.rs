@@ -140,8 +140,14 @@ impl Registry {
     }
 
     /// The credential configured for `url`'s registry path, if any (the longest matching
-    /// `//host/path/` key, as npm matches them).
+    /// `//host/path/` key, as npm matches them), and only over https: npm's keys name a host
+    /// and path but no scheme, so an `http://` tarball URL on the registry's host would
+    /// otherwise carry the token in clear text. Plain http to a loopback address (a local
+    /// mirror, a test registry) never leaves the machine and keeps it.
     pub(crate) fn credential_for(&self, url: &Url) -> Option<&Credential> {
+        if url.scheme() != "https" && !super::http::is_loopback(url) {
+            return None;
+        }
         let nerfed = nerf_dart(url)?;
         self.credentials
             .iter()
@@ -446,6 +452,28 @@ mod tests {
             !debug.contains("s3cret") && !debug.contains("dXNlcjpwdw"),
             "{debug}"
         );
+    }
+
+    /// npm's credential keys name no scheme: a token for `//mirror.test/npm/` must still not
+    /// go to `http://mirror.test/npm/…` (a tarball URL a registry document can name), where
+    /// anyone on the path reads it.
+    #[test]
+    fn credentials_go_over_https_or_loopback_only() {
+        let rc = "registry=https://mirror.test/npm/\n//mirror.test/npm/:_authToken=${TOKEN}\n";
+        let r = resolve(
+            None,
+            &[(PathBuf::from(".npmrc"), rc.to_owned())],
+            &env,
+            || None,
+        )
+        .unwrap();
+        let https = Url::parse("https://mirror.test/npm/opencode-linux-x64/-/x.tgz").unwrap();
+        assert_eq!(
+            r.credential_for(&https).unwrap().header_value(),
+            "Bearer s3cret"
+        );
+        let clear = Url::parse("http://mirror.test/npm/opencode-linux-x64/-/x.tgz").unwrap();
+        assert!(r.credential_for(&clear).is_none());
     }
 
     #[test]

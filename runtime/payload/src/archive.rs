@@ -570,7 +570,7 @@ mod tests {
             manifest_version: MANIFEST_VERSION,
             server_version: "0.1.0".into(),
             opencode_version: "1".into(),
-            router_version: "1".into(),
+            router_version: None,
             target: "linux-x64".into(),
             files: map,
         }

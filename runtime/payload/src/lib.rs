@@ -37,3 +37,8 @@ pub use exit_code::ExitCode;
 pub use manifest::{FileEntry, Manifest};
 pub use region::PayloadRegion;
 pub use trailer::Trailer;
+
+/// The openwork-server-v2 version: the workspace's Cargo version, the one version there is.
+/// The packager writes it into manifests (`serverVersion`) and the runtime reports it and
+/// keys its runtime directories by it, both from this constant.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -4,8 +4,7 @@
 //! {
 //!   "manifestVersion": 1,
 //!   "serverVersion": "0.1.0",
-//!   "opencodeVersion": "1.2.27",
-//!   "routerVersion": "0.1.0",
+//!   "opencodeVersion": "1.18.32",
 //!   "target": "linux-x64",
 //!   "files": {
 //!     "opencode": { "path": "bin/opencode", "size": 140900000, "sha256": "…", "mode": 493 }
@@ -16,6 +15,7 @@
 //! The same JSON is stored in the payload region, written as `manifest.json` into every
 //! runtime directory, and is the index of a bundle directory (the multi-file distribution).
 //! Readers ignore fields they do not know, so a minor version can add some.
+//! `routerVersion` is present when the payload carries an `opencode-router`.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -41,8 +41,9 @@ pub struct Manifest {
     pub server_version: String,
     /// Version of the opencode sidecar.
     pub opencode_version: String,
-    /// Version of the opencode-router sidecar.
-    pub router_version: String,
+    /// Version of the opencode-router sidecar; absent when the payload carries none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_version: Option<String>,
     /// Target name from `targets/` (for example `linux-x64`).
     pub target: String,
     /// Files by logical name (`opencode`, `opencode-router`).
@@ -91,6 +92,18 @@ impl Manifest {
         let mut out = serde_json::to_vec_pretty(self).expect("manifest serialises");
         out.push(b'\n');
         out
+    }
+
+    /// `server 0.1.0, opencode 1.18.32[, router 0.1.0]`, for `inspect` and `runtime info`.
+    pub fn versions(&self) -> String {
+        let mut text = format!(
+            "server {}, opencode {}",
+            self.server_version, self.opencode_version
+        );
+        if let Some(router) = &self.router_version {
+            text += &format!(", router {router}");
+        }
+        text
     }
 
     /// Checks every invariant a reader relies on: known version, safe and unique paths,
@@ -227,8 +240,8 @@ pub(crate) mod tests_support {
         Manifest {
             manifest_version: 1,
             server_version: "0.1.0".into(),
-            opencode_version: "1.2.27".into(),
-            router_version: "0.1.0".into(),
+            opencode_version: "1.18.32".into(),
+            router_version: None,
             target: "linux-x64".into(),
             files,
         }

@@ -206,10 +206,7 @@ fn human_info(
         );
     }
     out += &format!("target:       {}\n", m.target);
-    out += &format!(
-        "versions:     server {}, opencode {}, router {}\n",
-        m.server_version, m.opencode_version, m.router_version
-    );
+    out += &format!("versions:     {}\n", m.versions());
     out += &format!("digest:       {}\n", source.digest);
     out += &format!("data dir:     {}\n", layout.data_dir.display());
     out += &format!("runtime dir:  {} ({state})\n", dir.display());

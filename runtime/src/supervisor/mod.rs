@@ -12,6 +12,7 @@
 //! - [`logs`]: sidecar output to rotating files and an in-memory tail.
 
 pub mod backoff;
+pub mod contract;
 pub mod events;
 pub mod health;
 pub mod logs;

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 
 use super::backoff::{Backoff, Decision};
+use super::contract::{Arg, EnvValue};
 use super::events::{EventBus, EventKind, unix_ms};
 use super::health::{ProbeError, is_resource_shortage, probe};
 use super::logs::{LineWatch, SidecarLog, Stream};
@@ -90,8 +92,22 @@ enum Wake {
     EndpointChanged,
     /// The address the sidecar announced on stdout (`None`: stdout closed first).
     Announced(Option<SocketAddr>),
+    /// A readiness probe ended: healthy or not.
+    Probed(bool),
     Deadline,
 }
+
+/// A readiness probe unanswered this long gets a second one beside it. opencode 1.18
+/// accepts connections about 0.4 s before it serves them and never answers a request that
+/// arrived in that window, so waiting out a probe's whole limit (the 3 s liveness limit)
+/// made its warm start twice a bare start; a short limit would instead fail a sidecar that
+/// is merely slow under load. Hedging keeps both: the hung probe keeps its limit, and the
+/// delay it costs is at most this.
+const HEDGE_AFTER: Duration = Duration::from_millis(50);
+
+/// At most this many readiness probes at once (16 × `HEDGE_AFTER` = 0.8 s of unanswered
+/// probes before the next waits for the oldest to give up).
+const MAX_STARTUP_PROBES: usize = 16;
 
 pub(super) struct SidecarTask {
     pub kind: SidecarKind,
@@ -260,31 +276,31 @@ impl SidecarTask {
         }
         self.log.add_secret(&password);
 
+        let contract = self.kind.contract();
         let mut command = process::sidecar_command(&self.program);
         command
             .current_dir(&self.workspace)
             // The server's own tokens are not the sidecars' business.
             .env_remove(env_vars::OPENWORK_TOKEN)
-            .env_remove(env_vars::OPENWORK_HOST_TOKEN)
-            .env("OPENCODE_SERVER_USERNAME", OPENCODE_USERNAME)
-            .env("OPENCODE_SERVER_PASSWORD", &password);
-        // Port 0 everywhere: the sidecar binds a port the kernel picks and announces it on the
-        // stdout pipe only we hold. A port chosen here and handed over on the command line
-        // (readable by every user) could be bound first by another user's process, which would
-        // then receive opencode's password with the first health probe.
-        match self.kind {
-            SidecarKind::Opencode => {
-                command.args(["serve", "--hostname", "127.0.0.1", "--port", "0"]);
-            }
-            SidecarKind::Router => {
-                let url = opencode_now
-                    .as_ref()
-                    .map(|e| format!("http://{}", e.addr))
-                    .unwrap_or_default();
-                command.arg("serve").arg(&self.workspace);
-                command.args(["--opencode-url", &url]);
-                command.env("OPENCODE_ROUTER_HEALTH_PORT", "0");
-            }
+            .env_remove(env_vars::OPENWORK_HOST_TOKEN);
+        for (name, value) in contract.env {
+            match value {
+                EnvValue::Text(text) => command.env(name, text),
+                EnvValue::Username => command.env(name, OPENCODE_USERNAME),
+                EnvValue::Password => command.env(name, &password),
+            };
+        }
+        for arg in contract.args {
+            match arg {
+                Arg::Text(text) => command.arg(text),
+                Arg::Workspace => command.arg(&self.workspace),
+                Arg::OpencodeUrl => command.arg(
+                    opencode_now
+                        .as_ref()
+                        .map(|e| format!("http://{}", e.addr))
+                        .unwrap_or_default(),
+                ),
+            };
         }
         let spawned_at = Instant::now();
         let mut child = match command.spawn() {
@@ -333,14 +349,11 @@ impl SidecarTask {
         }
         self.publish(EventKind::Starting { pid });
 
-        let health_path = match self.kind {
-            SidecarKind::Opencode => "/global/health",
-            SidecarKind::Router => "/health",
-        };
-        let kind = self.kind;
+        let health_path = contract.health_path;
+        let flag_in_body = contract.health_body_has_flag;
         // opencode's password goes to opencode's announced port only; the router's health
         // server never gets it.
-        let authorization = (kind == SidecarKind::Opencode).then(|| {
+        let authorization = contract.health_with_credentials.then(|| {
             OpencodeEndpoint {
                 addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                 password: password.clone(),
@@ -357,7 +370,7 @@ impl SidecarTask {
                         answer.status
                     )));
                 }
-                if kind == SidecarKind::Opencode
+                if flag_in_body
                     && let Ok(body) = serde_json::from_slice::<serde_json::Value>(&answer.body)
                     && body.get("healthy") == Some(&serde_json::Value::Bool(false))
                 {
@@ -367,16 +380,22 @@ impl SidecarTask {
             }
         };
 
-        // Readiness: wait for the announced address, then poll quickly until healthy, the
-        // process exits, or time runs out.
+        // Readiness: wait for the announced address, then probe quickly until healthy, the
+        // process exits, or time runs out. Probes are hedged (see `HEDGE_AFTER`): one that
+        // the sidecar accepted but will never answer does not hold up the next.
         let deadline = spawned_at + self.tuning.ready_timeout;
         let mut addr: Option<SocketAddr> = None;
         let mut announcing = true;
+        let mut probes: JoinSet<Result<(), ProbeError>> = JoinSet::new();
+        let mut newest_probe: Option<Instant> = None;
         loop {
             let wake = tokio::select! {
                 status = child.wait() => Wake::Exited(status),
                 command = self.commands.recv() => Wake::Command(command),
                 announced = &mut announced, if announcing => Wake::Announced(announced.ok()),
+                Some(probed) = probes.join_next(), if !probes.is_empty() => {
+                    Wake::Probed(matches!(probed, Ok(Ok(()))))
+                }
                 _ = tokio::time::sleep(self.tuning.ready_poll), if addr.is_some() => Wake::Tick,
                 _ = tokio::time::sleep_until(deadline.into()) => Wake::Deadline,
             };
@@ -401,13 +420,24 @@ impl SidecarTask {
                 }
                 Wake::Tick => {
                     let Some(addr) = addr else { continue };
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    let limit = self
-                        .tuning
-                        .liveness_timeout
-                        .min(remaining)
-                        .max(Duration::from_millis(1));
-                    if check(addr, limit).await.is_ok() {
+                    let due = match newest_probe {
+                        None => true,
+                        Some(_) if probes.is_empty() => true,
+                        Some(at) => at.elapsed() >= HEDGE_AFTER,
+                    };
+                    if due && probes.len() < MAX_STARTUP_PROBES {
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        let limit = self
+                            .tuning
+                            .liveness_timeout
+                            .min(remaining)
+                            .max(Duration::from_millis(1));
+                        probes.spawn(check(addr, limit));
+                        newest_probe = Some(Instant::now());
+                    }
+                }
+                Wake::Probed(healthy) => {
+                    if healthy {
                         break;
                     }
                 }
@@ -430,6 +460,8 @@ impl SidecarTask {
             }
         }
         let addr = addr.expect("healthy only after an announcement");
+        // The hedged probes still waiting are answered by nobody; their sockets go now.
+        drop(probes);
         let endpoint = OpencodeEndpoint { addr, password };
 
         let ready_at = Instant::now();
@@ -490,7 +522,7 @@ impl SidecarTask {
                     }
                 }
                 // (Only waited for before readiness.)
-                Wake::Announced(_) | Wake::Deadline => {}
+                Wake::Announced(_) | Wake::Probed(_) | Wake::Deadline => {}
                 Wake::Tick => match check(addr, self.tuning.liveness_timeout).await {
                     Ok(()) => {
                         failed_checks = 0;
@@ -633,10 +665,7 @@ const STARVED_RETRY: Duration = Duration::from_secs(1);
 /// `opencode-router 0.1.0: health on http://127.0.0.1:41234/health, …`. Anything else (no
 /// such line, a non-loopback address, port 0) is not an announcement.
 pub(super) fn announced_address(kind: SidecarKind, line: &str) -> Option<SocketAddr> {
-    let marker = match kind {
-        SidecarKind::Opencode => "listening on http://",
-        SidecarKind::Router => "health on http://",
-    };
+    let marker = kind.contract().announcement;
     let rest = &line[line.find(marker)? + marker.len()..];
     let authority = rest
         .split(|c: char| c == '/' || c == ',' || c.is_whitespace())
