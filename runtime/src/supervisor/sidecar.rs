@@ -96,7 +96,7 @@ enum Wake {
 pub(super) struct SidecarTask {
     pub kind: SidecarKind,
     pub program: PathBuf,
-    pub workspace: PathBuf,
+    pub workspace: tokio::sync::watch::Receiver<crate::workspace::Workspace>,
     pub tuning: Tuning,
     pub status: Arc<Mutex<SidecarStatus>>,
     pub log: SidecarLog,
@@ -260,9 +260,11 @@ impl SidecarTask {
         }
         self.log.add_secret(&password);
 
+        // Read at each spawn: a switched workspace holds for every later process.
+        let workspace = self.workspace.borrow().directory.clone();
         let mut command = process::sidecar_command(&self.program);
         command
-            .current_dir(&self.workspace)
+            .current_dir(&workspace)
             // The server's own tokens are not the sidecars' business.
             .env_remove(env_vars::OPENWORK_TOKEN)
             .env_remove(env_vars::OPENWORK_HOST_TOKEN)
@@ -281,7 +283,7 @@ impl SidecarTask {
                     .as_ref()
                     .map(|e| format!("http://{}", e.addr))
                     .unwrap_or_default();
-                command.arg("serve").arg(&self.workspace);
+                command.arg("serve").arg(&workspace);
                 command.args(["--opencode-url", &url]);
                 command.env("OPENCODE_ROUTER_HEALTH_PORT", "0");
             }
