@@ -14,16 +14,36 @@ use crate::supervisor::SidecarState;
 use crate::supervisor::SidecarStatus;
 use crate::supervisor::logs::LogLine;
 
+/// Every code an error body may carry. The document lists them as the `error` field's
+/// `enum`, so a client can switch over them and the conformance test fails on a code that
+/// is not here.
+pub const ERROR_CODES: &[&str] = &[
+    "bad_request",
+    "unauthorized",
+    "host_token_required",
+    "not_found",
+    "unknown_sidecar",
+    "method_not_allowed",
+    "payload_too_large",
+    "unsupported_media_type",
+    "misdirected_request",
+    "headers_too_large",
+    "workspace_not_absolute",
+    "workspace_not_found",
+    "workspace_not_a_directory",
+    "workspace_not_saved",
+    "internal_error",
+    "opencode_unavailable",
+    "opencode_timeout",
+    "bad_gateway",
+    "opencode_unauthorized",
+];
+
 /// Every error: a stable machine-readable code and what to do about it.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
-    /// A stable word: `bad_request`, `unauthorized`, `host_token_required`, `not_found`,
-    /// `unknown_sidecar`, `method_not_allowed`, `payload_too_large`, `headers_too_large`,
-    /// `misdirected_request`, `unsupported_media_type`, `workspace_not_absolute`,
-    /// `workspace_not_found`, `workspace_not_a_directory`, `workspace_not_saved`,
-    /// `internal_error`, `opencode_unavailable`, `opencode_timeout`, `bad_gateway`,
-    /// `opencode_unauthorized`.
+    /// A stable word (one of `ERROR_CODES`): what went wrong, for a program.
     pub error: String,
     /// What happened and what to do, in words.
     pub message: String,

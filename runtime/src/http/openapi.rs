@@ -106,6 +106,7 @@ fn build() -> Value {
     if let Some(event) = components["schemas"].get_mut("Event") {
         event["unevaluatedProperties"] = json!(false);
     }
+    components["schemas"]["ErrorBody"]["properties"]["error"]["enum"] = json!(model::ERROR_CODES);
 
     let Some(paths) = doc["paths"].as_object_mut() else {
         return doc;
@@ -161,4 +162,36 @@ fn build() -> Value {
         }
     }
     doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_is_openapi_3_1_and_lists_every_switch_error_code() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let codes = &doc["components"]["schemas"]["ErrorBody"]["properties"]["error"]["enum"];
+        let probe = std::env::temp_dir();
+        let active = crate::workspace::ActiveWorkspace::new(
+            crate::workspace::Workspace::new(probe.clone()),
+            probe.join("never-written.json"),
+        );
+        for refused in ["relative", "/no/such/dir/for/this/test"] {
+            let code = active.switch(refused).unwrap_err().code();
+            assert!(codes.as_array().unwrap().contains(&json!(code)), "{code}");
+        }
+        // Every operation answers with the request id header.
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for (status, response) in operation["responses"].as_object().unwrap() {
+                    assert!(
+                        response["headers"].get("X-Request-Id").is_some(),
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -105,14 +105,9 @@ export type Capabilities = {
  */
 export type ErrorBody = {
     /**
-     * A stable word: `bad_request`, `unauthorized`, `host_token_required`, `not_found`,
-     * `unknown_sidecar`, `method_not_allowed`, `payload_too_large`, `headers_too_large`,
-     * `misdirected_request`, `unsupported_media_type`, `workspace_not_absolute`,
-     * `workspace_not_found`, `workspace_not_a_directory`, `workspace_not_saved`,
-     * `internal_error`, `opencode_unavailable`, `opencode_timeout`, `bad_gateway`,
-     * `opencode_unauthorized`.
+     * A stable word (one of `ERROR_CODES`): what went wrong, for a program.
      */
-    error: string;
+    error: 'bad_request' | 'unauthorized' | 'host_token_required' | 'not_found' | 'unknown_sidecar' | 'method_not_allowed' | 'payload_too_large' | 'unsupported_media_type' | 'misdirected_request' | 'headers_too_large' | 'workspace_not_absolute' | 'workspace_not_found' | 'workspace_not_a_directory' | 'workspace_not_saved' | 'internal_error' | 'opencode_unavailable' | 'opencode_timeout' | 'bad_gateway' | 'opencode_unauthorized';
     /**
      * What happened and what to do, in words.
      */
