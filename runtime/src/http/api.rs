@@ -719,23 +719,6 @@ pub(super) async fn switch_workspace(
     )
 }
 
-/// Every route, as `GET /capabilities` lists it.
-pub const ROUTES: &[&str] = &[
-    "GET /health",
-    "GET /openapi.json",
-    "GET /system/health",
-    "GET /system/runtime",
-    "GET /system/events",
-    "POST /system/sidecars/{name}/restart",
-    "GET /system/sidecars/{name}/logs?tail=N",
-    "POST /system/shutdown",
-    "GET /workspaces",
-    "GET /workspaces/active",
-    "PUT /workspaces/active",
-    "GET /capabilities",
-    "* /opencode/{path}",
-];
-
 #[utoipa::path(
     get, path = "/capabilities", tag = "handshake",
     summary = "What this server offers: routes, auth, and what a client can do with skills, plugins and MCP servers",
@@ -761,15 +744,14 @@ pub(super) fn capabilities(state: &AppState) -> Response<ResponseBody> {
                 base_path: OPENCODE_PREFIX.into(),
             },
             sidecars,
-            routes: ROUTES.iter().map(|r| r.to_string()).collect(),
+            // From the document, so the list cannot drift from what is served.
+            routes: super::openapi::routes(|_| true),
             auth: model::AuthInfo {
                 scheme: "Bearer".into(),
                 header: super::auth::TOKEN_HEADER.into(),
-                host_token_for: vec![
-                    "POST /system/shutdown".into(),
-                    "POST /system/sidecars/{name}/restart".into(),
-                    "PUT /workspaces/active".into(),
-                ],
+                host_token_for: super::openapi::routes(|security| {
+                    security == [serde_json::json!({ "hostToken": [] })]
+                }),
             },
             skills: access(true, false),
             plugins: access(true, true),

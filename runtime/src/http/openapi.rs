@@ -65,6 +65,30 @@ pub fn document_text() -> String {
     text
 }
 
+/// Every operation whose security requirements pass `filter`, as `METHOD /path`; the
+/// pass-through, which takes any method, as `* /opencode/{path}`.
+pub fn routes(filter: impl Fn(&[Value]) -> bool) -> Vec<String> {
+    let mut routes = Vec::new();
+    let Some(paths) = document()["paths"].as_object() else {
+        return routes;
+    };
+    for (path, item) in paths {
+        let Some(item) = item.as_object() else {
+            continue;
+        };
+        let mut methods: Vec<String> = item
+            .iter()
+            .filter(|(_, op)| filter(op["security"].as_array().map_or(&[], Vec::as_slice)))
+            .map(|(method, _)| method.to_ascii_uppercase())
+            .collect();
+        if methods.len() > 3 {
+            methods = vec!["*".into()];
+        }
+        routes.extend(methods.into_iter().map(|method| format!("{method} {path}")));
+    }
+    routes
+}
+
 fn error_response(description: &str) -> Value {
     json!({
         "description": description,
@@ -182,6 +206,24 @@ mod tests {
             let code = active.switch(refused).unwrap_err().code();
             assert!(codes.as_array().unwrap().contains(&json!(code)), "{code}");
         }
+        // The routes /capabilities lists come from here.
+        let mut host_only = routes(|security| security == [json!({ "hostToken": [] })]);
+        host_only.sort();
+        assert_eq!(
+            host_only,
+            [
+                "POST /system/shutdown",
+                "POST /system/sidecars/{name}/restart",
+                "PUT /workspaces/active"
+            ]
+        );
+        let all = routes(|_| true);
+        assert!(all.contains(&"* /opencode/{path}".to_string()), "{all:?}");
+        assert!(
+            all.contains(&"GET /workspaces/active".to_string()),
+            "{all:?}"
+        );
+        assert_eq!(all.len(), 13, "{all:?}");
         // Every operation answers with the request id header.
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, operation) in item.as_object().unwrap() {
