@@ -879,6 +879,55 @@ mod tests {
     }
 
     #[test]
+    fn a_sane_request_id_is_kept_and_anything_else_is_replaced() {
+        let with = |value: &[u8]| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(REQUEST_ID_HEADER, HeaderValue::from_bytes(value).unwrap());
+            request_id(&headers)
+        };
+        for sane in [
+            "a",
+            "0f8e-ULID_01.x:y/z+w=",
+            &"x".repeat(MAX_REQUEST_ID_LEN),
+        ] {
+            assert_eq!(with(sane.as_bytes()), sane);
+        }
+        let generated = |id: HeaderValue| {
+            let text = id.to_str().unwrap().to_owned();
+            assert_eq!(text.len(), 32);
+            assert!(text.bytes().all(|b| b.is_ascii_hexdigit()));
+            text
+        };
+        let too_long = "x".repeat(MAX_REQUEST_ID_LEN + 1);
+        for insane in [
+            too_long.as_bytes(),
+            b"a b",
+            b"<b>",
+            b"\"quoted\"",
+            b"",
+            b"caf\xc3\xa9",
+        ] {
+            generated(with(insane));
+        }
+        let (a, b) = (
+            generated(request_id(&http::HeaderMap::new())),
+            generated(request_id(&http::HeaderMap::new())),
+        );
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_directory_is_percent_encoded_as_opencode_decodes_it() {
+        assert_eq!(
+            percent_encode_path("/home/me/project-1.x_y~"),
+            "/home/me/project-1.x_y~"
+        );
+        assert_eq!(percent_encode_path("/tmp/a b/%"), "/tmp/a%20b/%25");
+        assert_eq!(percent_encode_path("/tmp/café"), "/tmp/caf%C3%A9");
+        assert_eq!(percent_encode_path("C:\\Users\\me"), "C%3A%5CUsers%5Cme");
+    }
+
+    #[test]
     fn a_loopback_bind_serves_loopback_names_and_allowed_ones_only() {
         let check = HostCheck::for_bind("127.0.0.1".parse().unwrap(), &["Proxy.Example.".into()]);
         for host in [
