@@ -49,6 +49,8 @@ pub const RUN_DIR: &str = "run";
 pub const TOKEN_FILE: &str = "token";
 /// The generated host token.
 pub const HOST_TOKEN_FILE: &str = "host-token";
+/// The remembered active workspace (`{"directory": …}`, 0600).
+pub const WORKSPACE_FILE: &str = "workspace.json";
 /// opencode-router's configuration: when it exists, the router runs.
 pub const ROUTER_CONFIG_FILE: &str = "opencode-router.json";
 

@@ -9,6 +9,7 @@
 //! - [`lock`]: OS file locks and leases, which a crash always releases.
 //! - [`gc`]: removal of unused runtimes and abandoned temp directories.
 //! - [`trust`]: what on disk is trusted (ours, private), and creating files safely.
+//! - [`workspace`]: the active workspace, switchable at run time and remembered.
 //! - [`env_vars`]: the documented environment (exit codes are shared with the packager:
 //!   [`openwork_payload::ExitCode`]).
 //!
@@ -28,6 +29,7 @@ pub mod source;
 pub mod stamp;
 pub mod supervisor;
 pub mod trust;
+pub mod workspace;
 
 pub use error::{Error, Result};
 pub use openwork_payload::ExitCode;

@@ -228,6 +228,30 @@ pub fn create_new_file(path: &Path, mode: u32) -> io::Result<File> {
     Ok(file)
 }
 
+/// Writes `bytes` to `path`, readable by the owner only: an exclusively created temp file
+/// beside it (mode 0600, never through a link, a fresh random name), fsynced, then renamed
+/// over `path` (creating its directory 0700 if needed). A reader sees the old content or the
+/// new, never half of it, and a link planted at `path` is replaced, never followed.
+pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    create_private_dir(dir)?;
+    let tmp = temp_path_beside(path);
+    let write = || -> io::Result<()> {
+        let mut file = create_new_file(&tmp, 0o600)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        // rename replaces whatever is at `path`, a link included, and never follows it.
+        std::fs::rename(&tmp, path)
+    };
+    write().inspect_err(|e| {
+        // Only ever our own temp file: a name that was taken made the create fail first.
+        if e.kind() != io::ErrorKind::AlreadyExists {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    })
+}
+
 /// Whether an open error means "a symbolic link was there" (`O_NOFOLLOW`'s `ELOOP`).
 pub fn is_symlink_error(e: &io::Error) -> bool {
     #[cfg(unix)]

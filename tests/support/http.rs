@@ -181,7 +181,15 @@ fn open(
         .map_err(|e| io::Error::new(e.kind(), format!("connect {addr}: {e}")))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    // A caller's own Host replaces the default (one Host per request, as a client sends).
+    let own_host = headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"));
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !own_host {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    head.push_str("Connection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }

@@ -3,6 +3,7 @@
 
 #[cfg(unix)]
 pub mod attacker;
+pub mod contract;
 pub mod fixtures;
 pub mod http;
 pub mod release;

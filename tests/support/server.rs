@@ -99,6 +99,20 @@ impl ServerBuilder {
             .arg(format!("opencode-router={}", fixture.display()))
     }
 
+    /// Without `--workspace`: the server takes the remembered workspace, else its current
+    /// directory.
+    pub fn without_workspace(mut self) -> ServerBuilder {
+        if let Some(at) = self.args.iter().position(|a| a == "--workspace") {
+            self.args.drain(at..at + 2);
+        }
+        self
+    }
+
+    /// `--workspace dir` instead of `<dir>/workspace`.
+    pub fn workspace(self, dir: &Path) -> ServerBuilder {
+        self.without_workspace().arg("--workspace").arg(dir)
+    }
+
     /// One more argument.
     pub fn arg(mut self, arg: impl Into<OsString>) -> ServerBuilder {
         self.args.push(arg.into());

@@ -80,3 +80,165 @@ fn the_packed_server_runs_real_opencode_restarts_it_and_stops_cleanly() {
         "still running from the runtime dir: {left:?}"
     );
 }
+
+/// Runs `program args` in `dir`, panicking with its output when it fails.
+fn run_in(dir: &std::path::Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{program} {args:?} in {}: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        dir.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Whether node can run here. Outside CI a missing node skips the client half of the test
+/// (saying so); under CI it fails, so the check never silently goes missing there.
+fn node_available() -> bool {
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "node is needed for the TypeScript client's end-to-end test (.ci/run installs it)"
+    );
+    eprintln!("skipped the TypeScript client half: node is not installed (CI installs it)");
+    false
+}
+
+/// A client that knows only the PRD's handshake and opencode's published SDK, against the
+/// packed server with the real opencode: every answer conforms to docs/openapi.json, the
+/// capabilities are true of this opencode, a switched workspace is the one opencode serves,
+/// and the generated TypeScript client plus `@opencode-ai/sdk` create and list a session.
+#[test]
+fn a_client_knowing_only_the_handshake_and_opencodes_sdk_works_through_the_packed_server() {
+    use openwork_tests::contract::{self, Contract};
+    use openwork_tests::http;
+    use serde_json::json;
+
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = pack_host_with_pinned_opencode(dir.path());
+    let server = ServerBuilder::executable(&artifact, dir.path())
+        .isolated_home()
+        .start();
+    let mut contract = Contract::new(contract::checked_in_document());
+    let token = server.token.clone();
+    let host = server.host_token.clone();
+    let auth = format!("Bearer {token}");
+    let mut call = |method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        let response = http::request(&server.addr, method, path, headers, body);
+        contract.check(method, path, &response);
+        response
+    };
+    let with_token = [("Authorization", auth.as_str())];
+    for path in [
+        "/health",
+        "/system/health",
+        "/openapi.json",
+        "/system/runtime",
+        "/workspaces",
+        "/workspaces/active",
+        "/capabilities",
+        "/system/sidecars/opencode/logs?tail=3",
+        "/opencode/global/health",
+        "/opencode/session",
+    ] {
+        let response = call("GET", path, &with_token, b"");
+        assert_eq!(response.status, 200, "GET {path}: {}", response.text());
+    }
+    assert_eq!(call("GET", "/workspaces", &[], b"").status, 401);
+    assert_eq!(call("GET", "/nowhere", &with_token, b"").status, 404);
+    assert_eq!(call("PUT", "/capabilities", &with_token, b"").status, 405);
+
+    // What /capabilities says a client can do, this opencode really offers.
+    let capabilities = server.get_json("/capabilities");
+    let doc = server.get_json("/opencode/doc");
+    let offers = |path: &str, method: &str| doc["paths"][path].get(method).is_some();
+    assert_eq!(
+        capabilities["skills"],
+        json!({"read": offers("/skill", "get"), "write": false})
+    );
+    assert_eq!(
+        capabilities["mcp"],
+        json!({"read": offers("/mcp", "get"), "write": offers("/mcp", "post")})
+    );
+    let config_has_plugins = doc["components"]["schemas"]["Config"]["properties"]
+        .get("plugin")
+        .is_some();
+    assert_eq!(
+        capabilities["plugins"],
+        json!({
+            "read": offers("/config", "get") && config_has_plugins,
+            "write": offers("/config", "patch") && config_has_plugins,
+        })
+    );
+    assert_eq!(capabilities["skills"]["read"], true, "{capabilities}");
+
+    // Switch the workspace: the real opencode serves the new directory, unrestarted.
+    let other = dir.path().join("another project");
+    std::fs::create_dir(&other).unwrap();
+    let other_dir = other.canonicalize().unwrap();
+    let opencode_pid = server.sidecar("opencode")["pid"].clone();
+    let host_auth = format!("Bearer {host}");
+    let body = json!({ "directory": other }).to_string();
+    let response = call(
+        "PUT",
+        "/workspaces/active",
+        &[
+            ("Authorization", host_auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let path = call("GET", "/opencode/path", &with_token, b"").json();
+    assert_eq!(path["directory"], other_dir.to_str().unwrap(), "{path}");
+    assert_eq!(
+        server.sidecar("opencode")["pid"],
+        opencode_pid,
+        "not restarted"
+    );
+
+    if !node_available() {
+        return;
+    }
+    let client_dir = openwork_tests::workspace_root().join("clients/typescript");
+    if !client_dir.join("node_modules").exists() {
+        run_in(&client_dir, "npm", &["ci", "--no-audit", "--no-fund"], &[]);
+    }
+    run_in(&client_dir, "npm", &["run", "build"], &[]);
+    let out = run_in(
+        &client_dir,
+        "node",
+        &["test/e2e.mjs"],
+        &[("OPENWORK_URL", &server.url), ("OPENWORK_TOKEN", &token)],
+    );
+    let seen: serde_json::Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("the e2e script printed no JSON line ({e}): {out}"));
+    assert_eq!(
+        seen["baseUrl"],
+        format!("{}/opencode", server.url),
+        "{seen}"
+    );
+    assert_eq!(seen["directory"], other_dir.to_str().unwrap());
+    assert_eq!(
+        seen["sessionDirectory"],
+        other_dir.to_str().unwrap(),
+        "the session was made in the active workspace: {seen}"
+    );
+    assert!(seen["sessionTitle"].as_str().unwrap().starts_with("e2e "));
+    assert_eq!(seen["firstEvent"], "snapshot");
+    assert_eq!(seen["sidecars"], json!(["opencode"]));
+}

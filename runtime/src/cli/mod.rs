@@ -53,7 +53,8 @@ pub struct ServeArgs {
     /// Allow --host to be an address other machines can reach
     #[arg(long)]
     pub remote_access: bool,
-    /// The workspace opencode works in [default: the current directory]
+    /// The workspace opencode works in; remembered, and it replaces a workspace switched
+    /// over the API [default: the remembered workspace, else the current directory]
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
     /// File holding the client token [default: OPENWORK_TOKEN, else a generated token

@@ -1,23 +1,46 @@
-//! Routing and the handlers of the HTTP API (docs/RUNTIME.md lists every route).
+//! Routing and the handlers of the HTTP API. Every route is described by the OpenAPI document
+//! generated from the `#[utoipa::path]` attributes here (see [`super::openapi`]).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header, uri::PathAndQuery};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde_json::json;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::auth::{Access, Tokens};
+use super::model;
 use super::proxy::{self, Proxy, Upstream};
 use super::response::{self, ResponseBody};
 use super::server::ConnectionTicket;
 use super::sse;
 use crate::supervisor::Supervisor;
+use crate::supervisor::events::EventKind;
+use crate::workspace::{ActiveWorkspace, Workspace};
 
 /// The prefix under which opencode is reachable.
 pub const OPENCODE_PREFIX: &str = "/opencode";
+
+/// The header in which opencode takes the directory a request is about (percent-encoded:
+/// opencode decodes it, so any path fits in a header).
+pub const OPENCODE_DIRECTORY_HEADER: &str = "x-opencode-directory";
+
+/// Percent-encodes everything in `path` but unreserved characters and `/`: what opencode's
+/// `decodeURIComponent` turns back into the path, and a plain path (the common case) stays
+/// readable.
+fn percent_encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
 
 /// What the handlers need.
 pub struct AppState {
@@ -27,11 +50,13 @@ pub struct AppState {
     pub tokens: Tokens,
     /// This server's version.
     pub version: &'static str,
-    /// For `GET /system/runtime`: manifest, payload source, runtime and data dirs.
-    pub runtime: serde_json::Value,
+    /// For `GET /system/runtime`: manifest, payload source, runtime and data dirs (the
+    /// live fields are filled in per request).
+    pub runtime: model::RuntimeInfo,
     /// The active workspace.
-    pub workspace: Workspace,
-    /// The server's own base URL (`http://host:port`).
+    pub workspace: Arc<ActiveWorkspace>,
+    /// The server's own base URL (`http://host:port`): the bound address, for requests
+    /// that name no `Host`.
     pub base_url: String,
     /// Origins allowed to call from a browser; empty = no CORS headers at all.
     pub cors_origins: Vec<String>,
@@ -101,39 +126,53 @@ fn host_name(host: &str) -> &str {
     }
 }
 
-/// The active workspace.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Workspace {
-    /// Stable id: the first 16 hex digits of the SHA-256 of the directory path.
-    pub id: String,
-    /// The directory's name.
-    pub name: String,
-    /// The directory.
-    pub directory: PathBuf,
-}
+/// The header that names a request, in both directions.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The longest request id taken from a client; longer ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
 
-impl Workspace {
-    /// The workspace for `directory` (already absolute).
-    pub fn new(directory: PathBuf) -> Workspace {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(directory.to_string_lossy().as_bytes());
-        Workspace {
-            id: hex::encode(&digest[..8]),
-            name: directory
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| directory.to_string_lossy().into_owned()),
-            directory,
-        }
+/// The client's own `X-Request-Id` when it is sane (1 to 128 characters, each a letter, a
+/// digit or one of `-_.:/+=`: enough for UUIDs, ULIDs and base64 ids; nothing that could
+/// forge a log line or smuggle markup), else a fresh one (32 hex digits).
+pub fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    let sane = |v: &&HeaderValue| {
+        let bytes = v.as_bytes();
+        (1..=MAX_REQUEST_ID_LEN).contains(&bytes.len())
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(b))
+    };
+    match headers.get(REQUEST_ID_HEADER).filter(sane) {
+        Some(value) => value.clone(),
+        None => HeaderValue::from_str(&format!("{:032x}", rand::random::<u128>()))
+            .expect("hex digits are a valid header value"),
     }
 }
 
-/// Handles one request; never fails (errors are JSON responses).
+/// Handles one request; never fails (errors are JSON responses). Every answer carries
+/// `X-Request-Id`, and the request's log line (and every line logged while it is handled)
+/// names the same id, so a client's report can be matched to the log.
 pub async fn handle(
+    mut request: Request<Incoming>,
+    state: Arc<AppState>,
+    peer: SocketAddr,
+) -> Response<ResponseBody> {
+    let id = request_id(request.headers());
+    // opencode sees the same id (a bad one from the client is replaced, not passed on).
+    request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+    let id_text = id.to_str().unwrap_or_default().to_owned();
+    let span = tracing::info_span!("request", id = %id_text);
+    let mut response = handle_inner(request, state, peer).instrument(span).await;
+    response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    response
+}
+
+async fn handle_inner(
     request: Request<Incoming>,
     state: Arc<AppState>,
     peer: SocketAddr,
 ) -> Response<ResponseBody> {
+    let started = std::time::Instant::now();
     let origin = allowed_origin(&state, request.headers());
     let method = request.method().clone();
     let path = request.uri().path().to_string();
@@ -162,8 +201,20 @@ pub async fn handle(
         let headers = response.headers_mut();
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
+        // So a browser client can read the id for its bug report.
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("x-request-id"),
+        );
     }
-    tracing::debug!(%method, path = %path, status = response.status().as_u16(), "request");
+    // Only the path: a query may carry a token (EventSource cannot set headers).
+    tracing::info!(
+        %method,
+        path = %path,
+        status = response.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
     response
 }
 
@@ -185,6 +236,7 @@ async fn route(
     // The handshake and the health overview need no token (pids only with one).
     match path.as_str() {
         "/health" => return only(&method, &[Method::GET], || health(state)),
+        "/openapi.json" => return only(&method, &[Method::GET], openapi_json),
         "/system/health" => {
             return only(&method, &[Method::GET], || {
                 system_health(state, access != Access::None)
@@ -210,69 +262,28 @@ async fn route(
     }
 
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let host = access == Access::Host;
     match segments.as_slice() {
         ["system", "runtime"] => only(&method, &[Method::GET], || system_runtime(state)),
-        ["system", "events"] => {
-            if method != Method::GET {
-                return method_not_allowed(&[Method::GET]);
-            }
-            let last_event_id = request
-                .headers()
-                .get("last-event-id")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse().ok());
-            sse::events_response(&state.supervisor, last_event_id, state.shutdown.subscribe())
-        }
-        ["system", "shutdown"] => {
-            if method != Method::POST {
-                return method_not_allowed(&[Method::POST]);
-            }
-            if access != Access::Host {
-                return host_token_required();
-            }
-            tracing::info!("shutdown requested over the API");
-            state.shutdown.send_replace(true);
-            response::json(StatusCode::ACCEPTED, &json!({ "shuttingDown": true }))
-        }
-        ["system", "sidecars", name, "restart"] => {
-            if method != Method::POST {
-                return method_not_allowed(&[Method::POST]);
-            }
-            if access != Access::Host {
-                return host_token_required();
-            }
-            if state.supervisor.restart(name) {
-                response::json(StatusCode::ACCEPTED, &json!({ "restarting": name }))
-            } else {
-                unknown_sidecar(name, &state.supervisor)
-            }
-        }
-        ["system", "sidecars", name, "logs"] => {
-            if method != Method::GET {
-                return method_not_allowed(&[Method::GET]);
-            }
-            let Some(log) = state.supervisor.log(name) else {
-                return unknown_sidecar(name, &state.supervisor);
-            };
-            let tail = match query_value(request.uri().query(), "tail") {
-                None => 200,
-                Some(value) => match value.parse::<usize>() {
-                    Ok(n) => n,
-                    Err(_) => {
-                        return response::error(
-                            StatusCode::BAD_REQUEST,
-                            "bad_request",
-                            "tail must be a whole number of lines, e.g. ?tail=100",
-                        );
-                    }
-                },
-            };
-            response::json(
-                StatusCode::OK,
-                &json!({ "name": name, "file": log.path(), "lines": log.tail(tail) }),
-            )
-        }
-        ["workspaces"] => only(&method, &[Method::GET], || workspaces(state)),
+        ["system", "events"] => only(&method, &[Method::GET], || {
+            system_events(state, request.headers())
+        }),
+        ["system", "shutdown"] => only(&method, &[Method::POST], || shutdown(state, host)),
+        ["system", "sidecars", name, "restart"] => only(&method, &[Method::POST], || {
+            restart_sidecar(state, host, name)
+        }),
+        ["system", "sidecars", name, "logs"] => only(&method, &[Method::GET], || {
+            sidecar_logs(state, name, request.uri().query())
+        }),
+        ["workspaces"] => only(&method, &[Method::GET], || {
+            workspaces(state, request.headers())
+        }),
+        ["workspaces", "active"] => match method {
+            Method::GET | Method::HEAD => active_workspace(state, request.headers()),
+            Method::PUT if !host => host_token_required(),
+            Method::PUT => switch_workspace(request, state).await,
+            _ => method_not_allowed(&[Method::GET, Method::PUT]),
+        },
         ["capabilities"] => only(&method, &[Method::GET], || capabilities(state)),
         _ => response::error(
             StatusCode::NOT_FOUND,
@@ -280,6 +291,119 @@ async fn route(
             &format!("no route {path}; see GET /capabilities"),
         ),
     }
+}
+
+#[utoipa::path(
+    get, path = "/system/events", tag = "system",
+    summary = "Supervisor events as Server-Sent Events",
+    description = "Opens with `retry: 2000`, then (without `Last-Event-ID`) an `event: snapshot` frame of every sidecar's status, then numbered frames (`id:` = the event's `seq`, `event:` = its `event` field) as things happen, and `: keepalive` comments every 15 s. `Last-Event-ID` replays the remembered events after it (up to 256) instead of the snapshot. An `event: lagged` frame says how many events a slow reader missed. Every frame's `data:` is one JSON document described by `SystemEventData`.",
+    params(("Last-Event-ID" = Option<u64>, Header, description = "Replay the remembered events after this one")),
+    responses(
+        (status = 200, description = "The event stream; each frame's `data:` is a `SystemEventData`", content_type = "text/event-stream", body = model::SystemEventData),
+    ),
+    security(("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
+)]
+pub(super) fn system_events(state: &AppState, headers: &http::HeaderMap) -> Response<ResponseBody> {
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    sse::events_response(&state.supervisor, last_event_id, state.shutdown.subscribe())
+}
+
+#[utoipa::path(
+    post, path = "/system/shutdown", tag = "system",
+    summary = "Stop the server cleanly (host token)",
+    responses(
+        (status = 202, description = "Stopping: the router, then opencode, then the server exits 0", body = model::ShuttingDown),
+        (status = 403, description = "`host_token_required`: the client token is not enough", body = model::ErrorBody),
+    ),
+    security(("hostToken" = [])),
+)]
+pub(super) fn shutdown(state: &AppState, host: bool) -> Response<ResponseBody> {
+    if !host {
+        return host_token_required();
+    }
+    tracing::info!("shutdown requested over the API");
+    state.shutdown.send_replace(true);
+    response::json(
+        StatusCode::ACCEPTED,
+        &model::ShuttingDown {
+            shutting_down: true,
+        },
+    )
+}
+
+#[utoipa::path(
+    post, path = "/system/sidecars/{name}/restart", tag = "system",
+    summary = "Restart a sidecar from any state, `failed` included (host token)",
+    params(("name" = String, Path, description = "`opencode` or `opencode-router`")),
+    responses(
+        (status = 202, description = "Restarting; its failures are forgotten", body = model::Restarting),
+        (status = 403, description = "`host_token_required`", body = model::ErrorBody),
+        (status = 404, description = "`unknown_sidecar`: no such sidecar runs here", body = model::ErrorBody),
+    ),
+    security(("hostToken" = [])),
+)]
+pub(super) fn restart_sidecar(state: &AppState, host: bool, name: &str) -> Response<ResponseBody> {
+    if !host {
+        return host_token_required();
+    }
+    if state.supervisor.restart(name) {
+        response::json(
+            StatusCode::ACCEPTED,
+            &model::Restarting {
+                restarting: name.to_string(),
+            },
+        )
+    } else {
+        unknown_sidecar(name, &state.supervisor)
+    }
+}
+
+#[utoipa::path(
+    get, path = "/system/sidecars/{name}/logs", tag = "system",
+    summary = "The last lines of a sidecar's output and the supervisor's notes about it",
+    params(
+        ("name" = String, Path, description = "`opencode` or `opencode-router`"),
+        ("tail" = Option<u64>, Query, description = "How many lines (default 200)"),
+    ),
+    responses(
+        (status = 200, description = "The last lines, oldest first", body = model::Logs),
+        (status = 400, description = "`bad_request`: `tail` is not a whole number", body = model::ErrorBody),
+        (status = 404, description = "`unknown_sidecar`", body = model::ErrorBody),
+    ),
+    security(("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
+)]
+pub(super) fn sidecar_logs(
+    state: &AppState,
+    name: &str,
+    query: Option<&str>,
+) -> Response<ResponseBody> {
+    let Some(log) = state.supervisor.log(name) else {
+        return unknown_sidecar(name, &state.supervisor);
+    };
+    let tail = match query_value(query, "tail") {
+        None => 200,
+        Some(value) => match value.parse::<usize>() {
+            Ok(n) => n,
+            Err(_) => {
+                return response::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "tail must be a whole number of lines, e.g. ?tail=100",
+                );
+            }
+        },
+    };
+    response::json(
+        StatusCode::OK,
+        &model::Logs {
+            name: name.to_string(),
+            file: log.path().to_string_lossy().into_owned(),
+            lines: log.tail(tail),
+        },
+    )
 }
 
 fn only(
@@ -324,82 +448,333 @@ fn unknown_sidecar(name: &str, supervisor: &Supervisor) -> Response<ResponseBody
     )
 }
 
-fn health(state: &AppState) -> Response<ResponseBody> {
+#[utoipa::path(
+    get, path = "/health", tag = "handshake",
+    summary = "The OpenWork handshake: is this an OpenWork server, and is opencode up",
+    responses((status = 200, description = "Always 200 once the server listens", body = model::Health)),
+)]
+pub(super) fn health(state: &AppState) -> Response<ResponseBody> {
     response::json(
         StatusCode::OK,
-        &json!({ "healthy": state.supervisor.opencode_healthy(), "version": state.version }),
+        &model::Health {
+            healthy: state.supervisor.opencode_healthy(),
+            version: state.version.to_string(),
+        },
     )
 }
 
 /// `with_pids`: only for a caller with a token; pids tell another local user which processes
 /// to watch.
-fn system_health(state: &AppState, with_pids: bool) -> Response<ResponseBody> {
-    let sidecars: serde_json::Map<String, serde_json::Value> = state
+#[utoipa::path(
+    get, path = "/system/health", tag = "system",
+    summary = "Every sidecar's state; with a token, their pids too",
+    responses((status = 200, description = "The overview", body = model::SystemHealth)),
+    security((), ("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
+)]
+pub(super) fn system_health(state: &AppState, with_pids: bool) -> Response<ResponseBody> {
+    let sidecars = state
         .supervisor
         .statuses()
         .into_iter()
         .map(|s| {
-            let mut entry = json!({ "state": s.state });
-            if with_pids {
-                entry["pid"] = json!(s.pid);
-            }
+            let entry = model::SidecarHealth {
+                state: s.state,
+                pid: with_pids.then_some(s.pid),
+            };
             (s.name.to_string(), entry)
         })
         .collect();
     response::json(
         StatusCode::OK,
-        &json!({
-            "healthy": state.supervisor.opencode_healthy(),
-            "version": state.version,
-            "sidecars": sidecars,
-        }),
+        &model::SystemHealth {
+            healthy: state.supervisor.opencode_healthy(),
+            version: state.version.to_string(),
+            sidecars,
+        },
     )
 }
 
-fn system_runtime(state: &AppState) -> Response<ResponseBody> {
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "handshake",
+    summary = "This document (no token: it holds no secret)",
+    responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json", body = Object)),
+)]
+pub(super) fn openapi_json() -> Response<ResponseBody> {
+    response::json(StatusCode::OK, super::openapi::document())
+}
+
+#[utoipa::path(
+    get, path = "/system/runtime", tag = "system",
+    summary = "What runs: manifest, payload, directories, and every sidecar's status",
+    responses((status = 200, description = "The runtime", body = model::RuntimeInfo)),
+    security(("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
+)]
+pub(super) fn system_runtime(state: &AppState) -> Response<ResponseBody> {
     let mut body = state.runtime.clone();
-    body["version"] = json!(state.version);
-    body["pid"] = json!(std::process::id());
-    body["sidecars"] = json!(state.supervisor.statuses());
+    body.workspace = state
+        .workspace
+        .get()
+        .directory
+        .to_string_lossy()
+        .into_owned();
+    body.sidecars = state.supervisor.statuses();
     response::json(StatusCode::OK, &body)
 }
 
-fn workspaces(state: &AppState) -> Response<ResponseBody> {
-    let workspace = &state.workspace;
-    let item = json!({
-        "id": workspace.id,
-        "name": workspace.name,
-        "directory": workspace.directory,
-        "active": true,
-        "opencode": { "baseUrl": format!("{}{OPENCODE_PREFIX}", state.base_url) },
-    });
+/// The base URL of this server as the client reached it: its `Host` (already allowed by
+/// the host check) when it is a plain `name[:port]`, else the bound address. A client on
+/// `localhost`, or behind an `--allow-host` reverse proxy, gets a URL it can use; a Host
+/// with anything else in it (a path, user info) is not echoed into a URL.
+fn base_url(state: &AppState, headers: &http::HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .filter(|a| !a.as_str().contains('@'));
+    match host {
+        Some(authority) => format!("http://{authority}"),
+        None => state.base_url.clone(),
+    }
+}
+
+fn opencode_target(
+    state: &AppState,
+    headers: &http::HeaderMap,
+    workspace: &Workspace,
+) -> model::OpencodeTarget {
+    model::OpencodeTarget {
+        base_url: format!("{}{OPENCODE_PREFIX}", base_url(state, headers)),
+        directory: workspace.directory.to_string_lossy().into_owned(),
+    }
+}
+
+fn active_body(
+    state: &AppState,
+    headers: &http::HeaderMap,
+    workspace: &Workspace,
+) -> model::ActiveWorkspaceBody {
+    model::ActiveWorkspaceBody {
+        id: workspace.id.clone(),
+        name: workspace.name.clone(),
+        opencode: opencode_target(state, headers, workspace),
+    }
+}
+
+#[utoipa::path(
+    get, path = "/workspaces", tag = "handshake",
+    summary = "The active workspace and how to reach opencode for it",
+    description = "`active.opencode.baseUrl` is this server's `/opencode` proxy as the client reached the server (its `Host`): give it to opencode's SDK with this server's token.",
+    responses((status = 200, description = "The workspaces", body = model::Workspaces)),
+    security(("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
+)]
+pub(super) fn workspaces(state: &AppState, headers: &http::HeaderMap) -> Response<ResponseBody> {
+    let workspace = state.workspace.get();
+    let item = model::WorkspaceItem {
+        id: workspace.id.clone(),
+        name: workspace.name.clone(),
+        directory: workspace.directory.to_string_lossy().into_owned(),
+        active: true,
+        opencode: opencode_target(state, headers, &workspace),
+    };
     response::json(
         StatusCode::OK,
-        &json!({ "items": [item], "activeId": workspace.id }),
+        &model::Workspaces {
+            active: active_body(state, headers, &workspace),
+            items: vec![item],
+            active_id: workspace.id.clone(),
+        },
     )
 }
 
-fn capabilities(state: &AppState) -> Response<ResponseBody> {
-    let sidecars: Vec<&str> = state.supervisor.statuses().iter().map(|s| s.name).collect();
+#[utoipa::path(
+    get, path = "/workspaces/active", tag = "handshake",
+    summary = "The active workspace (`GET /workspaces`' `active`)",
+    responses((status = 200, description = "The active workspace", body = model::ActiveWorkspaceBody)),
+    security(("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
+)]
+pub(super) fn active_workspace(
+    state: &AppState,
+    headers: &http::HeaderMap,
+) -> Response<ResponseBody> {
+    let workspace = state.workspace.get();
+    response::json(StatusCode::OK, &active_body(state, headers, &workspace))
+}
+
+/// The largest `PUT /workspaces/active` body read: a path and some JSON around it.
+const MAX_SWITCH_BODY: usize = 64 * 1024;
+
+/// `PUT /workspaces/active` (host token, checked by the caller): switch, tell
+/// `/system/events`, restart the router in the new directory.
+#[utoipa::path(
+    put, path = "/workspaces/active", tag = "handshake",
+    summary = "Switch the active workspace (host token)",
+    description = "The directory must exist; it is canonicalised and remembered in the data directory (a restart keeps it unless `--workspace` is given). `/system/events` then carries a `workspaceChanged` event; opencode serves the new directory from the next proxied request on (no restart); opencode-router, if it runs, is restarted in it. Switching to the active workspace again changes nothing and sends no event.",
+    request_body(content = model::SwitchWorkspace, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The workspace now active", body = model::ActiveWorkspaceBody),
+        (status = 400, description = "`bad_request`: the body is not `{\"directory\": string}`", body = model::ErrorBody),
+        (status = 403, description = "`host_token_required`", body = model::ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 64 KiB", body = model::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = model::ErrorBody),
+        (status = 422, description = "`workspace_not_absolute`, `workspace_not_found` or `workspace_not_a_directory`", body = model::ErrorBody),
+        (status = 500, description = "`workspace_not_saved` or `internal_error`: nothing was switched", body = model::ErrorBody),
+    ),
+    security(("hostToken" = [])),
+)]
+pub(super) async fn switch_workspace(
+    request: Request<Incoming>,
+    state: &AppState,
+) -> Response<ResponseBody> {
+    let is_json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !is_json {
+        return response::error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json, e.g. {\"directory\": \"/home/me/project\"}",
+        );
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match http_body_util::Limited::new(body, MAX_SWITCH_BODY)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return response::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                &format!("the body exceeds {} KiB", MAX_SWITCH_BODY / 1024),
+            );
+        }
+        Err(_) => {
+            return response::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request body could not be read",
+            );
+        }
+    };
+    let switch: model::SwitchWorkspace = match serde_json::from_slice(&bytes) {
+        Ok(switch) => switch,
+        Err(e) => {
+            return response::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("the body must be {{\"directory\": \"<absolute path>\"}}: {e}"),
+            );
+        }
+    };
+    let active = state.workspace.clone();
+    let switched = tokio::task::spawn_blocking(move || active.switch(&switch.directory)).await;
+    let (workspace, changed) = match switched {
+        Ok(Ok(switched)) => switched,
+        Ok(Err(e)) => {
+            let status = match e {
+                crate::workspace::SwitchError::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            return response::error(status, e.code(), &e.to_string());
+        }
+        Err(_) => {
+            return response::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the switch failed unexpectedly; nothing was switched",
+            );
+        }
+    };
+    if changed {
+        tracing::info!(directory = %workspace.directory.display(), "active workspace switched");
+        state.supervisor.events().publish(
+            "server",
+            EventKind::WorkspaceChanged {
+                id: workspace.id.clone(),
+                name: workspace.name.clone(),
+                directory: workspace.directory.to_string_lossy().into_owned(),
+            },
+        );
+        // opencode takes the directory per request (see proxy_to_opencode); the router only
+        // on its command line.
+        if state
+            .supervisor
+            .has(crate::supervisor::SidecarKind::Router.name())
+        {
+            state
+                .supervisor
+                .restart(crate::supervisor::SidecarKind::Router.name());
+        }
+    }
     response::json(
         StatusCode::OK,
-        &json!({
-            "server": "openwork-server-v2",
-            "version": state.version,
-            "opencode": { "proxy": true, "basePath": OPENCODE_PREFIX },
-            "sidecars": sidecars,
-            "routes": [
-                "GET /health", "GET /system/health", "GET /system/runtime",
-                "GET /system/events", "POST /system/sidecars/{name}/restart",
-                "GET /system/sidecars/{name}/logs?tail=N", "POST /system/shutdown",
-                "GET /workspaces", "GET /capabilities", "* /opencode/*",
-            ],
-            "auth": { "scheme": "Bearer", "header": super::auth::TOKEN_HEADER, "hostTokenFor": ["POST /system/shutdown", "POST /system/sidecars/{name}/restart"] },
-        }),
+        &active_body(state, &parts.headers, &workspace),
     )
 }
 
-async fn proxy_to_opencode(
+#[utoipa::path(
+    get, path = "/capabilities", tag = "handshake",
+    summary = "What this server offers: routes, auth, and what a client can do with skills, plugins and MCP servers",
+    responses((status = 200, description = "The capabilities", body = model::Capabilities)),
+    security(("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
+)]
+pub(super) fn capabilities(state: &AppState) -> Response<ResponseBody> {
+    let sidecars = state
+        .supervisor
+        .statuses()
+        .iter()
+        .map(|s| s.name.to_string())
+        .collect();
+    // Through the proxied opencode API (see model::Capabilities for the routes).
+    let access = |read, write| model::Access { read, write };
+    response::json(
+        StatusCode::OK,
+        &model::Capabilities {
+            server: "openwork-server-v2".into(),
+            version: state.version.to_string(),
+            opencode: model::ProxyInfo {
+                proxy: true,
+                base_path: OPENCODE_PREFIX.into(),
+            },
+            sidecars,
+            // From the document, so the list cannot drift from what is served.
+            routes: super::openapi::routes(|_| true),
+            auth: model::AuthInfo {
+                scheme: "Bearer".into(),
+                header: super::auth::TOKEN_HEADER.into(),
+                host_token_for: super::openapi::routes(|security| {
+                    security == [serde_json::json!({ "hostToken": [] })]
+                }),
+            },
+            skills: access(true, false),
+            plugins: access(true, true),
+            mcp: access(true, true),
+        },
+    )
+}
+
+#[utoipa::path(
+    method(get, post, put, patch, delete, head, options), path = "/opencode/{path}", tag = "opencode",
+    summary = "opencode's own API, passed through",
+    description = "Any method, any path under `/opencode/`, WebSocket upgrades included: the request goes to opencode with opencode's password in place of this server's token, and opencode's answer comes back as it is, streamed (its own API is described by opencode's `GET /opencode/doc`). A request that names no directory (`x-opencode-directory` header or `directory` query parameter) is about the active workspace. Errors of the proxy itself are this server's JSON errors.",
+    params(("path" = String, Path, description = "opencode's path, e.g. `session` or `global/health`")),
+    responses(
+        (status = "default", description = "opencode's answer, unchanged"),
+        (status = 413, description = "`payload_too_large`: a request body over 64 MiB", body = model::ErrorBody),
+        (status = 502, description = "`bad_gateway` (opencode failed the request) or `opencode_unauthorized` (opencode refused its own password)", body = model::ErrorBody),
+        (status = 503, description = "`opencode_unavailable`: opencode is starting, restarting or failed", body = model::ErrorBody),
+        (status = 504, description = "`opencode_timeout`: no answer in time", body = model::ErrorBody),
+    ),
+    security(("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
+)]
+pub(super) async fn proxy_to_opencode(
     mut request: Request<Incoming>,
     state: &AppState,
     peer: SocketAddr,
@@ -426,6 +801,20 @@ async fn proxy_to_opencode(
         addr: endpoint.addr,
         authorization: endpoint.authorization(),
     };
+    // opencode serves whichever directory a request names (`x-opencode-directory`, or a
+    // `directory` query parameter); a request that names none gets the active workspace,
+    // so a switch takes effect without restarting opencode.
+    let names_directory = request.headers().contains_key(OPENCODE_DIRECTORY_HEADER)
+        || query_value(request.uri().query(), "directory").is_some();
+    if !names_directory {
+        let directory = state.workspace.get().directory;
+        if let Ok(value) = HeaderValue::from_str(&percent_encode_path(&directory.to_string_lossy()))
+        {
+            request
+                .headers_mut()
+                .insert(OPENCODE_DIRECTORY_HEADER, value);
+        }
+    }
     request.extensions_mut().insert(proxy::ClientAddr(peer));
     state
         .proxy
@@ -453,7 +842,9 @@ fn preflight() -> Response<ResponseBody> {
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization, content-type, x-openwork-token, last-event-id"),
+        HeaderValue::from_static(
+            "authorization, content-type, x-openwork-token, last-event-id, x-request-id",
+        ),
     );
     headers.insert(
         header::ACCESS_CONTROL_MAX_AGE,
@@ -485,6 +876,55 @@ mod tests {
 
     fn allows(check: &HostCheck, host: &str) -> bool {
         check.allows(Some(&HeaderValue::from_str(host).unwrap()))
+    }
+
+    #[test]
+    fn a_sane_request_id_is_kept_and_anything_else_is_replaced() {
+        let with = |value: &[u8]| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(REQUEST_ID_HEADER, HeaderValue::from_bytes(value).unwrap());
+            request_id(&headers)
+        };
+        for sane in [
+            "a",
+            "0f8e-ULID_01.x:y/z+w=",
+            &"x".repeat(MAX_REQUEST_ID_LEN),
+        ] {
+            assert_eq!(with(sane.as_bytes()), sane);
+        }
+        let generated = |id: HeaderValue| {
+            let text = id.to_str().unwrap().to_owned();
+            assert_eq!(text.len(), 32);
+            assert!(text.bytes().all(|b| b.is_ascii_hexdigit()));
+            text
+        };
+        let too_long = "x".repeat(MAX_REQUEST_ID_LEN + 1);
+        for insane in [
+            too_long.as_bytes(),
+            b"a b",
+            b"<b>",
+            b"\"quoted\"",
+            b"",
+            b"caf\xc3\xa9",
+        ] {
+            generated(with(insane));
+        }
+        let (a, b) = (
+            generated(request_id(&http::HeaderMap::new())),
+            generated(request_id(&http::HeaderMap::new())),
+        );
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_directory_is_percent_encoded_as_opencode_decodes_it() {
+        assert_eq!(
+            percent_encode_path("/home/me/project-1.x_y~"),
+            "/home/me/project-1.x_y~"
+        );
+        assert_eq!(percent_encode_path("/tmp/a b/%"), "/tmp/a%20b/%25");
+        assert_eq!(percent_encode_path("/tmp/café"), "/tmp/caf%C3%A9");
+        assert_eq!(percent_encode_path("C:\\Users\\me"), "C%3A%5CUsers%5Cme");
     }
 
     #[test]

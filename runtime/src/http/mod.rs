@@ -3,6 +3,8 @@
 //!
 //! - [`server`]: the accept loop and connection limits.
 //! - [`api`]: routing and handlers.
+//! - [`model`]: the request and response bodies, which the OpenAPI document describes.
+//! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers and the bodies.
 //! - [`auth`]: the two tokens, compared in constant time.
 //! - [`proxy`]: the streaming reverse proxy to opencode (WebSocket upgrades included).
 //! - [`sse`]: supervisor events as Server-Sent Events.
@@ -10,6 +12,8 @@
 
 pub mod api;
 pub mod auth;
+pub mod model;
+pub mod openapi;
 pub mod proxy;
 pub mod response;
 pub mod server;

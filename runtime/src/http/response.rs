@@ -25,8 +25,9 @@ pub fn empty() -> ResponseBody {
 }
 
 /// A JSON response with `status`.
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
-    let mut bytes = serde_json::to_vec(value).expect("a JSON value always serialises");
+pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<ResponseBody> {
+    // The API's bodies are plain data (no maps with non-string keys, no failing Serialize).
+    let mut bytes = serde_json::to_vec(value).expect("an API body always serialises");
     bytes.push(b'\n');
     let mut response = Response::new(boxed(Full::new(Bytes::from(bytes))));
     *response.status_mut() = status;

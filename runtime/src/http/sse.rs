@@ -34,7 +34,10 @@ pub fn events_response(
         .subscribe_since(last_event_id.unwrap_or(u64::MAX));
     let mut opening = String::from("retry: 2000\n\n");
     if last_event_id.is_none() {
-        let snapshot = serde_json::json!({ "sidecars": supervisor.statuses() });
+        let snapshot = super::model::Snapshot {
+            sidecars: supervisor.statuses(),
+        };
+        let snapshot = serde_json::to_string(&snapshot).unwrap_or_default();
         opening.push_str(&format!("event: snapshot\ndata: {snapshot}\n\n"));
     }
     let past: Vec<Bytes> = past.iter().map(frame).collect();
@@ -53,9 +56,11 @@ pub fn events_response(
             let bytes = tokio::select! {
                 event = live.recv() => match event {
                     Ok(event) => frame(&event),
-                    Err(broadcast::error::RecvError::Lagged(missed)) => Bytes::from(format!(
-                        "event: lagged\ndata: {{\"missed\":{missed}}}\n\n"
-                    )),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        let lagged = serde_json::to_string(&super::model::Lagged { missed })
+                            .unwrap_or_default();
+                        Bytes::from(format!("event: lagged\ndata: {lagged}\n\n"))
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = keepalive.tick() => Bytes::from_static(b": keepalive\n\n"),

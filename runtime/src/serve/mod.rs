@@ -14,8 +14,9 @@ use tokio::sync::watch;
 
 use crate::env_vars;
 use crate::error::{Error, Result};
-use crate::http::api::{AppState, HostCheck, Workspace};
+use crate::http::api::{AppState, HostCheck};
 use crate::http::auth::Tokens;
+use crate::http::model::{PayloadInfo, RuntimeInfo};
 use crate::http::proxy::{Proxy, ProxyOptions};
 use crate::http::server::ConnectionLimits;
 use crate::install::{self, PrepareOptions, PreparedRuntime};
@@ -24,6 +25,7 @@ use crate::source::{self, SourceKind};
 use crate::supervisor::events::{EventBus, EventKind};
 use crate::supervisor::logs::LogLimits;
 use crate::supervisor::{SidecarKind, Supervisor, SupervisorConfig, Tuning};
+use crate::workspace::{ActiveWorkspace, Workspace};
 use crate::{ExitCode, SERVER_VERSION, process};
 
 /// Everything `serve` needs, resolved from flags and the environment by the CLI.
@@ -35,7 +37,7 @@ pub struct ServeOptions {
     pub port: u16,
     /// Allow a non-loopback `host`.
     pub remote_access: bool,
-    /// The workspace directory (default: the current directory).
+    /// `--workspace` (without it: the remembered workspace, else the current directory).
     pub workspace: Option<PathBuf>,
     /// `--token-file`.
     pub token_file: Option<PathBuf>,
@@ -68,10 +70,13 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
         "connection limits"
     );
     let host_check = HostCheck::for_bind(addr.ip(), &options.allowed_hosts);
-    let workspace = workspace_dir(options.workspace.as_deref())?;
     let layout = DataLayout::resolve(options.data_dir.clone())?;
     // Nothing in the data dir is used before it is known to be ours (exit 15 otherwise).
     crate::trust::secure_data_dir(&layout, true)?;
+    let workspace_file = layout.data_dir.join(layout::WORKSPACE_FILE);
+    let (workspace, origin) =
+        crate::workspace::resolve_at_start(options.workspace.as_deref(), &workspace_file)?;
+    tracing::debug!(workspace = %workspace.display(), ?origin, "workspace");
     // No orphans: stop what a previous, killed server left running, before anything below
     // (preparing the runtime collects garbage) can remove the runtime it runs from.
     crate::gc::stop_leftovers(&layout);
@@ -121,10 +126,23 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
     let lifeline = start_lifeline();
 
     let workspace = Workspace::new(workspace);
-    let mut runtime_info = sidecars.info.clone();
-    runtime_info["dataDir"] = json!(layout.data_dir);
-    runtime_info["workspace"] = json!(workspace.directory);
-    runtime_info["routerConfig"] = json!(router_config.is_file().then_some(&router_config));
+    let path_text = |p: &Path| p.to_string_lossy().into_owned();
+    let runtime_info = RuntimeInfo {
+        version: SERVER_VERSION.to_string(),
+        pid: std::process::id(),
+        manifest: sidecars.manifest.clone(),
+        payload: sidecars.payload.clone(),
+        runtime_dir: sidecars.runtime_dir().map(path_text),
+        data_dir: path_text(&layout.data_dir),
+        workspace: path_text(&workspace.directory),
+        overrides: sidecars
+            .overrides
+            .iter()
+            .map(|(name, path)| (name.clone(), path_text(path)))
+            .collect(),
+        router_config: router_config.is_file().then(|| path_text(&router_config)),
+        sidecars: Vec::new(),
+    };
 
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -141,8 +159,9 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
         "workspace": workspace.directory,
         "pid": std::process::id(),
     });
+    let workspace = Arc::new(ActiveWorkspace::new(workspace, workspace_file));
     let config = SupervisorConfig {
-        workspace: workspace.directory.clone(),
+        workspace: workspace.subscribe(),
         logs_dir: layout.logs_dir(),
         opencode: sidecars.opencode.clone(),
         router: sidecars.router.clone(),
@@ -209,7 +228,12 @@ struct Sidecars {
     opencode: PathBuf,
     router: Option<PathBuf>,
     prepared: Option<PreparedRuntime>,
-    info: serde_json::Value,
+    /// `--sidecar` overrides.
+    overrides: std::collections::BTreeMap<String, PathBuf>,
+    /// The payload's manifest, when one was read.
+    manifest: Option<serde_json::Value>,
+    /// Where the payload came from, when one was read.
+    payload: Option<PayloadInfo>,
 }
 
 impl Sidecars {
@@ -248,7 +272,8 @@ fn resolve_sidecars(
     let need_payload = !overrides.contains_key(SidecarKind::Opencode.name())
         || (want_router && !overrides.contains_key(SidecarKind::Router.name()));
 
-    let mut info = json!({ "overrides": overrides });
+    let mut manifest = None;
+    let mut payload = None;
     let mut prepared = None;
     let mut from_payload = std::collections::BTreeMap::new();
     if need_payload {
@@ -257,13 +282,15 @@ fn resolve_sidecars(
         for (name, file) in &source.manifest.files {
             from_payload.insert(name.clone(), runtime.dir.join(&file.path));
         }
-        info["manifest"] = serde_json::to_value(&source.manifest).unwrap_or_default();
-        info["payload"] = json!({
-            "source": source.kind,
-            "path": source.path,
-            "digest": source.digest,
+        manifest = serde_json::to_value(&source.manifest).ok();
+        payload = Some(PayloadInfo {
+            source: serde_json::to_value(source.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            path: source.path.to_string_lossy().into_owned(),
+            digest: source.digest.clone(),
         });
-        info["runtimeDir"] = json!(runtime.dir);
         prepared = Some(runtime);
         // `source` (and its mapping of the executable) is dropped here: the pages it
         // touched would otherwise count against the server's memory for its whole life.
@@ -292,7 +319,9 @@ fn resolve_sidecars(
         opencode,
         router,
         prepared,
-        info,
+        overrides,
+        manifest,
+        payload,
     })
 }
 
@@ -312,26 +341,6 @@ fn listen_address(host: &str, port: u16, remote_access: bool) -> Result<SocketAd
         )));
     }
     Ok(SocketAddr::new(ip, port))
-}
-
-fn workspace_dir(flag: Option<&Path>) -> Result<PathBuf> {
-    let dir = match flag {
-        Some(dir) => dir.to_path_buf(),
-        None => std::env::current_dir().map_err(|e| Error::io("read the current directory", e))?,
-    };
-    let canonical = std::fs::canonicalize(&dir).map_err(|e| {
-        Error::BadInput(format!(
-            "--workspace {}: {e}; give an existing directory",
-            dir.display()
-        ))
-    })?;
-    if !canonical.is_dir() {
-        return Err(Error::BadInput(format!(
-            "--workspace {}: not a directory",
-            dir.display()
-        )));
-    }
-    Ok(canonical)
 }
 
 fn non_empty_env(name: &str) -> Option<String> {

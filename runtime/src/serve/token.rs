@@ -7,7 +7,7 @@
 //! (exit 15), the data dir's own token files are opened without following links, and a
 //! new token is written to an exclusively created temp file, then renamed into place.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -94,29 +94,11 @@ fn checked(value: &str, what: &str) -> Result<String> {
     Ok(value.to_string())
 }
 
-/// Writes `value` to `path` readable by the owner only: an exclusively created temp file
-/// (mode 0600, never through a link, a fresh random name), then renamed over, so the token is
-/// never briefly readable by others, half-written, or written anywhere but here.
+/// Writes a new token to `path` with [`trust::write_private_atomic`]: never briefly
+/// readable by others, half-written, or written anywhere but here.
 fn write_private(path: &Path, value: &str) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    trust::create_private_dir(dir)
-        .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-    let tmp = trust::temp_path_beside(path);
-    let write = || -> std::io::Result<()> {
-        let mut file = trust::create_new_file(&tmp, 0o600)?;
-        file.write_all(value.as_bytes())?;
-        file.write_all(b"\n")?;
-        file.sync_all()?;
-        // rename replaces whatever is at `path`, a link included, and never follows it.
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        // Only ever our own temp file: a name that was taken made the create fail first.
-        if e.kind() != std::io::ErrorKind::AlreadyExists {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        Error::io(format!("write the token file {}", path.display()), e)
-    })
+    trust::write_private_atomic(path, format!("{value}\n").as_bytes())
+        .map_err(|e| Error::io(format!("write the token file {}", path.display()), e))
 }
 
 #[cfg(unix)]

@@ -12,8 +12,8 @@ use tokio::sync::broadcast;
 /// How many past events are remembered for reconnecting clients.
 const HISTORY: usize = 256;
 
-/// One event.
-#[derive(Debug, Clone, Serialize)]
+/// One event: the `data:` of every numbered frame of `GET /system/events`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     /// Increasing from 1 within one server process.
@@ -27,8 +27,8 @@ pub struct Event {
     pub kind: EventKind,
 }
 
-/// What happened.
-#[derive(Debug, Clone, Serialize)]
+/// What happened; `event` names it, as the SSE `event:` field does.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(tag = "event", rename_all = "camelCase")]
 pub enum EventKind {
     /// A process was started; it picks its own port and announces it.
@@ -94,6 +94,17 @@ pub enum EventKind {
     },
     /// The server is shutting down (sidecar `server`).
     ShuttingDown,
+    /// The active workspace was switched (sidecar `server`): opencode serves the new
+    /// directory from the next request on; the router is restarted in it.
+    #[serde(rename_all = "camelCase")]
+    WorkspaceChanged {
+        /// The new workspace's id.
+        id: String,
+        /// Its name.
+        name: String,
+        /// Its directory.
+        directory: String,
+    },
 }
 
 impl EventKind {
@@ -110,6 +121,7 @@ impl EventKind {
             EventKind::Stopped => "stopped",
             EventKind::ServerReady { .. } => "serverReady",
             EventKind::ShuttingDown => "shuttingDown",
+            EventKind::WorkspaceChanged { .. } => "workspaceChanged",
         }
     }
 }

@@ -65,7 +65,7 @@ impl Default for LogLimits {
 }
 
 /// Where a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     /// The sidecar's standard output.
@@ -94,8 +94,9 @@ impl fmt::Display for Stream {
 }
 
 /// One captured line, secrets already redacted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct LogLine {
     /// When it was captured, in milliseconds since the Unix epoch.
     pub at_ms: u64,

@@ -57,7 +57,7 @@ impl SidecarKind {
 }
 
 /// A sidecar's state, as the API shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum SidecarState {
     /// Not started yet (opencode-router waits for opencode).
@@ -77,8 +77,9 @@ pub enum SidecarState {
 }
 
 /// How the last process ended.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct LastExit {
     /// Exit code, if it exited.
     pub code: Option<i32>,
@@ -91,8 +92,9 @@ pub struct LastExit {
 }
 
 /// A sidecar's status for the API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct SidecarStatus {
     /// `opencode` or `opencode-router`.
     pub name: &'static str,
@@ -109,10 +111,13 @@ pub struct SidecarStatus {
     /// Milliseconds since it became healthy, while running.
     pub uptime_ms: Option<u64>,
     /// The executable.
+    #[schema(value_type = String)]
     pub executable: PathBuf,
     /// The log file.
+    #[schema(value_type = String)]
     pub log_file: PathBuf,
     #[serde(skip)]
+    #[schema(ignore)]
     ready_at: Option<Instant>,
 }
 
@@ -201,8 +206,9 @@ impl Tuning {
 /// What the supervisor runs.
 #[derive(Debug, Clone)]
 pub struct SupervisorConfig {
-    /// The workspace: opencode's working directory, the router's serve dir.
-    pub workspace: PathBuf,
+    /// The active workspace, read at every spawn: opencode's working directory, the
+    /// router's serve dir.
+    pub workspace: watch::Receiver<crate::workspace::Workspace>,
     /// Where sidecar logs go.
     pub logs_dir: PathBuf,
     /// opencode's executable.

@@ -112,7 +112,7 @@ const MAX_STARTUP_PROBES: usize = 16;
 pub(super) struct SidecarTask {
     pub kind: SidecarKind,
     pub program: PathBuf,
-    pub workspace: PathBuf,
+    pub workspace: tokio::sync::watch::Receiver<crate::workspace::Workspace>,
     pub tuning: Tuning,
     pub status: Arc<Mutex<SidecarStatus>>,
     pub log: SidecarLog,
@@ -277,9 +277,11 @@ impl SidecarTask {
         self.log.add_secret(&password);
 
         let contract = self.kind.contract();
+        // Read at each spawn: a switched workspace holds for every later process.
+        let workspace = self.workspace.borrow().directory.clone();
         let mut command = process::sidecar_command(&self.program);
         command
-            .current_dir(&self.workspace)
+            .current_dir(&workspace)
             // The server's own tokens are not the sidecars' business.
             .env_remove(env_vars::OPENWORK_TOKEN)
             .env_remove(env_vars::OPENWORK_HOST_TOKEN);
@@ -293,7 +295,7 @@ impl SidecarTask {
         for arg in contract.args {
             match arg {
                 Arg::Text(text) => command.arg(text),
-                Arg::Workspace => command.arg(&self.workspace),
+                Arg::Workspace => command.arg(&workspace),
                 Arg::OpencodeUrl => command.arg(
                     opencode_now
                         .as_ref()

@@ -1,0 +1,314 @@
+//! The bodies of the HTTP API: every JSON answer and request body the handlers in
+//! [`super::api`] produce or read, as types. The handlers serialise exactly these, and the
+//! OpenAPI document ([`super::openapi`]) is derived from the same types, so the document
+//! cannot describe a field the server does not send or miss one it does. Every object is
+//! closed (`additionalProperties: false`) unless it passes on something open by nature
+//! (the payload manifest).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::supervisor::SidecarState;
+use crate::supervisor::SidecarStatus;
+use crate::supervisor::logs::LogLine;
+
+/// Every code an error body may carry. The document lists them as the `error` field's
+/// `enum`, so a client can switch over them and the conformance test fails on a code that
+/// is not here.
+pub const ERROR_CODES: &[&str] = &[
+    "bad_request",
+    "unauthorized",
+    "host_token_required",
+    "not_found",
+    "unknown_sidecar",
+    "method_not_allowed",
+    "payload_too_large",
+    "unsupported_media_type",
+    "misdirected_request",
+    "headers_too_large",
+    "workspace_not_absolute",
+    "workspace_not_found",
+    "workspace_not_a_directory",
+    "workspace_not_saved",
+    "internal_error",
+    "opencode_unavailable",
+    "opencode_timeout",
+    "bad_gateway",
+    "opencode_unauthorized",
+];
+
+/// Every error: a stable machine-readable code and what to do about it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// A stable word (one of `ERROR_CODES`): what went wrong, for a program.
+    pub error: String,
+    /// What happened and what to do, in words.
+    pub message: String,
+}
+
+/// `GET /health`: the OpenWork handshake. A server that answers anything else is not an
+/// OpenWork server (a client then talks to opencode directly).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Whether opencode is running and healthy.
+    pub healthy: bool,
+    /// This server's version.
+    pub version: String,
+}
+
+/// One sidecar in `GET /system/health`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarHealth {
+    /// Its state.
+    pub state: SidecarState,
+    /// Its pid: present only when the request carried a token (pids tell another local
+    /// user which processes to watch); null when no process runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    pub pid: Option<Option<u32>>,
+}
+
+/// `GET /system/health`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SystemHealth {
+    /// Whether opencode is running and healthy.
+    pub healthy: bool,
+    /// This server's version.
+    pub version: String,
+    /// Every supervised sidecar by name (`opencode`, `opencode-router`).
+    pub sidecars: BTreeMap<String, SidecarHealth>,
+}
+
+/// Where the payload came from (`GET /system/runtime`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadInfo {
+    /// `embedded`, `bundle-flag`, `bundle-env` or `bundle-beside-executable`.
+    pub source: String,
+    /// The executable or bundle directory it was read from.
+    pub path: String,
+    /// The SHA-256 of its manifest.
+    pub digest: String,
+}
+
+/// `GET /system/runtime`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeInfo {
+    /// This server's version.
+    pub version: String,
+    /// This server's pid.
+    pub pid: u32,
+    /// The payload's manifest (docs/FORMAT.md); absent in pure dev mode (`--sidecar` for
+    /// every sidecar).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, value_type = Object)]
+    pub manifest: Option<serde_json::Value>,
+    /// Where the payload came from; absent in pure dev mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    pub payload: Option<PayloadInfo>,
+    /// The runtime directory the sidecars run from; absent in pure dev mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    pub runtime_dir: Option<String>,
+    /// The data directory.
+    pub data_dir: String,
+    /// The active workspace's directory.
+    pub workspace: String,
+    /// `--sidecar` overrides: sidecar name → executable.
+    pub overrides: BTreeMap<String, String>,
+    /// `<data dir>/opencode-router.json` when it exists.
+    pub router_config: Option<String>,
+    /// Every sidecar's status.
+    pub sidecars: Vec<SidecarStatus>,
+}
+
+/// `GET /system/sidecars/{name}/logs`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Logs {
+    /// The sidecar.
+    pub name: String,
+    /// Its log file.
+    pub file: String,
+    /// The last lines, oldest first.
+    pub lines: Vec<LogLine>,
+}
+
+/// `POST /system/shutdown`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct ShuttingDown {
+    /// Always true.
+    pub shutting_down: bool,
+}
+
+/// `POST /system/sidecars/{name}/restart`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Restarting {
+    /// The sidecar being restarted.
+    pub restarting: String,
+}
+
+/// How a client reaches opencode for a workspace.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct OpencodeTarget {
+    /// This server's `/opencode` proxy, as the client reached the server: give it to
+    /// opencode's SDK as its base URL, with this server's token.
+    pub base_url: String,
+    /// The directory opencode serves for requests through the proxy that name none.
+    pub directory: String,
+}
+
+/// A workspace as the PRD's handshake names it (`GET /workspaces` → `active`,
+/// `GET /workspaces/active`, `PUT /workspaces/active`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveWorkspaceBody {
+    /// Stable id: the first 16 hex digits of the SHA-256 of the directory path.
+    pub id: String,
+    /// The directory's name.
+    pub name: String,
+    /// How to reach opencode for it.
+    pub opencode: OpencodeTarget,
+}
+
+/// One entry of `GET /workspaces`' `items`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceItem {
+    /// As in `active`.
+    pub id: String,
+    /// As in `active`.
+    pub name: String,
+    /// The directory.
+    pub directory: String,
+    /// Whether it is the active one (the only one, for now).
+    pub active: bool,
+    /// How to reach opencode for it.
+    pub opencode: OpencodeTarget,
+}
+
+/// `GET /workspaces`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct Workspaces {
+    /// The active workspace, as the PRD's handshake names it.
+    pub active: ActiveWorkspaceBody,
+    /// Every workspace (today: the active one).
+    pub items: Vec<WorkspaceItem>,
+    /// The active workspace's id.
+    pub active_id: String,
+}
+
+/// `PUT /workspaces/active`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchWorkspace {
+    /// An absolute path to an existing directory (canonicalised by the server).
+    pub directory: String,
+}
+
+/// What a client can do with one kind of opencode extension through this server.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Access {
+    /// It can be listed.
+    pub read: bool,
+    /// It can be added or changed.
+    pub write: bool,
+}
+
+/// Where opencode is proxied.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct ProxyInfo {
+    /// Always true.
+    pub proxy: bool,
+    /// `/opencode`.
+    pub base_path: String,
+}
+
+/// How to authenticate.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct AuthInfo {
+    /// `Bearer`.
+    pub scheme: String,
+    /// The other header a token may travel in.
+    pub header: String,
+    /// The routes that need the host token.
+    pub host_token_for: Vec<String>,
+}
+
+/// `GET /capabilities`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// `openwork-server-v2`.
+    pub server: String,
+    /// This server's version.
+    pub version: String,
+    /// Where opencode is proxied.
+    pub opencode: ProxyInfo,
+    /// The supervised sidecars.
+    pub sidecars: Vec<String>,
+    /// Every route, as `METHOD /path`.
+    pub routes: Vec<String>,
+    /// How to authenticate.
+    pub auth: AuthInfo,
+    /// Skills (`SKILL.md` instructions): opencode lists them (`GET /opencode/skill`); no
+    /// route writes them.
+    pub skills: Access,
+    /// Plugins: read from and written to opencode's configuration (`GET`/`PATCH
+    /// /opencode/config`, its `plugin` list).
+    pub plugins: Access,
+    /// MCP servers: listed (`GET /opencode/mcp`) and added (`POST /opencode/mcp`) through
+    /// opencode.
+    pub mcp: Access,
+}
+
+/// The `data:` of the `snapshot` frame that opens `GET /system/events`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    /// Every sidecar's status.
+    pub sidecars: Vec<SidecarStatus>,
+}
+
+/// The `data:` of a `lagged` frame: the reader was too slow and missed events.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Lagged {
+    /// How many.
+    pub missed: u64,
+}
+
+/// The `data:` of one `GET /system/events` frame, by its `event:` name: `snapshot`, `lagged`,
+/// or one of the numbered supervisor events (`Event`, whose `event` field repeats the name).
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // A schema only: the frames are written from the three types.
+pub enum SystemEventData {
+    /// A numbered event.
+    Event(crate::supervisor::events::Event),
+    /// The opening snapshot.
+    Snapshot(Snapshot),
+    /// Missed events.
+    Lagged(Lagged),
+}

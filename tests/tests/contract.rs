@@ -1,0 +1,791 @@
+//! The contract real clients build on, end to end with the fixture sidecar: the OpenWork
+//! handshake as the PRD specifies it, switching the active workspace at run time (and
+//! remembering it), `X-Request-Id`, the OpenAPI document the server generates (and its
+//! checked-in copy), and every route's live answers validated against that document.
+
+#![cfg(unix)]
+
+use std::io::BufRead;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use openwork_tests::contract::{self, Contract};
+use openwork_tests::http::{self, HttpResponse};
+use openwork_tests::server::{ServerBuilder, ServerProcess, wait_until};
+use serde_json::{Value, json};
+
+const FAST: &str = "ready_poll_ms=10,ready_timeout_ms=5000,liveness_interval_ms=100,liveness_timeout_ms=200,liveness_failures=2,stop_grace_ms=1000";
+
+fn canonical(path: &Path) -> String {
+    path.canonicalize().unwrap().to_str().unwrap().to_string()
+}
+
+fn put_workspace(server: &ServerProcess, token: &str, body: &str) -> HttpResponse {
+    http::request(
+        &server.addr,
+        "PUT",
+        "/workspaces/active",
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+}
+
+fn switch_body(dir: &Path) -> String {
+    json!({ "directory": dir }).to_string()
+}
+
+/// The `data:` of the first frame named `name` on an open event stream (30 s at most).
+fn next_event(reader: &mut impl BufRead, name: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut event = String::new();
+    while Instant::now() < deadline {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended");
+        let line = line.trim_end();
+        if let Some(rest) = line.strip_prefix("event: ") {
+            event = rest.to_string();
+        } else if let Some(data) = line.strip_prefix("data: ")
+            && event == name
+        {
+            return serde_json::from_str(data).unwrap();
+        }
+    }
+    panic!("no {name} event within 30 s");
+}
+
+#[test]
+fn the_handshake_names_the_active_workspace_its_opencode_url_and_what_clients_can_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerBuilder::fixture(dir.path()).start();
+    let workspace = canonical(&dir.path().join("workspace"));
+
+    let body = server.get_json("/workspaces");
+    let active = &body["active"];
+    assert_eq!(active["id"], body["activeId"], "{body}");
+    assert_eq!(active["name"], "workspace");
+    assert_eq!(active["opencode"]["directory"], workspace.as_str());
+    assert_eq!(
+        active["opencode"]["baseUrl"],
+        format!("{}/opencode", server.url),
+        "the client reached the server at its address: {body}"
+    );
+    // Today's fields stay beside the PRD's.
+    assert_eq!(body["items"][0]["id"], active["id"]);
+    assert_eq!(body["items"][0]["directory"], workspace.as_str());
+    assert_eq!(body["items"][0]["active"], true);
+    assert_eq!(server.get_json("/workspaces/active"), *active);
+
+    // The base URL is the one the client used: a client on `localhost` gets `localhost`.
+    let port = server.ready["port"].as_u64().unwrap();
+    let response = http::request(
+        &server.addr,
+        "GET",
+        "/workspaces/active",
+        &[
+            ("Authorization", &format!("Bearer {}", server.token)),
+            ("Host", &format!("localhost:{port}")),
+        ],
+        b"",
+    );
+    assert_eq!(
+        response.json()["opencode"]["baseUrl"],
+        format!("http://localhost:{port}/opencode")
+    );
+    // A name the host check refuses never makes it into a URL.
+    let response = http::request(
+        &server.addr,
+        "GET",
+        "/workspaces/active",
+        &[
+            ("Authorization", &format!("Bearer {}", server.token)),
+            ("Host", "evil.example"),
+        ],
+        b"",
+    );
+    assert_eq!(response.status, 421);
+
+    // The base URL works: opencode (the fixture) answers through it.
+    let base = active["opencode"]["baseUrl"].as_str().unwrap();
+    let path = base.strip_prefix(&server.url).unwrap();
+    assert_eq!(
+        server.get_json(&format!("{path}/global/health"))["healthy"],
+        true
+    );
+
+    let capabilities = server.get_json("/capabilities");
+    for (kind, read, write) in [
+        ("skills", true, false),
+        ("plugins", true, true),
+        ("mcp", true, true),
+    ] {
+        assert_eq!(
+            capabilities[kind],
+            json!({ "read": read, "write": write }),
+            "{capabilities}"
+        );
+    }
+    let routes = capabilities["routes"].as_array().unwrap();
+    assert!(
+        routes.contains(&json!("PUT /workspaces/active")),
+        "{capabilities}"
+    );
+}
+
+#[test]
+fn switching_the_workspace_moves_opencode_and_the_router_tells_events_and_is_remembered() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other project");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(dir.path().join("a-file"), "").unwrap();
+    let mut server = ServerBuilder::fixture(dir.path())
+        .with_router()
+        .tuning(FAST)
+        .start();
+    server.wait_state("opencode-router", "running", Duration::from_secs(10));
+    let (status, _, mut events) = http::stream(
+        &server.addr,
+        "/system/events",
+        &[("Authorization", &format!("Bearer {}", server.token))],
+        Duration::from_secs(30),
+    );
+    assert_eq!(status, 200);
+    next_event(&mut events, "snapshot");
+
+    // Refusals, each with its own status and code; none switches anything.
+    let refusals = [
+        (
+            server.token.as_str(),
+            switch_body(&other),
+            403,
+            "host_token_required",
+        ),
+        (
+            &server.host_token,
+            "{\"dir\": \"/\"}".into(),
+            400,
+            "bad_request",
+        ),
+        (&server.host_token, "not json".into(), 400, "bad_request"),
+        (
+            &server.host_token,
+            json!({"directory": "relative/dir"}).to_string(),
+            422,
+            "workspace_not_absolute",
+        ),
+        (
+            &server.host_token,
+            switch_body(&dir.path().join("missing")),
+            422,
+            "workspace_not_found",
+        ),
+        (
+            &server.host_token,
+            switch_body(&dir.path().join("a-file")),
+            422,
+            "workspace_not_a_directory",
+        ),
+    ];
+    for (token, body, status, code) in refusals {
+        let response = put_workspace(&server, token, &body);
+        assert_eq!(response.status, status, "{body}: {}", response.text());
+        assert_eq!(response.json()["error"], code, "{body}");
+    }
+    let response = http::request(
+        &server.addr,
+        "PUT",
+        "/workspaces/active",
+        &[("Authorization", &format!("Bearer {}", server.host_token))],
+        switch_body(&other).as_bytes(),
+    );
+    assert_eq!(response.status, 415, "no Content-Type: {}", response.text());
+    assert_eq!(response.json()["error"], "unsupported_media_type");
+    assert_eq!(
+        server.get_json("/workspaces/active")["name"],
+        "workspace",
+        "nothing switched"
+    );
+    let router_starts = |server: &ServerProcess| -> Vec<Value> {
+        server
+            .starts()
+            .into_iter()
+            .filter(|s| s["role"] == "router")
+            .collect()
+    };
+    assert_eq!(router_starts(&server).len(), 1);
+
+    // A roundabout path to the other directory: canonicalised.
+    let roundabout = dir.path().join("workspace/../other project");
+    let response = put_workspace(&server, &server.host_token, &switch_body(&roundabout));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let switched = response.json();
+    let other_dir = canonical(&other);
+    assert_eq!(switched["opencode"]["directory"], other_dir.as_str());
+    assert_eq!(switched["name"], "other project");
+    let body = server.get_json("/workspaces");
+    assert_eq!(body["active"], switched);
+    assert_eq!(body["activeId"], switched["id"]);
+    assert_eq!(body["items"][0]["directory"], other_dir.as_str());
+    assert_eq!(
+        server.get_json("/system/runtime")["workspace"],
+        other_dir.as_str()
+    );
+
+    let changed = next_event(&mut events, "workspaceChanged");
+    assert_eq!(changed["sidecar"], "server");
+    assert_eq!(changed["directory"], other_dir.as_str(), "{changed}");
+    assert_eq!(changed["id"], switched["id"]);
+
+    // opencode serves the new directory from the next request on, without a restart: the
+    // proxy names it (percent-encoded, as opencode decodes it) on every request that names none.
+    let seen = server.get_json("/opencode/headers");
+    assert_eq!(
+        seen["x-opencode-directory"],
+        other_dir.replace(' ', "%20"),
+        "{seen}"
+    );
+    let own = http::request(
+        &server.addr,
+        "GET",
+        "/opencode/headers",
+        &[
+            ("Authorization", &format!("Bearer {}", server.token)),
+            ("x-opencode-directory", "/client/choice"),
+        ],
+        b"",
+    )
+    .json();
+    assert_eq!(
+        own["x-opencode-directory"], "/client/choice",
+        "a client's own choice stands"
+    );
+    let by_query = server.get_json("/opencode/headers?directory=/q");
+    assert!(by_query.get("x-opencode-directory").is_none(), "{by_query}");
+    let opencode_starts = server
+        .starts()
+        .iter()
+        .filter(|s| s["role"] == "opencode")
+        .count();
+    assert_eq!(opencode_starts, 1, "opencode is not restarted");
+
+    // The router is restarted in the new directory.
+    let restarted = wait_until(Duration::from_secs(10), || {
+        router_starts(&server).len() == 2
+    });
+    assert!(
+        restarted,
+        "router not restarted: {:?}",
+        router_starts(&server)
+    );
+    let start = router_starts(&server).pop().unwrap();
+    assert!(
+        start["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(other_dir)),
+        "{start}"
+    );
+    assert_eq!(start["cwd"], other_dir.as_str());
+
+    // The same directory again changes nothing.
+    let response = put_workspace(&server, &server.host_token, &switch_body(&other));
+    assert_eq!(response.status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(router_starts(&server).len(), 2, "no second restart");
+
+    // Remembered (0600) across a restart without --workspace ...
+    let remembered = server.data_dir.join("workspace.json");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&remembered).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+    drop(server);
+    let server = ServerBuilder::fixture(dir.path())
+        .without_workspace()
+        .start();
+    assert_eq!(server.ready["workspace"], other_dir.as_str());
+    assert_eq!(
+        server.get_json("/workspaces/active")["opencode"]["directory"],
+        other_dir.as_str()
+    );
+    drop(server);
+    // ... and an explicit --workspace wins, and is remembered in turn.
+    let server = ServerBuilder::fixture(dir.path()).start();
+    let first = canonical(&dir.path().join("workspace"));
+    assert_eq!(server.ready["workspace"], first.as_str());
+    drop(server);
+    let server = ServerBuilder::fixture(dir.path())
+        .without_workspace()
+        .start();
+    assert_eq!(server.ready["workspace"], first.as_str());
+    drop(server);
+    // A remembered directory that is gone: the current directory, with a warning.
+    std::fs::write(&remembered, switch_body(&dir.path().join("gone"))).unwrap();
+    let server = ServerBuilder::fixture(dir.path())
+        .without_workspace()
+        .start();
+    let cwd = canonical(&std::env::current_dir().unwrap());
+    assert_eq!(server.ready["workspace"], cwd.as_str());
+    assert!(
+        server.stderr().contains("cannot be used"),
+        "{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn every_answer_carries_a_request_id_that_the_log_line_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerBuilder::fixture(dir.path()).start();
+    let with_id = |path: &str, id: &str, token: Option<&str>| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("X-Request-Id", id)];
+        if let Some(auth) = &auth {
+            headers.push(("Authorization", auth));
+        }
+        http::request(&server.addr, "GET", path, &headers, b"")
+    };
+    let id = "client-bug-report-7f3a.2026:01/x+y=";
+    for (path, token, status) in [
+        ("/health", None, 200),
+        ("/workspaces", None, 401),
+        ("/nowhere", Some(server.token.as_str()), 404),
+        ("/opencode/global/health", Some(server.token.as_str()), 200),
+    ] {
+        let response = with_id(path, id, token);
+        assert_eq!(response.status, status, "{path}");
+        assert_eq!(response.header("x-request-id"), Some(id), "{path}");
+    }
+    // opencode sees the same id.
+    let seen = with_id("/opencode/headers", id, Some(&server.token)).json();
+    assert_eq!(seen["x-request-id"], id);
+    // Insane ids are replaced, never echoed: too long, or characters that could forge a log
+    // line or carry markup.
+    let generated = |response: &HttpResponse| {
+        let value = response.header("x-request-id").unwrap().to_string();
+        assert_eq!(value.len(), 32, "{value}");
+        assert!(value.bytes().all(|b| b.is_ascii_hexdigit()), "{value}");
+        value
+    };
+    let long = "a".repeat(129);
+    for bad in [long.as_str(), "a b", "<script>", "x\"y", ""] {
+        generated(&with_id("/health", bad, None));
+    }
+    let first = generated(&server.request("GET", "/health", None, b""));
+    let second = generated(&server.request("GET", "/health", None, b""));
+    assert_ne!(first, second);
+    // The log line of the request names the id.
+    let logged = wait_until(Duration::from_secs(5), || {
+        server
+            .stderr()
+            .lines()
+            .any(|l| l.contains(&first) && l.contains("/health") && l.contains("status=200"))
+    });
+    assert!(logged, "no log line names {first}:\n{}", server.stderr());
+    assert!(
+        server
+            .stderr()
+            .lines()
+            .any(|l| l.contains(id) && l.contains("/nowhere") && l.contains("status=404")),
+        "{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn openapi_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerBuilder::fixture(dir.path()).start();
+    // No token needed: the document holds no secret. The host check still applies.
+    let response = server.request("GET", "/openapi.json", None, b"");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let served = response.json();
+    assert_eq!(served["openapi"], "3.1.0");
+    let refused = http::request(
+        &server.addr,
+        "GET",
+        "/openapi.json",
+        &[("Host", "evil.example")],
+        b"",
+    );
+    assert_eq!(refused.status, 421);
+
+    let path = contract::document_path();
+    let mut text = serde_json::to_string_pretty(&served).unwrap();
+    text.push('\n');
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, &text).unwrap();
+        eprintln!("wrote {}", path.display());
+        return;
+    }
+    // Compared as JSON values: key order is serde_json's business, not the contract's.
+    let checked_in: Value = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(Value::Null);
+    assert!(
+        checked_in == served,
+        "docs/openapi.json differs from the document the server generates; regenerate it with\n  UPDATE_OPENAPI=1 cargo test -p openwork-tests --test contract openapi_document\nand commit it (clients/typescript is generated from it)"
+    );
+}
+
+/// One request of the conformance test: method, path, token, more headers, body.
+type Call<'a> = (
+    &'a str,
+    String,
+    Option<&'a str>,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+);
+
+/// Calls every route (and errors on each) on a running server and validates every answer
+/// against docs/openapi.json; fails if a documented operation was never called.
+#[test]
+fn every_route_answers_as_the_document_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let mut server = ServerBuilder::fixture(dir.path())
+        .with_router()
+        .tuning(FAST)
+        .start();
+    server.wait_state("opencode-router", "running", Duration::from_secs(10));
+    let mut contract = Contract::new(contract::checked_in_document());
+    let token = server.token.clone();
+    let host = server.host_token.clone();
+    let calls: Vec<Call> = vec![
+        ("GET", "/health".into(), None, vec![], vec![]),
+        ("HEAD", "/health".into(), None, vec![], vec![]),
+        ("POST", "/health".into(), None, vec![], vec![]),
+        ("GET", "/openapi.json".into(), None, vec![], vec![]),
+        ("DELETE", "/openapi.json".into(), None, vec![], vec![]),
+        ("GET", "/system/health".into(), None, vec![], vec![]),
+        ("GET", "/system/health".into(), Some(&token), vec![], vec![]),
+        (
+            "GET",
+            "/system/runtime".into(),
+            Some(&token),
+            vec![],
+            vec![],
+        ),
+        ("GET", "/system/runtime".into(), None, vec![], vec![]),
+        (
+            "POST",
+            "/system/runtime".into(),
+            Some(&token),
+            vec![],
+            vec![],
+        ),
+        (
+            "GET",
+            "/system/sidecars/opencode/logs?tail=5".into(),
+            Some(&token),
+            vec![],
+            vec![],
+        ),
+        (
+            "GET",
+            "/system/sidecars/opencode/logs?tail=x".into(),
+            Some(&token),
+            vec![],
+            vec![],
+        ),
+        (
+            "GET",
+            "/system/sidecars/nope/logs".into(),
+            Some(&token),
+            vec![],
+            vec![],
+        ),
+        (
+            "POST",
+            "/system/sidecars/opencode-router/restart".into(),
+            Some(&token),
+            vec![],
+            vec![],
+        ),
+        (
+            "POST",
+            "/system/sidecars/nope/restart".into(),
+            Some(&host),
+            vec![],
+            vec![],
+        ),
+        (
+            "POST",
+            "/system/sidecars/opencode-router/restart".into(),
+            Some(&host),
+            vec![],
+            vec![],
+        ),
+        (
+            "GET",
+            "/system/sidecars/opencode/restart".into(),
+            Some(&host),
+            vec![],
+            vec![],
+        ),
+        ("GET", "/workspaces".into(), Some(&token), vec![], vec![]),
+        ("GET", "/workspaces".into(), None, vec![], vec![]),
+        (
+            "GET",
+            "/workspaces".into(),
+            Some(&token),
+            vec![("Host", "evil.example")],
+            vec![],
+        ),
+        (
+            "GET",
+            "/workspaces/active".into(),
+            Some(&token),
+            vec![],
+            vec![],
+        ),
+        (
+            "DELETE",
+            "/workspaces/active".into(),
+            Some(&host),
+            vec![],
+            vec![],
+        ),
+        (
+            "PUT",
+            "/workspaces/active".into(),
+            Some(&token),
+            vec![("Content-Type", "application/json")],
+            switch_body(&other).into_bytes(),
+        ),
+        (
+            "PUT",
+            "/workspaces/active".into(),
+            Some(&host),
+            vec![("Content-Type", "application/json")],
+            b"{}".to_vec(),
+        ),
+        (
+            "PUT",
+            "/workspaces/active".into(),
+            Some(&host),
+            vec![],
+            switch_body(&other).into_bytes(),
+        ),
+        (
+            "PUT",
+            "/workspaces/active".into(),
+            Some(&host),
+            vec![("Content-Type", "application/json")],
+            json!({"directory": "nope"}).to_string().into_bytes(),
+        ),
+        (
+            "PUT",
+            "/workspaces/active".into(),
+            Some(&host),
+            vec![("Content-Type", "application/json")],
+            vec![b' '; 70 * 1024],
+        ),
+        (
+            "PUT",
+            "/workspaces/active".into(),
+            Some(&host),
+            vec![("Content-Type", "application/json")],
+            switch_body(&other).into_bytes(),
+        ),
+        ("GET", "/capabilities".into(), Some(&token), vec![], vec![]),
+        ("GET", "/nowhere".into(), Some(&token), vec![], vec![]),
+        (
+            "GET",
+            "/opencode/global/health".into(),
+            Some(&token),
+            vec![],
+            vec![],
+        ),
+        (
+            "POST",
+            "/opencode/echo".into(),
+            Some(&token),
+            vec![("Content-Type", "text/plain")],
+            b"hi".to_vec(),
+        ),
+        (
+            "PUT",
+            "/opencode/anything".into(),
+            Some(&token),
+            vec![],
+            vec![],
+        ),
+        (
+            "PATCH",
+            "/opencode/anything".into(),
+            Some(&token),
+            vec![],
+            vec![],
+        ),
+        (
+            "DELETE",
+            "/opencode/anything".into(),
+            Some(&token),
+            vec![],
+            vec![],
+        ),
+        (
+            "OPTIONS",
+            "/opencode/anything".into(),
+            Some(&token),
+            vec![],
+            vec![],
+        ),
+        (
+            "HEAD",
+            "/opencode/global/health".into(),
+            Some(&token),
+            vec![],
+            vec![],
+        ),
+        (
+            "GET",
+            "/opencode/global/health".into(),
+            None,
+            vec![],
+            vec![],
+        ),
+    ];
+    let mut statuses = std::collections::BTreeSet::new();
+    for (method, path, token, extra, body) in &calls {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers: Vec<(&str, &str)> = extra.clone();
+        if let Some(auth) = &auth {
+            headers.push(("Authorization", auth));
+        }
+        let response = http::request(&server.addr, method, path, &headers, body);
+        statuses.insert(response.status);
+        contract.check(method, path, &response);
+    }
+    // The errors the document promises were really met, not just allowed.
+    for status in [200, 202, 400, 401, 403, 404, 405, 413, 415, 421, 422] {
+        assert!(
+            statuses.contains(&status),
+            "no call got {status}: {statuses:?}"
+        );
+    }
+
+    // The event stream: every frame's data is a documented SystemEventData. One stream
+    // opens with the snapshot; one with `Last-Event-ID: 0` replays every remembered
+    // numbered event (the starts, announcements, readiness and restarts above); both then
+    // see the switch.
+    let auth = format!("Bearer {token}");
+    let mut fresh = http::stream(
+        &server.addr,
+        "/system/events",
+        &[("Authorization", &auth)],
+        Duration::from_secs(30),
+    );
+    let mut replay = http::stream(
+        &server.addr,
+        "/system/events",
+        &[("Authorization", &auth), ("Last-Event-ID", "0")],
+        Duration::from_secs(30),
+    );
+    for (status, headers) in [(fresh.0, fresh.1.clone()), (replay.0, replay.1.clone())] {
+        let head = HttpResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        contract.check("GET", "/system/events", &head);
+    }
+    let response = put_workspace(&server, &host, &switch_body(&dir.path().join("workspace")));
+    contract.check("PUT", "/workspaces/active", &response);
+    let read_until_switch = |reader: &mut std::io::BufReader<std::net::TcpStream>| {
+        let mut seen = Vec::new();
+        let mut event = String::new();
+        while !seen.contains(&"workspaceChanged".to_string()) {
+            let mut line = String::new();
+            assert!(
+                reader.read_line(&mut line).unwrap() > 0,
+                "the stream ended: {seen:?}"
+            );
+            let line = line.trim_end();
+            if let Some(name) = line.strip_prefix("event: ") {
+                event = name.to_string();
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                let data: Value = serde_json::from_str(data).unwrap();
+                if let Err(problem) = contract.validate_component("SystemEventData", &data) {
+                    panic!("event {event}: {data} does not conform: {problem}");
+                }
+                if event != "snapshot" && event != "lagged" {
+                    assert_eq!(
+                        data["event"],
+                        event.as_str(),
+                        "the event: line names the data's kind"
+                    );
+                }
+                seen.push(event.clone());
+            }
+        }
+        seen
+    };
+    let seen = read_until_switch(&mut fresh.2);
+    assert_eq!(seen, ["snapshot", "workspaceChanged"]);
+    let seen = read_until_switch(&mut replay.2);
+    for kind in [
+        "starting",
+        "listening",
+        "ready",
+        "serverReady",
+        "restartRequested",
+        "workspaceChanged",
+    ] {
+        assert!(seen.iter().any(|s| s == kind), "no {kind} among {seen:?}");
+    }
+    // A frame the document does not describe fails: an unknown kind, or an extra field.
+    let mut ready = json!({"seq": 1, "atMs": 2, "sidecar": "opencode", "event": "ready", "pid": 3, "startupMs": 4});
+    assert!(
+        contract
+            .validate_component("SystemEventData", &ready)
+            .is_ok()
+    );
+    ready["surprise"] = json!(true);
+    assert!(
+        contract
+            .validate_component("SystemEventData", &ready)
+            .is_err()
+    );
+    ready["event"] = json!("invented");
+    assert!(
+        contract
+            .validate_component("SystemEventData", &ready)
+            .is_err()
+    );
+
+    // A body field the document does not have fails validation: the checker has teeth.
+    let mut extra = server.get_json("/workspaces/active");
+    extra["surprise"] = json!(1);
+    assert!(
+        contract
+            .validate_component("ActiveWorkspaceBody", &extra)
+            .is_err()
+    );
+
+    // Shutdown last.
+    let response = server.request("POST", "/system/shutdown", Some(&token), b"");
+    contract.check("POST", "/system/shutdown", &response);
+    assert_eq!(response.status, 403);
+    let response = server.request("POST", "/system/shutdown", Some(&host), b"");
+    contract.check("POST", "/system/shutdown", &response);
+    assert_eq!(response.status, 202);
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+
+    let missing: Vec<_> = contract
+        .operations()
+        .difference(contract.checked())
+        .cloned()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "documented operations no call checked: {missing:?}"
+    );
+}
