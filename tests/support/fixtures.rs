@@ -52,6 +52,9 @@ pub fn pack_host(stub: &Path, sidecars: &[(&str, &Path)], out: &Path) -> PathBuf
     for (name, path) in sidecars {
         cmd.arg("--sidecar")
             .arg(format!("{name}={}", path.display()));
+        if *name == "opencode-router" {
+            cmd.args(["--router-version", "0.1.0"]);
+        }
     }
     let output = cmd.output().unwrap();
     assert!(

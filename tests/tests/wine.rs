@@ -63,6 +63,7 @@ fn pack(dir: &Path) -> (PathBuf, Value) {
         .arg(format!("opencode={}", fixture.display()))
         .arg("--sidecar")
         .arg(format!("opencode-router={}", stub().display()))
+        .args(["--router-version", "0.1.0"])
         .arg("--out")
         .arg(&out)
         .output()
