@@ -190,6 +190,12 @@ fn a_signed_macos_release_keeps_its_payload_and_the_sidecars_their_entitlements(
     for signature in report["signatures"].as_array().unwrap() {
         assert_eq!(signature["action"], "codesign", "{signature}");
     }
+    // What went in carried a broken signature: Bun writes the program into its executable
+    // after Bun's own ad hoc signature, as opencode's darwin builds ship (opencode issue
+    // 46313). The release replaced it; the extracted sidecars verify below.
+    let given = std::fs::read(work.path().join("opencode-router-darwin-arm64")).unwrap();
+    let broken = verify(&given, &VerifyPolicy::default()).unwrap_err();
+    assert!(broken.to_string().contains("digest mismatch"), "{broken}");
     let data = std::fs::read(dist.join("openwork-server-v2-darwin-arm64")).unwrap();
     let policy = MachOPolicy {
         require_hardened_runtime: true,

@@ -267,10 +267,7 @@ pub fn fetch_npm_bin(
         &progress,
         Refresh::IfUnsuitable,
         |staging| {
-            let registry = match &req.registry {
-                Some(registry) => registry.clone(),
-                None => Registry::discover(&workspace_root())?,
-            };
+            let registry = registry_for(req)?;
             progress.line(format_args!(
                 "{source} for {} is not cached; asking {} (from {})",
                 target.name,
@@ -349,14 +346,19 @@ pub fn fetch_npm_bin(
 pub fn announced_integrity(req: &FetchRequest, package: &str) -> Result<String> {
     let progress = Progress { quiet: req.quiet };
     let version = normalize_version(&req.version)?;
-    let registry = match &req.registry {
-        Some(registry) => registry.clone(),
-        None => Registry::discover(&workspace_root())?,
-    };
+    let registry = registry_for(req)?;
     let http = http::Http::new(registry.url_for(package), &progress)?;
     Ok(npm::version_dist(&http, &registry, package, &version)?
         .integrity
         .to_string())
+}
+
+/// The request's registry, else the one npm would use here.
+fn registry_for(req: &FetchRequest) -> Result<Registry> {
+    match &req.registry {
+        Some(registry) => Ok(registry.clone()),
+        None => Registry::discover(&workspace_root()),
+    }
 }
 
 /// Gets opencode for `req.target` at `req.version` from `source` (see the module docs for

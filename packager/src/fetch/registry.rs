@@ -411,17 +411,23 @@ mod tests {
         assert!(err.to_string().contains("set NPM_CONFIG_REGISTRY"), "{err}");
     }
 
-    #[test]
-    fn scopes_credentials_and_urls() {
-        let rc = "registry=http://127.0.0.1:5/npm/\n@corp:registry=http://127.0.0.1:6/corp\n\
-                  //127.0.0.1:5/npm/:_authToken=${TOKEN}\n//127.0.0.1:6/:_auth=dXNlcjpwdw==\n";
-        let r = resolve(
+    /// The registry configured by one `.npmrc` with `text`.
+    fn from_npmrc(text: &str) -> Registry {
+        resolve(
             None,
-            &[(PathBuf::from(".npmrc"), rc.to_owned())],
+            &[(PathBuf::from(".npmrc"), text.to_owned())],
             &env,
             || None,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn scopes_credentials_and_urls() {
+        let r = from_npmrc(
+            "registry=http://127.0.0.1:5/npm/\n@corp:registry=http://127.0.0.1:6/corp\n\
+             //127.0.0.1:5/npm/:_authToken=${TOKEN}\n//127.0.0.1:6/:_auth=dXNlcjpwdw==\n",
+        );
         assert_eq!(
             r.version_url("opencode-linux-x64", "1.2.27")
                 .unwrap()
@@ -459,14 +465,9 @@ mod tests {
     /// anyone on the path reads it.
     #[test]
     fn credentials_go_over_https_or_loopback_only() {
-        let rc = "registry=https://mirror.test/npm/\n//mirror.test/npm/:_authToken=${TOKEN}\n";
-        let r = resolve(
-            None,
-            &[(PathBuf::from(".npmrc"), rc.to_owned())],
-            &env,
-            || None,
-        )
-        .unwrap();
+        let r = from_npmrc(
+            "registry=https://mirror.test/npm/\n//mirror.test/npm/:_authToken=${TOKEN}\n",
+        );
         let https = Url::parse("https://mirror.test/npm/opencode-linux-x64/-/x.tgz").unwrap();
         assert_eq!(
             r.credential_for(&https).unwrap().header_value(),
