@@ -22,11 +22,15 @@ fn target(name: &str) -> &'static Target {
     targets::by_name(name).unwrap()
 }
 
-/// A build of the stand-in in `fixtures/opencode-router` (no release carries it unless
-/// pointed at it) with the pinned Bun, expecting its version.
+/// The stand-in's source: `fixtures/opencode-router` (no release carries it unless pointed
+/// at it).
+fn fixture_source() -> PathBuf {
+    fetch::workspace_root().join("fixtures/opencode-router")
+}
+
+/// A build of the stand-in with the pinned Bun, expecting its version.
 fn pinned(target: &'static Target) -> RouterBuildRequest {
-    let source = fetch::workspace_root().join("fixtures/opencode-router");
-    let mut req = RouterBuildRequest::new(target, source, &Constants::built_in());
+    let mut req = RouterBuildRequest::new(target, fixture_source(), &Constants::built_in());
     req.expected_version = Some(FIXTURE_VERSION.into());
     req.quiet = true;
     req
@@ -477,6 +481,8 @@ fn cli_builds_with_no_network() {
             "--offline",
             "--json",
         ])
+        .arg("--source")
+        .arg(fixture_source())
         .arg("--cache-dir")
         .arg(&cache)
         .arg("--out")
@@ -496,12 +502,31 @@ fn cli_builds_with_no_network() {
     assert_target(&out, target("darwin-x64"));
 
     let output = Command::new(packager)
-        .args(["build-router", "--target", "nope"])
+        .args(["build-router", "--target", "nope", "--source"])
+        .arg(fixture_source())
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
+    // No router is named in constants.json: nothing is built unless a source is given.
     let output = Command::new(packager)
-        .args(["build-router", "--target", "linux-x64", "--offline"])
+        .args(["build-router", "--target", "linux-x64"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("pass --source DIR"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = Command::new(packager)
+        .args([
+            "build-router",
+            "--target",
+            "linux-x64",
+            "--offline",
+            "--source",
+        ])
+        .arg(fixture_source())
         .arg("--cache-dir")
         .arg(temp.path().join("empty"))
         .output()
