@@ -26,14 +26,15 @@ use crate::error::{Error, Result};
 use crate::trust;
 
 /// One workspace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Workspace {
     /// Stable id: the first 16 hex digits of the SHA-256 of the directory path.
     pub id: String,
     /// The directory's name.
     pub name: String,
     /// The directory: absolute and canonical.
-    #[schema(value_type = String)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub directory: PathBuf,
 }
 

@@ -293,7 +293,7 @@ async fn route(
     }
 }
 
-#[utoipa::path(
+#[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/system/events", tag = "system",
     summary = "Supervisor events as Server-Sent Events",
     description = "Opens with `retry: 2000`, then (without `Last-Event-ID`) an `event: snapshot` frame of every sidecar's status, then numbered frames (`id:` = the event's `seq`, `event:` = its `event` field) as things happen, and `: keepalive` comments every 15 s. `Last-Event-ID` replays the remembered events after it (up to 256) instead of the snapshot. An `event: lagged` frame says how many events a slow reader missed. Every frame's `data:` is one JSON document described by `SystemEventData`.",
@@ -302,7 +302,7 @@ async fn route(
         (status = 200, description = "The event stream; each frame's `data:` is a `SystemEventData`", content_type = "text/event-stream", body = model::SystemEventData),
     ),
     security(("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
-)]
+))]
 pub(super) fn system_events(state: &AppState, headers: &http::HeaderMap) -> Response<ResponseBody> {
     let last_event_id = headers
         .get("last-event-id")
@@ -311,7 +311,7 @@ pub(super) fn system_events(state: &AppState, headers: &http::HeaderMap) -> Resp
     sse::events_response(&state.supervisor, last_event_id, state.shutdown.subscribe())
 }
 
-#[utoipa::path(
+#[cfg_attr(feature = "openapi", utoipa::path(
     post, path = "/system/shutdown", tag = "system",
     summary = "Stop the server cleanly (host token)",
     responses(
@@ -319,7 +319,7 @@ pub(super) fn system_events(state: &AppState, headers: &http::HeaderMap) -> Resp
         (status = 403, description = "`host_token_required`: the client token is not enough", body = model::ErrorBody),
     ),
     security(("hostToken" = [])),
-)]
+))]
 pub(super) fn shutdown(state: &AppState, host: bool) -> Response<ResponseBody> {
     if !host {
         return host_token_required();
@@ -334,7 +334,7 @@ pub(super) fn shutdown(state: &AppState, host: bool) -> Response<ResponseBody> {
     )
 }
 
-#[utoipa::path(
+#[cfg_attr(feature = "openapi", utoipa::path(
     post, path = "/system/sidecars/{name}/restart", tag = "system",
     summary = "Restart a sidecar from any state, `failed` included (host token)",
     params(("name" = String, Path, description = "`opencode` or `opencode-router`")),
@@ -344,7 +344,7 @@ pub(super) fn shutdown(state: &AppState, host: bool) -> Response<ResponseBody> {
         (status = 404, description = "`unknown_sidecar`: no such sidecar runs here", body = model::ErrorBody),
     ),
     security(("hostToken" = [])),
-)]
+))]
 pub(super) fn restart_sidecar(state: &AppState, host: bool, name: &str) -> Response<ResponseBody> {
     if !host {
         return host_token_required();
@@ -361,7 +361,7 @@ pub(super) fn restart_sidecar(state: &AppState, host: bool, name: &str) -> Respo
     }
 }
 
-#[utoipa::path(
+#[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/system/sidecars/{name}/logs", tag = "system",
     summary = "The last lines of a sidecar's output and the supervisor's notes about it",
     params(
@@ -374,7 +374,7 @@ pub(super) fn restart_sidecar(state: &AppState, host: bool, name: &str) -> Respo
         (status = 404, description = "`unknown_sidecar`", body = model::ErrorBody),
     ),
     security(("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
-)]
+))]
 pub(super) fn sidecar_logs(
     state: &AppState,
     name: &str,
@@ -448,11 +448,11 @@ fn unknown_sidecar(name: &str, supervisor: &Supervisor) -> Response<ResponseBody
     )
 }
 
-#[utoipa::path(
+#[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/health", tag = "handshake",
     summary = "The OpenWork handshake: is this an OpenWork server, and is opencode up",
     responses((status = 200, description = "Always 200 once the server listens", body = model::Health)),
-)]
+))]
 pub(super) fn health(state: &AppState) -> Response<ResponseBody> {
     response::json(
         StatusCode::OK,
@@ -465,12 +465,12 @@ pub(super) fn health(state: &AppState) -> Response<ResponseBody> {
 
 /// `with_pids`: only for a caller with a token; pids tell another local user which processes
 /// to watch.
-#[utoipa::path(
+#[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/system/health", tag = "system",
     summary = "Every sidecar's state; with a token, their pids too",
     responses((status = 200, description = "The overview", body = model::SystemHealth)),
     security((), ("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
-)]
+))]
 pub(super) fn system_health(state: &AppState, with_pids: bool) -> Response<ResponseBody> {
     let sidecars = state
         .supervisor
@@ -494,21 +494,21 @@ pub(super) fn system_health(state: &AppState, with_pids: bool) -> Response<Respo
     )
 }
 
-#[utoipa::path(
+#[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/openapi.json", tag = "handshake",
     summary = "This document (no token: it holds no secret)",
     responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json", body = Object)),
-)]
+))]
 pub(super) fn openapi_json() -> Response<ResponseBody> {
     response::json(StatusCode::OK, super::openapi::document())
 }
 
-#[utoipa::path(
+#[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/system/runtime", tag = "system",
     summary = "What runs: manifest, payload, directories, and every sidecar's status",
     responses((status = 200, description = "The runtime", body = model::RuntimeInfo)),
     security(("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
-)]
+))]
 pub(super) fn system_runtime(state: &AppState) -> Response<ResponseBody> {
     let mut body = state.runtime.clone();
     body.workspace = state
@@ -561,13 +561,13 @@ fn active_body(
     }
 }
 
-#[utoipa::path(
+#[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/workspaces", tag = "handshake",
     summary = "The active workspace and how to reach opencode for it",
     description = "`active.opencode.baseUrl` is this server's `/opencode` proxy as the client reached the server (its `Host`): give it to opencode's SDK with this server's token.",
     responses((status = 200, description = "The workspaces", body = model::Workspaces)),
     security(("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
-)]
+))]
 pub(super) fn workspaces(state: &AppState, headers: &http::HeaderMap) -> Response<ResponseBody> {
     let workspace = state.workspace.get();
     let item = model::WorkspaceItem {
@@ -587,12 +587,12 @@ pub(super) fn workspaces(state: &AppState, headers: &http::HeaderMap) -> Respons
     )
 }
 
-#[utoipa::path(
+#[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/workspaces/active", tag = "handshake",
     summary = "The active workspace (`GET /workspaces`' `active`)",
     responses((status = 200, description = "The active workspace", body = model::ActiveWorkspaceBody)),
     security(("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
-)]
+))]
 pub(super) fn active_workspace(
     state: &AppState,
     headers: &http::HeaderMap,
@@ -606,7 +606,7 @@ const MAX_SWITCH_BODY: usize = 64 * 1024;
 
 /// `PUT /workspaces/active` (host token, checked by the caller): switch, tell
 /// `/system/events`, restart the router in the new directory.
-#[utoipa::path(
+#[cfg_attr(feature = "openapi", utoipa::path(
     put, path = "/workspaces/active", tag = "handshake",
     summary = "Switch the active workspace (host token)",
     description = "The directory must exist; it is canonicalised and remembered in the data directory (a restart keeps it unless `--workspace` is given). `/system/events` then carries a `workspaceChanged` event; opencode serves the new directory from the next proxied request on (no restart); opencode-router, if it runs, is restarted in it. Switching to the active workspace again changes nothing and sends no event.",
@@ -621,7 +621,7 @@ const MAX_SWITCH_BODY: usize = 64 * 1024;
         (status = 500, description = "`workspace_not_saved` or `internal_error`: nothing was switched", body = model::ErrorBody),
     ),
     security(("hostToken" = [])),
-)]
+))]
 pub(super) async fn switch_workspace(
     request: Request<Incoming>,
     state: &AppState,
@@ -719,12 +719,12 @@ pub(super) async fn switch_workspace(
     )
 }
 
-#[utoipa::path(
+#[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/capabilities", tag = "handshake",
     summary = "What this server offers: routes, auth, and what a client can do with skills, plugins and MCP servers",
     responses((status = 200, description = "The capabilities", body = model::Capabilities)),
     security(("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
-)]
+))]
 pub(super) fn capabilities(state: &AppState) -> Response<ResponseBody> {
     let sidecars = state
         .supervisor
@@ -760,7 +760,7 @@ pub(super) fn capabilities(state: &AppState) -> Response<ResponseBody> {
     )
 }
 
-#[utoipa::path(
+#[cfg_attr(feature = "openapi", utoipa::path(
     method(get, post, put, patch, delete, head, options), path = "/opencode/{path}", tag = "opencode",
     summary = "opencode's own API, passed through",
     description = "Any method, any path under `/opencode/`, WebSocket upgrades included: the request goes to opencode with opencode's password in place of this server's token, and opencode's answer comes back as it is, streamed (its own API is described by opencode's `GET /opencode/doc`). A request that names no directory (`x-opencode-directory` header or `directory` query parameter) is about the active workspace. Errors of the proxy itself are this server's JSON errors.",
@@ -773,7 +773,7 @@ pub(super) fn capabilities(state: &AppState) -> Response<ResponseBody> {
         (status = 504, description = "`opencode_timeout`: no answer in time", body = model::ErrorBody),
     ),
     security(("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
-)]
+))]
 pub(super) async fn proxy_to_opencode(
     mut request: Request<Incoming>,
     state: &AppState,

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::supervisor::SidecarState;
 use crate::supervisor::SidecarStatus;
@@ -40,7 +39,8 @@ pub const ERROR_CODES: &[&str] = &[
 ];
 
 /// Every error: a stable machine-readable code and what to do about it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     /// A stable word (one of `ERROR_CODES`): what went wrong, for a program.
@@ -51,7 +51,8 @@ pub struct ErrorBody {
 
 /// `GET /health`: the OpenWork handshake. A server that answers anything else is not an
 /// OpenWork server (a client then talks to opencode directly).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Health {
     /// Whether opencode is running and healthy.
@@ -61,7 +62,8 @@ pub struct Health {
 }
 
 /// One sidecar in `GET /system/health`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SidecarHealth {
     /// Its state.
@@ -69,12 +71,13 @@ pub struct SidecarHealth {
     /// Its pid: present only when the request carried a token (pids tell another local
     /// user which processes to watch); null when no process runs.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(required = false)]
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub pid: Option<Option<u32>>,
 }
 
 /// `GET /system/health`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SystemHealth {
     /// Whether opencode is running and healthy.
@@ -86,7 +89,8 @@ pub struct SystemHealth {
 }
 
 /// Where the payload came from (`GET /system/runtime`).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PayloadInfo {
     /// `embedded`, `bundle-flag`, `bundle-env` or `bundle-beside-executable`.
@@ -98,7 +102,8 @@ pub struct PayloadInfo {
 }
 
 /// `GET /system/runtime`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeInfo {
@@ -109,15 +114,15 @@ pub struct RuntimeInfo {
     /// The payload's manifest (docs/FORMAT.md); absent in pure dev mode (`--sidecar` for
     /// every sidecar).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(required = false, value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(required = false, value_type = Object))]
     pub manifest: Option<serde_json::Value>,
     /// Where the payload came from; absent in pure dev mode.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(required = false)]
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub payload: Option<PayloadInfo>,
     /// The runtime directory the sidecars run from; absent in pure dev mode.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(required = false)]
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub runtime_dir: Option<String>,
     /// The data directory.
     pub data_dir: String,
@@ -132,7 +137,8 @@ pub struct RuntimeInfo {
 }
 
 /// `GET /system/sidecars/{name}/logs`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Logs {
     /// The sidecar.
@@ -144,7 +150,8 @@ pub struct Logs {
 }
 
 /// `POST /system/shutdown`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 #[serde(deny_unknown_fields)]
 pub struct ShuttingDown {
@@ -153,7 +160,8 @@ pub struct ShuttingDown {
 }
 
 /// `POST /system/sidecars/{name}/restart`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Restarting {
     /// The sidecar being restarted.
@@ -161,7 +169,8 @@ pub struct Restarting {
 }
 
 /// How a client reaches opencode for a workspace.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 #[serde(deny_unknown_fields)]
 pub struct OpencodeTarget {
@@ -174,7 +183,8 @@ pub struct OpencodeTarget {
 
 /// A workspace as the PRD's handshake names it (`GET /workspaces` → `active`,
 /// `GET /workspaces/active`, `PUT /workspaces/active`).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ActiveWorkspaceBody {
     /// Stable id: the first 16 hex digits of the SHA-256 of the directory path.
@@ -186,7 +196,8 @@ pub struct ActiveWorkspaceBody {
 }
 
 /// One entry of `GET /workspaces`' `items`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceItem {
     /// As in `active`.
@@ -202,7 +213,8 @@ pub struct WorkspaceItem {
 }
 
 /// `GET /workspaces`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 #[serde(deny_unknown_fields)]
 pub struct Workspaces {
@@ -215,7 +227,8 @@ pub struct Workspaces {
 }
 
 /// `PUT /workspaces/active`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SwitchWorkspace {
     /// An absolute path to an existing directory (canonicalised by the server).
@@ -223,7 +236,8 @@ pub struct SwitchWorkspace {
 }
 
 /// What a client can do with one kind of opencode extension through this server.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Access {
     /// It can be listed.
@@ -233,7 +247,8 @@ pub struct Access {
 }
 
 /// Where opencode is proxied.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 #[serde(deny_unknown_fields)]
 pub struct ProxyInfo {
@@ -244,7 +259,8 @@ pub struct ProxyInfo {
 }
 
 /// How to authenticate.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 #[serde(deny_unknown_fields)]
 pub struct AuthInfo {
@@ -257,7 +273,8 @@ pub struct AuthInfo {
 }
 
 /// `GET /capabilities`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Capabilities {
     /// `openwork-server-v2`.
@@ -284,7 +301,8 @@ pub struct Capabilities {
 }
 
 /// The `data:` of the `snapshot` frame that opens `GET /system/events`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
     /// Every sidecar's status.
@@ -292,7 +310,8 @@ pub struct Snapshot {
 }
 
 /// The `data:` of a `lagged` frame: the reader was too slow and missed events.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Lagged {
     /// How many.
@@ -301,7 +320,8 @@ pub struct Lagged {
 
 /// The `data:` of one `GET /system/events` frame, by its `event:` name: `snapshot`, `lagged`,
 /// or one of the numbered supervisor events (`Event`, whose `event` field repeats the name).
-#[derive(ToSchema)]
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
 #[serde(untagged)]
 #[allow(dead_code)] // A schema only: the frames are written from the three types.
 pub enum SystemEventData {

@@ -13,7 +13,8 @@ use tokio::sync::broadcast;
 const HISTORY: usize = 256;
 
 /// One event: the `data:` of every numbered frame of `GET /system/events`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     /// Increasing from 1 within one server process.
@@ -28,7 +29,8 @@ pub struct Event {
 }
 
 /// What happened; `event` names it, as the SSE `event:` field does.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "event", rename_all = "camelCase")]
 pub enum EventKind {
     /// A process was started; it picks its own port and announces it.

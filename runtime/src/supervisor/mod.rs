@@ -57,7 +57,8 @@ impl SidecarKind {
 }
 
 /// A sidecar's state, as the API shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum SidecarState {
     /// Not started yet (opencode-router waits for opencode).
@@ -77,7 +78,8 @@ pub enum SidecarState {
 }
 
 /// How the last process ended.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 #[serde(deny_unknown_fields)]
 pub struct LastExit {
@@ -92,7 +94,8 @@ pub struct LastExit {
 }
 
 /// A sidecar's status for the API.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 #[serde(deny_unknown_fields)]
 pub struct SidecarStatus {
@@ -111,13 +114,13 @@ pub struct SidecarStatus {
     /// Milliseconds since it became healthy, while running.
     pub uptime_ms: Option<u64>,
     /// The executable.
-    #[schema(value_type = String)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub executable: PathBuf,
     /// The log file.
-    #[schema(value_type = String)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub log_file: PathBuf,
     #[serde(skip)]
-    #[schema(ignore)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     ready_at: Option<Instant>,
 }
 
