@@ -345,7 +345,8 @@ fn rows(
         .note(
             "spawn of the packed artifact (runtime already extracted) to its ready line on \
              stdout, vs spawn of bare `opencode serve` (the same executable) to the first 200 \
-             from GET /global/health, polled every 5 ms",
+             from GET /global/health, polled every 5 ms with a second probe beside one \
+             unanswered for 50 ms",
         ),
         Row::info("warm start to ready, min", ms(ours_ready.min_ms)).against(ms(bare_ready.min_ms)),
         Row::info("warm start to ready, max", ms(ours_ready.max_ms)).against(ms(bare_ready.max_ms)),
