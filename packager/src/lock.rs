@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use openwork_payload::manifest::is_sha256_hex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -348,10 +349,6 @@ pub fn refresh(req: &RefreshRequest) -> Result<(InputsLock, Vec<String>)> {
     }
     lock.validate().map_err(Error::Usage)?;
     Ok((lock, missing))
-}
-
-fn is_sha256_hex(text: &str) -> bool {
-    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]

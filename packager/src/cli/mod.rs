@@ -267,7 +267,7 @@ fn opencode_source(
 
 fn parse_sha256(value: &str) -> std::result::Result<String, String> {
     let hex = value.trim().to_ascii_lowercase();
-    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if openwork_payload::manifest::is_sha256_hex(&hex) {
         Ok(hex)
     } else {
         Err(format!("expected 64 hex digits (a SHA-256), got {value:?}"))

@@ -138,12 +138,7 @@ impl Manifest {
                     entry.path
                 )));
             }
-            if entry.sha256.len() != 64
-                || !entry
-                    .sha256
-                    .bytes()
-                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            {
+            if !is_sha256_hex(&entry.sha256) {
                 return Err(Error::Manifest(format!(
                     "file {name:?}: sha256 is not 64 lower-case hex digits"
                 )));
@@ -183,6 +178,12 @@ impl FileEntry {
         out.extend(self.path.split('/'));
         out
     }
+}
+
+/// Whether `text` is a SHA-256 as manifests, locks and pins write it: 64 lower-case hex
+/// digits.
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Why a path may not appear in a manifest or archive, or `Ok` when it may: relative,

@@ -734,6 +734,8 @@ pub(super) fn capabilities(state: &AppState) -> Response<ResponseBody> {
         .collect();
     // Through the proxied opencode API (see model::Capabilities for the routes).
     let access = |read, write| model::Access { read, write };
+    // From the document, so the lists cannot drift from what is served.
+    let (routes, host_only) = super::openapi::capability_routes();
     response::json(
         StatusCode::OK,
         &model::Capabilities {
@@ -744,14 +746,11 @@ pub(super) fn capabilities(state: &AppState) -> Response<ResponseBody> {
                 base_path: OPENCODE_PREFIX.into(),
             },
             sidecars,
-            // From the document, so the list cannot drift from what is served.
-            routes: super::openapi::routes(|_| true),
+            routes: routes.clone(),
             auth: model::AuthInfo {
                 scheme: "Bearer".into(),
                 header: super::auth::TOKEN_HEADER.into(),
-                host_token_for: super::openapi::routes(|security| {
-                    security == [serde_json::json!({ "hostToken": [] })]
-                }),
+                host_token_for: host_only.clone(),
             },
             skills: access(true, false),
             plugins: access(true, true),

@@ -94,7 +94,8 @@ pub struct SystemHealth {
 #[serde(deny_unknown_fields)]
 pub struct PayloadInfo {
     /// `embedded`, `bundle-flag`, `bundle-env` or `bundle-beside-executable`.
-    pub source: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub source: crate::source::SourceKind,
     /// The executable or bundle directory it was read from.
     pub path: String,
     /// The SHA-256 of its manifest.

@@ -95,6 +95,19 @@ pub fn routes(filter: impl Fn(&[Value]) -> bool) -> Vec<String> {
     routes
 }
 
+/// Every route and the host-token-only ones, as `/capabilities` lists them: read from the
+/// document once, not per request.
+pub fn capability_routes() -> &'static (Vec<String>, Vec<String>) {
+    static ROUTES: OnceLock<(Vec<String>, Vec<String>)> = OnceLock::new();
+    ROUTES.get_or_init(|| {
+        let host_only = serde_json::json!({ "hostToken": [] });
+        (
+            routes(|_| true),
+            routes(|security| security == std::slice::from_ref(&host_only)),
+        )
+    })
+}
+
 #[cfg(feature = "openapi")]
 fn error_response(description: &str) -> Value {
     json!({

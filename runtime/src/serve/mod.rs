@@ -284,10 +284,7 @@ fn resolve_sidecars(
         }
         manifest = serde_json::to_value(&source.manifest).ok();
         payload = Some(PayloadInfo {
-            source: serde_json::to_value(source.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            source: source.kind,
             path: source.path.to_string_lossy().into_owned(),
             digest: source.digest.clone(),
         });
