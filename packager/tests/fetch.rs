@@ -501,6 +501,62 @@ fn a_download_stops_at_the_locked_size() {
     assert!(leftovers(cache.path(), "linux-x64").is_empty());
 }
 
+/// `release` of an input the registry serves differently from the lock: a clear error (exit
+/// 4) before any download, and neither the cache nor the dist dir gets anything.
+#[test]
+fn a_release_of_a_lock_mismatched_input_fails_and_leaves_cache_and_dist_untouched() {
+    let server = FakeRegistry::start();
+    let linux = target("linux-x64");
+    let locked_binary = elf(ELF_X86_64);
+    let locked_tgz = tarball(&[("package/bin/opencode", &locked_binary)]);
+    let dir = tempfile::tempdir().unwrap();
+    let lock_path = dir.path().join("inputs.lock.json");
+    std::fs::write(
+        &lock_path,
+        lock_of(linux, &locked_tgz, &locked_binary).to_text(),
+    )
+    .unwrap();
+    let constants = dir.path().join("constants.json");
+    std::fs::write(
+        &constants,
+        format!(r#"{{"opencodeVersion":"{VERSION}","bunVersion":"1.3.10"}}"#),
+    )
+    .unwrap();
+    // Another build, with an integrity computed from it.
+    let mut other = locked_binary.clone();
+    other.extend_from_slice(b"and a little extra");
+    server.publish(
+        "opencode-linux-x64",
+        &[("package/bin/opencode", &other)],
+        None,
+    );
+
+    let dist = dir.path().join("dist");
+    let entry = fetch::default_cache_root().join(format!("opencode/linux-x64/v{VERSION}"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_openwork-packager"))
+        .args(["--constants", constants.to_str().unwrap()])
+        .args(["--lock", lock_path.to_str().unwrap()])
+        .args(["release", "--target", "linux-x64", "--fast", "--stub"])
+        .arg(dir.path().join("never-read"))
+        .arg("--dist")
+        .arg(&dist)
+        .env("NPM_CONFIG_REGISTRY", &server.url)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("inputs.lock.json locked") && stderr.contains("openwork-packager lock"),
+        "{stderr}"
+    );
+    assert_eq!(
+        server.hits("/opencode-linux-x64/-/opencode-linux-x64-1.0.0.tgz"),
+        0
+    );
+    assert!(!dist.exists(), "dist/ was touched");
+    assert!(!entry.exists(), "{} was cached", entry.display());
+}
+
 /// `openwork-packager lock` against the fake registry: it records what the registry serves
 /// (integrity, sizes, the executable's hash), leaves out what the registry lacks, prints the
 /// changes, and `--check` fails (exit 4, nothing written) while the file is stale.
