@@ -103,6 +103,41 @@ pub fn check_macho_layout(data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The segment `bun build --compile` keeps its program in on macOS (the module graph, in
+/// section `__bun`).
+const BUN_SEGMENT: &str = "__BUN";
+
+/// How many bytes at the end of a Bun-compiled Mach-O are a stale tail that re-signing may
+/// drop, or `None` when there is none (or the file is not one this applies to).
+///
+/// `bun build --compile` writes its program into the `__BUN` segment and a fresh signature
+/// over a copy of the Bun template, but (Bun 1.3.x, fixed upstream in 2026) never truncates
+/// the copy: when the template's own signature was longer, its end is left behind after the
+/// new one, outside `__LINKEDIT`. Such a file fails `codesign --verify --strict`, and
+/// opencode's darwin builds ship like that (opencode issue 46313). Nothing reads those
+/// bytes: dyld maps segments only, and Bun reads its program from `__BUN`. So for a file
+/// that has both a `__BUN` segment and a code signature, the tail is dropped before signing
+/// (and reported); anywhere else bytes after `__LINKEDIT` may be a payload someone appended
+/// on purpose, and [`check_macho_layout`] refuses them.
+pub fn stale_tail(data: &[u8]) -> Result<Option<u64>> {
+    let macho = parse_thin(data)?;
+    let has_segment = |name: &str| macho.segments.iter().any(|s| s.name().ok() == Some(name));
+    let signed = macho
+        .load_commands
+        .iter()
+        .any(|c| matches!(c.command, CommandVariant::CodeSignature(_)));
+    let Some(linkedit) = macho
+        .segments
+        .iter()
+        .find(|s| s.name().ok() == Some(LINKEDIT))
+    else {
+        return Ok(None);
+    };
+    let linkedit_end = linkedit.fileoff.saturating_add(linkedit.filesize);
+    let len = data.len() as u64;
+    Ok((has_segment(BUN_SEGMENT) && signed && len > linkedit_end).then(|| len - linkedit_end))
+}
+
 /// Ad-hoc signs a Mach-O held in memory, replacing any signature it has. `identifier` is
 /// the code signing identifier (codesign uses the file name for a bare executable). The
 /// layout is checked before signing, so that nothing is dropped, and after, so that what
@@ -969,6 +1004,18 @@ pub(crate) mod tests {
         assert_eq!(once, sign_adhoc(&unsigned, "test").unwrap());
         let twice = sign_adhoc(&once, "test").unwrap();
         assert_eq!(once, twice);
+    }
+
+    #[test]
+    fn only_a_bun_executable_has_a_stale_tail() {
+        // Signed, bytes after __LINKEDIT, but no __BUN segment: those bytes may be a payload
+        // someone appended on purpose, so they are not a stale tail and signing refuses them.
+        // (A real Bun executable with a tail: tests/tests/signing.rs.)
+        let mut signed = sign_adhoc(&unsigned_macho(), "test").unwrap();
+        assert_eq!(stale_tail(&signed).unwrap(), None);
+        signed.extend_from_slice(&[0xAB; 100]);
+        assert_eq!(stale_tail(&signed).unwrap(), None);
+        assert!(sign_adhoc(&signed, "test").is_err());
     }
 
     #[test]

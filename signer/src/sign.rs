@@ -72,7 +72,7 @@ pub struct SignOutcome {
     pub action: &'static str,
     /// Who signed: the certificate's subject, or the command's program name.
     pub signer: Option<String>,
-    /// Why nothing was done, when nothing was.
+    /// Why nothing was done, when nothing was, or what was changed besides the signature.
     pub note: Option<String>,
 }
 
@@ -136,7 +136,7 @@ impl Signers {
             signer,
             note: note.map(str::to_owned),
         };
-        let data = fs_err::read(path)?;
+        let mut data = fs_err::read(path)?;
         let format = container::identify(&data)
             .map_err(|e| Error::Unsupported(e.to_string()))?
             .format;
@@ -154,6 +154,23 @@ impl Signers {
         let Some(signer) = signer else {
             return Ok(outcome("skipped", None, Some(self.why_not(action))));
         };
+        // A Bun sidecar's stale tail (see `macho::stale_tail`) goes before any signer sees
+        // the file: apple-codesign would drop it silently, codesign refuses the file.
+        let mut note = None;
+        if format == ExecutableFormat::MachO
+            && role == Role::BunSidecar
+            && let Some(stale) = macho::stale_tail(&data)?
+        {
+            warn!(
+                "{file}: dropping {stale} stale bytes after the end of __LINKEDIT (left behind \
+                 by bun build --compile after its signature) before re-signing"
+            );
+            data.truncate(data.len() - stale as usize);
+            write_in_place(path, &data)?;
+            note = Some(format!(
+                "dropped {stale} stale bytes after __LINKEDIT before signing"
+            ));
+        }
         let who = match &signer.backend {
             Backend::External(command) => {
                 command.sign_file(path)?;
@@ -182,7 +199,7 @@ impl Signers {
                 identity.describe()
             }
         };
-        Ok(outcome(action, Some(who), None))
+        Ok(outcome(action, Some(who), note.as_deref()))
     }
 
     fn why_not(&self, section: &'static str) -> &'static str {

@@ -72,7 +72,22 @@ fn certificate(der: &[u8]) -> CapturedX509Certificate {
 
 /// `release --target <target> --fast --sign <config>` into `dist`; returns the report.
 fn signed_release(target: &str, signing: &Signing, work: &Path, dist: &Path) -> Value {
+    signed_release_of(target, signing, work, dist, |_| {})
+}
+
+/// [`signed_release`], with `prepare` given opencode's stand-in (if the target has one)
+/// before the release takes it.
+fn signed_release_of(
+    target: &str,
+    signing: &Signing,
+    work: &Path,
+    dist: &Path,
+    prepare: impl FnOnce(&Path),
+) -> Value {
     let stand_in = stand_in(target, opencode_for(target), work);
+    if let Some(file) = &stand_in {
+        prepare(file);
+    }
     let output = Command::new(host_bin("openwork-packager"))
         .args(["release", "--target", target, "--fast", "--json"])
         .arg("--stub")
@@ -186,16 +201,39 @@ fn a_signed_macos_release_keeps_its_payload_and_the_sidecars_their_entitlements(
     let work = tempfile::tempdir().unwrap();
     let signing = Signing::new(work.path(), KeyKind::EcdsaP256);
     let dist = work.path().join("dist");
-    let report = signed_release("darwin-arm64", &signing, work.path(), &dist);
-    for signature in report["signatures"].as_array().unwrap() {
+    // What goes in as opencode carries a broken signature twice over, as opencode's darwin
+    // builds ship (opencode issue 46313): Bun writes the program into its executable after
+    // Bun's own ad hoc signature (a digest mismatch), and leaves a stale tail of the
+    // template's longer signature after the end of the file's last segment (appended here).
+    const STALE: usize = 4321;
+    let mut given_len = 0;
+    let report = signed_release_of("darwin-arm64", &signing, work.path(), &dist, |opencode| {
+        let mut given = std::fs::read(opencode).unwrap();
+        let broken = verify(&given, &VerifyPolicy::default()).unwrap_err();
+        assert!(broken.to_string().contains("digest mismatch"), "{broken}");
+        given_len = given.len();
+        given.extend(std::iter::repeat_n(0xFA, STALE));
+        std::fs::write(opencode, &given).unwrap();
+        let err = verify(&given, &VerifyPolicy::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("follow the end of __LINKEDIT"),
+            "{err}"
+        );
+    });
+    let signatures = report["signatures"].as_array().unwrap();
+    for signature in signatures {
         assert_eq!(signature["action"], "codesign", "{signature}");
     }
-    // What went in carried a broken signature: Bun writes the program into its executable
-    // after Bun's own ad hoc signature, as opencode's darwin builds ship (opencode issue
-    // 46313). The release replaced it; the extracted sidecars verify below.
-    let given = std::fs::read(work.path().join("opencode-router-darwin-arm64")).unwrap();
-    let broken = verify(&given, &VerifyPolicy::default()).unwrap_err();
-    assert!(broken.to_string().contains("digest mismatch"), "{broken}");
+    // The release re-signed it, dropped the tail, and said so.
+    let opencode = signatures
+        .iter()
+        .find(|s| s["file"] == "opencode")
+        .expect("opencode was signed");
+    assert_eq!(
+        opencode["note"],
+        format!("dropped {STALE} stale bytes after __LINKEDIT before signing"),
+        "{opencode}"
+    );
     let data = std::fs::read(dist.join("openwork-server-v2-darwin-arm64")).unwrap();
     let policy = MachOPolicy {
         require_hardened_runtime: true,
@@ -233,6 +271,27 @@ fn a_signed_macos_release_keeps_its_payload_and_the_sidecars_their_entitlements(
             verify_macho(&file, &sidecar_policy).unwrap_or_else(|e| panic!("{sidecar}: {e}"));
         assert_eq!(verified.identifier, sidecar);
     }
+    // Bun's program (its __BUN segment, hashed by the new signature) came through whole: the
+    // signed opencode differs from what was given only in its signature.
+    let signed = std::fs::read(extracted.join("bin/opencode")).unwrap();
+    let given = std::fs::read(work.path().join("opencode-router-darwin-arm64")).unwrap();
+    let signature_at = |data: &[u8]| {
+        goblin::mach::MachO::parse(data, 0)
+            .unwrap()
+            .load_commands
+            .iter()
+            .find_map(|c| match c.command {
+                goblin::mach::load_command::CommandVariant::CodeSignature(s) => {
+                    Some(s.dataoff as usize)
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(given.len(), given_len + STALE);
+    let (old, new) = (signature_at(&given), signature_at(&signed));
+    // Load commands (the signature's size) differ in the first page; the rest is the same.
+    assert_eq!(given[0x4000..old.min(new)], signed[0x4000..old.min(new)]);
 }
 
 fn signer(args: &[&str], dir: &Path) -> Output {
