@@ -22,6 +22,8 @@ pub struct MatrixEntry {
     /// `MACOSX_DEPLOYMENT_TARGET` for Mach-O targets, empty elsewhere (an empty string, not
     /// a missing key, so that workflow expressions can use it on every runner).
     pub macos_deployment_target: String,
+    /// The runner cross-links the stub with cargo-zigbuild, which the job installs first.
+    pub cross_build: bool,
 }
 
 /// The GitHub Actions matrix: `{"include": [one entry per target]}`.
@@ -40,6 +42,7 @@ impl From<&Target> for MatrixEntry {
             artifact: target.artifact_name(),
             signing: target.signing,
             macos_deployment_target: target.macos_deployment_target.clone().unwrap_or_default(),
+            cross_build: target.cross_build,
         }
     }
 }
@@ -62,10 +65,13 @@ mod tests {
         assert_eq!(names.len(), targets::all().len());
         for name in [
             "linux-x64",
+            "linux-x64-musl",
             "linux-arm64",
+            "linux-arm64-musl",
             "darwin-arm64",
             "darwin-x64",
             "windows-x64",
+            "windows-arm64",
         ] {
             assert!(names.contains(&name), "{name} missing from {names:?}");
         }
@@ -79,5 +85,14 @@ mod tests {
         assert_eq!(windows["artifact"], "openwork-server-v2-windows-x64.exe");
         assert_eq!(windows["signing"], "authenticode");
         assert_eq!(windows["macos-deployment-target"], "");
+        assert_eq!(windows["cross-build"], false);
+        let musl = json["include"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["target"] == "linux-x64-musl")
+            .unwrap();
+        assert_eq!(musl["cross-build"], true);
+        assert_eq!(musl["triple"], "x86_64-unknown-linux-musl");
     }
 }

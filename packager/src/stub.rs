@@ -12,7 +12,9 @@ use crate::error::{Error, Result};
 /// Builds the release stub for `target` from the workspace at `workspace` into
 /// `target_dir`; returns the executable's path.
 pub fn build_stub(workspace: &Path, target: &Target, target_dir: &Path) -> Result<PathBuf> {
-    let native = targets::host_name() == Some(target.name.as_str());
+    // The host's own triple builds with plain cargo (a `-baseline` target shares its
+    // triple); any other links through zig, which brings the C library and linker.
+    let native = targets::host().is_some_and(|host| host.rust_triple == target.rust_triple);
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.arg(if native { "build" } else { "zigbuild" })
         .args(["--release", "--quiet", "--locked", "-p", "openwork-runtime"])

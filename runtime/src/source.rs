@@ -82,7 +82,7 @@ pub fn resolve_for_this_executable(
 ) -> Result<PayloadSource> {
     let exe = std::env::current_exe().map_err(|e| Error::io("find this executable", e))?;
     let source = resolve(bundle_dir, &exe)?;
-    if let Some(host) = openwork_payload::targets::host_name() {
+    if let Some(host) = openwork_payload::targets::host() {
         source.check_target(host)?;
     }
     Ok(source)
@@ -195,12 +195,13 @@ impl PayloadSource {
         Ok(())
     }
 
-    /// Refuses a payload packed for another target than `expected`.
-    pub fn check_target(&self, expected: &str) -> Result<()> {
-        if self.manifest.target != expected {
+    /// Refuses a payload packed for a target whose stub is not this one (a `-baseline`
+    /// payload fits the plain target's stub: they share it).
+    pub fn check_target(&self, stub: &openwork_payload::targets::Target) -> Result<()> {
+        if !openwork_payload::targets::payload_fits(&self.manifest.target, stub) {
             return Err(Error::WrongTarget {
                 found: self.manifest.target.clone(),
-                expected: expected.to_string(),
+                expected: stub.name.clone(),
             });
         }
         Ok(())

@@ -22,15 +22,23 @@ pub enum Opencode {
 }
 
 /// The configured registry has only some of opencode's platform packages: the pinned
-/// version for linux-x64 and windows-x64, another version for linux-arm64, and nothing for
-/// macOS. A target becomes `Pinned` once the registry serves its pinned package and
-/// `openwork-packager lock` has locked it.
-pub const PLAN: [(&str, Opencode); 5] = [
+/// version for the x64 Linux builds (glibc and musl, plain and baseline) and windows-x64,
+/// another version for the arm64 Linux builds, and nothing for macOS, windows-x64-baseline
+/// or windows-arm64. A target becomes `Pinned` once the registry serves its pinned package
+/// and `openwork-packager lock` has locked it.
+pub const PLAN: [(&str, Opencode); 12] = [
     ("linux-x64", Opencode::Pinned),
+    ("linux-x64-baseline", Opencode::Pinned),
+    ("linux-x64-musl", Opencode::Pinned),
+    ("linux-x64-baseline-musl", Opencode::Pinned),
     ("linux-arm64", Opencode::OtherVersion("1.18.18")),
+    ("linux-arm64-musl", Opencode::OtherVersion("1.18.18")),
     ("darwin-arm64", Opencode::Router),
     ("darwin-x64", Opencode::Router),
+    ("darwin-x64-baseline", Opencode::Router),
     ("windows-x64", Opencode::Pinned),
+    ("windows-x64-baseline", Opencode::Router),
+    ("windows-arm64", Opencode::Router),
 ];
 
 /// The opencode-router stand-in's source (a test fixture: no release carries it unless

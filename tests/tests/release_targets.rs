@@ -142,3 +142,82 @@ fn check_release(target: &str, stand_in: Option<&Path>, stub: &Path, dist: &Path
         );
     }
 }
+
+/// linux-x64-musl, end to end on this glibc machine. Its stub is static, so the artifact
+/// runs on any x64 Linux: released with the pinned musl opencode it extracts and verifies
+/// that here. musl opencode itself cannot start here (it needs a musl libstdc++ and a musl
+/// newer than Debian 12's: Alpine's userland), so the serving half packs the glibc opencode
+/// into the same static stub and talks to it through the server.
+#[test]
+fn the_static_musl_server_extracts_and_serves_here() {
+    let work = tempfile::tempdir().unwrap();
+    let stub = stub_for("linux-x64-musl");
+    let elf_bytes = std::fs::read(&stub).unwrap();
+    let elf = goblin::elf::Elf::parse(&elf_bytes).unwrap();
+    assert_eq!(elf.interpreter, None, "the musl stub is static");
+    assert!(elf.libraries.is_empty(), "{:?}", elf.libraries);
+
+    let release = |dist: &Path, opencode: &[String]| {
+        let output = Command::new(host_bin("openwork-packager"))
+            .args(["release", "--target", "linux-x64-musl", "--fast", "--json"])
+            .arg("--stub")
+            .arg(&stub)
+            .arg("--dist")
+            .arg(dist)
+            .args(opencode)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "release: {}", describe(&output));
+        dist.join("openwork-server-v2-linux-x64-musl")
+    };
+
+    // The real release: musl opencode, pinned and locked.
+    let artifact = release(&work.path().join("dist"), &[]);
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let out =
+        openwork_tests::fixtures::run_packed(&artifact, &data, &["runtime", "extract", "--json"]);
+    assert!(out.status.success(), "runtime extract: {}", describe(&out));
+    let extracted: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let opencode = Path::new(extracted["runtimeDir"].as_str().unwrap()).join("bin/opencode");
+    let lock = openwork_packager::lock::InputsLock::built_in();
+    assert_eq!(
+        sha256_of(&opencode),
+        lock.opencode.targets["linux-x64-musl"].sha256,
+        "the extracted opencode is the locked musl build"
+    );
+    let out = openwork_tests::fixtures::run_packed(&artifact, &data, &["runtime", "verify"]);
+    assert!(out.status.success(), "runtime verify: {}", describe(&out));
+
+    // Serving: the same static stub with the glibc opencode, which runs here. The lock pins
+    // the musl build at this version, so the glibc one goes in under a version of its own.
+    let glibc = openwork_packager::fetch::ensure_pinned_opencode("linux-x64").unwrap();
+    let version = format!(
+        "{}+glibc",
+        openwork_packager::constants::Constants::built_in().opencode_version()
+    );
+    let args: Vec<String> = [
+        "--source",
+        "file",
+        "--allow-unpinned",
+        "--opencode-version",
+        &version,
+        "--path",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([glibc.display().to_string()])
+    .collect();
+    let artifact = release(&work.path().join("dist-serve"), &args);
+    let server =
+        openwork_tests::server::ServerBuilder::executable(&artifact, &work.path().join("serve"))
+            .isolated_home()
+            .start();
+    let health = server.get_json("/opencode/global/health");
+    assert_eq!(health["healthy"], true, "{health}");
+    let runtime = server.get_json("/system/runtime");
+    assert_eq!(
+        runtime["manifest"]["target"], "linux-x64-musl",
+        "{runtime:#}"
+    );
+}

@@ -7,13 +7,22 @@ use serde::Deserialize;
 
 use crate::container::{Arch, ExecutableFormat};
 
-/// The target data files, in release-matrix order.
-const TARGET_FILES: [&str; 5] = [
+/// The target data files, in release-matrix order. For each Rust triple, the first target
+/// that names it is the one a binary built for that triple calls its own ([`host`]); the
+/// others (`-baseline`) share its stub and differ only in the sidecars they carry.
+const TARGET_FILES: [&str; 12] = [
     include_str!("../../../targets/linux-x64.json"),
+    include_str!("../../../targets/linux-x64-baseline.json"),
+    include_str!("../../../targets/linux-x64-musl.json"),
+    include_str!("../../../targets/linux-x64-baseline-musl.json"),
     include_str!("../../../targets/linux-arm64.json"),
+    include_str!("../../../targets/linux-arm64-musl.json"),
     include_str!("../../../targets/darwin-arm64.json"),
     include_str!("../../../targets/darwin-x64.json"),
+    include_str!("../../../targets/darwin-x64-baseline.json"),
     include_str!("../../../targets/windows-x64.json"),
+    include_str!("../../../targets/windows-x64-baseline.json"),
+    include_str!("../../../targets/windows-arm64.json"),
 ];
 
 /// One platform openwork-server-v2 is released for.
@@ -41,6 +50,10 @@ pub struct Target {
     /// Minimum macOS version (`MACOSX_DEPLOYMENT_TARGET`), Mach-O targets only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub macos_deployment_target: Option<String>,
+    /// The CI runner cross-links the stub with cargo-zigbuild: its triple is not the
+    /// runner's own (musl on a glibc runner, Windows on Arm on an x64 runner).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cross_build: bool,
 }
 
 /// Names of opencode's published builds for a target.
@@ -105,20 +118,32 @@ pub fn by_name(name: &str) -> Option<&'static Target> {
 
 /// The name of the target this code was compiled for, if it is one of ours.
 pub fn host_name() -> Option<&'static str> {
-    let name = match (std::env::consts::OS, std::env::consts::ARCH) {
-        ("linux", "x86_64") => "linux-x64",
-        ("linux", "aarch64") => "linux-arm64",
-        ("macos", "aarch64") => "darwin-arm64",
-        ("macos", "x86_64") => "darwin-x64",
-        ("windows", "x86_64") => "windows-x64",
-        _ => return None,
-    };
-    Some(name)
+    host().map(|t| t.name.as_str())
 }
 
-/// The target this code was compiled for.
+/// The target this code was compiled for: the first in the table with this build's OS,
+/// architecture and C library (`linux-x64` for a glibc build, `linux-x64-musl` for a musl
+/// one; never a `-baseline` target, which shares its stub with the one before it).
 pub fn host() -> Option<&'static Target> {
-    host_name().and_then(by_name)
+    let os = match std::env::consts::OS {
+        "linux" => "linux",
+        "macos" => "apple-darwin",
+        "windows" => "windows",
+        _ => return None,
+    };
+    let musl = cfg!(target_env = "musl");
+    all().iter().find(|t| {
+        t.rust_triple.starts_with(std::env::consts::ARCH)
+            && t.rust_triple.contains(os)
+            && t.rust_triple.ends_with("musl") == musl
+    })
+}
+
+/// Whether a payload packed for the target `payload` runs in a stub built as `stub`: the
+/// packager puts a target's payload into the stub built for that target's triple, so the
+/// two agree when their triples do (`linux-x64-baseline` in a `linux-x64` stub).
+pub fn payload_fits(payload: &str, stub: &Target) -> bool {
+    by_name(payload).is_some_and(|t| t.rust_triple == stub.rust_triple)
 }
 
 #[cfg(test)]
@@ -132,10 +157,17 @@ mod tests {
             names,
             [
                 "linux-x64",
+                "linux-x64-baseline",
+                "linux-x64-musl",
+                "linux-x64-baseline-musl",
                 "linux-arm64",
+                "linux-arm64-musl",
                 "darwin-arm64",
                 "darwin-x64",
-                "windows-x64"
+                "darwin-x64-baseline",
+                "windows-x64",
+                "windows-x64-baseline",
+                "windows-arm64",
             ]
         );
         for t in all() {
@@ -165,5 +197,38 @@ mod tests {
             assert!(t.rust_triple.starts_with(arch_word), "{}", t.name);
         }
         assert_eq!(host().map(|t| t.name.as_str()), host_name());
+        let host = host().expect("tests run on a release target");
+        assert!(!host.name.contains("baseline"), "{}", host.name);
+        assert!(payload_fits(&host.name, host));
+    }
+
+    #[test]
+    fn a_baseline_payload_fits_its_plain_stub_and_nothing_else_crosses() {
+        let stub = |name| by_name(name).unwrap();
+        assert!(payload_fits("linux-x64-baseline", stub("linux-x64")));
+        assert!(payload_fits(
+            "linux-x64-baseline-musl",
+            stub("linux-x64-musl")
+        ));
+        assert!(payload_fits("windows-x64-baseline", stub("windows-x64")));
+        assert!(!payload_fits("linux-x64-musl", stub("linux-x64")));
+        assert!(!payload_fits("linux-x64", stub("linux-x64-musl")));
+        assert!(!payload_fits("windows-arm64", stub("windows-x64")));
+        assert!(!payload_fits("no-such-target", stub("linux-x64")));
+        // Each triple's first target is a plain (not baseline) one: the one `host` picks.
+        for t in all() {
+            let first = all()
+                .iter()
+                .find(|o| o.rust_triple == t.rust_triple)
+                .unwrap();
+            assert!(!first.name.contains("baseline"), "{}", first.name);
+            assert_eq!(t.name.contains("musl"), t.rust_triple.ends_with("musl"));
+            assert_eq!(
+                t.cross_build,
+                t.rust_triple.ends_with("musl") || t.name == "windows-arm64",
+                "{}",
+                t.name
+            );
+        }
     }
 }
