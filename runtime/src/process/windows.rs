@@ -3,7 +3,7 @@
 //!
 //! Tested twice: the module's own tests (a server killed with `TerminateProcess` takes its
 //! sidecar and grandchild with it, and not without the job) run natively in the CI
-//! workflow's Windows job and under Wine in `.ci/run`; tests/tests/wine.rs does the same
+//! workflow's Windows job and under Wine in `scripts/test`; tests/tests/wine.rs does the same
 //! with the packed Windows server and a SIGKILL of its Wine process.
 
 use std::io;
@@ -160,7 +160,7 @@ pub(super) fn start_time_of(_pid: u32) -> Option<u64> {
 }
 
 /// The Job Object end to end, natively (the CI workflow's Windows job runs these, and so
-/// does `.ci/run` under Wine): this test binary plays the server, which puts itself into
+/// does `scripts/test` under Wine): this test binary plays the server, which puts itself into
 /// the job and starts a sidecar, which starts a grandchild; the server is then killed
 /// with `TerminateProcess`, which no handler can intercept, and both must be gone. The
 /// control: without the job, they outlive it.
