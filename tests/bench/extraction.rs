@@ -47,7 +47,7 @@ pub struct Settings {
     pub artifact: Option<PathBuf>,
 }
 
-/// The foundation issue's targets.
+/// The targets docs/BENCHMARKS.md records.
 mod goals {
     /// Cold extraction time over `zstd -dc | tar -x && sync`.
     pub const COLD_RATIO: f64 = 1.2;

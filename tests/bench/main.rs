@@ -1,4 +1,4 @@
-//! `openwork-bench`: measures the figures the foundation issue sets targets for, prints
+//! `openwork-bench`: measures the figures docs/BENCHMARKS.md sets targets for, prints
 //! them beside their targets and baselines, and writes them as JSON under `.local/bench/`.
 //!
 //! Benchmarks report; they are not tests. A missed target is printed as `MISSED` and still
@@ -39,7 +39,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Benchmarks of openwork-server-v2 against the foundation issue's targets.
+/// Benchmarks of openwork-server-v2 against the targets in docs/BENCHMARKS.md.
 #[derive(Debug, Parser)]
 #[command(name = "openwork-bench")]
 struct Cli {

@@ -37,7 +37,7 @@ pub struct Settings {
     pub json: PathBuf,
 }
 
-/// The foundation issue's targets.
+/// The targets docs/BENCHMARKS.md records.
 mod goals {
     /// A warm-cache release, in seconds.
     pub const WALL_SECONDS: f64 = 60.0;

@@ -66,7 +66,7 @@ pub struct Settings {
     pub proxy_requests: usize,
 }
 
-/// The foundation issue's targets.
+/// The targets docs/BENCHMARKS.md records.
 mod goals {
     /// Warm start to ready over bare `opencode serve` to healthy.
     pub const WARM_READY_RATIO: f64 = 1.05;

@@ -1,5 +1,5 @@
 //! `openwork-fixture-sidecar`: stands in for both sidecars with their real process contracts
-//! (docs: the design brief's "The sidecars' process contracts"), and misbehaves when a test
+//! (defined in runtime/src/supervisor/contract.rs), and misbehaves when a test
 //! sets `FIXTURE_OPENCODE_*` / `FIXTURE_ROUTER_*` in its environment.
 //!
 //! - `<exe> serve --hostname H --port P`: the opencode role (HTTP basic auth when

@@ -1,8 +1,8 @@
 //! The archive inside the payload: a deterministic tar of the manifest's files, compressed
 //! as a single zstd frame.
 //!
-//! Writing sorts entries by path and fixes owner, group, mtime and mode, so equal inputs give
-//! equal bytes. Reading is a single streaming pass: each file is hashed as it is written,
+//! Writing sorts entries by size, then path (see [`write_tar`] for why), and fixes owner, group,
+//! mtime and mode, so equal inputs give equal bytes. Reading is a single streaming pass: each file is hashed as it is written,
 //! only regular files whose exact path and size the manifest names are accepted, and the
 //! compressed bytes are hashed once decoding is done. Nothing written here is trusted until
 //! [`extract`] returns `Ok`: the caller extracts into a private temporary directory and
