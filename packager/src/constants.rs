@@ -60,13 +60,13 @@ impl Constants {
 
     /// Checks what serde cannot: plain versions.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        crate::fetch::normalize_version(&self.opencode_version).map_err(|_| {
+        crate::version::normalize(&self.opencode_version).map_err(|_| {
             format!(
                 "opencodeVersion {:?} is not a version such as 1.18.32 or v1.18.32",
                 self.opencode_version
             )
         })?;
-        crate::fetch::normalize_version(&self.bun_version)
+        crate::version::normalize(&self.bun_version)
             .map_err(|_| format!("bunVersion {:?} is not a version", self.bun_version))?;
         Ok(())
     }

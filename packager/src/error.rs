@@ -47,7 +47,7 @@ impl Error {
             Error::Usage(_) => ExitCode::Usage,
             Error::Stale(_) => ExitCode::Integrity,
             Error::Io(_) => ExitCode::Io,
-            Error::Fetch(e) => crate::fetch::exit_code(e),
+            Error::Fetch(e) => e.exit_code(),
             Error::Sign(e) => e.exit_code(),
         }
     }

@@ -9,9 +9,12 @@ pub mod inspect;
 pub mod lock;
 pub mod matrix;
 pub mod pack;
+pub mod paths;
+mod progress;
 pub mod release;
 pub mod router;
 pub mod stage;
 pub mod stub;
+pub mod version;
 
 pub use error::{Error, ExitCode, Result};

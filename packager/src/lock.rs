@@ -128,7 +128,7 @@ impl InputsLock {
         }
         for input in [Input::Opencode, Input::Bun] {
             let packages = self.packages(input);
-            crate::fetch::normalize_version(&packages.version)
+            crate::version::normalize(&packages.version)
                 .map_err(|e| format!("{}.version: {e}", input.name()))?;
             for (target, locked) in &packages.targets {
                 let at = format!("{}.targets.{target}", input.name());
@@ -205,7 +205,7 @@ impl InputsLock {
 
     /// `<workspace root>/inputs.lock.json`.
     pub fn workspace_path() -> PathBuf {
-        crate::fetch::workspace_root().join(FILE_NAME)
+        crate::paths::workspace_root().join(FILE_NAME)
     }
 }
 

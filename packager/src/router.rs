@@ -44,6 +44,7 @@ use sha2::{Digest, Sha256};
 
 use crate::constants::Constants;
 use crate::error::{Error, Result};
+use crate::fetch::cache::{Entry, sha256_file};
 use crate::fetch::{self, FetchRequest, Registry, Source};
 use crate::lock::{Input, InputsLock};
 
@@ -70,7 +71,7 @@ pub struct RouterBuildRequest {
     pub expected_version: Option<String>,
     /// The Bun version to build with (`bunVersion`).
     pub bun_version: String,
-    /// The cache root for builds ([`fetch::default_cache_root`] by default).
+    /// The cache root for builds ([`crate::paths::default_cache_root`] by default).
     pub cache_root: PathBuf,
     /// The cache root for Bun (the same by default).
     pub bun_cache_root: PathBuf,
@@ -97,8 +98,8 @@ impl RouterBuildRequest {
             source,
             expected_version: None,
             bun_version: constants.bun_version.clone(),
-            cache_root: fetch::default_cache_root(),
-            bun_cache_root: fetch::default_cache_root(),
+            cache_root: crate::paths::default_cache_root(),
+            bun_cache_root: crate::paths::default_cache_root(),
             out: None,
             offline: false,
             registry: None,
@@ -194,7 +195,7 @@ struct BuildRecord {
 /// was already built with the same Bun for that target.
 pub fn build_router(req: &RouterBuildRequest) -> Result<BuiltRouter> {
     let started = Instant::now();
-    let progress = Progress { quiet: req.quiet };
+    let progress = crate::progress::Progress::new("build-router", req.quiet);
     let target = req.target;
     let source = check_source(&req.source)?;
     let version = package_version(&source)?;
@@ -209,16 +210,35 @@ pub fn build_router(req: &RouterBuildRequest) -> Result<BuiltRouter> {
             ),
         });
     }
-    let bun_version = fetch::normalize_version(&req.bun_version)?;
+    let bun_version =
+        crate::version::normalize(&req.bun_version).map_err(fetch::FetchError::from)?;
     let tree = source_tree_sha256(&source)?;
     let key = cache_key(target, &bun_version, &version, &tree);
     let file = format!("opencode-router{}", target.exe_suffix);
-    let entry = CacheEntry::new(
+    // One build in the cache, an entry of the fetch cache's kind (the same paths, lock,
+    // staging and commit; see `fetch::cache`):
+    //   <cache_root>/opencode-router/<target>/v<version>-<key16>/opencode-router[.exe]
+    //   <cache_root>/opencode-router/<target>/v<version>-<key16>/build.json (its BuildRecord)
+    // Built in a staging directory, renamed into place complete, verified against its
+    // record on every use, never modified once in place.
+    let entry = Entry::new(
         &req.cache_root,
-        target,
+        CACHE_NAME,
+        &target.name,
         &format!("{version}-{}", &key[..16]),
         &file,
     );
+    // The record, if the entry is there, is the build `key` asks for, and its executable
+    // still hashes to what the record says.
+    let check = || -> Option<BuildRecord> {
+        let text = fs_err::read_to_string(entry.dir.join(BUILD_RECORD_FILE)).ok()?;
+        let record: BuildRecord = serde_json::from_str(&text).ok()?;
+        if record.build_format != BUILD_FORMAT || record.key != key {
+            return None;
+        }
+        let (sha256, size) = sha256_file(&entry.binary).ok()?;
+        (sha256 == record.sha256 && size == record.size).then_some(record)
+    };
     let finish = |record: BuildRecord, from_cache: bool| -> Result<BuiltRouter> {
         let out = match &req.out {
             Some(out) => {
@@ -242,12 +262,12 @@ pub fn build_router(req: &RouterBuildRequest) -> Result<BuiltRouter> {
     };
 
     // Entries never change once in place, so a verified one needs no lock.
-    if let Some(record) = entry.check(&key) {
+    if let Some(record) = check() {
         progress.line(format_args!("using cached {}", entry.binary.display()));
         return finish(record, true);
     }
     let _lock = entry.lock()?;
-    if let Some(record) = entry.check(&key) {
+    if let Some(record) = check() {
         return finish(record, true);
     }
     if entry.dir.exists() {
@@ -303,7 +323,7 @@ pub fn build_router(req: &RouterBuildRequest) -> Result<BuiltRouter> {
     ));
     let record = BuildRecord {
         build_format: BUILD_FORMAT,
-        key,
+        key: key.clone(),
         version: version.clone(),
         target: target.name.clone(),
         compile_target: target.bun.compile_target.clone(),
@@ -316,108 +336,15 @@ pub fn build_router(req: &RouterBuildRequest) -> Result<BuiltRouter> {
         size,
         build_seconds,
     };
-    entry.commit(staging, &record)?;
+    // The executable is durable before the entry that vouches for it becomes visible.
+    fs_err::File::open(&staged)?.sync_all()?;
+    entry.commit_record(
+        staging,
+        BUILD_RECORD_FILE,
+        &record,
+        || Ok(check().is_some()),
+    )?;
     finish(record, false)
-}
-
-/// One build in the cache:
-///
-/// ```text
-/// <cache_root>/opencode-router/<target>/
-///     v<version>-<key16>/opencode-router[.exe]
-///     v<version>-<key16>/build.json     its record (BuildRecord)
-///     .v<version>-<key16>.lock          serialises builds of this entry
-///     .tmp-v<version>-<key16>-XXXXXX/   a build in progress
-/// ```
-///
-/// The same discipline as the fetch cache: built in a staging directory, renamed into place
-/// complete, verified against its record on every use, never modified once in place.
-struct CacheEntry {
-    target_dir: PathBuf,
-    dir: PathBuf,
-    binary: PathBuf,
-    name: String,
-}
-
-impl CacheEntry {
-    fn new(cache_root: &Path, target: &Target, name: &str, file: &str) -> Self {
-        let target_dir = cache_root.join(CACHE_NAME).join(&target.name);
-        let dir = target_dir.join(format!("v{name}"));
-        CacheEntry {
-            binary: dir.join(file),
-            dir,
-            target_dir,
-            name: name.to_owned(),
-        }
-    }
-
-    /// The record, if the entry is there, is the build `key` asks for, and its executable
-    /// still hashes to what the record says.
-    fn check(&self, key: &str) -> Option<BuildRecord> {
-        let text = fs_err::read_to_string(self.dir.join(BUILD_RECORD_FILE)).ok()?;
-        let record: BuildRecord = serde_json::from_str(&text).ok()?;
-        if record.build_format != BUILD_FORMAT || record.key != key {
-            return None;
-        }
-        let (sha256, size) = sha256_file(&self.binary).ok()?;
-        (sha256 == record.sha256 && size == record.size).then_some(record)
-    }
-
-    /// Waits for another process's build of this entry. File systems without locks are
-    /// tolerated: staging + rename keeps the entry consistent anyway.
-    fn lock(&self) -> Result<Option<fs_err::File>> {
-        fs_err::create_dir_all(&self.target_dir)?;
-        let file = fs_err::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.target_dir.join(format!(".v{}.lock", self.name)))?;
-        match file.file().lock() {
-            Ok(()) => Ok(Some(file)),
-            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn staging_prefix(&self) -> String {
-        format!(".tmp-v{}-", self.name)
-    }
-
-    /// Only under the lock, when no other build of this entry can be running.
-    fn remove_stale_staging(&self) {
-        fetch::cache::remove_dirs_with_prefix(&self.target_dir, &self.staging_prefix());
-    }
-
-    fn staging(&self) -> Result<tempfile::TempDir> {
-        fs_err::create_dir_all(&self.target_dir)?;
-        Ok(tempfile::Builder::new()
-            .prefix(&self.staging_prefix())
-            .tempdir_in(&self.target_dir)?)
-    }
-
-    fn commit(&self, staging: tempfile::TempDir, record: &BuildRecord) -> Result<()> {
-        let mut json = serde_json::to_vec_pretty(record).expect("records serialise");
-        json.push(b'\n');
-        let mut file = fs_err::File::create(staging.path().join(BUILD_RECORD_FILE))?;
-        file.write_all(&json)?;
-        file.sync_all()?;
-        drop(file);
-        // The executable is durable before the entry that vouches for it becomes visible.
-        fs_err::File::open(staging.path().join(&record.file))?.sync_all()?;
-        let staged = staging.keep();
-        if let Err(e) = fs_err::rename(&staged, &self.dir) {
-            let _ = fs_err::remove_dir_all(&staged);
-            return Err(e.into());
-        }
-        Ok(())
-    }
-}
-
-/// Hex SHA-256 and size of a file.
-fn sha256_file(path: &Path) -> Result<(String, u64)> {
-    let mut hasher = Sha256::new();
-    let size = std::io::copy(&mut fs_err::File::open(path)?, &mut hasher)?;
-    Ok((hex::encode(hasher.finalize()), size))
 }
 
 /// The source directory, canonical, with its entry point.
@@ -459,43 +386,12 @@ pub fn package_version(source: &Path) -> Result<String> {
         .get("version")
         .and_then(|v| v.as_str())
         .ok_or_else(|| input("has no \"version\" string".into()))?;
-    if !is_plain_semver(version) {
+    if !crate::version::is_semver(version) {
         return Err(input(format!(
             "version {version:?} is not a plain semver (MAJOR.MINOR.PATCH[-PRE][+BUILD])"
         )));
     }
     Ok(version.to_owned())
-}
-
-/// `MAJOR.MINOR.PATCH[-PRE][+BUILD]` as semver.org defines it.
-pub fn is_plain_semver(version: &str) -> bool {
-    let (rest, build) = match version.split_once('+') {
-        Some((rest, build)) => (rest, Some(build)),
-        None => (version, None),
-    };
-    let (core, pre) = match rest.split_once('-') {
-        Some((core, pre)) => (core, Some(pre)),
-        None => (rest, None),
-    };
-    let numeric = |part: &str| {
-        !part.is_empty()
-            && part.bytes().all(|b| b.is_ascii_digit())
-            && (part == "0" || !part.starts_with('0'))
-    };
-    let identifiers = |text: &str| {
-        text.split('.')
-            .all(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
-    };
-    let parts: Vec<_> = core.split('.').collect();
-    parts.len() == 3
-        && parts.iter().all(|p| numeric(p))
-        && pre.is_none_or(|pre| {
-            identifiers(pre)
-                && pre
-                    .split('.')
-                    .all(|id| !id.bytes().all(|b| b.is_ascii_digit()) || numeric(id))
-        })
-        && build.is_none_or(identifiers)
 }
 
 /// Lower-case hex SHA-256 of a source tree: every regular file's path (relative, `/`
@@ -694,51 +590,4 @@ fn copy_out(from: &Path, out: &Path) -> Result<()> {
     }
     temp.persist(out).map_err(|e| e.error)?;
     Ok(())
-}
-
-struct Progress {
-    quiet: bool,
-}
-
-impl Progress {
-    fn line(&self, args: std::fmt::Arguments<'_>) {
-        if !self.quiet {
-            eprintln!("build-router: {args}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn semver() {
-        for good in [
-            "0.1.0",
-            "1.22.333",
-            "1.0.0-beta.1",
-            "1.0.0-rc-1+build.5",
-            "0.0.0+x",
-        ] {
-            assert!(is_plain_semver(good), "{good}");
-        }
-        for bad in [
-            "",
-            "1",
-            "1.2",
-            "v1.2.3",
-            "01.2.3",
-            "1.2.3.4",
-            "1.2.3-",
-            "1.2.3-01",
-            "1.2.3+",
-            "1.2.3-a..b",
-            "^1.2.3",
-            "1.2.x",
-            "1.2.3/../x",
-        ] {
-            assert!(!is_plain_semver(bad), "{bad}");
-        }
-    }
 }

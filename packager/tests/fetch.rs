@@ -406,7 +406,7 @@ fn the_lock_refuses_what_a_registry_vouches_for_itself() {
     );
     let err = fetch_opencode_npm(&pinned(&lock)).unwrap_err();
     assert!(matches!(err, FetchError::LockMismatch { .. }), "{err}");
-    assert_eq!(fetch::exit_code(&err), ExitCode::Integrity);
+    assert_eq!(err.exit_code(), ExitCode::Integrity);
     assert!(
         err.to_string().contains("openwork-packager lock"),
         "says what to do: {err}"
@@ -422,7 +422,7 @@ fn the_lock_refuses_what_a_registry_vouches_for_itself() {
     };
     let err = fetch_opencode_npm(&unpinned).unwrap_err();
     assert!(matches!(err, FetchError::Unverified { .. }), "{err}");
-    assert_eq!(fetch::exit_code(&err), ExitCode::BadInput);
+    assert_eq!(err.exit_code(), ExitCode::BadInput);
     assert!(err.to_string().contains("--allow-unpinned"), "{err}");
     assert_eq!(server.total(), before);
 
@@ -497,7 +497,7 @@ fn a_download_stops_at_the_locked_size() {
         panic!("{err}")
     };
     assert_eq!(*limit, tgz.len() as u64);
-    assert_eq!(fetch::exit_code(&err), ExitCode::Integrity);
+    assert_eq!(err.exit_code(), ExitCode::Integrity);
     assert!(leftovers(cache.path(), "linux-x64").is_empty());
 }
 
@@ -532,7 +532,8 @@ fn a_release_of_a_lock_mismatched_input_fails_and_leaves_cache_and_dist_untouche
     );
 
     let dist = dir.path().join("dist");
-    let entry = fetch::default_cache_root().join(format!("opencode/linux-x64/v{VERSION}"));
+    let entry = openwork_packager::paths::default_cache_root()
+        .join(format!("opencode/linux-x64/v{VERSION}"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_openwork-packager"))
         .args(["--constants", constants.to_str().unwrap()])
         .args(["--lock", lock_path.to_str().unwrap()])
@@ -910,7 +911,10 @@ fn concurrent_fetches_share_one_download() {
 fn real_pinned_opencode_linux_x64_from_npm() {
     let path = fetch::ensure_pinned_opencode("linux-x64").unwrap();
     let pinned = {
-        let text = std::fs::read_to_string(fetch::workspace_root().join("constants.json")).unwrap();
+        let text = std::fs::read_to_string(
+            openwork_packager::paths::workspace_root().join("constants.json"),
+        )
+        .unwrap();
         let constants: serde_json::Value = serde_json::from_str(&text).unwrap();
         constants["opencodeVersion"].as_str().unwrap().to_owned()
     };
@@ -1165,7 +1169,7 @@ fn pin_mismatch_is_an_integrity_error_and_leaves_no_trace() {
         (expected.as_str(), computed.as_str()),
         (&*sha256_hex(b"something else"), &*sha256_hex(&tgz))
     );
-    assert_eq!(fetch::exit_code(&err), ExitCode::Integrity);
+    assert_eq!(err.exit_code(), ExitCode::Integrity);
     assert_eq!(server.hits("/a.tar.gz"), 1, "a mismatch is not retried");
     assert!(leftovers(cache.path(), &host().name).is_empty());
 
@@ -1199,13 +1203,13 @@ fn unpinned_downloads_are_refused_unless_allowed_and_then_recorded_unverified() 
         "{err}"
     );
     assert!(err.to_string().contains("no such release asset"), "{err}");
-    assert_eq!(fetch::exit_code(&err), ExitCode::Network);
+    assert_eq!(err.exit_code(), ExitCode::Network);
     assert!(leftovers(cache.path(), &host().name).is_empty());
     let before = server.total();
 
     let err = fetch_opencode(&url_request(cache.path()), &source).unwrap_err();
     assert!(matches!(err, FetchError::Unverified { .. }), "{err}");
-    assert_eq!(fetch::exit_code(&err), ExitCode::BadInput);
+    assert_eq!(err.exit_code(), ExitCode::BadInput);
     assert!(err.to_string().contains("--allow-unpinned"), "{err}");
     assert_eq!(server.total(), before, "refused before any download");
 
@@ -1316,7 +1320,7 @@ fn unsafe_or_incomplete_archives_are_refused() {
             "{path}: {err}"
         );
         assert!(err.to_string().contains(expected), "{path}: {err}");
-        assert_eq!(fetch::exit_code(&err), ExitCode::BadInput);
+        assert_eq!(err.exit_code(), ExitCode::BadInput);
         assert!(leftovers(cache.path(), &host().name).is_empty(), "{path}");
     }
 }
@@ -1339,7 +1343,7 @@ fn wrong_architecture_asset_is_refused() {
     };
     let err = fetch_opencode(&req, &Source::Url(format!("{}a.tar.gz", server.url))).unwrap_err();
     assert!(matches!(err, FetchError::WrongBinary { .. }), "{err}");
-    assert_eq!(fetch::exit_code(&err), ExitCode::WrongTarget);
+    assert_eq!(err.exit_code(), ExitCode::WrongTarget);
     assert!(leftovers(cache.path(), &foreign.name).is_empty());
 }
 
@@ -1407,7 +1411,7 @@ fn file_source_takes_binaries_and_archives_checked_against_pins() {
     std::fs::write(&text, "not a program").unwrap();
     let err = fetch_opencode(&allowed, &Source::File(text)).unwrap_err();
     assert!(matches!(err, FetchError::WrongBinary { .. }), "{err}");
-    assert_eq!(fetch::exit_code(&err), ExitCode::WrongTarget);
+    assert_eq!(err.exit_code(), ExitCode::WrongTarget);
     assert_eq!(leftovers(cache.path(), &host().name), ["v1.0.0"]);
     assert_cached_ok(&fetched, exe);
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use openwork_packager::constants::Constants;
 use openwork_packager::router::{BuiltRouter, RouterBuildRequest, build_router};
-use openwork_packager::{Error, ExitCode, bun, fetch};
+use openwork_packager::{Error, ExitCode, bun};
 use openwork_payload::container::identify;
 use openwork_payload::targets::{self, Target};
 
@@ -25,7 +25,7 @@ fn target(name: &str) -> &'static Target {
 /// The stand-in's source: `fixtures/opencode-router` (no release carries it unless pointed
 /// at it).
 fn fixture_source() -> PathBuf {
-    fetch::workspace_root().join("fixtures/opencode-router")
+    openwork_packager::paths::workspace_root().join("fixtures/opencode-router")
 }
 
 /// A build of the stand-in with the pinned Bun, expecting its version.

@@ -26,12 +26,7 @@ pub fn isolated_home_env(home: &Path) -> [(&'static str, PathBuf); 5] {
 }
 
 /// The workspace root.
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+pub use openwork_packager::paths::workspace_root;
 
 /// The cargo target directory the tests were built into (`…/target/<profile>/deps/<test>` →
 /// `…/target`).

@@ -44,7 +44,7 @@ pub const PLAN: [(&str, Opencode); 12] = [
 /// The opencode-router stand-in's source (a test fixture: no release carries it unless
 /// pointed at it).
 pub fn router_fixture() -> PathBuf {
-    openwork_packager::fetch::workspace_root().join("fixtures/opencode-router")
+    openwork_packager::paths::workspace_root().join("fixtures/opencode-router")
 }
 
 /// How `target`'s opencode is had here.
@@ -77,7 +77,7 @@ pub fn stand_in(target: &str, opencode: Opencode, work: &Path) -> Option<PathBuf
         Opencode::OtherVersion(version) => {
             // Under the packager's cache root, so it is kept as that is, but apart from the
             // entries that releases and the dev loop read.
-            let cache = openwork_packager::fetch::default_cache_root().join("release-targets");
+            let cache = openwork_packager::paths::default_cache_root().join("release-targets");
             // Not in the lock (another version than the pin), so allowed explicitly.
             let r = packager(&[
                 "fetch",

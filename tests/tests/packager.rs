@@ -307,7 +307,7 @@ fn release_is_reproducible_and_reports_what_it_made() {
 
     // With a router named: both sidecars, and it serves: real opencode and the router
     // built from the fixture source with the pinned Bun, both healthy under the supervisor.
-    let fixture = openwork_packager::fetch::workspace_root().join("fixtures/opencode-router");
+    let fixture = openwork_packager::paths::workspace_root().join("fixtures/opencode-router");
     let (dist, report, _) = release_with(
         "with-router",
         "1700000000",
@@ -350,7 +350,7 @@ fn release_is_reproducible_and_reports_what_it_made() {
 fn a_staged_runtime_runs_with_bundle_dir() {
     let work = tempfile::tempdir().unwrap();
     let bundle = work.path().join("bundle");
-    let fixture = openwork_packager::fetch::workspace_root().join("fixtures/opencode-router");
+    let fixture = openwork_packager::paths::workspace_root().join("fixtures/opencode-router");
     let stage = || {
         let output = Command::new(host_bin("openwork-packager"))
             .args(["stage", "--json", "--router-source"])

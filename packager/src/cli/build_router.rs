@@ -48,7 +48,7 @@ pub fn run(args: BuildRouterArgs, constants: &Constants, lock: InputsLock) -> Re
         allow_unpinned,
         json,
     } = args;
-    let workspace = openwork_packager::fetch::workspace_root();
+    let workspace = openwork_packager::paths::workspace_root();
     let router = RouterSource::named(source, constants, &workspace).ok_or_else(|| {
         Error::Usage(
             "no opencode-router source is named: pass --source DIR (constants.json has no \

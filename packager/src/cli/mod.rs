@@ -452,7 +452,7 @@ fn run_release(args: ReleaseArgs, constants: Constants, lock: InputsLock) -> Res
     if let Some(version) = opencode_version {
         constants.opencode_version = version;
     }
-    let workspace = openwork_packager::fetch::workspace_root();
+    let workspace = openwork_packager::paths::workspace_root();
     let router = if no_router {
         None
     } else {
@@ -520,7 +520,7 @@ fn run_stage(args: StageArgs, constants: &Constants, lock: InputsLock) -> Result
         json,
     } = args;
     let target = target_by_name(target.as_deref())?;
-    let workspace = openwork_packager::fetch::workspace_root();
+    let workspace = openwork_packager::paths::workspace_root();
     let mut fetch = FetchRequest::new(target, constants.opencode_version());
     fetch.offline = offline;
     fetch.pin_from(&lock, Input::Opencode, &Source::Npm);
@@ -582,7 +582,7 @@ fn run_lock(args: LockArgs, constants: &Constants, path: Option<PathBuf>) -> Res
         previous: previous.clone(),
         cache_root: args
             .cache_dir
-            .unwrap_or_else(openwork_packager::fetch::default_cache_root),
+            .unwrap_or_else(openwork_packager::paths::default_cache_root),
         registry: None,
         quiet: false,
     })?;

@@ -231,7 +231,6 @@ impl Entry {
         record: &CacheRecord,
         provenance: &Provenance,
     ) -> Result<()> {
-        let record_path = staging.path().join(RECORD_FILE);
         let mut value = serde_json::to_value(record).expect("records serialise");
         if let (Some(map), serde_json::Value::Object(extra)) = (
             value.as_object_mut(),
@@ -239,9 +238,28 @@ impl Entry {
         ) {
             map.extend(extra);
         }
-        let mut json = serde_json::to_vec_pretty(&value).expect("records serialise");
+        // Without a working lock another process may have won the race: its entry is as
+        // good as ours if it verifies and came from the same place.
+        self.commit_record(staging, RECORD_FILE, &value, || {
+            Ok(matches!(self.inspect()?, State::Valid(r, _) if r.source == record.source))
+        })
+    }
+
+    /// Writes `record` as `record_file` into `staging` (whose other files the caller has
+    /// made durable) and renames it into place as the entry, swapping out an existing entry
+    /// (under the lock) so that there is always a complete one. When the final rename
+    /// fails, `already_there` says whether an entry another process put there meanwhile
+    /// will do.
+    pub(crate) fn commit_record(
+        &self,
+        staging: tempfile::TempDir,
+        record_file: &str,
+        record: &impl serde::Serialize,
+        already_there: impl FnOnce() -> Result<bool>,
+    ) -> Result<()> {
+        let mut json = serde_json::to_vec_pretty(record).expect("records serialise");
         json.push(b'\n');
-        let mut file = fs_err::File::create(&record_path)?;
+        let mut file = fs_err::File::create(staging.path().join(record_file))?;
         file.write_all(&json)?;
         file.sync_all()?;
         drop(file);
@@ -262,9 +280,7 @@ impl Entry {
                 let _ = fs_err::rename(aside.join("old"), &self.dir);
                 let _ = fs_err::remove_dir_all(aside);
             }
-            // Without a working lock another process may have won the race: its entry is
-            // as good as ours if it verifies and came from the same place.
-            if matches!(self.inspect()?, State::Valid(r, _) if r.source == record.source) {
+            if already_there()? {
                 return Ok(());
             }
             return Err(e.into());

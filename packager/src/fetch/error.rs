@@ -1,6 +1,7 @@
 //! Errors of `fetch`. Each names what it was working on (URL, path, expected and computed
 //! digests) and says what to do about it.
 
+use openwork_payload::ExitCode;
 use std::io;
 use std::path::PathBuf;
 
@@ -293,5 +294,39 @@ pub(crate) fn io_err(
         action,
         path,
         source,
+    }
+}
+
+impl FetchError {
+    /// The packager's documented exit code for this error.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            FetchError::InvalidVersion { .. } | FetchError::UnknownTarget { .. } => ExitCode::Usage,
+            FetchError::MissingMember { .. }
+            | FetchError::Unverified { .. }
+            | FetchError::BadArchive { .. } => ExitCode::BadInput,
+            FetchError::InvalidUrl { .. } => ExitCode::Usage,
+            FetchError::NoRegistry { .. }
+            | FetchError::InvalidRegistry { .. }
+            | FetchError::Offline { .. }
+            | FetchError::CacheUnusable { .. }
+            | FetchError::Http { .. }
+            | FetchError::HttpStatus { .. }
+            | FetchError::VersionNotFound { .. }
+            | FetchError::BadMetadata { .. } => ExitCode::Network,
+            FetchError::IntegrityMismatch { .. }
+            | FetchError::LockMismatch { .. }
+            | FetchError::TooLarge { .. }
+            | FetchError::Sha256Mismatch { .. }
+            | FetchError::CacheCorrupt { .. } => ExitCode::Integrity,
+            FetchError::WrongBinary { .. } => ExitCode::WrongTarget,
+            FetchError::Io { .. } | FetchError::FsIo(_) => ExitCode::Io,
+        }
+    }
+}
+
+impl From<crate::version::InvalidVersion> for FetchError {
+    fn from(e: crate::version::InvalidVersion) -> Self {
+        FetchError::InvalidVersion { version: e.version }
     }
 }

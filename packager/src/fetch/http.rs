@@ -21,9 +21,9 @@ use reqwest::blocking::{Client, Response};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use reqwest::{StatusCode, Url};
 
-use super::Progress;
 use super::error::{FetchError, Result, io_err};
 use super::registry::{Credential, redact_url};
+use crate::progress::Progress;
 
 /// How many times a request is tried before giving up.
 pub(crate) const ATTEMPTS: u32 = 4;
@@ -308,7 +308,7 @@ enum Meter {
 
 impl Meter {
     fn new(progress: &Progress, total: Option<u64>) -> Meter {
-        if progress.quiet {
+        if progress.quiet() {
             return Meter::Silent;
         }
         if !std::io::stderr().is_terminal() || std::env::var_os(CI).is_some() {
@@ -455,7 +455,7 @@ mod tests {
 
     #[test]
     fn quiet_downloads_show_nothing() {
-        let quiet = Progress { quiet: true };
+        let quiet = Progress::new("fetch", true);
         assert!(matches!(Meter::new(&quiet, Some(1)), Meter::Silent));
     }
 

@@ -56,6 +56,7 @@ use std::time::Instant;
 use openwork_payload::targets::{self, Target};
 
 use crate::lock::{Input, InputsLock};
+use crate::progress::Progress;
 
 mod archive;
 pub mod cache;
@@ -90,9 +91,6 @@ pub enum Source {
     File(PathBuf),
 }
 
-/// The directory the cache lives in unless told otherwise, relative to the workspace root.
-pub const DEFAULT_CACHE_DIR: &str = ".local/runtime-assets";
-
 /// What to fetch, from where, into which cache.
 #[derive(Debug, Clone)]
 pub struct FetchRequest {
@@ -100,7 +98,7 @@ pub struct FetchRequest {
     pub target: &'static Target,
     /// opencode's version; a leading `v` is accepted.
     pub version: String,
-    /// The cache's root directory ([`default_cache_root`] by default).
+    /// The cache's root directory ([`crate::paths::default_cache_root`] by default).
     pub cache_root: PathBuf,
     /// Use the cache only; fail instead of touching the network.
     pub offline: bool,
@@ -131,7 +129,7 @@ impl FetchRequest {
         FetchRequest {
             target,
             version: version.into(),
-            cache_root: default_cache_root(),
+            cache_root: crate::paths::default_cache_root(),
             offline: false,
             registry: None,
             expected_sha256: None,
@@ -245,9 +243,9 @@ pub fn fetch_npm_bin(
     package: &str,
     file: &str,
 ) -> Result<FetchedBinary> {
-    let progress = Progress { quiet: req.quiet };
+    let progress = Progress::new("fetch", req.quiet);
     let target = req.target;
-    let version = normalize_version(&req.version)?;
+    let version = crate::version::normalize(&req.version)?;
     let source = format!("npm:{package}@{version}");
     let entry = Entry::new(&req.cache_root, name, &target.name, &version, file);
     req.require_pin(&source)?;
@@ -344,8 +342,8 @@ pub fn fetch_npm_bin(
 /// The integrity the registry announces now for `package` at `req.version` (`sha512-…`):
 /// what `openwork-packager lock` records. Nothing is downloaded.
 pub fn announced_integrity(req: &FetchRequest, package: &str) -> Result<String> {
-    let progress = Progress { quiet: req.quiet };
-    let version = normalize_version(&req.version)?;
+    let progress = Progress::new("fetch", req.quiet);
+    let version = crate::version::normalize(&req.version)?;
     let registry = registry_for(req)?;
     let http = http::Http::new(registry.url_for(package), &progress)?;
     Ok(npm::version_dist(&http, &registry, package, &version)?
@@ -357,7 +355,7 @@ pub fn announced_integrity(req: &FetchRequest, package: &str) -> Result<String> 
 fn registry_for(req: &FetchRequest) -> Result<Registry> {
     match &req.registry {
         Some(registry) => Ok(registry.clone()),
-        None => Registry::discover(&workspace_root()),
+        None => Registry::discover(&crate::paths::workspace_root()),
     }
 }
 
@@ -367,7 +365,7 @@ pub fn fetch_opencode(req: &FetchRequest, source: &Source) -> Result<FetchedBina
     match source {
         Source::Npm => fetch_opencode_npm(req),
         Source::Github => {
-            let version = normalize_version(&req.version)?;
+            let version = crate::version::normalize(&req.version)?;
             let asset = &req.target.opencode.github_asset;
             let (base, origin) = github_releases_url();
             let url = format!("{}/download/v{version}/{asset}", base.trim_end_matches('/'));
@@ -410,9 +408,9 @@ fn parse_url(text: &str, origin: &str) -> Result<reqwest::Url> {
 /// A release asset (or a bare executable) at `url`: downloaded into staging while hashed,
 /// checked against the pins, then extracted and checked like the npm executable.
 fn fetch_asset(req: &FetchRequest, what: &str, url: &reqwest::Url) -> Result<FetchedBinary> {
-    let progress = Progress { quiet: req.quiet };
+    let progress = Progress::new("fetch", req.quiet);
     let target = req.target;
-    let version = normalize_version(&req.version)?;
+    let version = crate::version::normalize(&req.version)?;
     let file = format!("opencode{}", target.exe_suffix);
     let entry = Entry::new(&req.cache_root, "opencode", &target.name, &version, &file);
     req.require_pin(what)?;
@@ -479,9 +477,9 @@ fn asset_status_hint(error: FetchError) -> FetchError {
 /// A local binary or release asset, for machines without network: always copied afresh
 /// (it is local, so cheap, and the user named it deliberately).
 fn fetch_file(req: &FetchRequest, path: &Path) -> Result<FetchedBinary> {
-    let progress = Progress { quiet: req.quiet };
+    let progress = Progress::new("fetch", req.quiet);
     let target = req.target;
-    let version = normalize_version(&req.version)?;
+    let version = crate::version::normalize(&req.version)?;
     let file = format!("opencode{}", target.exe_suffix);
     let name = path.file_name().map_or_else(
         || path.display().to_string(),
@@ -730,64 +728,6 @@ pub fn ensure_pinned_opencode(target_name: &str) -> Result<PathBuf> {
     Ok(fetch_opencode_npm(&request)?.path)
 }
 
-/// The workspace root this crate was built in (the directory with `constants.json`).
-pub fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
-}
-
-/// `<workspace root>/.local/runtime-assets` (git-ignored).
-pub fn default_cache_root() -> PathBuf {
-    workspace_root().join(DEFAULT_CACHE_DIR)
-}
-
-/// The packager's documented exit code for a fetch error.
-pub fn exit_code(error: &FetchError) -> crate::ExitCode {
-    use crate::ExitCode;
-    match error {
-        FetchError::InvalidVersion { .. } | FetchError::UnknownTarget { .. } => ExitCode::Usage,
-        FetchError::MissingMember { .. }
-        | FetchError::Unverified { .. }
-        | FetchError::BadArchive { .. } => ExitCode::BadInput,
-        FetchError::InvalidUrl { .. } => ExitCode::Usage,
-        FetchError::NoRegistry { .. }
-        | FetchError::InvalidRegistry { .. }
-        | FetchError::Offline { .. }
-        | FetchError::CacheUnusable { .. }
-        | FetchError::Http { .. }
-        | FetchError::HttpStatus { .. }
-        | FetchError::VersionNotFound { .. }
-        | FetchError::BadMetadata { .. } => ExitCode::Network,
-        FetchError::IntegrityMismatch { .. }
-        | FetchError::LockMismatch { .. }
-        | FetchError::TooLarge { .. }
-        | FetchError::Sha256Mismatch { .. }
-        | FetchError::CacheCorrupt { .. } => ExitCode::Integrity,
-        FetchError::WrongBinary { .. } => ExitCode::WrongTarget,
-        FetchError::Io { .. } | FetchError::FsIo(_) => ExitCode::Io,
-    }
-}
-
-/// `1.2.27` from `1.2.27` or `v1.2.27`; refuses anything that is not a plain version (it
-/// becomes part of a URL and of a cache path).
-pub fn normalize_version(version: &str) -> Result<String> {
-    let bare = version
-        .trim()
-        .strip_prefix(['v', 'V'])
-        .unwrap_or(version.trim());
-    let plain = bare.starts_with(|c: char| c.is_ascii_digit())
-        && bare
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'));
-    if plain {
-        Ok(bare.to_owned())
-    } else {
-        Err(FetchError::InvalidVersion {
-            version: version.to_owned(),
-        })
-    }
-}
-
 fn cache_hit(
     entry: &Entry,
     want: &Want<'_>,
@@ -878,45 +818,12 @@ fn abbreviate(text: &str) -> String {
 }
 
 /// Plain progress lines on stderr.
-pub(crate) struct Progress {
-    quiet: bool,
-}
-
-impl Progress {
-    pub(crate) fn line(&self, args: fmt::Arguments<'_>) {
-        if !self.quiet {
-            eprintln!("fetch: {args}");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
-    fn versions() {
-        assert_eq!(normalize_version("1.2.27").unwrap(), "1.2.27");
-        assert_eq!(normalize_version("v1.2.27").unwrap(), "1.2.27");
-        assert_eq!(
-            normalize_version(" V2.0.0-beta.1+b5 ").unwrap(),
-            "2.0.0-beta.1+b5"
-        );
-        for bad in ["", "v", "latest", "1.2/../x", "../1", "1 2"] {
-            assert!(
-                matches!(
-                    normalize_version(bad),
-                    Err(FetchError::InvalidVersion { .. })
-                ),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn pins_come_from_constants_json() {
-        let pins = crate::constants::Constants::built_in();
-        normalize_version(pins.opencode_version()).unwrap();
+    fn the_cache_is_under_the_workspace() {
+        use crate::paths::{DEFAULT_CACHE_DIR, default_cache_root, workspace_root};
         assert!(default_cache_root().ends_with(DEFAULT_CACHE_DIR));
+        assert!(workspace_root().join("constants.json").is_file());
     }
 }
