@@ -80,7 +80,14 @@ pub enum KeySource {
     /// A key on a PKCS#11 token or HSM.
     Pkcs11(Pkcs11Source),
     /// An external command that signs a file in place (`{file}`) or writes `{out}`.
-    Command(Vec<String>),
+    Command {
+        /// The argv template.
+        argv: Vec<String>,
+        /// The secrets the command reads from its environment (`command-secrets`): they
+        /// must be there (or the missing-secret policy applies), and its output is
+        /// redacted of them.
+        secrets: Vec<SecretRef>,
+    },
 }
 
 /// A PKCS#11 key, as configured.
@@ -170,6 +177,7 @@ struct RawKey {
     certificate: Option<String>,
     pkcs11: Option<RawPkcs11>,
     command: Option<Vec<String>>,
+    command_secrets: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -325,6 +333,9 @@ fn key_source(raw: RawKey, section: &str, base_dir: &Path) -> Result<KeySource> 
     if raw.pkcs12.is_none() && raw.password.is_some() {
         return Err(stray("password", "pkcs12"));
     }
+    if raw.command.is_none() && raw.command_secrets.is_some() {
+        return Err(stray("command-secrets", "command"));
+    }
     if raw.key.is_none() && raw.certificate.is_some() {
         return Err(stray(
             "certificate",
@@ -388,7 +399,46 @@ fn key_source(raw: RawKey, section: &str, base_dir: &Path) -> Result<KeySource> 
              \"{{file}}\", e.g. [\"jsign\", \"--storetype\", \"…\", \"{{file}}\"]"
         )));
     }
-    Ok(KeySource::Command(command))
+    let secrets = raw
+        .command_secrets
+        .unwrap_or_default()
+        .into_iter()
+        .map(secret)
+        .collect::<Result<_>>()?;
+    Ok(KeySource::Command {
+        argv: command,
+        secrets,
+    })
+}
+
+impl KeySource {
+    /// Every secret reference of this key source.
+    pub fn secret_references(&self) -> Vec<&SecretRef> {
+        match self {
+            KeySource::Pkcs12 { file, password } => vec![file, password],
+            KeySource::Pem { key, certificate } => vec![key, certificate],
+            KeySource::Pkcs11(p) => std::iter::once(&p.pin).chain(&p.certificate).collect(),
+            KeySource::Command { secrets, .. } => secrets.iter().collect(),
+        }
+    }
+}
+
+impl SigningConfig {
+    /// Every secret reference in the configuration, all sections: what output of other
+    /// programs is redacted of.
+    pub fn secret_references(&self) -> Vec<&SecretRef> {
+        let mut all = Vec::new();
+        if let Some(section) = &self.authenticode {
+            all.extend(section.key.secret_references());
+        }
+        if let Some(section) = &self.codesign {
+            all.extend(section.key.secret_references());
+        }
+        if let Some(n) = &self.notarize {
+            all.extend([&n.key_id, &n.issuer, &n.key]);
+        }
+        all
+    }
 }
 
 fn check_url(url: &str, field: &str) -> Result<()> {
@@ -508,6 +558,10 @@ mod tests {
                 "needs a [codesign] section",
             ),
             ("[authenticod]\n", "unknown field"),
+            (
+                "[authenticode]\nkey = \"file:k\"\ncertificate = \"file:c\"\ncommand-secrets = [\"env:PIN\"]\n",
+                "command-secrets belongs with command only",
+            ),
             (
                 "[authenticode]\nkey = \"file:k\"\ncertificate = \"file:c\"\ntimestamp-urls = [\"ftp://x\"]\n",
                 "not an http(s) URL",

@@ -13,6 +13,8 @@
 //!   applies Apple's rules for tests.
 //! - [`key`]: where keys come from (PEM, PKCS#12, PKCS#11), one [`key::SigningIdentity`]
 //!   for every signer; [`external`]: a signing command instead (signtool, jsign, …).
+//! - [`secret_file`]: a secret written to a file for a tool that reads only files, removed
+//!   on every exit path (signals included) and swept at the next run after a SIGKILL.
 //! - [`timestamp`]: the RFC 3161 client and token verification.
 //! - [`mod@identify`]: what an executable is and whether it carries a signature.
 //! - `testing` (feature `testing`): a throwaway PKI and an in-process time-stamp authority.
@@ -32,6 +34,7 @@ pub mod key;
 pub mod macho;
 pub mod notarize;
 pub mod secret;
+pub mod secret_file;
 pub mod sign;
 #[cfg(feature = "testing")]
 pub mod testing;

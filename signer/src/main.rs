@@ -13,7 +13,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use openwork_signer::config::SigningConfig;
 use openwork_signer::entitlements::Role;
 use openwork_signer::notarize::{self, Notarizer, NotaryTool, Submission};
-use openwork_signer::sign::{Signers, notary_key};
+use openwork_signer::secret_file;
+use openwork_signer::sign::{Signers, notary_key, redactor};
 use openwork_signer::verify::{VerifyPolicy, verify};
 use openwork_signer::{Error, key};
 
@@ -215,10 +216,11 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Notarize { file, config } => {
+            // A key file a killed run left behind goes first.
+            let temp_dir = std::env::temp_dir();
+            secret_file::sweep(&temp_dir);
             let config = SigningConfig::load(&config)?;
-            // The .p8 key is written here (0600) for notarytool and removed on return.
-            let work = tempfile::tempdir()?;
-            let Some(key) = notary_key(&config, work.path())? else {
+            let Some(credentials) = notary_key(&config)? else {
                 println!(
                     "{}: not notarized: the [notarize] secrets are missing and \
                      on-missing-secret = \"skip\"",
@@ -227,8 +229,14 @@ fn run(cli: Cli) -> Result<(), Error> {
                 return Ok(());
             };
             notarize::preflight(&file)?;
+            let work = tempfile::tempdir()?;
             let submission = Submission::from_file(&file, work.path())?;
-            let outcome = NotaryTool::new(key).submit(&submission)?;
+            // notarytool reads the key only from a file: written owner-only, removed on
+            // return and on SIGINT/SIGTERM (and swept by the next run after a SIGKILL).
+            let (_key_file, key) = credentials.write_key_file(&temp_dir)?;
+            let outcome = NotaryTool::new(key)
+                .redacting(redactor(&config)?)
+                .submit(&submission)?;
             println!(
                 "{}: notarized (submission {}){}",
                 file.display(),
