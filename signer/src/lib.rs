@@ -11,6 +11,8 @@
 //!   passes files with bytes appended after the signature).
 //! - [`notarize`]: Apple notarization behind a trait: `xcrun notarytool`, and a fake that
 //!   applies Apple's rules for tests.
+//! - [`azure`]: Azure Artifact Signing, a remote Authenticode key (Entra ID credentials,
+//!   sign and poll, the service's certificate chain).
 //! - [`key`]: where keys come from (PEM, PKCS#12, PKCS#11), one [`key::SigningIdentity`]
 //!   for every signer; [`external`]: a signing command instead (signtool, jsign, …).
 //! - [`secret_file`]: a secret written to a file for a tool that reads only files, removed
@@ -24,6 +26,7 @@
 #![deny(missing_docs)]
 
 pub mod authenticode;
+pub mod azure;
 mod chain;
 pub mod config;
 pub mod entitlements;

@@ -15,7 +15,11 @@ use tracing::warn;
 use zeroize::Zeroizing;
 
 use crate::authenticode;
-use crate::config::{KeySource, MissingSecretPolicy, ModulePath, Pkcs11Source, SigningConfig};
+use crate::azure::{AzureCredential, AzureSettings, AzureSigner};
+use crate::config::{
+    AzureCredentialSource, AzureSource, GITHUB_OIDC_VARIABLES, KeySource, MissingSecretPolicy,
+    ModulePath, Pkcs11Source, SigningConfig,
+};
 use crate::entitlements::{self, Role};
 use crate::error::{Error, Result};
 use crate::external::ExternalSigner;
@@ -47,6 +51,9 @@ impl std::fmt::Debug for Signers {
 enum Backend {
     Identity(Box<SigningIdentity>),
     External(ExternalSigner),
+    /// Azure Artifact Signing (Authenticode only; the configuration refuses it for
+    /// codesign).
+    Azure(Box<AzureSigner>),
 }
 
 /// One platform's key and what its signatures carry besides the file.
@@ -161,6 +168,18 @@ impl Signers {
                 command.sign_file(path)?;
                 program_name(command)
             }
+            Backend::Azure(azure) => {
+                let Settings::Authenticode(options) = &signer.settings else {
+                    return Err(Error::Config(
+                        "Azure Artifact Signing signs Windows files only".into(),
+                    ));
+                };
+                write_in_place(
+                    path,
+                    &authenticode::sign_with(&data, azure.as_ref(), options)?,
+                )?;
+                azure.name()
+            }
             Backend::Identity(identity) => {
                 let signed = match &signer.settings {
                     Settings::Authenticode(options) => {
@@ -266,6 +285,7 @@ fn load_backend(
                 _ => None,
             }
         }
+        KeySource::Azure(a) => azure_backend(a, &mut need)?,
         KeySource::Command { argv, secrets } => {
             let mut present = true;
             for reference in secrets {
@@ -279,6 +299,43 @@ fn load_backend(
         skipped.push(section);
     }
     Ok(backend)
+}
+
+fn azure_backend(
+    a: &AzureSource,
+    need: &mut impl FnMut(&SecretRef) -> Result<Option<Secret>>,
+) -> Result<Option<Backend>> {
+    let tenant = need(&a.tenant_id)?;
+    let client = need(&a.client_id)?;
+    let credential = match &a.credential {
+        AzureCredentialSource::ClientSecret(r) => need(r)?.map(AzureCredential::ClientSecret),
+        AzureCredentialSource::FederatedToken(r) => need(r)?.map(AzureCredential::FederatedToken),
+        AzureCredentialSource::GitHubActions => {
+            let [url, token] = GITHUB_OIDC_VARIABLES;
+            let url = need(&SecretRef::Env(url.to_owned()))?;
+            let token = need(&SecretRef::Env(token.to_owned()))?;
+            match (url, token) {
+                (Some(request_url), Some(request_token)) => Some(AzureCredential::GitHubActions {
+                    request_url,
+                    request_token,
+                }),
+                _ => None,
+            }
+        }
+    };
+    let (Some(tenant), Some(client), Some(credential)) = (tenant, client, credential) else {
+        return Ok(None);
+    };
+    let settings = AzureSettings {
+        endpoint: a.endpoint.clone(),
+        account: a.account.clone(),
+        profile: a.certificate_profile.clone(),
+        authority: a.authority.clone(),
+        timeout: a.timeout,
+    };
+    Ok(Some(Backend::Azure(Box::new(AzureSigner::connect(
+        settings, tenant, client, credential,
+    )?))))
 }
 
 fn pkcs11_backend(
