@@ -190,6 +190,29 @@ pub struct NotarizeSection {
     pub issuer: SecretRef,
     /// The `.p8` private key's contents.
     pub key: SecretRef,
+    /// Which client talks to the notary service; `None`: the platform's default.
+    pub notarizer: Option<NotarizerKind>,
+}
+
+/// Which client notarizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotarizerKind {
+    /// `xcrun notarytool` (macOS with Xcode).
+    Notarytool,
+    /// The Notary REST API, from any OS ([`crate::notary_api`]).
+    Api,
+}
+
+impl NotarizerKind {
+    /// notarytool on macOS, where Xcode is; the API elsewhere.
+    pub fn platform_default() -> Self {
+        if cfg!(target_os = "macos") {
+            NotarizerKind::Notarytool
+        } else {
+            NotarizerKind::Api
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -270,6 +293,7 @@ struct RawNotarize {
     key_id: String,
     issuer: String,
     key: String,
+    notarizer: Option<NotarizerKind>,
 }
 
 impl SigningConfig {
@@ -354,6 +378,7 @@ impl SigningConfig {
                     key_id: secret(&n.key_id)?,
                     issuer: secret(&n.issuer)?,
                     key: secret(&n.key)?,
+                    notarizer: n.notarizer,
                 })
             })
             .transpose()

@@ -13,6 +13,8 @@
 //!   applies Apple's rules for tests.
 //! - [`azure`]: Azure Artifact Signing, a remote Authenticode key (Entra ID credentials,
 //!   sign and poll, the service's certificate chain).
+//! - [`notary_api`]: notarization from any OS through Apple's Notary REST API (the same
+//!   [`notarize::Notarizer`] trait), so a release can notarize on Linux.
 //! - [`key`]: where keys come from (PEM, PKCS#12, PKCS#11), one [`key::SigningIdentity`]
 //!   for every signer; [`external`]: a signing command instead (signtool, jsign, …).
 //! - [`secret_file`]: a secret written to a file for a tool that reads only files, removed
@@ -36,6 +38,7 @@ pub mod identify;
 pub mod key;
 pub mod macho;
 pub mod notarize;
+pub mod notary_api;
 pub mod secret;
 pub mod secret_file;
 pub mod sign;

@@ -384,6 +384,7 @@ fn a_killed_notarize_run_leaves_no_key_file() {
             .arg(&upload)
             .arg("--config")
             .arg(&config)
+            .args(["--notarizer", "notarytool"])
             .env("TMPDIR", &temp)
             .env("PATH", &path)
             .env("T_KEY_ID", "KEYID12345")
