@@ -115,6 +115,8 @@ struct OperationAnswer {
     signature: Option<String>,
     #[serde(rename = "signingCertificate", default)]
     signing_certificate: Option<String>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
 }
 
 impl AzureSigner {
@@ -313,8 +315,12 @@ impl AzureSigner {
             answer = self.operation(response)?;
         }
         if answer.status != "Succeeded" {
+            let why = answer
+                .error
+                .map(|e| self.service_message(&e.to_string()))
+                .unwrap_or_else(|| "no details".into());
             return Err(Error::Credentials(format!(
-                "{} did not sign: operation {} ended {}",
+                "{} did not sign: operation {} ended {}: {why}",
                 self.name(),
                 answer.operation_id,
                 answer.status

@@ -75,6 +75,18 @@ impl Setup {
         command.output().unwrap()
     }
 
+    /// Signs with the right client secret, expecting failure with `code`; the message.
+    fn refused(&self, config: &Path, file: &Path, code: i32) -> String {
+        let output = self.sign(
+            config,
+            file,
+            &[("AZURE_CLIENT_SECRET", azure::CLIENT_SECRET)],
+        );
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(code), "{message}");
+        message
+    }
+
     /// osslsigncode and our verifier both accept `file`, chained to the test roots, with a
     /// time stamp.
     fn assert_verifies(&self, file: &Path) {
@@ -213,15 +225,13 @@ fn wrong_credentials_and_service_errors_are_credential_errors_without_secrets() 
     setup
         .service
         .fail_next_sign("the certificate profile is suspended");
-    let output = setup.sign(
-        &config,
-        &file,
-        &[("AZURE_CLIENT_SECRET", azure::CLIENT_SECRET)],
-    );
-    let message = stderr(&output);
-    assert_eq!(output.status.code(), Some(14), "{message}");
+    let message = setup.refused(&config, &file, 14);
     assert!(message.contains("did not sign"), "{message}");
     assert!(message.contains("Failed"), "{message}");
+    assert!(
+        message.contains("the certificate profile is suspended"),
+        "{message}"
+    );
     assert!(!message.contains(azure::CLIENT_SECRET), "{message}");
     assert_eq!(std::fs::read(&file).unwrap(), original);
 
@@ -230,25 +240,13 @@ fn wrong_credentials_and_service_errors_are_credential_errors_without_secrets() 
         .unwrap()
         .replace("account = \"openwork\"", "account = \"elsewhere\"");
     std::fs::write(&config, text).unwrap();
-    let output = setup.sign(
-        &config,
-        &file,
-        &[("AZURE_CLIENT_SECRET", azure::CLIENT_SECRET)],
-    );
-    let message = stderr(&output);
-    assert_eq!(output.status.code(), Some(14), "{message}");
+    let message = setup.refused(&config, &file, 14);
     assert!(message.contains("HTTP 404"), "{message}");
     assert!(message.contains("check endpoint"), "{message}");
 
     // A service that is down is a network failure (exit 11), not a credential problem.
     let (config, file) = setup.config("client-secret = \"env:AZURE_CLIENT_SECRET\"");
     setup.service.make_unavailable();
-    let output = setup.sign(
-        &config,
-        &file,
-        &[("AZURE_CLIENT_SECRET", azure::CLIENT_SECRET)],
-    );
-    let message = stderr(&output);
-    assert_eq!(output.status.code(), Some(11), "{message}");
+    let message = setup.refused(&config, &file, 11);
     assert!(message.contains("HTTP 503"), "{message}");
 }

@@ -273,12 +273,15 @@ fn a_failing_command_that_prints_secrets_does_not_leak_them() {
     assert!(message.lines().count() <= 2 * OUTPUT_LINES + 3, "{message}");
 
     // Through the command line too: what reaches stderr.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_openwork-signer"))
-        .args(["sign", "--config"])
-        .arg(&config_path)
-        .arg(&file)
-        .output()
-        .unwrap();
+    let sign_cli = || {
+        Command::new(env!("CARGO_BIN_EXE_openwork-signer"))
+            .args(["sign", "--config"])
+            .arg(&config_path)
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let output = sign_cli();
     let stderr = String::from_utf8_lossy(&output.stderr);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -293,12 +296,7 @@ fn a_failing_command_that_prints_secrets_does_not_leak_them() {
 
     // A command secret that is not set stops before the command runs (exit 14).
     unsafe { std::env::remove_var("OPENWORK_TEST_LEAKY_PIN") };
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_openwork-signer"))
-        .args(["sign", "--config"])
-        .arg(&config_path)
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = sign_cli();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(14), "{stderr}");
     assert!(

@@ -256,3 +256,52 @@ fn a_refused_key_is_a_credential_error_and_the_wait_is_bounded() {
     assert!(matches!(error, Error::Credentials(_)), "{error}");
     assert!(error.to_string().contains("AuthKey_"), "{error}");
 }
+
+/// The command line picks the API notarizer (`--notarizer api`, or `notarizer = "api"` in
+/// `[notarize]`), which reads the key from memory: a key that is not an App Store Connect
+/// key stops it before any request (exit 14), and nothing is written to the temp dir.
+#[test]
+fn the_command_line_selects_the_api_notarizer() {
+    let rsa = TestPki::generate(KeyKind::Rsa2048);
+    let dir = tempfile::tempdir().unwrap();
+    let temp = dir.path().join("tmp");
+    std::fs::create_dir(&temp).unwrap();
+    let submission = submission(dir.path());
+    for (flag, notarizer) in [(true, ""), (false, "notarizer = \"api\"\n")] {
+        let config = dir.path().join("signing.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[codesign]\ncommand = [\"true\", \"{{file}}\"]\n[notarize]\nkey-id = \
+                 \"env:T_KEY_ID\"\nissuer = \"env:T_ISSUER\"\nkey = \"env:T_P8\"\n{notarizer}"
+            ),
+        )
+        .unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_openwork-signer"));
+        command
+            .arg("notarize")
+            .arg(&submission.upload)
+            .arg("--config")
+            .arg(&config)
+            .env("TMPDIR", &temp)
+            .env("T_KEY_ID", KEY_ID)
+            .env("T_ISSUER", ISSUER)
+            .env("T_P8", &rsa.code_signing.key_pem);
+        if flag {
+            command.args(["--notarizer", "api"]);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(14), "{stderr}");
+        assert!(stderr.contains("AuthKey_"), "{stderr}");
+        assert!(
+            !stderr.contains(KEY_ID) && !stderr.contains(ISSUER),
+            "{stderr}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&temp).unwrap().count(),
+            0,
+            "a key was written"
+        );
+    }
+}
