@@ -79,8 +79,17 @@ pub enum KeySource {
     },
     /// A key on a PKCS#11 token or HSM.
     Pkcs11(Pkcs11Source),
+    /// Azure Artifact Signing: the service signs, with a certificate of its own.
+    Azure(AzureSource),
     /// An external command that signs a file in place (`{file}`) or writes `{out}`.
-    Command(Vec<String>),
+    Command {
+        /// The argv template.
+        argv: Vec<String>,
+        /// The secrets the command reads from its environment (`command-secrets`): they
+        /// must be there (or the missing-secret policy applies), and its output is
+        /// redacted of them.
+        secrets: Vec<SecretRef>,
+    },
 }
 
 /// A PKCS#11 key, as configured.
@@ -101,6 +110,38 @@ pub struct Pkcs11Source {
     pub pin: SecretRef,
     /// The certificate chain, when the token does not hold the certificate.
     pub certificate: Option<SecretRef>,
+}
+
+/// An Azure Artifact Signing certificate profile, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureSource {
+    /// The account's regional endpoint, e.g. `https://eus.codesigning.azure.net`.
+    pub endpoint: String,
+    /// The Artifact Signing account.
+    pub account: String,
+    /// The certificate profile.
+    pub certificate_profile: String,
+    /// Entra ID's authority (default: the public cloud's).
+    pub authority: String,
+    /// The directory (tenant) id.
+    pub tenant_id: SecretRef,
+    /// The app registration's (or managed identity's) client id.
+    pub client_id: SecretRef,
+    /// How the client proves itself.
+    pub credential: AzureCredentialSource,
+    /// The longest a signing operation may take.
+    pub timeout: Duration,
+}
+
+/// How the Artifact Signing client authenticates, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AzureCredentialSource {
+    /// `client-secret = <ref>`.
+    ClientSecret(SecretRef),
+    /// `federated-token = <ref>`: a token file (`AZURE_FEDERATED_TOKEN_FILE`) or variable.
+    FederatedToken(SecretRef),
+    /// `federated-token = "github-actions"`: GitHub Actions' OIDC token.
+    GitHubActions,
 }
 
 /// Where a PKCS#11 module is.
@@ -149,6 +190,29 @@ pub struct NotarizeSection {
     pub issuer: SecretRef,
     /// The `.p8` private key's contents.
     pub key: SecretRef,
+    /// Which client talks to the notary service; `None`: the platform's default.
+    pub notarizer: Option<NotarizerKind>,
+}
+
+/// Which client notarizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotarizerKind {
+    /// `xcrun notarytool` (macOS with Xcode).
+    Notarytool,
+    /// The Notary REST API, from any OS ([`crate::notary_api`]).
+    Api,
+}
+
+impl NotarizerKind {
+    /// notarytool on macOS, where Xcode is; the API elsewhere.
+    pub fn platform_default() -> Self {
+        if cfg!(target_os = "macos") {
+            NotarizerKind::Notarytool
+        } else {
+            NotarizerKind::Api
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -170,6 +234,22 @@ struct RawKey {
     certificate: Option<String>,
     pkcs11: Option<RawPkcs11>,
     command: Option<Vec<String>>,
+    command_secrets: Option<Vec<String>>,
+    azure_artifact_signing: Option<RawAzure>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAzure {
+    endpoint: String,
+    account: String,
+    certificate_profile: String,
+    tenant_id: String,
+    client_id: String,
+    client_secret: Option<String>,
+    federated_token: Option<String>,
+    authority: Option<String>,
+    timeout_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +293,7 @@ struct RawNotarize {
     key_id: String,
     issuer: String,
     key: String,
+    notarizer: Option<NotarizerKind>,
 }
 
 impl SigningConfig {
@@ -236,9 +317,17 @@ impl SigningConfig {
                 for url in &a.timestamp_urls {
                     check_url(url, "authenticode.timestamp-urls")?;
                 }
+                // The service's certificates live three days: without a time stamp its
+                // signatures would stop verifying then.
+                let timestamp_urls =
+                    if matches!(key, KeySource::Azure(_)) && a.timestamp_urls.is_empty() {
+                        vec![crate::azure::DEFAULT_TIMESTAMP_URL.to_owned()]
+                    } else {
+                        a.timestamp_urls
+                    };
                 Ok(AuthenticodeSection {
                     key,
-                    timestamp_urls: a.timestamp_urls,
+                    timestamp_urls,
                     timestamp_attempts: a.timestamp_attempts.unwrap_or(3).max(1),
                     timestamp_timeout: Duration::from_secs(
                         a.timestamp_timeout_seconds.unwrap_or(30),
@@ -253,6 +342,13 @@ impl SigningConfig {
             .codesign
             .map(|c| -> Result<CodesignSection> {
                 let key = key_source(c.key, "codesign", base_dir)?;
+                if matches!(key, KeySource::Azure(_)) {
+                    return Err(Error::Config(
+                        "[codesign] azure-artifact-signing signs Windows files only; Apple code \
+                         signing needs a Developer ID certificate (pkcs12, key or pkcs11)"
+                            .into(),
+                    ));
+                }
                 let timestamp_url = match (c.timestamp.unwrap_or(true), c.timestamp_url) {
                     (false, Some(_)) => {
                         return Err(Error::Config(
@@ -282,6 +378,7 @@ impl SigningConfig {
                     key_id: secret(&n.key_id)?,
                     issuer: secret(&n.issuer)?,
                     key: secret(&n.key)?,
+                    notarizer: n.notarizer,
                 })
             })
             .transpose()
@@ -309,6 +406,7 @@ fn key_source(raw: RawKey, section: &str, base_dir: &Path) -> Result<KeySource> 
         raw.key.is_some(),
         raw.pkcs11.is_some(),
         raw.command.is_some(),
+        raw.azure_artifact_signing.is_some(),
     ]
     .into_iter()
     .filter(|&g| g)
@@ -316,7 +414,8 @@ fn key_source(raw: RawKey, section: &str, base_dir: &Path) -> Result<KeySource> 
     if given != 1 {
         return Err(Error::Config(format!(
             "[{section}] needs exactly one key source: pkcs12 (+ password), key (+ \
-             certificate), pkcs11 = {{ … }} or command = [ … ]; {given} given"
+             certificate), pkcs11 = {{ … }}, azure-artifact-signing = {{ … }} or command = \
+             [ … ]; {given} given"
         )));
     }
     let stray = |what: &str, with: &str| {
@@ -324,6 +423,9 @@ fn key_source(raw: RawKey, section: &str, base_dir: &Path) -> Result<KeySource> 
     };
     if raw.pkcs12.is_none() && raw.password.is_some() {
         return Err(stray("password", "pkcs12"));
+    }
+    if raw.command.is_none() && raw.command_secrets.is_some() {
+        return Err(stray("command-secrets", "command"));
     }
     if raw.key.is_none() && raw.certificate.is_some() {
         return Err(stray(
@@ -381,6 +483,9 @@ fn key_source(raw: RawKey, section: &str, base_dir: &Path) -> Result<KeySource> 
             certificate: p.certificate.map(secret).transpose()?,
         }));
     }
+    if let Some(a) = raw.azure_artifact_signing {
+        return azure_source(a, section, base_dir);
+    }
     let command = raw.command.unwrap_or_default();
     if command.is_empty() || !command.iter().any(|a| a.contains("{file}")) {
         return Err(Error::Config(format!(
@@ -388,7 +493,104 @@ fn key_source(raw: RawKey, section: &str, base_dir: &Path) -> Result<KeySource> 
              \"{{file}}\", e.g. [\"jsign\", \"--storetype\", \"…\", \"{{file}}\"]"
         )));
     }
-    Ok(KeySource::Command(command))
+    let secrets = raw
+        .command_secrets
+        .unwrap_or_default()
+        .into_iter()
+        .map(secret)
+        .collect::<Result<_>>()?;
+    Ok(KeySource::Command {
+        argv: command,
+        secrets,
+    })
+}
+
+fn azure_source(a: RawAzure, section: &str, base_dir: &Path) -> Result<KeySource> {
+    let secret = |text: &str| SecretRef::parse(text, base_dir);
+    let field = |name: &str| format!("[{section}] azure-artifact-signing {name}");
+    check_url(&a.endpoint, &field("endpoint"))?;
+    let authority = a
+        .authority
+        .unwrap_or_else(|| crate::azure::DEFAULT_AUTHORITY.to_owned());
+    check_url(&authority, &field("authority"))?;
+    for (name, value) in [
+        ("account", &a.account),
+        ("certificate-profile", &a.certificate_profile),
+    ] {
+        if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(Error::Config(format!(
+                "{}: \"{value}\" is not a name (letters, digits and -)",
+                field(name)
+            )));
+        }
+    }
+    let credential = match (a.client_secret, a.federated_token) {
+        (Some(secret_ref), None) => AzureCredentialSource::ClientSecret(secret(&secret_ref)?),
+        (None, Some(token)) if token == "github-actions" => AzureCredentialSource::GitHubActions,
+        (None, Some(token)) => AzureCredentialSource::FederatedToken(secret(&token)?),
+        _ => {
+            return Err(Error::Config(format!(
+                "[{section}] azure-artifact-signing needs exactly one of client-secret = \
+                 \"env:AZURE_CLIENT_SECRET\" and federated-token = \"github-actions\" (or a \
+                 reference to a token file)"
+            )));
+        }
+    };
+    Ok(KeySource::Azure(AzureSource {
+        endpoint: a.endpoint,
+        account: a.account,
+        certificate_profile: a.certificate_profile,
+        authority,
+        tenant_id: secret(&a.tenant_id)?,
+        client_id: secret(&a.client_id)?,
+        credential,
+        timeout: Duration::from_secs(a.timeout_seconds.unwrap_or(300)),
+    }))
+}
+
+/// The variables GitHub Actions gives a job with `permissions: id-token: write`.
+pub const GITHUB_OIDC_VARIABLES: [&str; 2] = [
+    "ACTIONS_ID_TOKEN_REQUEST_URL",
+    "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+];
+
+impl KeySource {
+    /// Every secret reference of this key source.
+    pub fn secret_references(&self) -> Vec<&SecretRef> {
+        match self {
+            KeySource::Pkcs12 { file, password } => vec![file, password],
+            KeySource::Pem { key, certificate } => vec![key, certificate],
+            KeySource::Pkcs11(p) => std::iter::once(&p.pin).chain(&p.certificate).collect(),
+            KeySource::Command { secrets, .. } => secrets.iter().collect(),
+            KeySource::Azure(a) => {
+                let mut all = vec![&a.tenant_id, &a.client_id];
+                match &a.credential {
+                    AzureCredentialSource::ClientSecret(r)
+                    | AzureCredentialSource::FederatedToken(r) => all.push(r),
+                    AzureCredentialSource::GitHubActions => {}
+                }
+                all
+            }
+        }
+    }
+}
+
+impl SigningConfig {
+    /// Every secret reference in the configuration, all sections: what output of other
+    /// programs is redacted of.
+    pub fn secret_references(&self) -> Vec<&SecretRef> {
+        let mut all = Vec::new();
+        if let Some(section) = &self.authenticode {
+            all.extend(section.key.secret_references());
+        }
+        if let Some(section) = &self.codesign {
+            all.extend(section.key.secret_references());
+        }
+        if let Some(n) = &self.notarize {
+            all.extend([&n.key_id, &n.issuer, &n.key]);
+        }
+        all
+    }
 }
 
 fn check_url(url: &str, field: &str) -> Result<()> {
@@ -474,6 +676,64 @@ mod tests {
         assert!(config.notarize.is_some());
     }
 
+    /// The Azure Artifact Signing alternative release.yml signs with parses: federated
+    /// credentials from GitHub Actions, a time stamp.
+    #[test]
+    fn the_release_workflow_azure_configuration_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.github/signing-azure.toml");
+        let config = SigningConfig::load(&path).unwrap();
+        let authenticode = config.authenticode.unwrap();
+        let KeySource::Azure(azure) = &authenticode.key else {
+            panic!("azure-artifact-signing expected: {:?}", authenticode.key)
+        };
+        assert_eq!(azure.credential, AzureCredentialSource::GitHubActions);
+        assert_eq!(azure.authority, crate::azure::DEFAULT_AUTHORITY);
+        assert_eq!(azure.tenant_id, SecretRef::Env("AZURE_TENANT_ID".into()));
+        assert_eq!(
+            authenticode.timestamp_urls[0],
+            crate::azure::DEFAULT_TIMESTAMP_URL
+        );
+        assert!(config.codesign.is_some() && config.notarize.is_some());
+    }
+
+    #[test]
+    fn azure_artifact_signing_always_time_stamps_and_names_its_mistakes() {
+        let base = "endpoint = \"https://eus.codesigning.azure.net\", account = \"a\", \
+                    certificate-profile = \"p\", tenant-id = \"env:T\", client-id = \"env:C\"";
+        let config = parse(&format!(
+            "[authenticode]\nazure-artifact-signing = {{ {base}, client-secret = \"env:S\" }}\n"
+        ))
+        .unwrap();
+        let authenticode = config.authenticode.unwrap();
+        assert_eq!(
+            authenticode.timestamp_urls,
+            [crate::azure::DEFAULT_TIMESTAMP_URL]
+        );
+        let cases = [
+            (format!("[authenticode]\nazure-artifact-signing = {{ {base} }}\n"), "exactly one of client-secret"),
+            (
+                format!("[authenticode]\nazure-artifact-signing = {{ {base}, client-secret = \"env:S\", federated-token = \"github-actions\" }}\n"),
+                "exactly one of client-secret",
+            ),
+            (
+                format!("[authenticode]\nazure-artifact-signing = {{ {base}, client-secret = \"s3cret\" }}\n"),
+                "not a secret reference",
+            ),
+            (
+                format!("[codesign]\nazure-artifact-signing = {{ {base}, client-secret = \"env:S\" }}\n"),
+                "signs Windows files only",
+            ),
+            (
+                "[authenticode]\nazure-artifact-signing = { endpoint = \"eus\", account = \"a\", certificate-profile = \"p\", tenant-id = \"env:T\", client-id = \"env:C\", client-secret = \"env:S\" }\n".to_owned(),
+                "not an http(s) URL",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = parse(&text).unwrap_err().to_string();
+            assert!(message.contains(expected), "{text}: {message}");
+        }
+    }
+
     #[test]
     fn mistakes_are_named() {
         let cases = [
@@ -508,6 +768,10 @@ mod tests {
                 "needs a [codesign] section",
             ),
             ("[authenticod]\n", "unknown field"),
+            (
+                "[authenticode]\nkey = \"file:k\"\ncertificate = \"file:c\"\ncommand-secrets = [\"env:PIN\"]\n",
+                "command-secrets belongs with command only",
+            ),
             (
                 "[authenticode]\nkey = \"file:k\"\ncertificate = \"file:c\"\ntimestamp-urls = [\"ftp://x\"]\n",
                 "not an http(s) URL",

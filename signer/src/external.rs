@@ -13,23 +13,40 @@
 //! Without `{out}` the command signs `{file}` in place. Any other `{name}` in lowercase
 //! letters is refused as a mistyped placeholder; `{{` and `}}` are literal braces, and other
 //! braces (a shell's `${VAR}`) are kept as they are.
+//!
+//! When the command fails, its error shows the end of its output (the last
+//! [`OUTPUT_LINES`] lines, at most [`OUTPUT_CHARS`] characters, where tools say what went
+//! wrong), after a [`Redactor`] has removed every configured secret from it: signing tools
+//! print PINs, passwords and tokens in their diagnostics.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::error::{Error, Result};
+use crate::secret::Redactor;
 
 /// An external signing command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ExternalSigner {
     /// The argv template: program, then arguments with placeholders.
     pub command: Vec<String>,
+    /// What its output is redacted of before it is shown.
+    pub redactor: Redactor,
 }
 
-/// The most of each output stream an error shows: the end, where tools say what failed.
-const OUTPUT_SHOWN: usize = 4000;
+/// The most lines of each output stream an error shows: the end, where tools say what
+/// failed. A short tail, not the whole stream: a tool's earlier chatter (configuration
+/// dumps, verbose traces) is where credentials hide in forms no redactor knows.
+pub const OUTPUT_LINES: usize = 12;
+/// The most characters of each output stream an error shows.
+pub const OUTPUT_CHARS: usize = 1200;
 
 impl ExternalSigner {
+    /// A command whose output is redacted of `redactor`'s secrets.
+    pub fn new(command: Vec<String>, redactor: Redactor) -> Self {
+        Self { command, redactor }
+    }
+
     /// Signs `file` with the command: in place, or through `{out}` and a rename that keeps
     /// the file's permissions.
     pub fn sign_file(&self, file: &Path) -> Result<()> {
@@ -77,7 +94,7 @@ impl ExternalSigner {
                 "the signing command \"{program}\" failed ({}) signing {}{}",
                 output.status,
                 file.display(),
-                shown(&output)
+                shown(&output, &self.redactor)
             )));
         }
         if let Some(out) = out {
@@ -86,7 +103,7 @@ impl ExternalSigner {
                     Error::SigningTool(format!(
                         "the signing command \"{program}\" succeeded but wrote no signed file \
                          at {{out}}{}",
-                        shown(&output)
+                        shown(&output, &self.redactor)
                     ))
                 }
                 other => other,
@@ -210,21 +227,32 @@ fn replace_with(file: &Path, signed: &PathBuf) -> Result<()> {
     Ok(())
 }
 
-fn shown(output: &Output) -> String {
+fn shown(output: &Output, redactor: &Redactor) -> String {
     let mut text = String::new();
     for (name, bytes) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
-        let stream = String::from_utf8_lossy(bytes);
-        let stream = stream.trim();
-        if stream.is_empty() {
-            continue;
+        let tail = tail(&redactor.redact(&String::from_utf8_lossy(bytes)));
+        if !tail.is_empty() {
+            text.push_str(&format!("\n--- the end of its {name} ---\n{tail}"));
         }
-        let start = stream
-            .char_indices()
-            .map(|(i, _)| i)
-            .find(|&i| stream.len() - i <= OUTPUT_SHOWN)
-            .unwrap_or(0);
-        let cut = if start > 0 { "…" } else { "" };
-        text.push_str(&format!("\n--- its {name} ---\n{cut}{}", &stream[start..]));
     }
     text
+}
+
+/// The last [`OUTPUT_LINES`] lines of `stream`, at most [`OUTPUT_CHARS`] characters, with
+/// `…` where it was cut.
+pub fn tail(stream: &str) -> String {
+    let stream = stream.trim();
+    let mut start = stream
+        .rmatch_indices('\n')
+        .nth(OUTPUT_LINES - 1)
+        .map_or(0, |(at, _)| at + 1);
+    if stream.len() - start > OUTPUT_CHARS {
+        start = stream
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|&i| stream.len() - i <= OUTPUT_CHARS)
+            .unwrap_or(stream.len());
+    }
+    let cut = if start > 0 { "…" } else { "" };
+    format!("{cut}{}", &stream[start..])
 }

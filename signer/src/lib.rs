@@ -11,8 +11,14 @@
 //!   passes files with bytes appended after the signature).
 //! - [`notarize`]: Apple notarization behind a trait: `xcrun notarytool`, and a fake that
 //!   applies Apple's rules for tests.
+//! - [`azure`]: Azure Artifact Signing, a remote Authenticode key (Entra ID credentials,
+//!   sign and poll, the service's certificate chain).
+//! - [`notary_api`]: notarization from any OS through Apple's Notary REST API (the same
+//!   [`notarize::Notarizer`] trait), so a release can notarize on Linux.
 //! - [`key`]: where keys come from (PEM, PKCS#12, PKCS#11), one [`key::SigningIdentity`]
 //!   for every signer; [`external`]: a signing command instead (signtool, jsign, …).
+//! - [`secret_file`]: a secret written to a file for a tool that reads only files, removed
+//!   on every exit path (signals included) and swept at the next run after a SIGKILL.
 //! - [`timestamp`]: the RFC 3161 client and token verification.
 //! - [`mod@identify`]: what an executable is and whether it carries a signature.
 //! - `testing` (feature `testing`): a throwaway PKI and an in-process time-stamp authority.
@@ -22,6 +28,7 @@
 #![deny(missing_docs)]
 
 pub mod authenticode;
+pub mod azure;
 mod chain;
 pub mod config;
 pub mod entitlements;
@@ -31,7 +38,9 @@ pub mod identify;
 pub mod key;
 pub mod macho;
 pub mod notarize;
+pub mod notary_api;
 pub mod secret;
+pub mod secret_file;
 pub mod sign;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use openwork_signer::config::SigningConfig;
+use openwork_signer::config::{NotarizerKind, SigningConfig};
 use openwork_signer::entitlements::Role;
 use openwork_signer::notarize::{self, Notarizer, NotaryTool, Submission};
-use openwork_signer::sign::{Signers, notary_key};
+use openwork_signer::notary_api::{NotaryApi, ReqwestTransport};
+use openwork_signer::secret_file;
+use openwork_signer::sign::{Signers, notary_key, redactor};
 use openwork_signer::verify::{VerifyPolicy, verify};
 use openwork_signer::{Error, key};
 
@@ -74,14 +76,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Submit a signed Mach-O (zipped) or a .zip/.dmg/.pkg to Apple's notary service
-    /// (`xcrun notarytool`, macOS only) with the [notarize] key of a signing configuration
+    /// Submit a signed Mach-O (zipped) or a .zip/.dmg/.pkg to Apple's notary service with
+    /// the [notarize] key of a signing configuration, and wait for the verdict
     Notarize {
         /// The file
         file: PathBuf,
         /// The signing configuration
         #[arg(long, value_name = "CONFIG")]
         config: PathBuf,
+        /// The client: `api` (Apple's Notary REST API, any OS) or `notarytool` (`xcrun
+        /// notarytool`, macOS) [default: [notarize] notarizer, else notarytool on macOS and
+        /// api elsewhere]
+        #[arg(long, value_enum)]
+        notarizer: Option<NotarizerArg>,
     },
     /// Print an executable's format, architecture and whether it is signed
     Identify {
@@ -96,6 +103,12 @@ enum Command {
         /// The Mach-O file
         file: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NotarizerArg {
+    Api,
+    Notarytool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -214,11 +227,16 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
-        Command::Notarize { file, config } => {
+        Command::Notarize {
+            file,
+            config,
+            notarizer,
+        } => {
+            // A key file a killed run left behind goes first.
+            let temp_dir = std::env::temp_dir();
+            secret_file::sweep(&temp_dir);
             let config = SigningConfig::load(&config)?;
-            // The .p8 key is written here (0600) for notarytool and removed on return.
-            let work = tempfile::tempdir()?;
-            let Some(key) = notary_key(&config, work.path())? else {
+            let Some(credentials) = notary_key(&config)? else {
                 println!(
                     "{}: not notarized: the [notarize] secrets are missing and \
                      on-missing-secret = \"skip\"",
@@ -227,8 +245,35 @@ fn run(cli: Cli) -> Result<(), Error> {
                 return Ok(());
             };
             notarize::preflight(&file)?;
+            let work = tempfile::tempdir()?;
             let submission = Submission::from_file(&file, work.path())?;
-            let outcome = NotaryTool::new(key).submit(&submission)?;
+            let kind = match notarizer {
+                Some(NotarizerArg::Api) => NotarizerKind::Api,
+                Some(NotarizerArg::Notarytool) => NotarizerKind::Notarytool,
+                None => config
+                    .notarize
+                    .as_ref()
+                    .and_then(|n| n.notarizer)
+                    .unwrap_or_else(NotarizerKind::platform_default),
+            };
+            let redactor = redactor(&config)?;
+            let outcome = match kind {
+                NotarizerKind::Notarytool => {
+                    // notarytool reads the key only from a file: written owner-only, removed
+                    // on return and on SIGINT/SIGTERM (swept by the next run after SIGKILL).
+                    let (_key_file, key) = credentials.write_key_file(&temp_dir)?;
+                    NotaryTool::new(key)
+                        .redacting(redactor)
+                        .submit(&submission)?
+                }
+                // The key stays in memory.
+                NotarizerKind::Api => NotaryApi::new(
+                    credentials,
+                    ReqwestTransport::new(std::time::Duration::from_secs(30 * 60))?,
+                )
+                .redacting(&redactor)
+                .submit(&submission)?,
+            };
             println!(
                 "{}: notarized (submission {}){}",
                 file.display(),

@@ -24,6 +24,9 @@ use zip::write::SimpleFileOptions;
 
 use crate::error::{Error, Result};
 use crate::macho::{MachOPolicy, verify_macho};
+use crate::secret::{Redactor, Secret};
+use crate::secret_file::SecretFile;
+use zeroize::Zeroizing;
 
 /// Submits files to a notary and waits for its verdict.
 pub trait Notarizer {
@@ -196,20 +199,79 @@ impl std::fmt::Debug for AppStoreConnectKey {
     }
 }
 
+/// An App Store Connect API key held in memory: the `[notarize]` section's secrets, read.
+/// The Linux notarizer signs its tokens with it directly; for `notarytool`, which reads
+/// the key only from a file, [`NotaryCredentials::write_key_file`] writes a
+/// [`SecretFile`] that does not outlive the run.
+pub struct NotaryCredentials {
+    /// The key ID.
+    pub key_id: Zeroizing<String>,
+    /// The issuer ID (a UUID).
+    pub issuer_id: Zeroizing<String>,
+    /// The `.p8` file's contents (PEM, PKCS#8 EC P-256).
+    pub private_key: Secret,
+}
+
+impl NotaryCredentials {
+    /// Writes the private key as `AuthKey.p8` into a private directory under `temp_dir`,
+    /// removed when the returned guard is dropped or the process gets SIGINT/SIGTERM.
+    pub fn write_key_file(&self, temp_dir: &Path) -> Result<(SecretFile, AppStoreConnectKey)> {
+        let file = SecretFile::write(temp_dir, "AuthKey.p8", self.private_key.bytes())?;
+        let key = AppStoreConnectKey {
+            key_id: self.key_id.to_string(),
+            issuer_id: self.issuer_id.to_string(),
+            private_key_p8_path: file.path().to_owned(),
+        };
+        Ok((file, key))
+    }
+
+    /// A redactor that knows these secrets.
+    pub fn redactor(&self) -> Redactor {
+        let mut redactor = Redactor::new([&self.private_key]);
+        for id in [&self.key_id, &self.issuer_id] {
+            redactor.add(&Secret::from_text(id));
+        }
+        redactor
+    }
+}
+
+impl std::fmt::Debug for NotaryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NotaryCredentials(<redacted>)")
+    }
+}
+
 /// Notarizes with `xcrun notarytool` (Xcode 13 or later, macOS only).
 #[derive(Debug, Clone)]
 pub struct NotaryTool {
     key: AppStoreConnectKey,
     xcrun: PathBuf,
+    redactor: Redactor,
 }
 
 impl NotaryTool {
     /// A notarizer authenticating with `key`, running `xcrun` from `PATH`.
     pub fn new(key: AppStoreConnectKey) -> Self {
+        let mut redactor = Redactor::default();
+        for id in [&key.key_id, &key.issuer_id] {
+            redactor.add(&Secret::from_text(id));
+        }
         Self {
             key,
             xcrun: PathBuf::from("xcrun"),
+            redactor,
         }
+    }
+
+    /// Also removes `redactor`'s secrets from what notarytool prints before it is shown.
+    pub fn redacting(mut self, redactor: Redactor) -> Self {
+        self.redactor.extend(&redactor);
+        self
+    }
+
+    /// notarytool's stderr as an error shows it: redacted, its end only.
+    fn shown(&self, stderr: &[u8]) -> String {
+        crate::external::tail(&self.redactor.redact(&String::from_utf8_lossy(stderr)))
     }
 
     /// The arguments of `xcrun` to submit `file` and wait for the verdict as JSON.
@@ -276,7 +338,7 @@ impl NotaryTool {
             Ok(output) => format!(
                 "the log could not be fetched ({}): {}",
                 output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
+                self.shown(&output.stderr)
             ),
             Err(e) => format!("the log could not be fetched: {e}"),
         }
@@ -299,7 +361,7 @@ impl Notarizer for NotaryTool {
                 "`{}` failed ({}): {why}; stderr: {}",
                 Self::describe(&args),
                 output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
+                self.shown(&output.stderr)
             ))
         })?;
         match answer.status.as_str() {

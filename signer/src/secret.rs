@@ -4,12 +4,16 @@
 //! relative path is relative to the configuration file), or either behind `base64:`
 //! (`base64:env:APPLE_CERTIFICATE_P12`) for binary secrets kept in CI variables, which hold
 //! text. A [`Secret`] prints as `<redacted>` in `Debug`, so neither logs nor error chains
-//! can carry it.
+//! can carry it, and its bytes are zeroed when it is dropped (as are the intermediate copies
+//! made while decoding it). What other programs print (an external signing command, a
+//! notary tool) goes through a [`Redactor`] that knows every configured secret before it
+//! can reach an error or a log.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
+use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
@@ -24,9 +28,9 @@ pub enum SecretRef {
     Base64(Box<SecretRef>),
 }
 
-/// A resolved secret. Never printed.
+/// A resolved secret. Never printed; zeroed when dropped.
 #[derive(Clone)]
-pub struct Secret(Vec<u8>);
+pub struct Secret(Zeroizing<Vec<u8>>);
 
 /// Why a reference gave no secret: the case a missing-secret policy may forgive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,26 +85,28 @@ impl SecretRef {
                     let value = value
                         .into_string()
                         .map_err(|_| Error::Credentials(format!("{name} is not valid UTF-8")))?;
-                    Ok(Ok(Secret(value.into_bytes())))
+                    Ok(Ok(Secret(Zeroizing::new(value.into_bytes()))))
                 }
                 _ => missing(),
             },
             SecretRef::File(path) => match fs_err::read(path) {
-                Ok(bytes) => Ok(Ok(Secret(bytes))),
+                Ok(bytes) => Ok(Ok(Secret(Zeroizing::new(bytes)))),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing(),
                 Err(e) => Err(Error::Credentials(format!("cannot read the secret: {e}"))),
             },
             SecretRef::Base64(inner) => match inner.resolve()? {
                 Ok(text) => {
                     // CI variables often carry the line breaks of `base64` output.
-                    let compact: Vec<u8> = text
-                        .0
-                        .iter()
-                        .copied()
-                        .filter(|b| !b.is_ascii_whitespace())
-                        .collect();
+                    let compact: Zeroizing<Vec<u8>> = Zeroizing::new(
+                        text.0
+                            .iter()
+                            .copied()
+                            .filter(|b| !b.is_ascii_whitespace())
+                            .collect(),
+                    );
                     let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(compact)
+                        .decode(&*compact)
+                        .map(Zeroizing::new)
                         .map_err(|_| {
                             Error::Credentials(format!(
                                 "{inner} is not base64 (the reference says base64:); store \
@@ -132,6 +138,11 @@ impl fmt::Debug for SecretRef {
 }
 
 impl Secret {
+    /// A secret from text already in memory (an ID read with another secret).
+    pub fn from_text(text: &str) -> Self {
+        Secret(Zeroizing::new(text.as_bytes().to_vec()))
+    }
+
     /// The secret's bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.0
@@ -149,6 +160,100 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
+    }
+}
+
+/// What replaces a secret in text shown to people.
+pub const REDACTED: &str = "<redacted>";
+
+/// Removes known secrets from text that another program wrote (an external signing
+/// command's output, a notary tool's errors) before it goes into an error or a log:
+/// signing tools print PINs, passwords and tokens in their diagnostics.
+///
+/// Each secret is looked for as its text (without a trailing line break), its base64 form
+/// (how CI variables hold binary secrets), and, for a multi-line secret such as a PEM key,
+/// each of its lines of 8 characters or more (a tool may print part of it). Longer forms
+/// are replaced first, so that a secret containing another is removed whole.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    needles: Vec<Zeroizing<String>>,
+}
+
+impl Redactor {
+    /// A redactor for `secrets`.
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Self {
+        let mut redactor = Self::default();
+        for secret in secrets {
+            redactor.add(secret);
+        }
+        redactor
+    }
+
+    /// Adds a secret to look for.
+    pub fn add(&mut self, secret: &Secret) {
+        let text = Zeroizing::new(String::from_utf8_lossy(secret.bytes()).into_owned());
+        let trimmed = text.trim();
+        let mut forms = vec![trimmed.to_owned()];
+        if trimmed.contains('\n') {
+            forms.extend(
+                trimmed
+                    .lines()
+                    .map(str::trim)
+                    .filter(|line| line.len() >= 8)
+                    .map(str::to_owned),
+            );
+        }
+        let base64 = base64::engine::general_purpose::STANDARD;
+        forms.push(base64.encode(secret.bytes()));
+        forms.push(base64.encode(trimmed.as_bytes()));
+        for form in forms {
+            let form = Zeroizing::new(form);
+            if !form.is_empty() && !self.needles.contains(&form) {
+                self.needles.push(form);
+            }
+        }
+        self.needles
+            .sort_by_key(|needle| std::cmp::Reverse(needle.len()));
+    }
+
+    /// Adds every secret `other` knows.
+    pub fn extend(&mut self, other: &Redactor) {
+        for needle in &other.needles {
+            if !self.needles.contains(needle) {
+                self.needles.push(needle.clone());
+            }
+        }
+        self.needles
+            .sort_by_key(|needle| std::cmp::Reverse(needle.len()));
+    }
+
+    /// `text` with every secret replaced by `<redacted>`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for needle in &self.needles {
+            if text.contains(needle.as_str()) {
+                let redacted = text.replace(needle.as_str(), REDACTED);
+                // The text held a secret: the copy that did is zeroed before it goes.
+                drop(Zeroizing::new(std::mem::replace(&mut text, redacted)));
+            }
+        }
+        text
+    }
+
+    /// How many forms of secrets it looks for.
+    pub fn len(&self) -> usize {
+        self.needles.len()
+    }
+
+    /// Whether it knows no secret.
+    pub fn is_empty(&self) -> bool {
+        self.needles.is_empty()
+    }
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Redactor({} forms of secrets)", self.needles.len())
     }
 }
 
@@ -216,5 +321,37 @@ mod tests {
         let error = bad.resolve().unwrap_err().to_string();
         assert!(error.contains("is not base64"), "{error}");
         assert!(!error.contains("not base64!"), "the value leaked: {error}");
+    }
+
+    #[test]
+    fn the_redactor_removes_every_form_of_every_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pin"), "hunter22\n").unwrap();
+        std::fs::write(
+            dir.path().join("key.pem"),
+            "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49\nAwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let secret = |name: &str| {
+            SecretRef::parse(&format!("file:{name}"), dir.path())
+                .unwrap()
+                .resolve()
+                .unwrap()
+                .unwrap()
+        };
+        let (pin, key) = (secret("pin"), secret("key.pem"));
+        let redactor = Redactor::new([&pin, &key]);
+        let output = "login with hunter22 failed\nkey line AwEHBG0wawIBAQQg seen\n\
+                      env: aHVudGVyMjIK\nall clear";
+        let shown = redactor.redact(output);
+        for leaked in ["hunter22", "AwEHBG0wawIBAQQg", "aHVudGVyMjIK"] {
+            assert!(!shown.contains(leaked), "{leaked} leaked: {shown}");
+        }
+        assert!(shown.contains("login with <redacted> failed"), "{shown}");
+        assert!(shown.ends_with("all clear"), "{shown}");
+        assert_eq!(
+            format!("{redactor:?}"),
+            format!("Redactor({} forms of secrets)", redactor.len())
+        );
     }
 }

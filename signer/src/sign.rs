@@ -12,16 +12,21 @@ use std::path::{Path, PathBuf};
 use openwork_payload::container::{self, ExecutableFormat};
 use serde::Serialize;
 use tracing::warn;
+use zeroize::Zeroizing;
 
 use crate::authenticode;
-use crate::config::{KeySource, MissingSecretPolicy, ModulePath, Pkcs11Source, SigningConfig};
+use crate::azure::{AzureCredential, AzureSettings, AzureSigner};
+use crate::config::{
+    AzureCredentialSource, AzureSource, GITHUB_OIDC_VARIABLES, KeySource, MissingSecretPolicy,
+    ModulePath, Pkcs11Source, SigningConfig,
+};
 use crate::entitlements::{self, Role};
 use crate::error::{Error, Result};
 use crate::external::ExternalSigner;
 use crate::key::{self, SigningIdentity, pkcs11::Pkcs11Config};
 use crate::macho::{self, MachOSignOptions};
-use crate::notarize::AppStoreConnectKey;
-use crate::secret::{Secret, SecretRef};
+use crate::notarize::NotaryCredentials;
+use crate::secret::{Redactor, Secret, SecretRef};
 use crate::timestamp::TimestampConfig;
 
 /// The signers a configuration yields, secrets read.
@@ -46,6 +51,9 @@ impl std::fmt::Debug for Signers {
 enum Backend {
     Identity(Box<SigningIdentity>),
     External(ExternalSigner),
+    /// Azure Artifact Signing (Authenticode only; the configuration refuses it for
+    /// codesign).
+    Azure(Box<AzureSigner>),
 }
 
 /// One platform's key and what its signatures carry besides the file.
@@ -89,8 +97,9 @@ impl Signers {
     /// there but wrong (bad password, wrong key) always fails.
     pub fn load(config: &SigningConfig) -> Result<Self> {
         let mut skipped = Vec::new();
+        let redactor = redactor(config)?;
         let mut load = |section: &'static str, source: &KeySource| {
-            load_backend(section, source, config.on_missing_secret, &mut skipped)
+            load_backend(section, source, config, &redactor, &mut skipped)
         };
         let authenticode = match &config.authenticode {
             Some(section) => load("authenticode", &section.key)?.map(|backend| Signer {
@@ -176,6 +185,18 @@ impl Signers {
                 command.sign_file(path)?;
                 program_name(command)
             }
+            Backend::Azure(azure) => {
+                let Settings::Authenticode(options) = &signer.settings else {
+                    return Err(Error::Config(
+                        "Azure Artifact Signing signs Windows files only".into(),
+                    ));
+                };
+                write_in_place(
+                    path,
+                    &authenticode::sign_with(&data, azure.as_ref(), options)?,
+                )?;
+                azure.name()
+            }
             Backend::Identity(identity) => {
                 let signed = match &signer.settings {
                     Settings::Authenticode(options) => {
@@ -226,55 +247,112 @@ fn program_name(command: &ExternalSigner) -> String {
         .unwrap_or_default()
 }
 
+/// A redactor that knows every secret of `config` that is there (the missing ones are the
+/// missing-secret policy's business, and cannot leak).
+pub fn redactor(config: &SigningConfig) -> Result<Redactor> {
+    let mut redactor = Redactor::default();
+    for reference in config.secret_references() {
+        if let Ok(secret) = reference.resolve()? {
+            redactor.add(&secret);
+        }
+    }
+    Ok(redactor)
+}
+
 fn load_backend(
     section: &'static str,
     source: &KeySource,
-    policy: MissingSecretPolicy,
+    config: &SigningConfig,
+    redactor: &Redactor,
     skipped: &mut Vec<&'static str>,
 ) -> Result<Option<Backend>> {
+    let policy = config.on_missing_secret;
     let mut secrets = SectionSecrets::default();
     let mut need = |reference: &SecretRef| secrets.need(reference);
-    let backend =
-        match source {
-            KeySource::Pkcs12 { file, password } => match (need(file)?, need(password)?) {
-                (Some(file), Some(password)) => Some(Backend::Identity(Box::new(
-                    key::pkcs12::load(file.bytes(), password.text()?)?,
-                ))),
-                _ => None,
-            },
-            KeySource::Pem { key, certificate } => match (need(key)?, need(certificate)?) {
-                (Some(key), Some(certificate)) => Some(Backend::Identity(Box::new(
-                    key::pem::load(key.bytes(), certificate.bytes())?,
-                ))),
-                _ => None,
-            },
-            KeySource::Pkcs11(p) => {
-                let module = match &p.module {
-                    ModulePath::Path(path) => Some(path.clone()),
-                    ModulePath::Env(name) => need(&SecretRef::Env(name.clone()))?
-                        .map(|path| path.text().map(PathBuf::from))
-                        .transpose()?,
-                };
-                let pin = need(&p.pin)?;
-                // None: the token holds the certificate; Some(None): its file is missing.
-                let certificate = p.certificate.as_ref().map(&mut need).transpose()?;
-                match (module, pin, certificate) {
-                    (Some(module), Some(pin), None) => Some(pkcs11_backend(p, module, &pin, None)?),
-                    (Some(module), Some(pin), Some(Some(certificate))) => {
-                        Some(pkcs11_backend(p, module, &pin, Some(&certificate))?)
-                    }
-                    _ => None,
+    let backend = match source {
+        KeySource::Pkcs12 { file, password } => match (need(file)?, need(password)?) {
+            (Some(file), Some(password)) => Some(Backend::Identity(Box::new(key::pkcs12::load(
+                file.bytes(),
+                password.text()?,
+            )?))),
+            _ => None,
+        },
+        KeySource::Pem { key, certificate } => match (need(key)?, need(certificate)?) {
+            (Some(key), Some(certificate)) => Some(Backend::Identity(Box::new(key::pem::load(
+                key.bytes(),
+                certificate.bytes(),
+            )?))),
+            _ => None,
+        },
+        KeySource::Pkcs11(p) => {
+            let module = match &p.module {
+                ModulePath::Path(path) => Some(path.clone()),
+                ModulePath::Env(name) => need(&SecretRef::Env(name.clone()))?
+                    .map(|path| path.text().map(PathBuf::from))
+                    .transpose()?,
+            };
+            let pin = need(&p.pin)?;
+            // None: the token holds the certificate; Some(None): its file is missing.
+            let certificate = p.certificate.as_ref().map(&mut need).transpose()?;
+            match (module, pin, certificate) {
+                (Some(module), Some(pin), None) => Some(pkcs11_backend(p, module, &pin, None)?),
+                (Some(module), Some(pin), Some(Some(certificate))) => {
+                    Some(pkcs11_backend(p, module, &pin, Some(&certificate))?)
                 }
+                _ => None,
             }
-            KeySource::Command(argv) => Some(Backend::External(ExternalSigner {
-                command: argv.clone(),
-            })),
-        };
+        }
+        KeySource::Azure(a) => azure_backend(a, &mut need)?,
+        KeySource::Command { argv, secrets } => {
+            let mut present = true;
+            for reference in secrets {
+                present &= need(reference)?.is_some();
+            }
+            present.then(|| Backend::External(ExternalSigner::new(argv.clone(), redactor.clone())))
+        }
+    };
     if backend.is_none() {
         secrets.settle(section, policy)?;
         skipped.push(section);
     }
     Ok(backend)
+}
+
+fn azure_backend(
+    a: &AzureSource,
+    need: &mut impl FnMut(&SecretRef) -> Result<Option<Secret>>,
+) -> Result<Option<Backend>> {
+    let tenant = need(&a.tenant_id)?;
+    let client = need(&a.client_id)?;
+    let credential = match &a.credential {
+        AzureCredentialSource::ClientSecret(r) => need(r)?.map(AzureCredential::ClientSecret),
+        AzureCredentialSource::FederatedToken(r) => need(r)?.map(AzureCredential::FederatedToken),
+        AzureCredentialSource::GitHubActions => {
+            let [url, token] = GITHUB_OIDC_VARIABLES;
+            let url = need(&SecretRef::Env(url.to_owned()))?;
+            let token = need(&SecretRef::Env(token.to_owned()))?;
+            match (url, token) {
+                (Some(request_url), Some(request_token)) => Some(AzureCredential::GitHubActions {
+                    request_url,
+                    request_token,
+                }),
+                _ => None,
+            }
+        }
+    };
+    let (Some(tenant), Some(client), Some(credential)) = (tenant, client, credential) else {
+        return Ok(None);
+    };
+    let settings = AzureSettings {
+        endpoint: a.endpoint.clone(),
+        account: a.account.clone(),
+        profile: a.certificate_profile.clone(),
+        authority: a.authority.clone(),
+        timeout: a.timeout,
+    };
+    Ok(Some(Backend::Azure(Box::new(AzureSigner::connect(
+        settings, tenant, client, credential,
+    )?))))
 }
 
 fn pkcs11_backend(
@@ -292,7 +370,7 @@ fn pkcs11_backend(
         slot: source.slot,
         key_label: source.key_label.clone(),
         key_id: source.key_id.clone(),
-        pin: pin.text()?.to_owned(),
+        pin: Zeroizing::new(pin.text()?.to_owned()),
     };
     Ok(Backend::Identity(Box::new(key::pkcs11::load(
         &config,
@@ -300,10 +378,9 @@ fn pkcs11_backend(
     )?)))
 }
 
-/// The App Store Connect key of `config`'s `[notarize]` section, its `.p8` written into
-/// `dir` (owner-only) for notarytool; `None` without the section, or when its secrets are
-/// missing and the policy is `skip`.
-pub fn notary_key(config: &SigningConfig, dir: &Path) -> Result<Option<AppStoreConnectKey>> {
+/// The App Store Connect key of `config`'s `[notarize]` section, in memory; `None`
+/// without the section, or when its secrets are missing and the policy is `skip`.
+pub fn notary_key(config: &SigningConfig) -> Result<Option<NotaryCredentials>> {
     let Some(section) = &config.notarize else {
         return Ok(None);
     };
@@ -313,20 +390,14 @@ pub fn notary_key(config: &SigningConfig, dir: &Path) -> Result<Option<AppStoreC
         secrets.need(&section.issuer)?,
         secrets.need(&section.key)?,
     );
-    let (Some(key_id), Some(issuer), Some(key)) = (key_id, issuer, key) else {
+    let (Some(key_id), Some(issuer), Some(private_key)) = (key_id, issuer, key) else {
         secrets.settle("notarize", config.on_missing_secret)?;
         return Ok(None);
     };
-    let path = dir.join("AuthKey.p8");
-    let mut file = fs_err::OpenOptions::new();
-    file.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(file.options_mut(), 0o600);
-    std::io::Write::write_all(&mut file.open(&path)?, key.bytes())?;
-    Ok(Some(AppStoreConnectKey {
-        key_id: key_id.text()?.to_owned(),
-        issuer_id: issuer.text()?.to_owned(),
-        private_key_p8_path: path,
+    Ok(Some(NotaryCredentials {
+        key_id: Zeroizing::new(key_id.text()?.to_owned()),
+        issuer_id: Zeroizing::new(issuer.text()?.to_owned()),
+        private_key,
     }))
 }
 

@@ -6,14 +6,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use openwork_signer::Error;
-use openwork_signer::external::ExternalSigner;
+use openwork_signer::config::{KeySource, SigningConfig};
+use openwork_signer::external::{ExternalSigner, OUTPUT_LINES};
+use openwork_signer::secret::Redactor;
 use openwork_signer::testing::tsa::TestTsa;
 use openwork_signer::testing::{KeyKind, TestPki};
 
 fn signer(argv: &[&str]) -> ExternalSigner {
-    ExternalSigner {
-        command: argv.iter().map(|s| s.to_string()).collect(),
-    }
+    ExternalSigner::new(
+        argv.iter().map(|s| s.to_string()).collect(),
+        Redactor::default(),
+    )
 }
 
 /// A small Windows executable from mingw.
@@ -215,6 +218,92 @@ fn a_failing_command_shows_its_status_and_output_and_leaves_the_file() {
         "{error}"
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "payload");
+}
+
+/// Issue 17: a signing tool that prints the PIN it was given (from the environment, as
+/// configured with `command-secrets`) and a configured secret of another section: neither
+/// reaches the error, which shows only the end of the output.
+#[test]
+fn a_failing_command_that_prints_secrets_does_not_leak_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = build_pe(dir.path());
+    let original = std::fs::read(&file).unwrap();
+    std::fs::write(dir.path().join("p12.password"), "apple-p12-pass\n").unwrap();
+    let config_path = dir.path().join("signing.toml");
+    std::fs::write(
+        &config_path,
+        r#"
+        [authenticode]
+        command = ["sh", "-c", "for i in $(seq 1 40); do echo chatter $i; done; echo \"login with PIN $OPENWORK_TEST_LEAKY_PIN failed\" >&2; echo \"p12 password apple-p12-pass\"; exit 5", "sh", "{file}"]
+        command-secrets = ["env:OPENWORK_TEST_LEAKY_PIN"]
+        [codesign]
+        command = ["true", "{file}"]
+        command-secrets = ["file:p12.password"]
+        "#,
+    )
+    .unwrap();
+    // SAFETY: this test binary's other tests do not read this variable.
+    unsafe { std::env::set_var("OPENWORK_TEST_LEAKY_PIN", "472913-hsm-pin") };
+    let config = SigningConfig::load(&config_path).unwrap();
+    let redactor = openwork_signer::sign::redactor(&config).unwrap();
+    let KeySource::Command { argv, .. } = &config.authenticode.as_ref().unwrap().key else {
+        panic!("a command key source")
+    };
+    let error = ExternalSigner::new(argv.clone(), redactor)
+        .sign_file(&file)
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, Error::SigningTool(_)), "{message}");
+    assert!(
+        !message.contains("472913-hsm-pin"),
+        "the PIN leaked: {message}"
+    );
+    assert!(
+        !message.contains("apple-p12-pass"),
+        "a password leaked: {message}"
+    );
+    assert!(
+        message.contains("login with PIN <redacted> failed"),
+        "{message}"
+    );
+    assert!(message.contains("p12 password <redacted>"), "{message}");
+    // A short tail: the end of stdout, not all 40 lines of chatter.
+    assert!(message.contains("chatter 40"), "{message}");
+    assert!(!message.contains("chatter 1\n"), "{message}");
+    assert!(message.lines().count() <= 2 * OUTPUT_LINES + 3, "{message}");
+
+    // Through the command line too: what reaches stderr.
+    let sign_cli = || {
+        Command::new(env!("CARGO_BIN_EXE_openwork-signer"))
+            .args(["sign", "--config"])
+            .arg(&config_path)
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let output = sign_cli();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("login with PIN <redacted> failed"),
+        "{stderr}"
+    );
+    for leaked in ["472913-hsm-pin", "apple-p12-pass"] {
+        assert!(!stderr.contains(leaked), "{leaked} leaked: {stderr}");
+        assert!(!stdout.contains(leaked), "{leaked} leaked: {stdout}");
+    }
+
+    // A command secret that is not set stops before the command runs (exit 14).
+    unsafe { std::env::remove_var("OPENWORK_TEST_LEAKY_PIN") };
+    let output = sign_cli();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(14), "{stderr}");
+    assert!(
+        stderr.contains("env:OPENWORK_TEST_LEAKY_PIN is not set"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), original);
 }
 
 #[test]

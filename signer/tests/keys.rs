@@ -523,7 +523,7 @@ fn pkcs11_config(token: &str) -> pkcs11::Pkcs11Config {
         slot: None,
         key_label: Some(KEY_LABEL.into()),
         key_id: None,
-        pin: USER_PIN.into(),
+        pin: String::from(USER_PIN).into(),
     }
 }
 
@@ -573,7 +573,7 @@ fn pkcs11_rsa_and_ecdsa_keys_sign_on_the_token() {
 fn pkcs11_refusals_say_what_is_wrong() {
     let wrong_pin = "999999";
     let config = pkcs11::Pkcs11Config {
-        pin: wrong_pin.into(),
+        pin: String::from(wrong_pin).into(),
         ..pkcs11_config("pin-test")
     };
     let message = credentials_error(pkcs11::load(&config, None));

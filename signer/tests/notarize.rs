@@ -342,3 +342,135 @@ fn a_missing_key_file_is_a_credentials_error() {
     assert!(matches!(err, Error::Credentials(_)), "{err}");
     assert!(!err.to_string().contains("KEYID12345"), "{err}");
 }
+
+/// Issue 17: `notarytool` reads the App Store Connect key from a file; a run stopped with
+/// SIGTERM (a cancelled CI job) removes it, and a run killed with SIGKILL leaves it only
+/// until the next run sweeps it. A stand-in `xcrun` on PATH holds the run in notarytool.
+#[cfg(unix)]
+#[test]
+fn a_killed_notarize_run_leaves_no_key_file() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::ExitStatusExt;
+    use std::time::{Duration, Instant};
+
+    const P8: &str = "-----BEGIN PRIVATE KEY-----\nMIGTAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBHkwdwIBAQQgnotreal\n-----END PRIVATE KEY-----\n";
+    let dir = tempfile::tempdir().unwrap();
+    let (temp, bin) = (dir.path().join("tmp"), dir.path().join("bin"));
+    std::fs::create_dir_all(&temp).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    let marker = dir.path().join("xcrun-started");
+    let xcrun = bin.join("xcrun");
+    let hold = format!(
+        "#!/bin/sh\necho $$ > '{}.pid'\necho \"$@\" > '{}'\nexec sleep 60\n",
+        marker.display(),
+        marker.display()
+    );
+    std::fs::write(&xcrun, hold).unwrap();
+    std::fs::set_permissions(&xcrun, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path().join("signing.toml");
+    std::fs::write(
+        &config,
+        "[codesign]\ncommand = [\"true\", \"{file}\"]\n[notarize]\nkey-id = \"env:T_KEY_ID\"\n\
+         issuer = \"env:T_ISSUER\"\nkey = \"env:T_P8\"\n",
+    )
+    .unwrap();
+    // A zip goes to notarytool as it is (no Mach-O preflight to pass).
+    let upload = dir.path().join("server.zip");
+    std::fs::write(&upload, b"PK\x03\x04 not really a zip").unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_openwork-signer"))
+            .arg("notarize")
+            .arg(&upload)
+            .arg("--config")
+            .arg(&config)
+            .args(["--notarizer", "notarytool"])
+            .env("TMPDIR", &temp)
+            .env("PATH", &path)
+            .env("T_KEY_ID", "KEYID12345")
+            .env("T_ISSUER", "69a6de70-03db-47e3-e053-5b8c7c11a4d1")
+            .env("T_P8", P8)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let key_files = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&temp)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("openwork-signer-")
+            })
+            .map(|e| e.path().join("AuthKey.p8"))
+            .collect()
+    };
+    let wait_for_xcrun = || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !marker.exists() {
+            assert!(Instant::now() < deadline, "the stand-in xcrun never ran");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let args = std::fs::read_to_string(&marker).unwrap();
+        let sleeper = std::fs::read_to_string(marker.with_extension("pid")).unwrap();
+        std::fs::remove_file(&marker).unwrap();
+        (args, sleeper.trim().to_string())
+    };
+    let kill = |signal: &str, pid: &str| {
+        std::process::Command::new("kill")
+            .args([signal, pid])
+            .status()
+            .unwrap();
+    };
+
+    // SIGTERM while notarytool runs: the key existed, and is gone after.
+    let mut run = start();
+    let (args, sleeper) = wait_for_xcrun();
+    let files = key_files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(std::fs::read_to_string(&files[0]).unwrap(), P8);
+    assert!(args.contains(&files[0].display().to_string()), "{args}");
+    kill("-TERM", &run.id().to_string());
+    let status = run.wait().unwrap();
+    kill("-KILL", &sleeper);
+    assert_eq!(
+        status.signal(),
+        Some(15),
+        "it dies of the signal: {status:?}"
+    );
+    assert!(!files[0].exists(), "the key survived SIGTERM");
+    assert_eq!(
+        key_files(),
+        Vec::<std::path::PathBuf>::new(),
+        "its directory survived"
+    );
+
+    // SIGKILL cannot be caught: the key stays, until the next run sweeps it.
+    let mut run = start();
+    let (_, sleeper) = wait_for_xcrun();
+    run.kill().unwrap();
+    run.wait().unwrap();
+    kill("-KILL", &sleeper);
+    let leftover = key_files();
+    assert_eq!(leftover.len(), 1);
+    std::fs::write(
+        &xcrun,
+        "#!/bin/sh\necho 'Error: HTTP status code: 401' >&2\nexit 1\n",
+    )
+    .unwrap();
+    let output = start().wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(11), "{stderr}");
+    assert!(stderr.contains("HTTP status code: 401"), "{stderr}");
+    assert!(
+        !leftover[0].exists(),
+        "the next run did not sweep the leftover key"
+    );
+    assert_eq!(key_files(), Vec::<std::path::PathBuf>::new());
+    for secret in ["KEYID12345", "69a6de70", "notreal"] {
+        assert!(!stderr.contains(secret), "{secret} leaked: {stderr}");
+    }
+}

@@ -192,6 +192,7 @@ fn a_tag_never_publishes_unsigned() {
             "APPLE_CERTIFICATE_P12",
             "APPLE_API_KEY_ID",
             "WINDOWS_PKCS11_PIN",
+            "AZURE_CLIENT_ID",
         ] {
             command.env(name, "");
         }
@@ -256,6 +257,18 @@ fn a_tag_never_publishes_unsigned() {
     assert!(out.status.success(), "{}", show(&out));
     assert!(
         written.contains("args=--sign") && written.contains("notarize=false"),
+        "{written}"
+    );
+    // Azure Artifact Signing instead of a token: its own configuration.
+    let (out, written) = run("authenticode", tag, &[("AZURE_CLIENT_ID", "client")]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        written.contains("args=--sign .github/signing-azure.toml"),
+        "{written}"
+    );
+    let (_, written) = run("authenticode", tag, &[("WINDOWS_PKCS11_PIN", "1234")]);
+    assert!(
+        written.contains("args=--sign .github/signing.toml\n"),
         "{written}"
     );
     // Linux has nothing to sign.

@@ -25,6 +25,31 @@ use crate::error::{Error, Result};
 use crate::key::SigningIdentity;
 use crate::timestamp::TimestampConfig;
 
+/// What signs the signed attributes of an Authenticode signature: a key held here (a
+/// [`SigningIdentity`] from a file or a token), or a remote service that signs a digest and
+/// answers with the certificate it signed with (Azure Artifact Signing, whose certificates
+/// live three days). The attributes do not name the certificate, so they can be built
+/// before it is known.
+pub trait AttributeSigner {
+    /// Who signs, for messages (never key material).
+    fn describe(&self) -> String;
+    /// Signs `message` (the DER SET OF the signed attributes) with SHA-256.
+    fn sign_attributes(&self, message: &[u8]) -> Result<Signature>;
+}
+
+/// A signature of the signed attributes and the certificates that vouch for it.
+#[derive(Debug, Clone)]
+pub struct Signature {
+    /// The signature value.
+    pub value: Vec<u8>,
+    /// How it was made (RSA or ECDSA with SHA-256).
+    pub algorithm: x509_certificate::SignatureAlgorithm,
+    /// The signing certificate.
+    pub certificate: CapturedX509Certificate,
+    /// The certificates above it.
+    pub chain: Vec<CapturedX509Certificate>,
+}
+
 /// What goes into a signature besides the file.
 #[derive(Debug, Clone, Default)]
 pub struct SignOptions {
@@ -121,6 +146,15 @@ impl Verified {
 /// signatures are randomized.
 pub fn sign(pe: &[u8], identity: &SigningIdentity, options: &SignOptions) -> Result<Vec<u8>> {
     sign::sign(pe, identity, options)
+}
+
+/// [`sign`] with any [`AttributeSigner`] (a remote signing service).
+pub fn sign_with(
+    pe: &[u8],
+    signer: &dyn AttributeSigner,
+    options: &SignOptions,
+) -> Result<Vec<u8>> {
+    sign::sign(pe, signer, options)
 }
 
 /// Verifies the Authenticode signature of `pe` against `trust`.

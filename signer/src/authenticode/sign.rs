@@ -21,13 +21,14 @@ use super::structures::{
     WIN_CERT_REVISION_2_0, WIN_CERT_TYPE_PKCS_SIGNED_DATA, WIN_CERTIFICATE_HEADER_LEN,
     sha256_algorithm, spc_sp_opus_info, statement_type_individual,
 };
+use super::{AttributeSigner, Signature};
 use crate::error::{Error, Result};
 use crate::key::SigningIdentity;
 use crate::timestamp;
 
 pub(crate) fn sign(
     pe: &[u8],
-    identity: &SigningIdentity,
+    signer: &dyn AttributeSigner,
     options: &SignOptions,
 ) -> Result<Vec<u8>> {
     let image = PeImage::parse(pe)?;
@@ -41,7 +42,7 @@ pub(crate) fn sign(
     let image = PeImage::parse(&out)?;
     let digest = image.digest(&out);
 
-    let signature = signed_data(&digest, identity, options)?;
+    let signature = signed_data(&digest, signer, options)?;
     let table_len = (WIN_CERTIFICATE_HEADER_LEN + signature.len()).next_multiple_of(TABLE_ALIGN);
     let table_start = out.len();
     let (Ok(start), Ok(len), Ok(_)) = (
@@ -77,7 +78,7 @@ pub(crate) fn sign(
 /// The DER ContentInfo holding the SignedData for an image `digest`.
 fn signed_data(
     digest: &[u8; 32],
-    identity: &SigningIdentity,
+    signer: &dyn AttributeSigner,
     options: &SignOptions,
 ) -> Result<Vec<u8>> {
     let indirect = SpcIndirectDataContent {
@@ -116,17 +117,12 @@ fn signed_data(
     // Signed as a DER SET OF (tag 0x31), not as the [0] IMPLICIT it is stored as (RFC 5652
     // §5.4).
     let to_sign = signed_attributes.to_der().map_err(encoding)?;
-    let key = identity.key();
-    let cannot_sign = |e: &dyn std::fmt::Display| {
-        Error::Credentials(format!(
-            "the key of {} could not sign: {e}",
-            identity.describe()
-        ))
-    };
-    let algorithm = key.signature_algorithm().map_err(|e| cannot_sign(&e))?;
-    let signature: Vec<u8> = Signer::try_sign(key, &to_sign)
-        .map_err(|e| cannot_sign(&e))?
-        .into();
+    let Signature {
+        value: signature,
+        algorithm,
+        certificate,
+        chain,
+    } = signer.sign_attributes(&to_sign)?;
     let signature_algorithm = match algorithm {
         // RFC 4055: the parameters of the RSA algorithms are an explicit NULL.
         SignatureAlgorithm::RsaSha256 => AlgorithmIdentifierOwned {
@@ -141,7 +137,7 @@ fn signed_data(
             return Err(Error::Credentials(format!(
                 "the key of {} signs with {other:?}; Authenticode signatures made here use \
                  SHA-256 with RSA or ECDSA P-256 keys",
-                identity.describe()
+                signer.describe()
             )));
         }
     };
@@ -165,7 +161,7 @@ fn signed_data(
         None => None,
     };
 
-    let leaf = x509_cert::Certificate::from_der(identity.certificate().constructed_data())
+    let leaf = x509_cert::Certificate::from_der(certificate.constructed_data())
         .map_err(|e| Error::Credentials(format!("cannot parse the signing certificate: {e}")))?;
     let signer_info = SignerInfo {
         version: CmsVersion::V1,
@@ -181,7 +177,7 @@ fn signed_data(
     };
 
     let mut certificates = vec![CertificateChoices::Certificate(leaf)];
-    for certificate in identity.chain() {
+    for certificate in &chain {
         let certificate = x509_cert::Certificate::from_der(certificate.constructed_data())
             .map_err(|e| Error::Credentials(format!("cannot parse a chain certificate: {e}")))?;
         let choice = CertificateChoices::Certificate(certificate);
@@ -223,4 +219,30 @@ fn attribute(oid: der::asn1::ObjectIdentifier, value: Any) -> Result<Attribute> 
 
 fn encoding(error: der::Error) -> Error {
     Error::Unsupported(format!("cannot encode the Authenticode signature: {error}"))
+}
+
+impl AttributeSigner for SigningIdentity {
+    fn describe(&self) -> String {
+        SigningIdentity::describe(self)
+    }
+
+    fn sign_attributes(&self, message: &[u8]) -> Result<Signature> {
+        let key = self.key();
+        let cannot_sign = |e: &dyn std::fmt::Display| {
+            Error::Credentials(format!(
+                "the key of {} could not sign: {e}",
+                self.describe()
+            ))
+        };
+        let algorithm = key.signature_algorithm().map_err(|e| cannot_sign(&e))?;
+        let value: Vec<u8> = Signer::try_sign(key, message)
+            .map_err(|e| cannot_sign(&e))?
+            .into();
+        Ok(Signature {
+            value,
+            algorithm,
+            certificate: self.certificate().clone(),
+            chain: self.chain().to_vec(),
+        })
+    }
 }

@@ -49,8 +49,8 @@ pub struct Pkcs11Config {
     pub key_label: Option<String>,
     /// The private key's ID (`CKA_ID`); also finds its certificate on the token.
     pub key_id: Option<Vec<u8>>,
-    /// The user PIN. Never printed.
-    pub pin: String,
+    /// The user PIN. Never printed; zeroed when the configuration is dropped.
+    pub pin: zeroize::Zeroizing<String>,
 }
 
 impl std::fmt::Debug for Pkcs11Config {

@@ -1,6 +1,9 @@
-//! Test support (feature `testing`): a throwaway PKI made at test time and an in-process
-//! RFC 3161 time-stamp authority. Never compiled into release binaries.
+//! Test support (feature `testing`): a throwaway PKI made at test time, an in-process
+//! RFC 3161 time-stamp authority and a stand-in for the Azure Artifact Signing service,
+//! both on one small HTTP server ([`http`]). Never compiled into release binaries.
 
+pub mod azure;
+pub mod http;
 pub mod pki;
 pub mod tsa;
 

@@ -1,5 +1,5 @@
-//! An in-process RFC 3161 time-stamp authority for tests: a small HTTP/1.1 server on the
-//! loopback interface that answers time-stamp queries with tokens signed by the test PKI's
+//! An in-process RFC 3161 time-stamp authority for tests: a handler of the test HTTP server
+//! ([`super::http`]) that answers time-stamp queries with tokens signed by the test PKI's
 //! TSA key, as real TSAs do (SignedData over a TSTInfo, the TSA certificate included when
 //! asked, signed attributes contentType, messageDigest and signingCertificateV2), so that
 //! our verifier, OpenSSL, osslsigncode and apple-codesign can all check its tokens.
@@ -7,11 +7,8 @@
 //! Tests can make it misbehave: answer HTTP 503 for the next requests, or sign a token
 //! for another nonce or message once.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
@@ -31,6 +28,7 @@ use x509_certificate::{InMemorySigningKeyPair, Sign, SignatureAlgorithm, Signer}
 use x509_tsp::{Accuracy, TimeStampReq, TspVersion, TstInfo};
 
 use super::TestPki;
+use super::http::{Request, Response, TestServer};
 use crate::timestamp::{
     EssCertIdV2, IssuerSerial, PkiStatusInfo, SigningCertificateV2, TimeStampResp, oid,
 };
@@ -40,10 +38,8 @@ const TEST_POLICY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.3.4.1");
 
 /// A running test TSA; stops when dropped.
 pub struct TestTsa {
-    address: SocketAddr,
+    server: TestServer,
     shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
 }
 
 struct Shared {
@@ -78,28 +74,16 @@ impl TestTsa {
             faults: Mutex::new(Faults::default()),
             extra_certificates: Mutex::new(Vec::new()),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the test TSA");
-        let address = listener.local_addr().expect("the test TSA's address");
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
+        let server = {
             let shared = Arc::clone(&shared);
-            let stop = Arc::clone(&stop);
-            std::thread::Builder::new()
-                .name("test-tsa".into())
-                .spawn(move || serve(listener, &shared, &stop))
-                .expect("start the test TSA thread")
+            TestServer::start("test-tsa", move |request| handle(request, &shared))
         };
-        TestTsa {
-            address,
-            shared,
-            stop,
-            thread: Some(thread),
-        }
+        TestTsa { server, shared }
     }
 
     /// The URL to POST time-stamp queries to.
     pub fn url(&self) -> String {
-        format!("http://{}/", self.address)
+        format!("{}/", self.server.base_url())
     }
 
     /// How many time-stamp queries arrived, answered or failed on purpose.
@@ -138,17 +122,6 @@ impl TestTsa {
     }
 }
 
-impl Drop for TestTsa {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the blocking accept so that the thread sees the stop flag.
-        let _ = TcpStream::connect_timeout(&self.address, Duration::from_secs(1));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 impl std::fmt::Debug for TestTsa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TestTsa")
@@ -158,67 +131,13 @@ impl std::fmt::Debug for TestTsa {
     }
 }
 
-fn serve(listener: TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) {
-    for stream in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(stream) = stream else { continue };
-        let shared = Arc::clone(shared);
-        // One thread per connection: a client that keeps a connection open must not block
-        // the next one.
-        std::thread::spawn(move || {
-            let _ = handle(stream, &shared);
-        });
+fn handle(request: &Request, shared: &Shared) -> Response {
+    if request.method != "POST" {
+        return Response::new("405 Method Not Allowed", "text/plain", "POST only\n");
     }
-}
-
-fn handle(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line)? == 0 {
-        return Ok(());
+    if request.body.len() > 64 * 1024 {
+        return Response::new("413 Payload Too Large", "text/plain", "too large\n");
     }
-    let mut content_length = 0usize;
-    let mut expect_continue = false;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                content_length = value.parse().unwrap_or(0);
-            } else if name.eq_ignore_ascii_case("expect") {
-                expect_continue = value.eq_ignore_ascii_case("100-continue");
-            }
-        }
-    }
-    if !request_line.starts_with("POST ") {
-        return write_response(
-            &mut writer,
-            "405 Method Not Allowed",
-            "text/plain",
-            b"POST only\n",
-        );
-    }
-    if content_length > 64 * 1024 {
-        return write_response(
-            &mut writer,
-            "413 Payload Too Large",
-            "text/plain",
-            b"too large\n",
-        );
-    }
-    if expect_continue {
-        writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-    }
-    let mut body = vec![0; content_length];
-    reader.read_exact(&mut body)?;
-
     shared.requests.fetch_add(1, Ordering::SeqCst);
     let faults = {
         let mut faults = shared.faults.lock().expect("test TSA state");
@@ -230,36 +149,17 @@ fn handle(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         }
     };
     let Some(faults) = faults else {
-        return write_response(
-            &mut writer,
+        return Response::new(
             "503 Service Unavailable",
             "text/plain",
-            b"unavailable on purpose\n",
+            "unavailable on purpose\n",
         );
     };
-    let answer = answer(shared, &body, &faults);
-    write_response(
-        &mut writer,
+    Response::new(
         "200 OK",
         "application/timestamp-reply",
-        &answer,
+        answer(shared, &request.body, &faults),
     )
-}
-
-fn write_response(
-    writer: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &[u8],
-) -> std::io::Result<()> {
-    write!(
-        writer,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    )?;
-    writer.write_all(body)?;
-    writer.flush()
 }
 
 /// The DER `TimeStampResp` for a query: a token, or a rejection when the query is not one.
