@@ -390,3 +390,65 @@ fn a_packed_stub_signed_by_our_signer_verifies_and_yields_its_payload() {
 
     assert_payload_survived_signing(&packing, &packed, &signed, "signed-by-us");
 }
+
+/// The stub carries what Explorer, SmartScreen and signing services read: VERSIONINFO with
+/// the server's one version, product and company, and an application manifest that runs
+/// it as the invoking user with UTF-8 and long paths. Packing and signing keep both.
+#[test]
+fn the_stub_carries_its_version_info_and_manifest_through_packing_and_signing() {
+    let check = |data: &[u8], label: &str| {
+        let pe = goblin::pe::PE::parse(data).unwrap();
+        let resources = pe
+            .resource_data
+            .as_ref()
+            .unwrap_or_else(|| panic!("{label}: no resources"));
+        let version = resources
+            .version_info
+            .as_ref()
+            .unwrap_or_else(|| panic!("{label}: no VERSIONINFO"));
+        let strings = &version.string_info;
+        assert_eq!(
+            strings.product_version().as_deref(),
+            Some(openwork_payload::SERVER_VERSION),
+            "{label}"
+        );
+        assert_eq!(
+            strings.file_version().as_deref(),
+            Some(openwork_payload::SERVER_VERSION),
+            "{label}"
+        );
+        assert_eq!(strings.product_name().as_deref(), Some("OpenWork Server"));
+        assert_eq!(strings.company_name().as_deref(), Some("OpenWork"));
+        assert_eq!(
+            strings.original_filename().as_deref(),
+            Some("openwork-server-v2.exe")
+        );
+        let fixed = version.fixed_info.as_ref().expect("VS_FIXEDFILEINFO");
+        let numeric: Vec<&str> = openwork_payload::SERVER_VERSION.split('.').collect();
+        assert_eq!(
+            fixed.file_version().to_string(),
+            format!("{}.{}.{}.0", numeric[0], numeric[1], numeric[2]),
+            "{label}"
+        );
+        let manifest = resources
+            .manifest_data
+            .as_ref()
+            .unwrap_or_else(|| panic!("{label}: no application manifest"));
+        let manifest = std::str::from_utf8(manifest.data).unwrap();
+        for needle in [
+            r#"level="asInvoker""#,
+            "<activeCodePage",
+            ">UTF-8<",
+            "<longPathAware",
+        ] {
+            assert!(manifest.contains(needle), "{label}: {needle} in {manifest}");
+        }
+    };
+    check(stub(), "the stub");
+    let packing = Packing::new();
+    let packed = pack(&packing, stub());
+    check(&packed, "the packed stub");
+    let pki = TestPki::generate(KeyKind::Rsa2048);
+    let signed = authenticode::sign(&packed, &pki.identity(), &SignOptions::default()).unwrap();
+    check(&signed, "the signed stub");
+}

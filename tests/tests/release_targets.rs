@@ -133,6 +133,22 @@ fn check_release(target: &str, stand_in: Option<&Path>, stub: &Path, dist: &Path
         serde_json::to_value(spec.format).unwrap()
     );
     assert_eq!(inspected["arch"], serde_json::to_value(spec.arch).unwrap());
+    // Windows artifacts, x64 and Arm64 alike, say what they are in file properties
+    // (runtime/build.rs; tests/tests/pe.rs checks the rest of the resource).
+    if spec.format == openwork_payload::container::ExecutableFormat::Pe {
+        let data = std::fs::read(&artifact).unwrap();
+        let pe = goblin::pe::PE::parse(&data).unwrap();
+        let version = pe
+            .resource_data
+            .as_ref()
+            .and_then(|r| r.version_info.as_ref())
+            .and_then(|v| v.string_info.product_version());
+        assert_eq!(
+            version.as_deref(),
+            Some(openwork_payload::SERVER_VERSION),
+            "{target}: VERSIONINFO"
+        );
+    }
     let files = &inspected["manifest"]["files"];
     for sidecar in ["opencode", "opencode-router"] {
         assert_eq!(
