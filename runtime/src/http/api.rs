@@ -10,12 +10,14 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::auth::{Access, Tokens};
+use super::auth::{Access, Caller, Tokens};
 use super::model;
 use super::proxy::{self, Proxy, Upstream};
 use super::response::{self, ResponseBody};
-use super::server::ConnectionTicket;
+use super::server::{ConnectionTicket, FailureCounts};
 use super::sse;
+use crate::remote::RemoteState;
+use crate::remote::pairing::Refusal;
 use crate::supervisor::Supervisor;
 use crate::supervisor::events::EventKind;
 use crate::workspace::{ActiveWorkspace, Workspace};
@@ -66,6 +68,23 @@ pub struct AppState {
     pub shutdown: watch::Sender<bool>,
     /// The opencode proxy: its limits and its pool of connections to opencode.
     pub proxy: Proxy,
+    /// Pairing, paired devices, and where the server listens.
+    pub remote: RemoteState,
+    /// Connection failures, for the health panel.
+    pub failures: FailureCounts,
+    /// When the server started.
+    pub started: std::time::Instant,
+}
+
+impl AppState {
+    /// `https` when the server speaks TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.remote.fingerprint.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// Which names a request may address the server by (its `Host` header).
@@ -226,26 +245,45 @@ async fn route(
     let path = request.uri().path().to_string();
     let method = request.method().clone();
 
-    let access = state.tokens.access(request.headers());
+    let Caller { access, device } = state.tokens.authenticate(request.headers());
+    let mut request = request;
     if access != Access::None
         && let Some(ticket) = request.extensions().get::<Arc<ConnectionTicket>>()
     {
         ticket.authenticated();
+        // Revoking the device closes this connection (and its streams) too.
+        if let Some(device) = &device {
+            state.remote.devices.bind_connection(&device.id, ticket);
+        }
+    }
+    if let Some(device) = device {
+        // For the connections that leave HTTP behind (WebSockets): they end on revocation.
+        request
+            .extensions_mut()
+            .insert(proxy::Revocation(device.revoked));
     }
 
-    // The handshake and the health overview need no token (pids only with one).
+    // The handshake, the health overview and pairing need no token (pids only with one).
     match path.as_str() {
         "/health" => return only(&method, &[Method::GET], || health(state)),
         "/openapi.json" => return only(&method, &[Method::GET], openapi_json),
         "/system/health" => {
-            return only(&method, &[Method::GET], || {
-                system_health(state, access != Access::None)
-            });
+            return only(&method, &[Method::GET], || system_health(state, access));
+        }
+        "/pair" => {
+            return match method {
+                Method::POST => pair(request, state, peer).await,
+                _ => method_not_allowed(&[Method::POST]),
+            };
         }
         _ => {}
     }
 
     if access == Access::None {
+        state
+            .failures
+            .unauthorized
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut response = response::error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -285,6 +323,11 @@ async fn route(
             _ => method_not_allowed(&[Method::GET, Method::PUT]),
         },
         ["capabilities"] => only(&method, &[Method::GET], || capabilities(state)),
+        ["system", "pairing"] => only(&method, &[Method::POST], || create_pairing(state, host)),
+        ["system", "devices"] => only(&method, &[Method::GET], || list_devices(state, host)),
+        ["system", "devices", id] => only(&method, &[Method::DELETE], || {
+            revoke_device(state, host, id)
+        }),
         _ => response::error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -463,19 +506,19 @@ pub(super) fn health(state: &AppState) -> Response<ResponseBody> {
     )
 }
 
-/// `with_pids`: only for a caller with a token; pids tell another local user which processes
-/// to watch.
+/// Pids only for a caller with a token (pids tell another local user which processes to
+/// watch); the health panel only for the host.
 #[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/system/health", tag = "system",
-    summary = "Every sidecar's state; with a token, their pids too",
+    summary = "Every sidecar's state; with a token, their pids; with the host token, the health panel",
     responses((status = 200, description = "The overview", body = model::SystemHealth)),
     security((), ("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
 ))]
-pub(super) fn system_health(state: &AppState, with_pids: bool) -> Response<ResponseBody> {
-    let sidecars = state
-        .supervisor
-        .statuses()
-        .into_iter()
+pub(super) fn system_health(state: &AppState, access: Access) -> Response<ResponseBody> {
+    let with_pids = access != Access::None;
+    let statuses = state.supervisor.statuses();
+    let sidecars = statuses
+        .iter()
         .map(|s| {
             let entry = model::SidecarHealth {
                 state: s.state,
@@ -484,15 +527,37 @@ pub(super) fn system_health(state: &AppState, with_pids: bool) -> Response<Respo
             (s.name.to_string(), entry)
         })
         .collect();
+    let panel = (access == Access::Host).then(|| {
+        use std::sync::atomic::Ordering::Relaxed;
+        let failures = &state.failures;
+        model::HealthPanel {
+            uptime_ms: state.started.elapsed().as_millis() as u64,
+            sidecars: statuses,
+            devices_seen_recently: state
+                .remote
+                .devices
+                .seen_since(crate::supervisor::events::unix_ms().saturating_sub(RECENTLY_MS)),
+            connection_failures: model::ConnectionFailures {
+                tls_handshake: failures.tls_handshake.load(Relaxed),
+                unauthorized: failures.unauthorized.load(Relaxed),
+                pairing_refused: failures.pairing_refused.load(Relaxed),
+                refused_connections: failures.refused_connections.load(Relaxed),
+            },
+        }
+    });
     response::json(
         StatusCode::OK,
         &model::SystemHealth {
             healthy: state.supervisor.opencode_healthy(),
             version: state.version.to_string(),
             sidecars,
+            panel,
         },
     )
 }
+
+/// "Seen recently" on the health panel: the last 15 minutes.
+const RECENTLY_MS: u64 = 15 * 60 * 1000;
 
 #[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/openapi.json", tag = "handshake",
@@ -533,7 +598,7 @@ fn base_url(state: &AppState, headers: &http::HeaderMap) -> String {
         .and_then(|h| h.parse::<http::uri::Authority>().ok())
         .filter(|a| !a.as_str().contains('@'));
     match host {
-        Some(authority) => format!("http://{authority}"),
+        Some(authority) => format!("{}://{authority}", state.scheme()),
         None => state.base_url.clone(),
     }
 }
@@ -603,6 +668,58 @@ pub(super) fn active_workspace(
 
 /// The largest `PUT /workspaces/active` body read: a path and some JSON around it.
 const MAX_SWITCH_BODY: usize = 64 * 1024;
+/// The largest `POST /pair` body read: a code and a device name.
+const MAX_PAIR_BODY: usize = 4 * 1024;
+
+/// Reads a JSON request body of at most `limit` bytes as `T`; else the answer to give (415
+/// for another content type, 413 when too large, 400 when unreadable or not a `T`, with
+/// `example` in the message).
+async fn read_json<T: serde::de::DeserializeOwned>(
+    headers: &http::HeaderMap,
+    body: Incoming,
+    limit: usize,
+    example: &str,
+) -> Result<T, Response<ResponseBody>> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !is_json {
+        return Err(response::error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            &format!("send the body as Content-Type: application/json, e.g. {example}"),
+        ));
+    }
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(response::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                &format!("the body exceeds {} KiB", limit / 1024),
+            ));
+        }
+        Err(_) => {
+            return Err(response::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request body could not be read",
+            ));
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        response::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("the body must be like {example}: {e}"),
+        )
+    })
+}
 
 /// `PUT /workspaces/active` (host token, checked by the caller): switch, tell
 /// `/system/events`, restart the router in the new directory.
@@ -626,52 +743,17 @@ pub(super) async fn switch_workspace(
     request: Request<Incoming>,
     state: &AppState,
 ) -> Response<ResponseBody> {
-    let is_json = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-        });
-    if !is_json {
-        return response::error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as Content-Type: application/json, e.g. {\"directory\": \"/home/me/project\"}",
-        );
-    }
     let (parts, body) = request.into_parts();
-    let bytes = match http_body_util::Limited::new(body, MAX_SWITCH_BODY)
-        .collect()
-        .await
+    let switch: model::SwitchWorkspace = match read_json(
+        &parts.headers,
+        body,
+        MAX_SWITCH_BODY,
+        "{\"directory\": \"/home/me/project\"}",
+    )
+    .await
     {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return response::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                &format!("the body exceeds {} KiB", MAX_SWITCH_BODY / 1024),
-            );
-        }
-        Err(_) => {
-            return response::error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "the request body could not be read",
-            );
-        }
-    };
-    let switch: model::SwitchWorkspace = match serde_json::from_slice(&bytes) {
         Ok(switch) => switch,
-        Err(e) => {
-            return response::error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                &format!("the body must be {{\"directory\": \"<absolute path>\"}}: {e}"),
-            );
-        }
+        Err(answer) => return answer,
     };
     let active = state.workspace.clone();
     let switched = tokio::task::spawn_blocking(move || active.switch(&switch.directory)).await;
@@ -757,6 +839,170 @@ pub(super) fn capabilities(state: &AppState) -> Response<ResponseBody> {
             mcp: access(true, true),
         },
     )
+}
+
+#[cfg_attr(feature = "openapi", utoipa::path(
+    post, path = "/system/pairing", tag = "devices",
+    summary = "A pairing code for one new device (host token)",
+    description = "The code is single use, valid for 5 minutes, and burned by 5 wrong guesses; asking again replaces it. `url` carries address, port, code and certificate fingerprint (for a QR code); `openwork-server-v2 pair` asks for one and prints all three.",
+    responses(
+        (status = 201, description = "The code", body = model::PairingCode),
+        (status = 403, description = "`host_token_required`", body = model::ErrorBody),
+    ),
+    security(("hostToken" = [])),
+))]
+pub(super) fn create_pairing(state: &AppState, host: bool) -> Response<ResponseBody> {
+    if !host {
+        return host_token_required();
+    }
+    let issued = state.remote.pairing.issue();
+    let addresses = state.remote.addresses();
+    tracing::info!(
+        valid_for_s = issued.valid_for.as_secs(),
+        "pairing code issued"
+    );
+    response::json(
+        StatusCode::CREATED,
+        &model::PairingCode {
+            url: state.remote.pairing_url(addresses[0], &issued.code),
+            code: issued.code,
+            expires_in_seconds: issued.valid_for.as_secs(),
+            fingerprint: state.remote.fingerprint.clone(),
+            addresses: addresses.iter().map(ToString::to_string).collect(),
+        },
+    )
+}
+
+#[cfg_attr(feature = "openapi", utoipa::path(
+    post, path = "/pair", tag = "devices",
+    summary = "Pair this device with a code the host showed: its own token (no token needed)",
+    description = "Every refusal is the same 401 `pairing_refused` (wrong, expired, used or burned code), so a guesser learns nothing; the server's log says which, with the caller's address. Store the token: it is shown once.",
+    request_body(content = model::PairRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Paired", body = model::Paired),
+        (status = 400, description = "`bad_request`: not `{code, deviceName}`, or an unusable name", body = model::ErrorBody),
+        (status = 401, description = "`pairing_refused`", body = model::ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 4 KiB", body = model::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = model::ErrorBody),
+        (status = 500, description = "`devices_not_saved`: nothing was paired (the code is used up)", body = model::ErrorBody),
+    ),
+    security(()),
+))]
+pub(super) async fn pair(
+    request: Request<Incoming>,
+    state: &AppState,
+    peer: SocketAddr,
+) -> Response<ResponseBody> {
+    let (parts, body) = request.into_parts();
+    let asked: model::PairRequest = match read_json(
+        &parts.headers,
+        body,
+        MAX_PAIR_BODY,
+        "{\"code\": \"ABCD-EFGH\", \"deviceName\": \"My phone\"}",
+    )
+    .await
+    {
+        Ok(asked) => asked,
+        Err(answer) => return answer,
+    };
+    if let Err(refusal) = state.remote.pairing.redeem(&asked.code) {
+        state
+            .failures
+            .pairing_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reason = refusal.describe();
+        if refusal == Refusal::Burned {
+            tracing::warn!(%peer, "pairing code burned: {reason}");
+        } else {
+            tracing::warn!(%peer, "pairing refused: {reason}");
+        }
+        return response::error(
+            StatusCode::UNAUTHORIZED,
+            "pairing_refused",
+            "the pairing code is wrong, expired or used; ask the host for a new one (`openwork-server-v2 pair`)",
+        );
+    }
+    match state.remote.devices.add(&asked.device_name) {
+        Ok((device, token)) => {
+            tracing::info!(%peer, device = %device.id, "device paired");
+            response::json(
+                StatusCode::CREATED,
+                &model::Paired {
+                    device_id: device.id,
+                    name: device.name,
+                    token,
+                },
+            )
+        }
+        Err(e @ crate::remote::devices::AddError::BadName) => {
+            response::error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string())
+        }
+        Err(e) => response::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "devices_not_saved",
+            &e.to_string(),
+        ),
+    }
+}
+
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/system/devices", tag = "devices",
+    summary = "Paired devices: id, name, when paired and last seen (host token)",
+    responses(
+        (status = 200, description = "The devices", body = model::Devices),
+        (status = 403, description = "`host_token_required`", body = model::ErrorBody),
+    ),
+    security(("hostToken" = [])),
+))]
+pub(super) fn list_devices(state: &AppState, host: bool) -> Response<ResponseBody> {
+    if !host {
+        return host_token_required();
+    }
+    response::json(
+        StatusCode::OK,
+        &model::Devices {
+            items: state.remote.devices.list(),
+        },
+    )
+}
+
+#[cfg_attr(feature = "openapi", utoipa::path(
+    delete, path = "/system/devices/{id}", tag = "devices",
+    summary = "Revoke a device (host token): its token fails at once, its streams and WebSockets are closed",
+    params(("id" = String, Path, description = "The device's id")),
+    responses(
+        (status = 200, description = "Revoked", body = model::Revoked),
+        (status = 403, description = "`host_token_required`", body = model::ErrorBody),
+        (status = 404, description = "`unknown_device`", body = model::ErrorBody),
+        (status = 500, description = "`devices_not_saved`: nothing was revoked", body = model::ErrorBody),
+    ),
+    security(("hostToken" = [])),
+))]
+pub(super) fn revoke_device(state: &AppState, host: bool, id: &str) -> Response<ResponseBody> {
+    if !host {
+        return host_token_required();
+    }
+    match state.remote.devices.revoke(id) {
+        Ok(true) => {
+            tracing::info!(device = %id, "device revoked");
+            response::json(
+                StatusCode::OK,
+                &model::Revoked {
+                    revoked: id.to_string(),
+                },
+            )
+        }
+        Ok(false) => response::error(
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+            &format!("no paired device {id:?}; see GET /system/devices"),
+        ),
+        Err(e) => response::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "devices_not_saved",
+            &format!("the devices file could not be written ({e}); nothing was revoked, try again"),
+        ),
+    }
 }
 
 #[cfg_attr(feature = "openapi", utoipa::path(
