@@ -2,7 +2,7 @@
 //! SHA-256, whatever name or CA it claims. The verifier is written here again, apart from
 //! the server's own (`openwork_runtime::remote::tls`), so a bug there cannot hide here.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +105,7 @@ pub fn pinned_client(sha256: &str) -> reqwest::blocking::Client {
 pub fn connect(port: u16, sha256: &str) -> std::io::Result<TlsStream> {
     let tcp = TcpStream::connect(("127.0.0.1", port))?;
     tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+    tcp.set_nodelay(true)?;
     let connection = ClientConnection::new(
         Arc::new(pinned_config(sha256)),
         ServerName::try_from("localhost").unwrap(),
@@ -133,25 +134,7 @@ pub fn open(
     stream.write_all(body).unwrap();
     stream.flush().unwrap();
     let mut reader = BufReader::new(stream);
-    let mut status_line = String::new();
-    reader.read_line(&mut status_line).unwrap();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {status_line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-        }
-    }
+    let (status, headers) = crate::http::read_head(&mut reader).unwrap();
     (status, headers, reader)
 }
 

@@ -22,6 +22,8 @@ use utoipa::OpenApi;
 #[cfg(feature = "openapi")]
 use super::api;
 #[cfg(feature = "openapi")]
+use super::devices;
+#[cfg(feature = "openapi")]
 use super::model;
 #[cfg(feature = "openapi")]
 use crate::supervisor;
@@ -50,10 +52,10 @@ const CHECKED_IN: &str = include_str!("../../../docs/openapi.json");
         api::active_workspace,
         api::switch_workspace,
         api::capabilities,
-        api::create_pairing,
-        api::pair,
-        api::list_devices,
-        api::revoke_device,
+        devices::create_pairing,
+        devices::pair,
+        devices::list_devices,
+        devices::revoke_device,
         api::proxy_to_opencode,
     ),
     components(schemas(
