@@ -140,6 +140,9 @@ pub enum LogFormat {
 }
 
 /// Subcommands.
+// Parsed once per process: the size of the serve flags (larger with Windows paths) does
+// not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default when no subcommand is given)
