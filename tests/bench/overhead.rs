@@ -476,7 +476,8 @@ pub fn tls_rows(figures: &Figures, handshake: &Stats) -> Vec<Row> {
             ms(handshake.median_ms),
         )
         .note(format!(
-            "TCP connect + TLS 1.3 handshake (ECDSA P-256, pinned), one after another on              loopback; p99 {:.3} ms",
+            "TCP connect + TLS 1.3 handshake (ECDSA P-256, pinned), one after another on \
+             loopback; p99 {:.3} ms",
             handshake.p99_ms
         )),
         Row::info(
@@ -487,7 +488,9 @@ pub fn tls_rows(figures: &Figures, handshake: &Stats) -> Vec<Row> {
             ms(figures.proxied.median_ms - figures.direct.median_ms),
         )
         .note(format!(
-            "GET /opencode/global/health over TLS minus the same over plain HTTP, two              servers side by side, {CONNECTIONS} keep-alive connections each, {ROUNDS} rounds              ordered ABBA; p50 {:.3} ms vs {:.3} ms, p99 {:.3} ms vs {:.3} ms",
+            "GET /opencode/global/health over TLS minus the same over plain HTTP, two servers \
+             side by side, {CONNECTIONS} keep-alive connections each, {ROUNDS} rounds ordered \
+             ABBA; p50 {:.3} ms vs {:.3} ms, p99 {:.3} ms vs {:.3} ms",
             figures.proxied.median_ms,
             figures.direct.median_ms,
             figures.proxied.p99_ms,
