@@ -599,3 +599,85 @@ fn mdns_announces_a_remote_server_and_discover_finds_it_across_network_namespace
         "still advertised after stop: {after:?}"
     );
 }
+
+#[test]
+fn opencodes_published_sdk_works_over_https_through_the_proxy() {
+    // The real opencode (the pinned one, from the cache the release tests fill), behind a
+    // server that speaks TLS; node trusts the generated certificate and nothing else.
+    if Command::new("node").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "node is needed for the SDK-over-HTTPS test"
+        );
+        eprintln!("SKIPPED (loudly): node is not installed");
+        return;
+    }
+    let target = openwork_payload::targets::host().expect("a known host target");
+    let opencode = openwork_packager::fetch::ensure_pinned_opencode(&target.name).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        ServerBuilder::executable(&openwork_tests::host_bin("openwork-server-v2"), dir.path())
+            .isolated_home()
+            .arg("--sidecar")
+            .arg(format!("opencode={}", opencode.display()))
+            .arg("--tls")
+            .arg("on")
+            .start();
+    let port = server.ready["port"].as_u64().unwrap();
+    assert!(
+        server.ready["tlsFingerprint"].is_string(),
+        "{}",
+        server.ready
+    );
+    let cert = server.data_dir.join("tls/cert.pem");
+    let url = format!("https://localhost:{port}");
+
+    let client_dir = openwork_tests::workspace_root().join("clients/typescript");
+    let npm = |args: &[&str]| {
+        let output = output_of(Command::new("npm").args(args).current_dir(&client_dir));
+        assert!(
+            output.status.success(),
+            "{}",
+            openwork_tests::fixtures::describe(&output)
+        );
+    };
+    if !client_dir.join("node_modules").exists() {
+        npm(&["ci", "--no-audit", "--no-fund"]);
+    }
+    npm(&["run", "build"]);
+    let node = |extra_ca: Option<&Path>| {
+        let mut command = Command::new("node");
+        command
+            .arg("test/e2e.mjs")
+            .current_dir(&client_dir)
+            .env("OPENWORK_URL", &url)
+            .env("OPENWORK_TOKEN", &server.token)
+            .env_remove("NODE_TLS_REJECT_UNAUTHORIZED");
+        match extra_ca {
+            Some(cert) => command.env("NODE_EXTRA_CA_CERTS", cert),
+            None => command.env_remove("NODE_EXTRA_CA_CERTS"),
+        };
+        output_of(&mut command)
+    };
+    let trusted = node(Some(&cert));
+    let out = String::from_utf8_lossy(&trusted.stdout).into_owned();
+    assert!(
+        trusted.status.success(),
+        "{}\nserver:\n{}",
+        openwork_tests::fixtures::describe(&trusted),
+        server.stderr()
+    );
+    let seen: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(seen["baseUrl"], format!("{url}/opencode"), "{seen}");
+    assert!(
+        seen["sessionTitle"].as_str().unwrap().starts_with("e2e "),
+        "{seen}"
+    );
+    assert_eq!(seen["firstEvent"], "snapshot", "{seen}");
+    // Without the certificate, node refuses the server.
+    let refused = node(None);
+    assert!(
+        !refused.status.success(),
+        "node accepted an unknown certificate"
+    );
+}
