@@ -17,3 +17,6 @@ pub const OPENWORK_SERVER_V2_SUPERVISOR: &str = "OPENWORK_SERVER_V2_SUPERVISOR";
 /// Origins allowed to call the server from a browser, comma separated (instead of
 /// `--cors-origin`).
 pub const OPENWORK_CORS_ORIGINS: &str = "OPENWORK_CORS_ORIGINS";
+/// How long a pairing code stays valid, in milliseconds (default 300000: five minutes); for
+/// tests, which cannot wait five minutes to see a code expire.
+pub const OPENWORK_SERVER_V2_PAIRING_TTL_MS: &str = "OPENWORK_SERVER_V2_PAIRING_TTL_MS";

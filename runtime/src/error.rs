@@ -101,6 +101,9 @@ pub enum Error {
         /// What to do about it.
         fix: String,
     },
+    /// Remote access without TLS, or a TLS certificate or key that cannot be used.
+    #[error("{0}")]
+    InsecureTransport(String),
     /// No platform data directory could be determined.
     #[error(
         "cannot determine a data directory for this user; pass --data-dir or set OPENWORK_DATA_DIR"
@@ -130,6 +133,7 @@ impl Error {
             Error::AddressUnavailable { .. } => ExitCode::AddressUnavailable,
             Error::SidecarFailed(_) => ExitCode::SidecarFailed,
             Error::Untrusted { .. } => ExitCode::Untrusted,
+            Error::InsecureTransport(_) => ExitCode::InsecureTransport,
         }
     }
 }

@@ -17,6 +17,10 @@
 //!   token                             the generated client token (0600), if none was given
 //!   host-token                        the generated host token (0600), if none was given
 //!   opencode-router.json              present = run opencode-router (its settings)
+//!   tls/cert.pem, tls/key.pem         the self-signed certificate of remote access (key 0600)
+//!   devices.json                      paired devices: name, times, SHA-256 of their token (0600)
+//!   server.json                       the running server's URL and certificate fingerprint,
+//!                                     for local commands (`pair`); removed at stop (0600)
 //! ```
 //!
 //! `<digest16>` is the first 16 hex digits of the manifest's SHA-256, which covers every
@@ -53,6 +57,17 @@ pub const HOST_TOKEN_FILE: &str = "host-token";
 pub const WORKSPACE_FILE: &str = "workspace.json";
 /// opencode-router's configuration: when it exists, the router runs.
 pub const ROUTER_CONFIG_FILE: &str = "opencode-router.json";
+
+/// Directory of the generated TLS certificate and key.
+pub const TLS_DIR: &str = "tls";
+/// The generated certificate (PEM), in [`TLS_DIR`].
+pub const TLS_CERT_FILE: &str = "cert.pem";
+/// The generated certificate's private key (PEM, 0600), in [`TLS_DIR`].
+pub const TLS_KEY_FILE: &str = "key.pem";
+/// Paired devices (never their tokens: SHA-256 digests only).
+pub const DEVICES_FILE: &str = "devices.json";
+/// Where the running server says how local commands reach it.
+pub const SERVER_FILE: &str = "server.json";
 
 /// Resolved paths for one data directory.
 #[derive(Debug, Clone)]

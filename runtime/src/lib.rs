@@ -10,6 +10,7 @@
 //! - [`gc`]: removal of unused runtimes and abandoned temp directories.
 //! - [`trust`]: what on disk is trusted (ours, private), and creating files safely.
 //! - [`workspace`]: the active workspace, switchable at run time and remembered.
+//! - [`remote`]: remote access: TLS, pairing, per-device tokens, LAN discovery.
 //! - [`env_vars`]: the documented environment (exit codes are shared with the packager:
 //!   [`openwork_payload::ExitCode`]).
 //!
@@ -24,6 +25,7 @@ pub mod install;
 pub mod layout;
 pub mod lock;
 pub mod process;
+pub mod remote;
 pub mod serve;
 pub mod source;
 pub mod stamp;

@@ -28,7 +28,7 @@
 //!
 //! The client is a plain blocking one over `std::net`, not the server's code.
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -67,7 +67,13 @@ pub struct Side {
     pub authorization: String,
     /// Processes whose CPU time is counted over this side's rounds, with a name.
     pub processes: Vec<(&'static str, u32)>,
+    /// TLS, pinning the certificate with this SHA-256; `None` for plain HTTP.
+    pub tls: Option<String>,
 }
+
+/// A connection of the load client: TCP, or TLS over it.
+trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
 
 /// What one side measured, over all its timed rounds.
 #[derive(Default)]
@@ -351,7 +357,8 @@ fn run_round(side: &Side, requests: usize, connections: usize) -> anyhow::Result
         .map(|i| {
             let share = requests / connections + usize::from(i < requests % connections);
             let (request, start, addr) = (request.clone(), start.clone(), side.addr);
-            std::thread::spawn(move || connection(addr, &request, share, &start))
+            let tls = side.tls.clone();
+            std::thread::spawn(move || connection(addr, tls.as_deref(), &request, share, &start))
         })
         .collect();
     let cpu_before = cpu_times(side)?;
@@ -387,11 +394,12 @@ fn run_round(side: &Side, requests: usize, connections: usize) -> anyhow::Result
 /// it (it is then opened again).
 fn connection(
     addr: SocketAddr,
+    tls: Option<&str>,
     request: &[u8],
     requests: usize,
     start: &Barrier,
 ) -> anyhow::Result<(Vec<Duration>, usize)> {
-    let mut stream = Some(open(addr)?);
+    let mut stream = Some(open(addr, tls)?);
     start.wait();
     let mut latencies = Vec::with_capacity(requests);
     let mut reconnects = 0;
@@ -400,7 +408,7 @@ fn connection(
             Some(reader) => reader,
             None => {
                 reconnects += 1;
-                stream.insert(open(addr)?)
+                stream.insert(open(addr, tls)?)
             }
         };
         let sent = Instant::now();
@@ -432,11 +440,69 @@ fn connection(
     Ok((latencies, reconnects))
 }
 
-fn open(addr: SocketAddr) -> anyhow::Result<BufReader<TcpStream>> {
+fn open(addr: SocketAddr, tls: Option<&str>) -> anyhow::Result<BufReader<Box<dyn Conn>>> {
+    if let Some(sha256) = tls {
+        let stream = openwork_tests::tls::connect(addr.port(), sha256)
+            .with_context(|| format!("TLS to {addr}"))?;
+        return Ok(BufReader::new(Box::new(stream)));
+    }
     let stream = TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(READ_TIMEOUT))?;
-    Ok(BufReader::new(stream))
+    Ok(BufReader::new(Box::new(stream)))
+}
+
+/// How long `count` TLS connections to `port` take to connect and finish the handshake,
+/// one after another.
+pub fn handshakes(port: u16, sha256: &str, count: usize) -> anyhow::Result<Stats> {
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let began = Instant::now();
+        let stream = openwork_tests::tls::connect(port, sha256).context("TLS handshake")?;
+        times.push(began.elapsed());
+        drop(stream);
+    }
+    Ok(Stats::of(&times))
+}
+
+/// The TLS rows: handshake time, and a TLS front door against a plain one (`Figures` of
+/// [`measure`] with the plain server as the direct side and the TLS server as the proxied
+/// one, both through `/opencode/*`).
+pub fn tls_rows(figures: &Figures, handshake: &Stats) -> Vec<Row> {
+    let ms = Quantity::ms;
+    vec![
+        Row::info(
+            format!("TLS: handshake, p50 of {}", handshake.n),
+            ms(handshake.median_ms),
+        )
+        .note(format!(
+            "TCP connect + TLS 1.3 handshake (ECDSA P-256, pinned), one after another on \
+             loopback; p99 {:.3} ms",
+            handshake.p99_ms
+        )),
+        Row::info(
+            format!(
+                "TLS: added latency, p50 of {} proxied requests",
+                figures.requests_per_side
+            ),
+            ms(figures.proxied.median_ms - figures.direct.median_ms),
+        )
+        .note(format!(
+            "GET /opencode/global/health over TLS minus the same over plain HTTP, two servers \
+             side by side, {CONNECTIONS} keep-alive connections each, {ROUNDS} rounds ordered \
+             ABBA; p50 {:.3} ms vs {:.3} ms, p99 {:.3} ms vs {:.3} ms",
+            figures.proxied.median_ms,
+            figures.direct.median_ms,
+            figures.proxied.p99_ms,
+            figures.direct.p99_ms
+        )),
+        Row::info(
+            "TLS: throughput over TLS, requests/s",
+            Quantity::count(figures.proxied_rps.round() as u64),
+        )
+        .against(Quantity::count(figures.direct_rps.round() as u64))
+        .note("baseline: the same requests to a plain-HTTP server at the same time"),
+    ]
 }
 
 /// Sockets in TIME-WAIT whose local or remote port is `port`, IPv4 and IPv6.

@@ -2,7 +2,7 @@
 //! connection, `Content-Length` and chunked responses, and a streaming reader for SSE.
 //! Deliberately not the server's own client code, so a bug there cannot hide here.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -105,7 +105,7 @@ pub fn try_open(
 
 /// Reads a whole body after [`try_open`]: by `Content-Length`, chunked, or to the end.
 pub fn read_body(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut impl BufRead,
     method: &str,
     status: u16,
     headers: &[(String, String)],
@@ -204,7 +204,7 @@ fn open(
 
 /// Reads a response head: the status and the headers (names lower-cased), leaving the
 /// reader at the body (for a client that keeps its connection, as the benchmarks' does).
-pub fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<(u16, Vec<(String, String)>)> {
+pub fn read_head(reader: &mut impl BufRead) -> io::Result<(u16, Vec<(String, String)>)> {
     let mut status_line = String::new();
     reader.read_line(&mut status_line)?;
     let status = status_line

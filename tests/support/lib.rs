@@ -8,6 +8,7 @@ pub mod fixtures;
 pub mod http;
 pub mod release;
 pub mod server;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

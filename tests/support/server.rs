@@ -20,6 +20,8 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A server about to be started.
 pub struct ServerBuilder {
+    /// A program that runs the server (`ip netns exec <ns>`): program and its arguments.
+    wrapper: Option<(PathBuf, Vec<OsString>)>,
     exe: PathBuf,
     dir: PathBuf,
     args: Vec<OsString>,
@@ -74,6 +76,7 @@ impl ServerBuilder {
         )
         .unwrap();
         ServerBuilder {
+            wrapper: None,
             exe: exe.to_path_buf(),
             dir: dir.to_path_buf(),
             args: vec![
@@ -141,6 +144,16 @@ impl ServerBuilder {
         self
     }
 
+    /// Runs the server through `program args… <server> <its args>` (a program that execs
+    /// it, such as `ip netns exec NS`, so the pid is still the server's).
+    pub fn wrapped(mut self, program: &Path, args: &[&str]) -> ServerBuilder {
+        self.wrapper = Some((
+            program.to_path_buf(),
+            args.iter().map(OsString::from).collect(),
+        ));
+        self
+    }
+
     /// Supervisor timings (`OPENWORK_SERVER_V2_SUPERVISOR`).
     pub fn tuning(self, value: &str) -> ServerBuilder {
         self.env("OPENWORK_SERVER_V2_SUPERVISOR", value)
@@ -149,7 +162,14 @@ impl ServerBuilder {
     /// Starts the server without waiting for anything.
     pub fn spawn(self) -> (Child, PathBuf) {
         let stderr = self.dir.join("server.stderr");
-        let mut command = Command::new(&self.exe);
+        let mut command = match &self.wrapper {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&self.exe);
+                command
+            }
+            None => Command::new(&self.exe),
+        };
         command
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))

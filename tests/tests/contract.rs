@@ -671,8 +671,82 @@ fn every_route_answers_as_the_document_says() {
         statuses.insert(response.status);
         contract.check(method, path, &response);
     }
+    // Pairing and devices: the code and the device id come from earlier answers.
+    let mut call =
+        |method: &str, path: &str, token: Option<&str>, extra: &[(&str, &str)], body: &[u8]| {
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let mut headers: Vec<(&str, &str)> = extra.to_vec();
+            if let Some(auth) = &auth {
+                headers.push(("Authorization", auth));
+            }
+            let response = http::request(&server.addr, method, path, &headers, body);
+            statuses.insert(response.status);
+            contract.check(method, path, &response);
+            response
+        };
+    let json_type = [("Content-Type", "application/json")];
+    assert_eq!(
+        call("POST", "/system/pairing", Some(&token), &[], b"").status,
+        403
+    );
+    assert_eq!(
+        call("GET", "/system/pairing", Some(&host), &[], b"").status,
+        405
+    );
+    let issued = call("POST", "/system/pairing", Some(&host), &[], b"");
+    assert_eq!(issued.status, 201, "{}", issued.text());
+    let code = issued.json()["code"].as_str().unwrap().to_string();
+    let pair_body = |code: &str| json!({"code": code, "deviceName": "contract"}).to_string();
+    assert_eq!(
+        call("POST", "/pair", None, &[], pair_body(&code).as_bytes()).status,
+        415
+    );
+    assert_eq!(call("POST", "/pair", None, &json_type, b"{}").status, 400);
+    assert_eq!(
+        call("POST", "/pair", None, &json_type, &vec![b' '; 8 * 1024]).status,
+        413
+    );
+    assert_eq!(call("GET", "/pair", None, &[], b"").status, 405);
+    assert_eq!(
+        call(
+            "POST",
+            "/pair",
+            None,
+            &json_type,
+            pair_body("2222-2222").as_bytes()
+        )
+        .status,
+        401
+    );
+    let paired = call(
+        "POST",
+        "/pair",
+        None,
+        &json_type,
+        pair_body(&code).as_bytes(),
+    );
+    assert_eq!(paired.status, 201, "{}", paired.text());
+    let device = paired.json()["deviceId"].as_str().unwrap().to_string();
+    assert_eq!(
+        call("GET", "/system/devices", Some(&token), &[], b"").status,
+        403
+    );
+    assert_eq!(
+        call("GET", "/system/devices", Some(&host), &[], b"").status,
+        200
+    );
+    assert_eq!(
+        call("GET", "/system/health", Some(&host), &[], b"").status,
+        200
+    );
+    let revoke = format!("/system/devices/{device}");
+    assert_eq!(call("DELETE", &revoke, Some(&token), &[], b"").status, 403);
+    assert_eq!(call("GET", &revoke, Some(&host), &[], b"").status, 405);
+    assert_eq!(call("DELETE", &revoke, Some(&host), &[], b"").status, 200);
+    assert_eq!(call("DELETE", &revoke, Some(&host), &[], b"").status, 404);
+
     // The errors the document promises were really met, not just allowed.
-    for status in [200, 202, 400, 401, 403, 404, 405, 413, 415, 421, 422] {
+    for status in [200, 201, 202, 400, 401, 403, 404, 405, 413, 415, 421, 422] {
         assert!(
             statuses.contains(&status),
             "no call got {status}: {statuses:?}"

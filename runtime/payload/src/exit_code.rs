@@ -46,6 +46,9 @@ pub enum ExitCode {
     /// runtime dir, a token file or a sidecar record owned by another user, writable by group
     /// or others, or a symbolic link where none may be (server).
     Untrusted = 15,
+    /// Plain HTTP was asked for on an address other machines can reach, or the TLS
+    /// certificate or key cannot be used (server).
+    InsecureTransport = 16,
 }
 
 impl ExitCode {

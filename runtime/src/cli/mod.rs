@@ -1,6 +1,7 @@
 //! The command line: clap types, converted into library calls. Nothing below `cli` is
 //! part of the library.
 
+mod remote_cmd;
 mod runtime_cmd;
 
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use openwork_runtime::ExitCode;
 use openwork_runtime::Result;
 use openwork_runtime::env_vars;
 use openwork_runtime::install::VerifyMode;
+use openwork_runtime::remote::TlsMode;
 
 /// The OpenWork server: one executable that carries and supervises opencode.
 #[derive(Debug, Parser)]
@@ -76,6 +78,30 @@ pub struct ServeArgs {
     /// name of a reverse proxy in front (repeatable); other names get 421
     #[arg(long = "allow-host", value_name = "NAME")]
     pub allowed_hosts: Vec<String>,
+    /// TLS: on every non-loopback bind (auto), also on loopback (on), or never (off: refused
+    /// off loopback, exit 16)
+    #[arg(long, value_enum, default_value_t = TlsArg::Auto)]
+    pub tls: TlsArg,
+    /// A PEM certificate (chain) to serve instead of the generated one; needs --tls-key
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Do not advertise this server on the LAN over mDNS (it is, with --remote-access)
+    #[arg(long)]
+    pub no_mdns: bool,
+}
+
+/// `--tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TlsArg {
+    /// TLS on every non-loopback bind, plain HTTP on loopback
+    Auto,
+    /// TLS on loopback too
+    On,
+    /// Plain HTTP: refused on an address other machines can reach
+    Off,
 }
 
 impl ServeArgs {
@@ -114,6 +140,9 @@ pub enum LogFormat {
 }
 
 /// Subcommands.
+// Parsed once per process: the size of the serve flags (larger with Windows paths) does
+// not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default when no subcommand is given)
@@ -121,6 +150,35 @@ pub enum Command {
     /// Inspect and manage the extracted runtime
     #[command(subcommand)]
     Runtime(RuntimeCommand),
+    /// The TLS certificate of remote access
+    #[command(subcommand)]
+    Tls(TlsCommand),
+    /// Ask the running server (of this data dir) for a pairing code; print it, the
+    /// connection URL and a QR code of it
+    Pair(JsonFlag),
+    /// List openwork servers advertised on the LAN (mDNS)
+    Discover(DiscoverArgs),
+}
+
+/// `tls …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Make a new self-signed certificate and key in the data dir (used from the next
+    /// start; paired devices must be given the new fingerprint)
+    Rotate(JsonFlag),
+    /// Print the data dir certificate's fingerprint (SHA-256)
+    Show(JsonFlag),
+}
+
+/// `discover` flags.
+#[derive(Debug, clap::Args)]
+pub struct DiscoverArgs {
+    /// How long to listen for answers, in seconds
+    #[arg(long, default_value_t = 3, value_name = "SECS")]
+    pub timeout: u64,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `runtime …` subcommands.
@@ -218,6 +276,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
     match cli.command {
         Some(Command::Runtime(command)) => runtime_cmd::run(command, &settings),
+        Some(Command::Tls(command)) => remote_cmd::tls(command, &settings),
+        Some(Command::Pair(flags)) => remote_cmd::pair(flags.json, &settings),
+        Some(Command::Discover(args)) => remote_cmd::discover(args.timeout, args.json),
         Some(Command::Serve(args)) => serve(args, settings),
         None => serve(cli.serve, settings),
     }
@@ -235,18 +296,41 @@ fn serve(args: ServeArgs, settings: Settings) -> Result<ExitCode> {
             .collect();
     }
     let prepare = runtime_cmd::prepare_options(&settings);
+    // Destructured whole: a new flag nobody handles does not compile.
+    let ServeArgs {
+        host,
+        port,
+        remote_access,
+        workspace,
+        token_file,
+        sidecars,
+        router,
+        cors_origins: _,
+        allowed_hosts,
+        tls,
+        tls_cert,
+        tls_key,
+        no_mdns,
+    } = args;
     openwork_runtime::serve::run(openwork_runtime::serve::ServeOptions {
-        host: args.host,
-        port: args.port,
-        remote_access: args.remote_access,
-        workspace: args.workspace,
-        token_file: args.token_file,
-        sidecars: args.sidecars,
-        router: args.router,
+        host,
+        port,
+        remote_access,
+        workspace,
+        token_file,
+        sidecars,
+        router,
         cors_origins,
-        allowed_hosts: args.allowed_hosts,
+        allowed_hosts,
         data_dir: settings.data_dir,
         bundle_dir: settings.bundle_dir,
         prepare,
+        tls: match tls {
+            TlsArg::Auto => TlsMode::Auto,
+            TlsArg::On => TlsMode::On,
+            TlsArg::Off => TlsMode::Off,
+        },
+        tls_files: tls_cert.zip(tls_key),
+        mdns: !no_mdns,
     })
 }

@@ -221,7 +221,7 @@ fn human_info(
 }
 
 /// Prints to stdout; a closed pipe (`| head`) is not an error.
-fn print_out(text: &str) {
+pub(super) fn print_out(text: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout
         .write_all(text.as_bytes())

@@ -10,12 +10,14 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::auth::{Access, Tokens};
+use super::auth::{Access, Caller, Tokens};
+use super::devices;
 use super::model;
 use super::proxy::{self, Proxy, Upstream};
 use super::response::{self, ResponseBody};
-use super::server::ConnectionTicket;
+use super::server::{ConnectionTicket, FailureCounts};
 use super::sse;
+use crate::remote::RemoteState;
 use crate::supervisor::Supervisor;
 use crate::supervisor::events::EventKind;
 use crate::workspace::{ActiveWorkspace, Workspace};
@@ -66,6 +68,23 @@ pub struct AppState {
     pub shutdown: watch::Sender<bool>,
     /// The opencode proxy: its limits and its pool of connections to opencode.
     pub proxy: Proxy,
+    /// Pairing, paired devices, and where the server listens.
+    pub remote: RemoteState,
+    /// Connection failures, for the health panel.
+    pub failures: FailureCounts,
+    /// When the server started.
+    pub started: std::time::Instant,
+}
+
+impl AppState {
+    /// `https` when the server speaks TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.remote.fingerprint.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// Which names a request may address the server by (its `Host` header).
@@ -226,26 +245,45 @@ async fn route(
     let path = request.uri().path().to_string();
     let method = request.method().clone();
 
-    let access = state.tokens.access(request.headers());
+    let Caller { access, device } = state.tokens.authenticate(request.headers());
+    let mut request = request;
     if access != Access::None
         && let Some(ticket) = request.extensions().get::<Arc<ConnectionTicket>>()
     {
         ticket.authenticated();
+        // Revoking the device closes this connection (and its streams) too.
+        if let Some(device) = &device {
+            state.remote.devices.bind_connection(&device.id, ticket);
+        }
+    }
+    if let Some(device) = device {
+        // For the connections that leave HTTP behind (WebSockets): they end on revocation.
+        request
+            .extensions_mut()
+            .insert(proxy::Revocation(device.revoked));
     }
 
-    // The handshake and the health overview need no token (pids only with one).
+    // The handshake, the health overview and pairing need no token (pids only with one).
     match path.as_str() {
         "/health" => return only(&method, &[Method::GET], || health(state)),
         "/openapi.json" => return only(&method, &[Method::GET], openapi_json),
         "/system/health" => {
-            return only(&method, &[Method::GET], || {
-                system_health(state, access != Access::None)
-            });
+            return only(&method, &[Method::GET], || system_health(state, access));
+        }
+        "/pair" => {
+            return match method {
+                Method::POST => devices::pair(request, state, peer).await,
+                _ => method_not_allowed(&[Method::POST]),
+            };
         }
         _ => {}
     }
 
     if access == Access::None {
+        state
+            .failures
+            .unauthorized
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut response = response::error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -285,6 +323,15 @@ async fn route(
             _ => method_not_allowed(&[Method::GET, Method::PUT]),
         },
         ["capabilities"] => only(&method, &[Method::GET], || capabilities(state)),
+        ["system", "pairing"] => only(&method, &[Method::POST], || {
+            devices::create_pairing(state, host)
+        }),
+        ["system", "devices"] => only(&method, &[Method::GET], || {
+            devices::list_devices(state, host)
+        }),
+        ["system", "devices", id] => only(&method, &[Method::DELETE], || {
+            devices::revoke_device(state, host, id)
+        }),
         _ => response::error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -431,7 +478,7 @@ fn method_not_allowed(allowed: &[Method]) -> Response<ResponseBody> {
     response
 }
 
-fn host_token_required() -> Response<ResponseBody> {
+pub(super) fn host_token_required() -> Response<ResponseBody> {
     response::error(
         StatusCode::FORBIDDEN,
         "host_token_required",
@@ -463,19 +510,19 @@ pub(super) fn health(state: &AppState) -> Response<ResponseBody> {
     )
 }
 
-/// `with_pids`: only for a caller with a token; pids tell another local user which processes
-/// to watch.
+/// Pids only for a caller with a token (pids tell another local user which processes to
+/// watch); the health panel only for the host.
 #[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/system/health", tag = "system",
-    summary = "Every sidecar's state; with a token, their pids too",
+    summary = "Every sidecar's state; with a token, their pids; with the host token, the health panel",
     responses((status = 200, description = "The overview", body = model::SystemHealth)),
     security((), ("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
 ))]
-pub(super) fn system_health(state: &AppState, with_pids: bool) -> Response<ResponseBody> {
-    let sidecars = state
-        .supervisor
-        .statuses()
-        .into_iter()
+pub(super) fn system_health(state: &AppState, access: Access) -> Response<ResponseBody> {
+    let with_pids = access != Access::None;
+    let statuses = state.supervisor.statuses();
+    let sidecars = statuses
+        .iter()
         .map(|s| {
             let entry = model::SidecarHealth {
                 state: s.state,
@@ -484,15 +531,37 @@ pub(super) fn system_health(state: &AppState, with_pids: bool) -> Response<Respo
             (s.name.to_string(), entry)
         })
         .collect();
+    let panel = (access == Access::Host).then(|| {
+        use std::sync::atomic::Ordering::Relaxed;
+        let failures = &state.failures;
+        model::HealthPanel {
+            uptime_ms: state.started.elapsed().as_millis() as u64,
+            sidecars: statuses,
+            devices_seen_recently: state
+                .remote
+                .devices
+                .seen_since(crate::supervisor::events::unix_ms().saturating_sub(RECENTLY_MS)),
+            connection_failures: model::ConnectionFailures {
+                tls_handshake: failures.tls_handshake.load(Relaxed),
+                unauthorized: failures.unauthorized.load(Relaxed),
+                pairing_refused: failures.pairing_refused.load(Relaxed),
+                refused_connections: failures.refused_connections.load(Relaxed),
+            },
+        }
+    });
     response::json(
         StatusCode::OK,
         &model::SystemHealth {
             healthy: state.supervisor.opencode_healthy(),
             version: state.version.to_string(),
             sidecars,
+            panel,
         },
     )
 }
+
+/// "Seen recently" on the health panel: the last 15 minutes.
+const RECENTLY_MS: u64 = 15 * 60 * 1000;
 
 #[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/openapi.json", tag = "handshake",
@@ -533,7 +602,7 @@ fn base_url(state: &AppState, headers: &http::HeaderMap) -> String {
         .and_then(|h| h.parse::<http::uri::Authority>().ok())
         .filter(|a| !a.as_str().contains('@'));
     match host {
-        Some(authority) => format!("http://{authority}"),
+        Some(authority) => format!("{}://{authority}", state.scheme()),
         None => state.base_url.clone(),
     }
 }
@@ -604,6 +673,56 @@ pub(super) fn active_workspace(
 /// The largest `PUT /workspaces/active` body read: a path and some JSON around it.
 const MAX_SWITCH_BODY: usize = 64 * 1024;
 
+/// Reads a JSON request body of at most `limit` bytes as `T`; else the answer to give (415
+/// for another content type, 413 when too large, 400 when unreadable or not a `T`, with
+/// `example` in the message).
+pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
+    headers: &http::HeaderMap,
+    body: Incoming,
+    limit: usize,
+    example: &str,
+) -> Result<T, Response<ResponseBody>> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !is_json {
+        return Err(response::error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            &format!("send the body as Content-Type: application/json, e.g. {example}"),
+        ));
+    }
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(response::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                &format!("the body exceeds {} KiB", limit / 1024),
+            ));
+        }
+        Err(_) => {
+            return Err(response::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request body could not be read",
+            ));
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        response::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("the body must be like {example}: {e}"),
+        )
+    })
+}
+
 /// `PUT /workspaces/active` (host token, checked by the caller): switch, tell
 /// `/system/events`, restart the router in the new directory.
 #[cfg_attr(feature = "openapi", utoipa::path(
@@ -626,52 +745,17 @@ pub(super) async fn switch_workspace(
     request: Request<Incoming>,
     state: &AppState,
 ) -> Response<ResponseBody> {
-    let is_json = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-        });
-    if !is_json {
-        return response::error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as Content-Type: application/json, e.g. {\"directory\": \"/home/me/project\"}",
-        );
-    }
     let (parts, body) = request.into_parts();
-    let bytes = match http_body_util::Limited::new(body, MAX_SWITCH_BODY)
-        .collect()
-        .await
+    let switch: model::SwitchWorkspace = match read_json(
+        &parts.headers,
+        body,
+        MAX_SWITCH_BODY,
+        "{\"directory\": \"/home/me/project\"}",
+    )
+    .await
     {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return response::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                &format!("the body exceeds {} KiB", MAX_SWITCH_BODY / 1024),
-            );
-        }
-        Err(_) => {
-            return response::error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "the request body could not be read",
-            );
-        }
-    };
-    let switch: model::SwitchWorkspace = match serde_json::from_slice(&bytes) {
         Ok(switch) => switch,
-        Err(e) => {
-            return response::error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                &format!("the body must be {{\"directory\": \"<absolute path>\"}}: {e}"),
-            );
-        }
+        Err(answer) => return answer,
     };
     let active = state.workspace.clone();
     let switched = tokio::task::spawn_blocking(move || active.switch(&switch.directory)).await;

@@ -1,18 +1,33 @@
-//! Tokens: who may call what. Two tokens: the client token for the API and the opencode
-//! proxy, and the host token (held by the desktop app that started the server) for the
-//! privileged routes — shutdown and restarts. The host token is accepted everywhere.
+//! Tokens: who may call what. The client token for the API and the opencode proxy, the host
+//! token (held by the desktop app that started the server) for the privileged routes —
+//! shutdown, restarts, pairing, devices — and one token per paired device, with the client
+//! token's access ([`crate::remote::devices`]). The host token is accepted everywhere.
+
+use std::sync::Arc;
 
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::remote::devices::{DeviceSession, Devices};
+
 /// Header that carries a token for clients that cannot set `Authorization`.
 pub const TOKEN_HEADER: &str = "x-openwork-token";
 
-/// The two tokens. Debug never prints them.
+/// The tokens (their digests). Debug never prints them.
 pub struct Tokens {
     client: [u8; 32],
     host: [u8; 32],
+    devices: Option<Arc<Devices>>,
+}
+
+/// Who sent a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// What its token allows.
+    pub access: Access,
+    /// The paired device whose token it was, if it was one.
+    pub device: Option<DeviceSession>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -39,25 +54,43 @@ impl Tokens {
         Tokens {
             client: Sha256::digest(client.as_bytes()).into(),
             host: Sha256::digest(host.as_bytes()).into(),
+            devices: None,
         }
+    }
+
+    /// Also accepts the paired devices' tokens (with the client token's access).
+    pub fn with_devices(mut self, devices: Arc<Devices>) -> Tokens {
+        self.devices = Some(devices);
+        self
     }
 
     /// The access a request's `Authorization: Bearer …` or `X-OpenWork-Token` grants.
     pub fn access(&self, headers: &HeaderMap) -> Access {
+        self.authenticate(headers).access
+    }
+
+    /// Who sent a request with these headers.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Caller {
+        let nobody = Caller {
+            access: Access::None,
+            device: None,
+        };
         let Some(presented) = presented_token(headers) else {
-            return Access::None;
+            return nobody;
         };
         let digest: [u8; 32] = Sha256::digest(presented).into();
-        // Both comparisons always run, so timing does not tell which token matched.
+        // Every comparison always runs, so timing does not tell which token matched.
         let is_host = bool::from(digest.ct_eq(&self.host));
         let is_client = bool::from(digest.ct_eq(&self.client));
-        if is_host {
+        let device = self.devices.as_ref().and_then(|d| d.authenticate(&digest));
+        let access = if is_host {
             Access::Host
-        } else if is_client {
+        } else if is_client || device.is_some() {
             Access::Client
         } else {
             Access::None
-        }
+        };
+        Caller { access, device }
     }
 }
 

@@ -5,13 +5,15 @@
 //! - [`api`]: routing and handlers.
 //! - [`model`]: the request and response bodies, which the OpenAPI document describes.
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers and the bodies.
-//! - [`auth`]: the two tokens, compared in constant time.
+//! - [`auth`]: the tokens (client, host, paired devices), compared in constant time.
+//! - [`devices`]: pairing and paired devices.
 //! - [`proxy`]: the streaming reverse proxy to opencode (WebSocket upgrades included).
 //! - [`sse`]: supervisor events as Server-Sent Events.
 //! - [`response`]: the body type and JSON errors.
 
 pub mod api;
 pub mod auth;
+pub mod devices;
 pub mod model;
 pub mod openapi;
 pub mod proxy;

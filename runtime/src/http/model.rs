@@ -36,6 +36,9 @@ pub const ERROR_CODES: &[&str] = &[
     "opencode_timeout",
     "bad_gateway",
     "opencode_unauthorized",
+    "pairing_refused",
+    "unknown_device",
+    "devices_not_saved",
 ];
 
 /// Every error: a stable machine-readable code and what to do about it.
@@ -86,6 +89,43 @@ pub struct SystemHealth {
     pub version: String,
     /// Every supervised sidecar by name (`opencode`, `opencode-router`).
     pub sidecars: BTreeMap<String, SidecarHealth>,
+    /// The health panel's data: only with the host token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(required = false))]
+    pub panel: Option<HealthPanel>,
+}
+
+/// What a health panel shows (`GET /system/health` with the host token). All local: nothing
+/// is sent anywhere.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct HealthPanel {
+    /// Milliseconds since the server started.
+    pub uptime_ms: u64,
+    /// Every sidecar's status: state, restarts, how the last process ended.
+    pub sidecars: Vec<SidecarStatus>,
+    /// Paired devices seen in the last 15 minutes.
+    pub devices_seen_recently: Vec<Device>,
+    /// Connection failures since the start.
+    pub connection_failures: ConnectionFailures,
+}
+
+/// Connection failures since the start (`HealthPanel`).
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionFailures {
+    /// TLS handshakes that failed or did not finish.
+    pub tls_handshake: u64,
+    /// Requests refused with 401.
+    pub unauthorized: u64,
+    /// Pairing attempts refused.
+    pub pairing_refused: u64,
+    /// Connections refused because every slot was taken.
+    pub refused_connections: u64,
 }
 
 /// Where the payload came from (`GET /system/runtime`).
@@ -135,6 +175,100 @@ pub struct RuntimeInfo {
     pub router_config: Option<String>,
     /// Every sidecar's status.
     pub sidecars: Vec<SidecarStatus>,
+    /// TLS, when the server speaks it (every non-loopback bind); null for plain HTTP.
+    pub tls: Option<TlsInfo>,
+}
+
+/// The certificate the server presents (`GET /system/runtime`, the ready line).
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct TlsInfo {
+    /// SHA-256 of the certificate (DER), 64 lowercase hex digits: what a client pins.
+    pub fingerprint: String,
+    /// The certificate file (generated in the data dir's `tls/`, or `--tls-cert`).
+    pub certificate: String,
+}
+
+/// `POST /system/pairing`: a code for one device to pair with.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct PairingCode {
+    /// Type it on the device (`ABCD-EFGH`; case and dashes do not matter). Single use.
+    pub code: String,
+    /// Seconds until it expires (300 unless changed for tests).
+    pub expires_in_seconds: u64,
+    /// `openwork://<address>:<port>/pair?code=…&fingerprint=…`: everything a device needs,
+    /// for a QR code.
+    pub url: String,
+    /// The certificate fingerprint to pin (as in `GET /system/runtime`); null on plain HTTP.
+    pub fingerprint: Option<String>,
+    /// The addresses this server can be reached at, `host:port` (the first is in `url`).
+    pub addresses: Vec<String>,
+}
+
+/// `POST /pair`.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct PairRequest {
+    /// The code the host showed.
+    pub code: String,
+    /// What to call this device in `GET /system/devices` (1 to 64 characters).
+    pub device_name: String,
+}
+
+/// `POST /pair`: the device's own token.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct Paired {
+    /// The device's id (for `DELETE /system/devices/{id}`).
+    pub device_id: String,
+    /// Its name.
+    pub name: String,
+    /// Its token: send it as `Authorization: Bearer <token>`. Shown once; the server keeps
+    /// only its SHA-256.
+    pub token: String,
+}
+
+/// One paired device.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// Its id.
+    pub id: String,
+    /// The name it gave when pairing.
+    pub name: String,
+    /// When it paired, Unix time in milliseconds.
+    pub created_ms: u64,
+    /// When its token was last used, Unix time in milliseconds; null if never.
+    pub last_seen_ms: Option<u64>,
+}
+
+/// `GET /system/devices`.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Devices {
+    /// Every paired device, oldest first.
+    pub items: Vec<Device>,
+}
+
+/// `DELETE /system/devices/{id}`.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Revoked {
+    /// The device whose token no longer works.
+    pub revoked: String,
 }
 
 /// `GET /system/sidecars/{name}/logs`.

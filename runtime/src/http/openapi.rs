@@ -22,6 +22,8 @@ use utoipa::OpenApi;
 #[cfg(feature = "openapi")]
 use super::api;
 #[cfg(feature = "openapi")]
+use super::devices;
+#[cfg(feature = "openapi")]
 use super::model;
 #[cfg(feature = "openapi")]
 use crate::supervisor;
@@ -50,6 +52,10 @@ const CHECKED_IN: &str = include_str!("../../../docs/openapi.json");
         api::active_workspace,
         api::switch_workspace,
         api::capabilities,
+        devices::create_pairing,
+        devices::pair,
+        devices::list_devices,
+        devices::revoke_device,
         api::proxy_to_opencode,
     ),
     components(schemas(
@@ -60,6 +66,7 @@ const CHECKED_IN: &str = include_str!("../../../docs/openapi.json");
     tags(
         (name = "handshake", description = "What an OpenWork client asks first"),
         (name = "system", description = "The supervisor: sidecars, their logs and events, shutdown"),
+        (name = "devices", description = "Pairing devices with a code the host approves, and revoking their tokens"),
         (name = "opencode", description = "opencode's API, passed through"),
     ),
 )]
@@ -235,6 +242,9 @@ mod tests {
         assert_eq!(
             host_only,
             [
+                "DELETE /system/devices/{id}",
+                "GET /system/devices",
+                "POST /system/pairing",
                 "POST /system/shutdown",
                 "POST /system/sidecars/{name}/restart",
                 "PUT /workspaces/active"
@@ -246,7 +256,7 @@ mod tests {
             all.contains(&"GET /workspaces/active".to_string()),
             "{all:?}"
         );
-        assert_eq!(all.len(), 13, "{all:?}");
+        assert_eq!(all.len(), 17, "{all:?}");
         // Every operation answers with the request id header.
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, operation) in item.as_object().unwrap() {

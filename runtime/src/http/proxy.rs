@@ -127,6 +127,9 @@ pub struct ProxyOptions {
     /// How long an idle connection is kept (default 4 s: under the 10 s after which
     /// opencode's server, Bun's, closes an idle connection itself).
     pub pool_idle_timeout: Duration,
+    /// Whether clients reach the front door over TLS: `X-Forwarded-Proto` and `Forwarded`
+    /// then say `https` (default false).
+    pub https: bool,
 }
 
 impl Default for ProxyOptions {
@@ -137,6 +140,7 @@ impl Default for ProxyOptions {
             response_header_timeout: Duration::from_secs(5 * 60),
             pool_max_idle: 32,
             pool_idle_timeout: Duration::from_secs(4),
+            https: false,
         }
     }
 }
@@ -146,6 +150,13 @@ impl Default for ProxyOptions {
 /// [`Proxy::forward`] can send `X-Forwarded-For`; without it, no client address is sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
+
+/// Turns true when the credential of the request is revoked (a paired device's token). The
+/// front door inserts it into the request's extensions; an upgraded connection (WebSocket)
+/// made with it is closed then, since it no longer passes through any HTTP connection that
+/// revocation could close.
+#[derive(Clone, Debug)]
+pub struct Revocation(pub tokio::sync::watch::Receiver<bool>);
 
 /// The body of a request to opencode: the client's, bounded.
 type UpstreamBody = UnsyncBoxBody<Bytes, RequestBodyError>;
@@ -268,6 +279,7 @@ impl Proxy {
 
         let (mut parts, body) = req.into_parts();
         let client_addr = parts.extensions.get::<ClientAddr>().copied();
+        let revocation = parts.extensions.remove::<Revocation>();
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
                 .uri
@@ -280,6 +292,7 @@ impl Proxy {
             upstream,
             client_addr,
             original_host,
+            options.https,
         );
         let body = Limited::new(body, usize_limit(options.max_request_body))
             .map_err(RequestBodyError)
@@ -292,7 +305,7 @@ impl Proxy {
         match client_upgrade {
             Some(client_upgrade) => {
                 *upstream_req.uri_mut() = path_and_query.into();
-                exchange_upgrade(upstream_req, client_upgrade, upstream, options).await
+                exchange_upgrade(upstream_req, client_upgrade, upstream, options, revocation).await
             }
             None => {
                 *upstream_req.uri_mut() = Uri::builder()
@@ -353,6 +366,7 @@ async fn exchange_upgrade(
     client_upgrade: hyper::upgrade::OnUpgrade,
     upstream: &Upstream,
     options: &ProxyOptions,
+    revocation: Option<Revocation>,
 ) -> Result<Response<ResponseBody>, Failure> {
     let stream = match tokio::time::timeout(
         options.connect_timeout,
@@ -393,7 +407,7 @@ async fn exchange_upgrade(
         rewrite_response_headers(&mut parts.headers, true);
         // The connection task is what hands the socket over to `upstream_upgrade`.
         abort.disarm();
-        tokio::spawn(splice(client_upgrade, upstream_upgrade));
+        tokio::spawn(splice(client_upgrade, upstream_upgrade, revocation));
         return Ok(Response::from_parts(parts, response::empty()));
     }
 
@@ -487,7 +501,12 @@ impl StdError for RequestBodyError {
 }
 
 /// Copies bytes both ways between the client and opencode once both sides have upgraded.
-async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// With a [`Revocation`], stops (closing both) when it turns true.
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    revocation: Option<Revocation>,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(error) => {
@@ -497,7 +516,23 @@ async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     };
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    let revoked = async {
+        match revocation {
+            Some(Revocation(mut revoked)) => {
+                // A dropped sender (the server stopping) ends the splice too.
+                let _ = revoked.wait_for(|revoked| *revoked).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let copied = tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => copied,
+        () = revoked => {
+            tracing::info!("closed an upgraded connection: its device was revoked");
+            return;
+        }
+    };
+    match copied {
         Ok((to_upstream, to_client)) => {
             tracing::debug!(to_upstream, to_client, "upgraded connection closed");
         }
@@ -676,6 +711,7 @@ fn rewrite_request_headers(
     upstream: &Upstream,
     client_addr: Option<ClientAddr>,
     original_host: Option<HeaderValue>,
+    https: bool,
 ) {
     strip_hop_by_hop(headers, upgrading);
     // Without `Connection`, an HTTP/1.1 connection stays open: the pool's to reuse or close.
@@ -694,7 +730,7 @@ fn rewrite_request_headers(
         HeaderValue::try_from(upstream.addr.to_string())
             .expect("a socket address is a valid header value"),
     );
-    set_forwarding_headers(headers, client_addr, original_host);
+    set_forwarding_headers(headers, client_addr, original_host, https);
 }
 
 /// We are the first hop opencode can trust, so whatever the client claims about earlier hops
@@ -704,6 +740,7 @@ fn set_forwarding_headers(
     headers: &mut HeaderMap,
     client_addr: Option<ClientAddr>,
     original_host: Option<HeaderValue>,
+    https: bool,
 ) {
     headers.remove(header::FORWARDED);
     headers.remove(X_REAL_IP);
@@ -730,8 +767,9 @@ fn set_forwarding_headers(
         forwarded.push(pair);
         headers.insert(X_FORWARDED_HOST, host);
     }
-    forwarded.push(b"proto=http".to_vec());
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if https { "https" } else { "http" };
+    forwarded.push(format!("proto={proto}").into_bytes());
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     headers.insert(X_FORWARDED_PREFIX, HeaderValue::from_static(PREFIX));
     let forwarded = HeaderValue::from_bytes(&forwarded.join(&b';'))
         .expect("made of a header value, an IP address and tokens");
@@ -1557,7 +1595,7 @@ mod tests {
         );
         headers.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
 
-        rewrite_request_headers(&mut headers, false, &upstream, None, None);
+        rewrite_request_headers(&mut headers, false, &upstream, None, None, false);
         for gone in ["x-forwarded-for", "x-forwarded-host", "expect"] {
             assert!(!headers.contains_key(gone), "{gone} was kept");
         }
@@ -1569,7 +1607,7 @@ mod tests {
         let mut upgrading = HeaderMap::new();
         upgrading.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         upgrading.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        rewrite_request_headers(&mut upgrading, true, &upstream, None, None);
+        rewrite_request_headers(&mut upgrading, true, &upstream, None, None, false);
         assert_eq!(upgrading[header::CONNECTION], "upgrade");
         assert_eq!(upgrading[header::UPGRADE], "websocket");
     }
@@ -1820,7 +1858,14 @@ mod tests {
         }
         let client = ClientAddr("127.0.0.1:5555".parse().unwrap());
         let host = HeaderValue::from_static("localhost:7777");
-        rewrite_request_headers(&mut headers, false, &upstream, Some(client), Some(host));
+        rewrite_request_headers(
+            &mut headers,
+            false,
+            &upstream,
+            Some(client),
+            Some(host),
+            false,
+        );
 
         let all = |name: &str| -> Vec<&str> {
             headers
@@ -1850,7 +1895,7 @@ mod tests {
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
         headers.insert("x-real-ip", HeaderValue::from_static("203.0.113.9"));
         headers.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
-        rewrite_request_headers(&mut headers, false, &upstream, None, None);
+        rewrite_request_headers(&mut headers, false, &upstream, None, None, false);
         for gone in ["x-forwarded-for", "x-real-ip", "x-forwarded-host"] {
             assert!(!headers.contains_key(gone), "{gone} was passed through");
         }
@@ -1878,7 +1923,14 @@ mod tests {
             let mut headers = HeaderMap::new();
             let client = ClientAddr(peer.parse().unwrap());
             let host = HeaderValue::from_str(host).unwrap();
-            rewrite_request_headers(&mut headers, false, &upstream, Some(client), Some(host));
+            rewrite_request_headers(
+                &mut headers,
+                false,
+                &upstream,
+                Some(client),
+                Some(host),
+                false,
+            );
             assert_eq!(headers["x-forwarded-for"], expect_for);
             assert_eq!(headers["x-real-ip"], expect_for);
             assert_eq!(headers[header::FORWARDED], expect_forwarded);

@@ -20,13 +20,14 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
@@ -125,6 +126,12 @@ impl ConnectionTicket {
         self.authenticated.store(true, Ordering::Relaxed);
     }
 
+    /// Closes the connection now, whatever it is doing (a revoked device's token was used
+    /// on it).
+    pub fn close(&self) {
+        self.evict.notify_one();
+    }
+
     fn is_authenticated(&self) -> bool {
         self.authenticated.load(Ordering::Relaxed)
     }
@@ -154,13 +161,14 @@ impl ConnectionTicket {
     }
 }
 
-/// A connection's stream, telling its ticket when the client first sends something.
-struct Watched {
-    stream: tokio::net::TcpStream,
+/// A connection's stream (TCP, or TLS over it), telling its ticket when the client first
+/// sends something.
+struct Watched<S> {
+    stream: S,
     ticket: Arc<ConnectionTicket>,
 }
 
-impl tokio::io::AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -175,7 +183,7 @@ impl tokio::io::AsyncRead for Watched {
     }
 }
 
-impl tokio::io::AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -253,6 +261,19 @@ impl Connections {
     }
 }
 
+/// Connection failures since the start, for the health panel (`GET /system/health`).
+#[derive(Debug, Default)]
+pub struct FailureCounts {
+    /// TLS handshakes that failed or did not finish.
+    pub tls_handshake: AtomicU64,
+    /// Requests refused with 401 (no token, or a wrong or revoked one).
+    pub unauthorized: AtomicU64,
+    /// Pairing attempts refused (wrong, expired or used codes).
+    pub pairing_refused: AtomicU64,
+    /// Connections refused because every slot was busy or authenticated.
+    pub refused_connections: AtomicU64,
+}
+
 /// Counts a recurring problem and logs it at most once a second.
 struct Throttled {
     what: &'static str,
@@ -282,11 +303,14 @@ impl Throttled {
     }
 }
 
-/// Accepts connections until `shutdown` turns true.
+/// Accepts connections until `shutdown` turns true; with `tls`, each one must complete a
+/// TLS handshake first (within the time an unauthenticated connection may idle: a
+/// half-finished handshake holds a connection like a silent client does).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     limits: ConnectionLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let connections = Arc::new(Connections {
@@ -313,6 +337,10 @@ pub async fn serve(
         // evicted as a silent one while its task waits for its turn to read.
         let spoken = has_pending_data(&stream);
         let Some(ticket) = connections.admit() else {
+            state
+                .failures
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
             refused.hit(&peer);
             drop(stream);
             continue;
@@ -323,8 +351,32 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let connections = connections.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, state, ticket.clone(), limits).await;
+            match tls {
+                None => serve_connection(stream, peer, state, ticket.clone(), limits).await,
+                Some(acceptor) => {
+                    let handshake = tokio::select! {
+                        done = acceptor.accept(stream) => Some(done),
+                        _ = ticket.evict.notified() => None,
+                        _ = tokio::time::sleep(limits.unauthenticated_idle) => None,
+                    };
+                    match handshake {
+                        Some(Ok(stream)) => {
+                            serve_connection(stream, peer, state, ticket.clone(), limits).await;
+                        }
+                        Some(Err(e)) => {
+                            // Never a secret here: rustls names the alert or the protocol error.
+                            state.failures.tls_handshake.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        None => {
+                            state.failures.tls_handshake.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, "TLS handshake not completed in time, or evicted");
+                        }
+                    }
+                }
+            }
             connections.close(&ticket);
         });
         // Let the new connection read its request (and an evicted one close) before the next
@@ -340,13 +392,15 @@ fn has_pending_data(stream: &tokio::net::TcpStream) -> bool {
     matches!(socket2::SockRef::from(stream).peek(&mut byte), Ok(n) if n > 0)
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     state: Arc<AppState>,
     ticket: Arc<ConnectionTicket>,
     limits: ConnectionLimits,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let for_requests = ticket.clone();
     let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         let state = state.clone();
@@ -384,7 +438,7 @@ async fn serve_connection(
                 return;
             }
             _ = ticket.evict.notified() => {
-                tracing::debug!(%peer, "closed an idle unauthenticated connection to make room");
+                tracing::debug!(%peer, "closed a connection: idle and unauthenticated when room was needed, or a revoked device's");
                 return;
             }
             _ = tokio::time::sleep(check), if !ticket.is_authenticated() => {

@@ -21,6 +21,10 @@ use crate::http::proxy::{Proxy, ProxyOptions};
 use crate::http::server::ConnectionLimits;
 use crate::install::{self, PrepareOptions, PreparedRuntime};
 use crate::layout::{self, DataLayout};
+use crate::remote::devices::Devices;
+use crate::remote::pairing::{CODE_TTL, Pairing};
+use crate::remote::tls::{self, CertSource};
+use crate::remote::{RemoteState, ServerFile, TlsMode};
 use crate::source::{self, SourceKind};
 use crate::supervisor::events::{EventBus, EventKind};
 use crate::supervisor::logs::LogLimits;
@@ -55,11 +59,24 @@ pub struct ServeOptions {
     pub bundle_dir: Option<(PathBuf, SourceKind)>,
     /// How the runtime directory is prepared.
     pub prepare: PrepareOptions,
+    /// `--tls`: TLS on non-loopback binds (auto), always, or never (refused off loopback).
+    pub tls: TlsMode,
+    /// `--tls-cert` and `--tls-key`; else the data dir's generated certificate.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Advertise over mDNS when the bind is not loopback (`--no-mdns` turns it off).
+    pub mdns: bool,
 }
 
 /// Runs the server until it is told to stop; `Ok(ExitCode::Ok)` after a clean stop.
 pub fn run(options: ServeOptions) -> Result<ExitCode> {
     let addr = listen_address(&options.host, options.port, options.remote_access)?;
+    // Plain HTTP off loopback is refused before anything else happens (exit 16).
+    let use_tls = options.tls.resolve(addr.ip())?;
+    if !use_tls && options.tls_files.is_some() {
+        return Err(Error::Usage(
+            "--tls-cert/--tls-key are for a TLS server: drop --tls off, or drop them".into(),
+        ));
+    }
     // Before anything is opened: a connection flood must not leave the server without
     // descriptors for its own work (macOS starts GUI apps with a soft limit of 256).
     let open_files = process::raise_open_file_limit();
@@ -94,6 +111,34 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
         &layout.data_dir.join(layout::HOST_TOKEN_FILE),
     )?;
 
+    let server_tls = if use_tls {
+        let source = match &options.tls_files {
+            Some((cert, key)) => CertSource::User {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            None => CertSource::DataDir,
+        };
+        Some(tls::load(
+            &layout.data_dir,
+            &source,
+            &tls::certificate_names(),
+        )?)
+    } else {
+        None
+    };
+    let fingerprint = server_tls.as_ref().map(|t| t.fingerprint.clone());
+    let devices = Arc::new(Devices::load(&layout.data_dir.join(layout::DEVICES_FILE))?);
+    let pairing_ttl = match non_empty_env(env_vars::OPENWORK_SERVER_V2_PAIRING_TTL_MS) {
+        Some(value) => std::time::Duration::from_millis(value.trim().parse().map_err(|_| {
+            Error::BadInput(format!(
+                "{}={value}: give milliseconds, e.g. 300000",
+                env_vars::OPENWORK_SERVER_V2_PAIRING_TTL_MS
+            ))
+        })?),
+        None => CODE_TTL,
+    };
+
     let router_config = layout.data_dir.join(layout::ROUTER_CONFIG_FILE);
     let want_router = options.router || router_config.is_file();
     let sidecars = resolve_sidecars(&options, &layout, want_router)?;
@@ -111,7 +156,8 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
     let local = listener
         .local_addr()
         .map_err(|e| Error::io("read the listening address", e))?;
-    let base_url = format!("http://{local}");
+    let scheme = if use_tls { "https" } else { "http" };
+    let base_url = format!("{scheme}://{local}");
 
     // Leftovers were swept above; make sure this server leaves nothing either.
     let run_dir = layout.run_dir();
@@ -142,6 +188,10 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
             .collect(),
         router_config: router_config.is_file().then(|| path_text(&router_config)),
         sidecars: Vec::new(),
+        tls: server_tls.as_ref().map(|t| crate::http::model::TlsInfo {
+            fingerprint: t.fingerprint.clone(),
+            certificate: path_text(&t.cert_file),
+        }),
     };
 
     let tokio = tokio::runtime::Builder::new_current_thread()
@@ -158,8 +208,16 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
         "hostTokenFile": host.file,
         "workspace": workspace.directory,
         "pid": std::process::id(),
+        "tlsFingerprint": fingerprint,
     });
+    let server_file = ServerFile {
+        pid: std::process::id(),
+        url: base_url.clone(),
+        fingerprint: fingerprint.clone(),
+    };
+    let advertise = options.mdns && !local.ip().is_loopback();
     let workspace = Arc::new(ActiveWorkspace::new(workspace, workspace_file));
+    let data_dir = layout.data_dir.clone();
     let config = SupervisorConfig {
         workspace: workspace.subscribe(),
         logs_dir: layout.logs_dir(),
@@ -169,7 +227,7 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
         secrets: vec![client.value.clone(), host.value.clone()],
         log_limits: LogLimits::default(),
     };
-    let tokens = Tokens::new(&client.value, &host.value);
+    let tokens = Tokens::new(&client.value, &host.value).with_devices(devices.clone());
     drop((client.value, host.value));
 
     let outcome = tokio.block_on(async move {
@@ -188,14 +246,27 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
             cors_origins: options.cors_origins.clone(),
             host_check,
             shutdown: shutdown.clone(),
-            proxy: Proxy::new(ProxyOptions::default()),
+            proxy: Proxy::new(ProxyOptions {
+                https: use_tls,
+                ..ProxyOptions::default()
+            }),
+            remote: RemoteState {
+                pairing: Pairing::new(pairing_ttl),
+                devices: devices.clone(),
+                local,
+                fingerprint: fingerprint.clone(),
+            },
+            failures: Default::default(),
+            started: std::time::Instant::now(),
         });
         tokio::spawn(crate::http::server::serve(
             listener,
             state,
             connection_limits,
+            server_tls.map(|t| t.acceptor),
             shutdown_rx.clone(),
         ));
+        tokio::spawn(save_last_seen(devices.clone()));
         tokio::spawn(forward_signals(shutdown.clone()));
 
         let mut stop = shutdown_rx.clone();
@@ -203,8 +274,23 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
             ready = supervisor.wait_opencode_ready() => match ready {
                 Ok(()) => {
                     events.publish("server", EventKind::ServerReady { url: base_url.clone() });
+                    // For `pair`: how local commands reach this server.
+                    if let Err(e) = server_file.write(&data_dir) {
+                        tracing::warn!(error = %e, "could not write server.json: `openwork-server-v2 pair` will not find this server");
+                    }
+                    // Withdrawn (a goodbye is sent) when dropped, at the end of this arm.
+                    let _advertisement = advertise.then(|| {
+                        match crate::remote::mdns::Advertisement::start(local, SERVER_VERSION, fingerprint.as_deref()) {
+                            Ok(advertisement) => Some(advertisement),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot advertise over mDNS; clients must be given the address");
+                                None
+                            }
+                        }
+                    });
                     print_ready_line(&ready_line);
                     crate::http::stopping(&mut stop).await;
+                    ServerFile::remove_if_ours(&data_dir);
                     Ok(ExitCode::Ok)
                 }
                 Err(reason) => Err(Error::SidecarFailed(reason)),
@@ -214,12 +300,24 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
         events.publish("server", EventKind::ShuttingDown);
         shutdown.send_replace(true);
         supervisor.shutdown().await;
+        devices.persist_if_changed();
         tracing::info!("stopped");
         result
     });
     // The runtime directory stays leased until here.
     drop(sidecars);
     outcome
+}
+
+/// Writes the paired devices' last-seen times once a minute when they changed (and at
+/// stop, see `run`): a request must not wait for a file write.
+async fn save_last_seen(devices: Arc<Devices>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    every.tick().await;
+    loop {
+        every.tick().await;
+        devices.persist_if_changed();
+    }
 }
 
 /// The resolved sidecar executables, and the runtime directory they live in (leased for

@@ -2,7 +2,7 @@
 
 import { client } from './client.gen.js';
 import type { Client, Options as Options2, TDataShape } from './client/index.js';
-import type { ActiveWorkspaceData, ActiveWorkspaceErrors, ActiveWorkspaceResponses, CapabilitiesData, CapabilitiesErrors, CapabilitiesResponses, HealthData, HealthErrors, HealthResponses, OpenapiJsonData, OpenapiJsonErrors, OpenapiJsonResponses, OpencodeDeleteData, OpencodeDeleteErrors, OpencodeDeleteResponses, OpencodeGetData, OpencodeGetErrors, OpencodeGetResponses, OpencodeHeadData, OpencodeHeadErrors, OpencodeHeadResponses, OpencodeOptionsData, OpencodeOptionsErrors, OpencodeOptionsResponses, OpencodePatchData, OpencodePatchErrors, OpencodePatchResponses, OpencodePostData, OpencodePostErrors, OpencodePostResponses, OpencodePutData, OpencodePutErrors, OpencodePutResponses, RestartSidecarData, RestartSidecarErrors, RestartSidecarResponses, ShutdownData, ShutdownErrors, ShutdownResponses, SidecarLogsData, SidecarLogsErrors, SidecarLogsResponses, SwitchWorkspaceData, SwitchWorkspaceErrors, SwitchWorkspaceResponses, SystemEventsData, SystemEventsErrors, SystemEventsResponse, SystemEventsResponses, SystemHealthData, SystemHealthErrors, SystemHealthResponses, SystemRuntimeData, SystemRuntimeErrors, SystemRuntimeResponses, WorkspacesData, WorkspacesErrors, WorkspacesResponses } from './types.gen.js';
+import type { ActiveWorkspaceData, ActiveWorkspaceErrors, ActiveWorkspaceResponses, CapabilitiesData, CapabilitiesErrors, CapabilitiesResponses, CreatePairingData, CreatePairingErrors, CreatePairingResponses, HealthData, HealthErrors, HealthResponses, ListDevicesData, ListDevicesErrors, ListDevicesResponses, OpenapiJsonData, OpenapiJsonErrors, OpenapiJsonResponses, OpencodeDeleteData, OpencodeDeleteErrors, OpencodeDeleteResponses, OpencodeGetData, OpencodeGetErrors, OpencodeGetResponses, OpencodeHeadData, OpencodeHeadErrors, OpencodeHeadResponses, OpencodeOptionsData, OpencodeOptionsErrors, OpencodeOptionsResponses, OpencodePatchData, OpencodePatchErrors, OpencodePatchResponses, OpencodePostData, OpencodePostErrors, OpencodePostResponses, OpencodePutData, OpencodePutErrors, OpencodePutResponses, PairData, PairErrors, PairResponses, RestartSidecarData, RestartSidecarErrors, RestartSidecarResponses, RevokeDeviceData, RevokeDeviceErrors, RevokeDeviceResponses, ShutdownData, ShutdownErrors, ShutdownResponses, SidecarLogsData, SidecarLogsErrors, SidecarLogsResponses, SwitchWorkspaceData, SwitchWorkspaceErrors, SwitchWorkspaceResponses, SystemEventsData, SystemEventsErrors, SystemEventsResponse, SystemEventsResponses, SystemHealthData, SystemHealthErrors, SystemHealthResponses, SystemRuntimeData, SystemRuntimeErrors, SystemRuntimeResponses, WorkspacesData, WorkspacesErrors, WorkspacesResponses } from './types.gen.js';
 
 export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends boolean = boolean, TResponse = unknown> = Options2<TData, ThrowOnError, TResponse> & {
     /**
@@ -147,6 +147,38 @@ export const opencodePut = <ThrowOnError extends boolean = false>(options: Optio
 });
 
 /**
+ * Pair this device with a code the host showed: its own token (no token needed)
+ *
+ * Every refusal is the same 401 `pairing_refused` (wrong, expired, used or burned code), so a guesser learns nothing; the server's log says which, with the caller's address. Store the token: it is shown once.
+ */
+export const pair = <ThrowOnError extends boolean = false>(options: Options<PairData, ThrowOnError>) => (options.client ?? client).post<PairResponses, PairErrors, ThrowOnError>({
+    url: '/pair',
+    ...options,
+    headers: {
+        'Content-Type': 'application/json',
+        ...options.headers
+    }
+});
+
+/**
+ * Paired devices: id, name, when paired and last seen (host token)
+ */
+export const listDevices = <ThrowOnError extends boolean = false>(options?: Options<ListDevicesData, ThrowOnError>) => (options?.client ?? client).get<ListDevicesResponses, ListDevicesErrors, ThrowOnError>({
+    security: [{ scheme: 'bearer', type: 'http' }],
+    url: '/system/devices',
+    ...options
+});
+
+/**
+ * Revoke a device (host token): its token fails at once, its streams and WebSockets are closed
+ */
+export const revokeDevice = <ThrowOnError extends boolean = false>(options: Options<RevokeDeviceData, ThrowOnError>) => (options.client ?? client).delete<RevokeDeviceResponses, RevokeDeviceErrors, ThrowOnError>({
+    security: [{ scheme: 'bearer', type: 'http' }],
+    url: '/system/devices/{id}',
+    ...options
+});
+
+/**
  * Supervisor events as Server-Sent Events
  *
  * Opens with `retry: 2000`, then (without `Last-Event-ID`) an `event: snapshot` frame of every sidecar's status, then numbered frames (`id:` = the event's `seq`, `event:` = its `event` field) as things happen, and `: keepalive` comments every 15 s. `Last-Event-ID` replays the remembered events after it (up to 256) instead of the snapshot. An `event: lagged` frame says how many events a slow reader missed. Every frame's `data:` is one JSON document described by `SystemEventData`.
@@ -162,7 +194,7 @@ export const systemEvents = <ThrowOnError extends boolean = false>(options?: Opt
 });
 
 /**
- * Every sidecar's state; with a token, their pids too
+ * Every sidecar's state; with a token, their pids; with the host token, the health panel
  */
 export const systemHealth = <ThrowOnError extends boolean = false>(options?: Options<SystemHealthData, ThrowOnError>) => (options?.client ?? client).get<SystemHealthResponses, SystemHealthErrors, ThrowOnError>({
     security: [
@@ -171,6 +203,17 @@ export const systemHealth = <ThrowOnError extends boolean = false>(options?: Opt
         { name: 'X-OpenWork-Token', type: 'apiKey' }
     ],
     url: '/system/health',
+    ...options
+});
+
+/**
+ * A pairing code for one new device (host token)
+ *
+ * The code is single use, valid for 5 minutes, and burned by 5 wrong guesses; asking again replaces it. `url` carries address, port, code and certificate fingerprint (for a QR code); `openwork-server-v2 pair` asks for one and prints all three.
+ */
+export const createPairing = <ThrowOnError extends boolean = false>(options?: Options<CreatePairingData, ThrowOnError>) => (options?.client ?? client).post<CreatePairingResponses, CreatePairingErrors, ThrowOnError>({
+    security: [{ scheme: 'bearer', type: 'http' }],
+    url: '/system/pairing',
     ...options
 });
 

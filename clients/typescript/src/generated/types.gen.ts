@@ -101,13 +101,67 @@ export type Capabilities = {
 };
 
 /**
+ * Connection failures since the start (`HealthPanel`).
+ */
+export type ConnectionFailures = {
+    /**
+     * Pairing attempts refused.
+     */
+    pairingRefused: number;
+    /**
+     * Connections refused because every slot was taken.
+     */
+    refusedConnections: number;
+    /**
+     * TLS handshakes that failed or did not finish.
+     */
+    tlsHandshake: number;
+    /**
+     * Requests refused with 401.
+     */
+    unauthorized: number;
+};
+
+/**
+ * One paired device.
+ */
+export type Device = {
+    /**
+     * When it paired, Unix time in milliseconds.
+     */
+    createdMs: number;
+    /**
+     * Its id.
+     */
+    id: string;
+    /**
+     * When its token was last used, Unix time in milliseconds; null if never.
+     */
+    lastSeenMs?: number | null;
+    /**
+     * The name it gave when pairing.
+     */
+    name: string;
+};
+
+/**
+ * `GET /system/devices`.
+ */
+export type Devices = {
+    /**
+     * Every paired device, oldest first.
+     */
+    items: Array<Device>;
+};
+
+/**
  * Every error: a stable machine-readable code and what to do about it.
  */
 export type ErrorBody = {
     /**
      * A stable word (one of `ERROR_CODES`): what went wrong, for a program.
      */
-    error: 'bad_request' | 'unauthorized' | 'host_token_required' | 'not_found' | 'unknown_sidecar' | 'method_not_allowed' | 'payload_too_large' | 'unsupported_media_type' | 'misdirected_request' | 'headers_too_large' | 'workspace_not_absolute' | 'workspace_not_found' | 'workspace_not_a_directory' | 'workspace_not_saved' | 'internal_error' | 'opencode_unavailable' | 'opencode_timeout' | 'bad_gateway' | 'opencode_unauthorized';
+    error: 'bad_request' | 'unauthorized' | 'host_token_required' | 'not_found' | 'unknown_sidecar' | 'method_not_allowed' | 'payload_too_large' | 'unsupported_media_type' | 'misdirected_request' | 'headers_too_large' | 'workspace_not_absolute' | 'workspace_not_found' | 'workspace_not_a_directory' | 'workspace_not_saved' | 'internal_error' | 'opencode_unavailable' | 'opencode_timeout' | 'bad_gateway' | 'opencode_unauthorized' | 'pairing_refused' | 'unknown_device' | 'devices_not_saved';
     /**
      * What happened and what to do, in words.
      */
@@ -243,6 +297,29 @@ export type Health = {
 };
 
 /**
+ * What a health panel shows (`GET /system/health` with the host token). All local: nothing
+ * is sent anywhere.
+ */
+export type HealthPanel = {
+    /**
+     * Connection failures since the start.
+     */
+    connectionFailures: ConnectionFailures;
+    /**
+     * Paired devices seen in the last 15 minutes.
+     */
+    devicesSeenRecently: Array<Device>;
+    /**
+     * Every sidecar's status: state, restarts, how the last process ended.
+     */
+    sidecars: Array<SidecarStatus>;
+    /**
+     * Milliseconds since the server started.
+     */
+    uptimeMs: number;
+};
+
+/**
  * The `data:` of a `lagged` frame: the reader was too slow and missed events.
  */
 export type Lagged = {
@@ -326,6 +403,66 @@ export type OpencodeTarget = {
 };
 
 /**
+ * `POST /pair`.
+ */
+export type PairRequest = {
+    /**
+     * The code the host showed.
+     */
+    code: string;
+    /**
+     * What to call this device in `GET /system/devices` (1 to 64 characters).
+     */
+    deviceName: string;
+};
+
+/**
+ * `POST /pair`: the device's own token.
+ */
+export type Paired = {
+    /**
+     * The device's id (for `DELETE /system/devices/{id}`).
+     */
+    deviceId: string;
+    /**
+     * Its name.
+     */
+    name: string;
+    /**
+     * Its token: send it as `Authorization: Bearer <token>`. Shown once; the server keeps
+     * only its SHA-256.
+     */
+    token: string;
+};
+
+/**
+ * `POST /system/pairing`: a code for one device to pair with.
+ */
+export type PairingCode = {
+    /**
+     * The addresses this server can be reached at, `host:port` (the first is in `url`).
+     */
+    addresses: Array<string>;
+    /**
+     * Type it on the device (`ABCD-EFGH`; case and dashes do not matter). Single use.
+     */
+    code: string;
+    /**
+     * Seconds until it expires (300 unless changed for tests).
+     */
+    expiresInSeconds: number;
+    /**
+     * The certificate fingerprint to pin (as in `GET /system/runtime`); null on plain HTTP.
+     */
+    fingerprint?: string | null;
+    /**
+     * `openwork://<address>:<port>/pair?code=…&fingerprint=…`: everything a device needs,
+     * for a QR code.
+     */
+    url: string;
+};
+
+/**
  * Where the payload came from (`GET /system/runtime`).
  */
 export type PayloadInfo = {
@@ -368,6 +505,16 @@ export type Restarting = {
 };
 
 /**
+ * `DELETE /system/devices/{id}`.
+ */
+export type Revoked = {
+    /**
+     * The device whose token no longer works.
+     */
+    revoked: string;
+};
+
+/**
  * `GET /system/runtime`.
  */
 export type RuntimeInfo = {
@@ -405,6 +552,7 @@ export type RuntimeInfo = {
      * Every sidecar's status.
      */
     sidecars: Array<SidecarStatus>;
+    tls?: TlsInfo | null;
     /**
      * This server's version.
      */
@@ -523,6 +671,7 @@ export type SystemHealth = {
      * Whether opencode is running and healthy.
      */
     healthy: boolean;
+    panel?: HealthPanel | null;
     /**
      * Every supervised sidecar by name (`opencode`, `opencode-router`).
      */
@@ -533,6 +682,20 @@ export type SystemHealth = {
      * This server's version.
      */
     version: string;
+};
+
+/**
+ * The certificate the server presents (`GET /system/runtime`, the ready line).
+ */
+export type TlsInfo = {
+    /**
+     * The certificate file (generated in the data dir's `tls/`, or `--tls-cert`).
+     */
+    certificate: string;
+    /**
+     * SHA-256 of the certificate (DER), 64 lowercase hex digits: what a client pins.
+     */
+    fingerprint: string;
 };
 
 /**
@@ -1036,6 +1199,142 @@ export type OpencodePutResponses = {
     default: unknown;
 };
 
+export type PairData = {
+    body: PairRequest;
+    path?: never;
+    query?: never;
+    url: '/pair';
+};
+
+export type PairErrors = {
+    /**
+     * `bad_request`: not `{code, deviceName}`, or an unusable name
+     */
+    400: ErrorBody;
+    /**
+     * `pairing_refused`
+     */
+    401: ErrorBody;
+    /**
+     * `payload_too_large`: over 4 KiB
+     */
+    413: ErrorBody;
+    /**
+     * `unsupported_media_type`
+     */
+    415: ErrorBody;
+    /**
+     * `misdirected_request`: on a loopback bind, a Host that is not a loopback name or an --allow-host name (DNS rebinding)
+     */
+    421: ErrorBody;
+    /**
+     * `headers_too_large`: request line and headers over 64 KiB
+     */
+    431: ErrorBody;
+    /**
+     * `devices_not_saved`: nothing was paired (the code is used up)
+     */
+    500: ErrorBody;
+};
+
+export type PairError = PairErrors[keyof PairErrors];
+
+export type PairResponses = {
+    /**
+     * Paired
+     */
+    201: Paired;
+};
+
+export type PairResponse = PairResponses[keyof PairResponses];
+
+export type ListDevicesData = {
+    body?: never;
+    path?: never;
+    query?: never;
+    url: '/system/devices';
+};
+
+export type ListDevicesErrors = {
+    /**
+     * `unauthorized`: no token or a wrong one (`WWW-Authenticate: Bearer`)
+     */
+    401: ErrorBody;
+    /**
+     * `host_token_required`
+     */
+    403: ErrorBody;
+    /**
+     * `misdirected_request`: on a loopback bind, a Host that is not a loopback name or an --allow-host name (DNS rebinding)
+     */
+    421: ErrorBody;
+    /**
+     * `headers_too_large`: request line and headers over 64 KiB
+     */
+    431: ErrorBody;
+};
+
+export type ListDevicesError = ListDevicesErrors[keyof ListDevicesErrors];
+
+export type ListDevicesResponses = {
+    /**
+     * The devices
+     */
+    200: Devices;
+};
+
+export type ListDevicesResponse = ListDevicesResponses[keyof ListDevicesResponses];
+
+export type RevokeDeviceData = {
+    body?: never;
+    path: {
+        /**
+         * The device's id
+         */
+        id: string;
+    };
+    query?: never;
+    url: '/system/devices/{id}';
+};
+
+export type RevokeDeviceErrors = {
+    /**
+     * `unauthorized`: no token or a wrong one (`WWW-Authenticate: Bearer`)
+     */
+    401: ErrorBody;
+    /**
+     * `host_token_required`
+     */
+    403: ErrorBody;
+    /**
+     * `unknown_device`
+     */
+    404: ErrorBody;
+    /**
+     * `misdirected_request`: on a loopback bind, a Host that is not a loopback name or an --allow-host name (DNS rebinding)
+     */
+    421: ErrorBody;
+    /**
+     * `headers_too_large`: request line and headers over 64 KiB
+     */
+    431: ErrorBody;
+    /**
+     * `devices_not_saved`: nothing was revoked
+     */
+    500: ErrorBody;
+};
+
+export type RevokeDeviceError = RevokeDeviceErrors[keyof RevokeDeviceErrors];
+
+export type RevokeDeviceResponses = {
+    /**
+     * Revoked
+     */
+    200: Revoked;
+};
+
+export type RevokeDeviceResponse = RevokeDeviceResponses[keyof RevokeDeviceResponses];
+
 export type SystemEventsData = {
     body?: never;
     headers?: {
@@ -1103,6 +1402,43 @@ export type SystemHealthResponses = {
 };
 
 export type SystemHealthResponse = SystemHealthResponses[keyof SystemHealthResponses];
+
+export type CreatePairingData = {
+    body?: never;
+    path?: never;
+    query?: never;
+    url: '/system/pairing';
+};
+
+export type CreatePairingErrors = {
+    /**
+     * `unauthorized`: no token or a wrong one (`WWW-Authenticate: Bearer`)
+     */
+    401: ErrorBody;
+    /**
+     * `host_token_required`
+     */
+    403: ErrorBody;
+    /**
+     * `misdirected_request`: on a loopback bind, a Host that is not a loopback name or an --allow-host name (DNS rebinding)
+     */
+    421: ErrorBody;
+    /**
+     * `headers_too_large`: request line and headers over 64 KiB
+     */
+    431: ErrorBody;
+};
+
+export type CreatePairingError = CreatePairingErrors[keyof CreatePairingErrors];
+
+export type CreatePairingResponses = {
+    /**
+     * The code
+     */
+    201: PairingCode;
+};
+
+export type CreatePairingResponse = CreatePairingResponses[keyof CreatePairingResponses];
 
 export type SystemRuntimeData = {
     body?: never;

@@ -1,0 +1,165 @@
+//! `openwork-server-v2 tls rotate | show`, `pair` and `discover`.
+
+use std::io::Read;
+use std::time::Duration;
+
+use openwork_runtime::layout::{self, DataLayout};
+use openwork_runtime::remote::{ServerFile, client, mdns, tls};
+use openwork_runtime::{Error, ExitCode, Result, env_vars, trust};
+use serde_json::{Value, json};
+
+use super::runtime_cmd::print_out;
+use super::{Settings, TlsCommand};
+
+pub fn tls(command: TlsCommand, settings: &Settings) -> Result<ExitCode> {
+    let layout = DataLayout::resolve(settings.data_dir.clone())?;
+    let rotating = matches!(command, TlsCommand::Rotate(_));
+    trust::secure_data_dir(&layout, rotating)?;
+    let (cert_file, _) = tls::data_dir_files(&layout.data_dir);
+    let (json, fingerprint) = match command {
+        TlsCommand::Rotate(flag) => (
+            flag.json,
+            Some(tls::rotate(&layout.data_dir, &tls::certificate_names())?),
+        ),
+        TlsCommand::Show(flag) => (flag.json, tls::data_dir_fingerprint(&layout.data_dir)?),
+    };
+    if json {
+        let out = json!({ "certificate": cert_file, "fingerprint": fingerprint });
+        print_out(&format!("{out}\n"));
+    } else {
+        match &fingerprint {
+            Some(fingerprint) => {
+                print_out(&format!("{}\nSHA-256 {fingerprint}\n", cert_file.display()))
+            }
+            None => print_out("no certificate yet: the first start with remote access makes one\n"),
+        }
+    }
+    if rotating {
+        tracing::info!(
+            "a running server keeps its certificate until it restarts; paired devices need the new fingerprint"
+        );
+    }
+    Ok(ExitCode::Ok)
+}
+
+pub fn pair(json_out: bool, settings: &Settings) -> Result<ExitCode> {
+    let layout = DataLayout::resolve(settings.data_dir.clone())?;
+    trust::secure_data_dir(&layout, false)?;
+    let server = ServerFile::read(&layout.data_dir)?;
+    let host_token = host_token(&layout)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("start the async runtime", e))?;
+    let (status, body) = runtime.block_on(client::request(
+        &server,
+        http::Method::POST,
+        "/system/pairing",
+        &host_token,
+    ))?;
+    let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if status != http::StatusCode::CREATED {
+        return Err(Error::BadInput(format!(
+            "the server refused a pairing code ({status}: {}); is the host token the running server's?",
+            answer["message"].as_str().unwrap_or("no message")
+        )));
+    }
+    if json_out {
+        print_out(&format!("{answer}\n"));
+        return Ok(ExitCode::Ok);
+    }
+    let text = |key: &str| answer[key].as_str().unwrap_or_default().to_string();
+    let url = text("url");
+    let mut out = format!(
+        "Pairing code:  {}   (single use, valid {} minutes)\nServer:        {}\n",
+        text("code"),
+        answer["expiresInSeconds"]
+            .as_u64()
+            .unwrap_or(0)
+            .div_ceil(60),
+        answer["addresses"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default(),
+    );
+    if let Some(fingerprint) = answer["fingerprint"].as_str() {
+        out.push_str(&format!("Certificate:   SHA-256 {fingerprint}\n"));
+    }
+    out.push_str(&format!("URL:           {url}\n\n{}\n", qr_text(&url)));
+    print_out(&out);
+    Ok(ExitCode::Ok)
+}
+
+pub fn discover(timeout: u64, json_out: bool) -> Result<ExitCode> {
+    let found = mdns::discover(Duration::from_secs(timeout))
+        .map_err(|e| Error::BadInput(format!("cannot listen for mDNS answers: {e}")))?;
+    if json_out {
+        print_out(&format!(
+            "{}\n",
+            serde_json::to_string(&found).unwrap_or_default()
+        ));
+        return Ok(ExitCode::Ok);
+    }
+    if found.is_empty() {
+        print_out(&format!(
+            "no openwork server answered within {timeout} s (servers advertise with --remote-access, unless --no-mdns)\n"
+        ));
+    }
+    for server in found {
+        let addresses: Vec<String> = server.addresses.iter().map(ToString::to_string).collect();
+        print_out(&format!(
+            "{}\n  {} port {}  version {}  {}\n",
+            server.name,
+            addresses.join(", "),
+            server.port,
+            server.version.as_deref().unwrap_or("?"),
+            match &server.fingerprint_prefix {
+                Some(prefix) if server.tls => format!("TLS, certificate SHA-256 {prefix}…"),
+                _ => "plain HTTP".to_string(),
+            }
+        ));
+    }
+    Ok(ExitCode::Ok)
+}
+
+/// The host token: `OPENWORK_HOST_TOKEN`, else the data dir's `host-token` (never made
+/// here: a server that generated none would not accept it).
+fn host_token(layout: &DataLayout) -> Result<String> {
+    if let Ok(value) = std::env::var(env_vars::OPENWORK_HOST_TOKEN)
+        && !value.trim().is_empty()
+    {
+        return Ok(value.trim().to_string());
+    }
+    let path = layout.data_dir.join(layout::HOST_TOKEN_FILE);
+    let mut text = String::new();
+    match trust::open_trusted(&path, "the token file")? {
+        Some(mut file) => {
+            file.read_to_string(&mut text)
+                .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+            Ok(text.trim().to_string())
+        }
+        None => Err(Error::BadInput(format!(
+            "no host token: {} does not exist and {} is not set; run `pair` as the user who started the server, with its --data-dir",
+            path.display(),
+            env_vars::OPENWORK_HOST_TOKEN
+        ))),
+    }
+}
+
+/// The URL as a QR code of Unicode half blocks (two modules a character cell), with its
+/// quiet zone, dark on light whatever the terminal's colours.
+fn qr_text(url: &str) -> String {
+    match qrcode::QrCode::new(url.as_bytes()) {
+        Ok(code) => code
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+        Err(e) => format!("(no QR code: {e})"),
+    }
+}

@@ -1,0 +1,683 @@
+//! Remote access, end to end on the real binary: TLS with pinned and CA-checked clients,
+//! plain HTTP refused off loopback, pairing (happy path, expiry, reuse, brute force), device
+//! tokens and their revocation closing live streams, and mDNS between network namespaces.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use openwork_tests::fixtures::output_of;
+use openwork_tests::server::{ServerBuilder, ServerProcess, wait_for_exit};
+use openwork_tests::tls::{closes_within, open, pinned_client};
+use serde_json::{Value, json};
+
+/// A server with remote access on every address (`0.0.0.0`: not loopback, so TLS), without
+/// mDNS (the namespace test turns it on).
+fn remote(dir: &Path) -> ServerBuilder {
+    ServerBuilder::fixture(dir)
+        .arg("--host")
+        .arg("0.0.0.0")
+        .arg("--remote-access")
+        .arg("--no-mdns")
+}
+
+/// A started remote server, its port and certificate fingerprint.
+struct Remote {
+    server: ServerProcess,
+    port: u16,
+    fingerprint: String,
+}
+
+impl Remote {
+    fn start(builder: ServerBuilder) -> Remote {
+        let server = builder.start();
+        let port = server.ready["port"].as_u64().unwrap() as u16;
+        let fingerprint = server.ready["tlsFingerprint"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no tlsFingerprint in {}", server.ready))
+            .to_string();
+        assert_eq!(
+            server.ready["url"],
+            format!("https://0.0.0.0:{port}"),
+            "{}",
+            server.ready
+        );
+        Remote {
+            server,
+            port,
+            fingerprint,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn client(&self) -> reqwest::blocking::Client {
+        pinned_client(&self.fingerprint)
+    }
+
+    /// `method path` with `token`: status and JSON body (null when not JSON).
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client()
+            .request(method.parse().unwrap(), self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        let body = response.json_value();
+        (status, body)
+    }
+
+    /// A pairing code from `openwork-server-v2 pair --json`, as the host would get one.
+    fn pair_command(&self, json_out: bool) -> Output {
+        let mut command = Command::new(openwork_tests::host_bin("openwork-server-v2"));
+        command
+            .arg("pair")
+            .arg("--data-dir")
+            .arg(&self.server.data_dir)
+            .env_remove("OPENWORK_HOST_TOKEN")
+            .env_remove("OPENWORK_DATA_DIR");
+        if json_out {
+            command.arg("--json");
+        }
+        output_of(&mut command)
+    }
+
+    fn code(&self) -> Value {
+        let output = self.pair_command(true);
+        assert!(
+            output.status.success(),
+            "{}",
+            openwork_tests::fixtures::describe(&output)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// Pairs a device: its id and token.
+    fn paired(&self, name: &str) -> (String, String) {
+        let code = self.code();
+        let (status, body) = self.call(
+            "POST",
+            "/pair",
+            None,
+            Some(json!({"code": code["code"], "deviceName": name})),
+        );
+        assert_eq!(status, 201, "{body}");
+        (
+            body["deviceId"].as_str().unwrap().to_string(),
+            body["token"].as_str().unwrap().to_string(),
+        )
+    }
+}
+
+trait JsonValue {
+    fn json_value(self) -> Value;
+}
+
+impl JsonValue for reqwest::blocking::Response {
+    fn json_value(self) -> Value {
+        let bytes = self.bytes().unwrap();
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    }
+}
+
+#[test]
+fn a_remote_server_speaks_tls_only_with_a_reused_certificate_that_clients_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::start(remote(dir.path()));
+    let fingerprint = remote.fingerprint.clone();
+    assert_eq!(fingerprint.len(), 64);
+
+    // A client pinning the fingerprint gets in; /system/runtime names the same certificate.
+    let (status, runtime) = remote.call("GET", "/system/runtime", Some(&remote.server.token), None);
+    assert_eq!(status, 200, "{runtime}");
+    assert_eq!(runtime["tls"]["fingerprint"], fingerprint.as_str());
+    let cert = remote.server.data_dir.join("tls/cert.pem");
+    assert_eq!(runtime["tls"]["certificate"], cert.to_str().unwrap());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = remote.server.data_dir.join("tls/key.pem");
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    // A client pinning another certificate refuses the server.
+    let wrong = pinned_client(&"00".repeat(32))
+        .get(remote.url("/health"))
+        .send()
+        .expect_err("a wrong fingerprint must be refused");
+    assert!(wrong.is_connect(), "{wrong:?}");
+
+    // curl, trusting the generated certificate as its CA (it names localhost), and not
+    // without it.
+    let curl = |extra: &[&str]| {
+        output_of(
+            Command::new("curl")
+                .args(["-sS", "--max-time", "10"])
+                .args(extra)
+                .arg(format!("https://localhost:{}/health", remote.port)),
+        )
+    };
+    let trusted = curl(&["--cacert", cert.to_str().unwrap()]);
+    assert!(
+        trusted.status.success(),
+        "{}",
+        openwork_tests::fixtures::describe(&trusted)
+    );
+    let health: Value = serde_json::from_slice(&trusted.stdout).unwrap();
+    assert_eq!(health["healthy"], true);
+    let untrusted = curl(&[]);
+    assert!(
+        !untrusted.status.success(),
+        "curl must refuse an unknown self-signed certificate"
+    );
+
+    // Plain HTTP on the same port gets no HTTP answer.
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", remote.port)).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    plain
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut answer);
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("200 OK"),
+        "plain HTTP was served: {}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // The next start reuses the certificate; `tls rotate` replaces it.
+    let data = remote.server.data_dir.clone();
+    let mut server = remote.server;
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+    let again = Remote::start(remote_in(dir.path()));
+    assert_eq!(again.fingerprint, fingerprint, "reused");
+    drop(again);
+    let run = |args: &[&str]| {
+        output_of(
+            Command::new(openwork_tests::host_bin("openwork-server-v2"))
+                .args(args)
+                .arg("--data-dir")
+                .arg(&data)
+                .arg("--json"),
+        )
+    };
+    let shown: Value = serde_json::from_slice(&run(&["tls", "show"]).stdout).unwrap();
+    assert_eq!(shown["fingerprint"], fingerprint.as_str());
+    let rotated: Value = serde_json::from_slice(&run(&["tls", "rotate"]).stdout).unwrap();
+    let rotated = rotated["fingerprint"].as_str().unwrap().to_string();
+    assert_ne!(rotated, fingerprint);
+    let after = Remote::start(remote_in(dir.path()));
+    assert_eq!(
+        after.fingerprint, rotated,
+        "the rotated certificate is served"
+    );
+}
+
+/// [`remote`] again in the same directory (same data dir).
+fn remote_in(dir: &Path) -> ServerBuilder {
+    remote(dir)
+}
+
+#[test]
+fn plain_http_on_a_non_loopback_address_is_refused_with_exit_16() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, stderr) = remote(dir.path()).arg("--tls").arg("off").spawn();
+    let status = wait_for_exit(&mut child, Duration::from_secs(30), || {
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+    });
+    let text = std::fs::read_to_string(&stderr).unwrap();
+    assert_eq!(status.code(), Some(16), "{text}");
+    assert!(text.contains("refusing plain HTTP on 0.0.0.0"), "{text}");
+    assert!(text.contains("drop --tls off"), "says what to do: {text}");
+    assert!(
+        !dir.path().join("data/tls").exists(),
+        "nothing was made before refusing"
+    );
+}
+
+#[test]
+fn pairing_gives_a_device_its_own_token_and_a_code_works_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::start(remote(dir.path()));
+    let host = remote.server.host_token.clone();
+    let client = remote.server.token.clone();
+
+    // `pair` prints the code, the URL with address, port and fingerprint, and a QR code.
+    let shown = remote.pair_command(false);
+    let text = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(shown.status.success(), "{text}");
+    assert!(text.contains("Pairing code:"), "{text}");
+    assert!(
+        text.contains(&format!("fingerprint={}", remote.fingerprint)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(":{}/pair?code=", remote.port)),
+        "{text}"
+    );
+    assert!(
+        text.contains('▀') || text.contains('▄') || text.contains('█'),
+        "a QR code: {text}"
+    );
+
+    // Asking over the API needs the host token.
+    let (status, _) = remote.call("POST", "/system/pairing", Some(&client), None);
+    assert_eq!(status, 403);
+    let (status, issued) = remote.call("POST", "/system/pairing", Some(&host), None);
+    assert_eq!(status, 201, "{issued}");
+    assert_eq!(issued["expiresInSeconds"], 300);
+    assert_eq!(issued["fingerprint"], remote.fingerprint.as_str());
+    let code = issued["code"].as_str().unwrap().to_string();
+
+    // Typed in lower case with a space: still the code. Once.
+    let typed = code.to_ascii_lowercase().replace('-', " ");
+    let (status, paired) = remote.call(
+        "POST",
+        "/pair",
+        None,
+        Some(json!({"code": typed, "deviceName": "Ana's phone"})),
+    );
+    assert_eq!(status, 201, "{paired}");
+    let token = paired["token"].as_str().unwrap().to_string();
+    let (status, again) = remote.call(
+        "POST",
+        "/pair",
+        None,
+        Some(json!({"code": code, "deviceName": "someone else"})),
+    );
+    assert_eq!(status, 401, "a used code: {again}");
+    assert_eq!(again["error"], "pairing_refused");
+
+    // The device's token works like the client token (not the host's), and the client token
+    // keeps working.
+    assert_eq!(
+        remote.call("GET", "/system/runtime", Some(&token), None).0,
+        200
+    );
+    assert_eq!(
+        remote
+            .call("GET", "/opencode/global/health", Some(&token), None)
+            .0,
+        200
+    );
+    assert_eq!(
+        remote
+            .call("POST", "/system/shutdown", Some(&token), None)
+            .0,
+        403
+    );
+    assert_eq!(
+        remote.call("GET", "/system/runtime", Some(&client), None).0,
+        200
+    );
+
+    // The host sees it, with its last-seen time; the token is stored only as a digest.
+    let (status, devices) = remote.call("GET", "/system/devices", Some(&host), None);
+    assert_eq!(status, 200);
+    let items = devices["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{devices}");
+    assert_eq!(items[0]["name"], "Ana's phone");
+    assert_eq!(items[0]["id"], paired["deviceId"]);
+    assert!(items[0]["lastSeenMs"].as_u64().is_some(), "{devices}");
+    assert_eq!(
+        remote.call("GET", "/system/devices", Some(&client), None).0,
+        403
+    );
+    let stored = std::fs::read_to_string(remote.server.data_dir.join("devices.json")).unwrap();
+    assert!(!stored.contains(&token), "the token itself is never stored");
+
+    // The health panel (host token) counts the refusal and lists the device as seen.
+    let (_, health) = remote.call("GET", "/system/health", Some(&host), None);
+    let panel = &health["panel"];
+    assert_eq!(panel["connectionFailures"]["pairingRefused"], 1, "{health}");
+    assert_eq!(
+        panel["devicesSeenRecently"][0]["name"], "Ana's phone",
+        "{health}"
+    );
+    assert!(panel["uptimeMs"].as_u64().is_some(), "{health}");
+    let (_, health) = remote.call("GET", "/system/health", Some(&client), None);
+    assert!(health.get("panel").is_none(), "only for the host: {health}");
+}
+
+#[test]
+fn a_pairing_code_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::start(remote(dir.path()).env("OPENWORK_SERVER_V2_PAIRING_TTL_MS", "300"));
+    let code = remote.code();
+    std::thread::sleep(Duration::from_millis(600));
+    let (status, body) = remote.call(
+        "POST",
+        "/pair",
+        None,
+        Some(json!({"code": code["code"], "deviceName": "late"})),
+    );
+    assert_eq!(status, 401, "{body}");
+    assert!(remote.server.stderr().contains("the pairing code expired"));
+}
+
+#[test]
+fn wrong_guesses_burn_the_code_and_are_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::start(remote(dir.path()));
+    let code = remote.code()["code"].as_str().unwrap().to_string();
+    // Wrong codes that differ from the real one.
+    let wrong = if code.starts_with('2') {
+        "3333-3333"
+    } else {
+        "2222-2222"
+    };
+    for _ in 0..5 {
+        let (status, _) = remote.call(
+            "POST",
+            "/pair",
+            None,
+            Some(json!({"code": wrong, "deviceName": "guesser"})),
+        );
+        assert_eq!(status, 401);
+    }
+    let (status, body) = remote.call(
+        "POST",
+        "/pair",
+        None,
+        Some(json!({"code": code, "deviceName": "too late"})),
+    );
+    assert_eq!(status, 401, "the right code after five wrong ones: {body}");
+    let stderr = remote.server.stderr();
+    assert!(stderr.contains("pairing code burned"), "{stderr}");
+    assert!(
+        stderr.contains("127.0.0.1"),
+        "the guesser's address is logged: {stderr}"
+    );
+    assert!(!stderr.contains(&code), "the code is never logged");
+}
+
+#[test]
+fn revoking_a_device_fails_its_token_and_closes_its_event_stream_and_websocket() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::start(remote(dir.path()));
+    let (id, token) = remote.paired("tablet");
+    let (_, other) = remote.paired("laptop");
+
+    // A live supervisor event stream and a live WebSocket (through /opencode), both made
+    // with the device's token.
+    let (status, _, mut events) = open(
+        remote.port,
+        &remote.fingerprint,
+        &format!(
+            "GET /system/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n"
+        ),
+        b"",
+    );
+    assert_eq!(status, 200);
+    let (status, _, mut socket) = open(
+        remote.port,
+        &remote.fingerprint,
+        &format!(
+            "GET /opencode/ws HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        ),
+        b"",
+    );
+    assert_eq!(status, 101);
+    // The WebSocket echoes (the fixture echoes raw bytes): it is live.
+    socket.get_mut().write_all(b"ping").unwrap();
+    socket.get_mut().flush().unwrap();
+    let mut echoed = [0u8; 4];
+    std::io::Read::read_exact(&mut socket, &mut echoed).unwrap();
+    assert_eq!(&echoed, b"ping");
+    // Neither closes on its own.
+    assert!(!closes_within(&mut events, Duration::from_millis(300)));
+
+    let (status, body) = remote.call(
+        "DELETE",
+        &format!("/system/devices/{id}"),
+        Some(&remote.server.host_token),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        closes_within(&mut events, Duration::from_secs(3)),
+        "the event stream was closed"
+    );
+    assert!(
+        closes_within(&mut socket, Duration::from_secs(3)),
+        "the WebSocket was closed"
+    );
+
+    // Its token fails at once; the other device's and the client token do not.
+    let (status, body) = remote.call("GET", "/system/runtime", Some(&token), None);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        remote.call("GET", "/system/runtime", Some(&other), None).0,
+        200
+    );
+    assert_eq!(
+        remote
+            .call("GET", "/system/runtime", Some(&remote.server.token), None)
+            .0,
+        200
+    );
+    let (status, _) = remote.call(
+        "DELETE",
+        &format!("/system/devices/{id}"),
+        Some(&remote.server.host_token),
+        None,
+    );
+    assert_eq!(status, 404, "already revoked");
+}
+
+/// Runs `script` with `sh -c`; its output.
+fn sh(script: &str) -> Output {
+    output_of(Command::new("sh").arg("-c").arg(script))
+}
+
+#[test]
+fn mdns_announces_a_remote_server_and_discover_finds_it_across_network_namespaces() {
+    #[cfg(unix)]
+    let root = unsafe { libc::geteuid() } == 0;
+    #[cfg(not(unix))]
+    let root = false;
+    let have_ip = sh("command -v ip").status.success();
+    if !root || !have_ip {
+        assert!(
+            std::env::var_os("CI").is_none() || cfg!(not(target_os = "linux")),
+            "CI runs as root with iproute2: the mDNS test must run there"
+        );
+        eprintln!(
+            "SKIPPED (loudly): the mDNS namespace test needs root and iproute2's `ip` (root: {root}, ip: {have_ip})"
+        );
+        return;
+    }
+    // Two namespaces joined by a veth pair, with names of this process so runs do not clash.
+    let tag = std::process::id() % 100_000;
+    let (server_ns, client_ns) = (format!("owsrv{tag}"), format!("owcli{tag}"));
+    let (veth_a, veth_b) = (format!("owa{tag}"), format!("owb{tag}"));
+    struct Cleanup(Vec<String>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for ns in &self.0 {
+                let _ = sh(&format!("ip netns del {ns}"));
+            }
+        }
+    }
+    let _cleanup = Cleanup(vec![server_ns.clone(), client_ns.clone()]);
+    let setup = sh(&format!(
+        "set -e
+         ip netns add {server_ns}
+         ip netns add {client_ns}
+         ip link add {veth_a} type veth peer name {veth_b}
+         ip link set {veth_a} netns {server_ns}
+         ip link set {veth_b} netns {client_ns}
+         ip -n {server_ns} addr add 10.77.0.1/24 dev {veth_a}
+         ip -n {client_ns} addr add 10.77.0.2/24 dev {veth_b}
+         ip -n {server_ns} link set lo up
+         ip -n {client_ns} link set lo up
+         ip -n {server_ns} link set {veth_a} up multicast on
+         ip -n {client_ns} link set {veth_b} up multicast on"
+    ));
+    if !setup.status.success() {
+        let why = openwork_tests::fixtures::describe(&setup);
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to make network namespaces: {why}"
+        );
+        eprintln!("SKIPPED (loudly): cannot make network namespaces here: {why}");
+        return;
+    }
+
+    // The server in one namespace, with mDNS (no --no-mdns).
+    let dir = tempfile::tempdir().unwrap();
+    let server_exe = openwork_tests::host_bin("openwork-server-v2");
+    let ip = String::from_utf8(sh("command -v ip").stdout).unwrap();
+    let builder = ServerBuilder::executable(&server_exe, dir.path())
+        .wrapped(Path::new(ip.trim()), &["netns", "exec", &server_ns])
+        .arg("--sidecar")
+        .arg(format!(
+            "opencode={}",
+            openwork_tests::host_bin("openwork-fixture-sidecar").display()
+        ))
+        .arg("--host")
+        .arg("10.77.0.1")
+        .arg("--remote-access");
+    let mut server = builder.start();
+    let fingerprint = server.ready["tlsFingerprint"].as_str().unwrap().to_string();
+    let port = server.ready["port"].as_u64().unwrap();
+
+    let discover = || {
+        let output = output_of(
+            Command::new("ip")
+                .args(["netns", "exec", &client_ns])
+                .arg(&server_exe)
+                .args(["discover", "--timeout", "4", "--json"]),
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            openwork_tests::fixtures::describe(&output)
+        );
+        serde_json::from_slice::<Vec<Value>>(&output.stdout).unwrap()
+    };
+    let found = discover();
+    let ours = found
+        .iter()
+        .find(|s| s["port"] == port)
+        .unwrap_or_else(|| panic!("not discovered: {found:?}\nserver:\n{}", server.stderr()));
+    assert_eq!(ours["tls"], true);
+    assert_eq!(ours["addresses"], json!(["10.77.0.1"]));
+    assert_eq!(ours["fingerprintPrefix"], &fingerprint[..16]);
+    assert_eq!(ours["version"], openwork_runtime::SERVER_VERSION);
+    let everything = serde_json::to_string(ours).unwrap();
+    assert!(!everything.contains(&server.token) && !everything.contains(&server.host_token));
+
+    // Withdrawn on stop: a goodbye, so the next browse finds nothing.
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+    let after = discover();
+    assert!(
+        after.iter().all(|s| s["port"] != port),
+        "still advertised after stop: {after:?}"
+    );
+}
+
+#[test]
+fn opencodes_published_sdk_works_over_https_through_the_proxy() {
+    // The real opencode (the pinned one, from the cache the release tests fill), behind a
+    // server that speaks TLS; node trusts the generated certificate and nothing else.
+    if Command::new("node").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "node is needed for the SDK-over-HTTPS test"
+        );
+        eprintln!("SKIPPED (loudly): node is not installed");
+        return;
+    }
+    let target = openwork_payload::targets::host().expect("a known host target");
+    let opencode = openwork_packager::fetch::ensure_pinned_opencode(&target.name).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        ServerBuilder::executable(&openwork_tests::host_bin("openwork-server-v2"), dir.path())
+            .isolated_home()
+            .arg("--sidecar")
+            .arg(format!("opencode={}", opencode.display()))
+            .arg("--tls")
+            .arg("on")
+            .start();
+    let port = server.ready["port"].as_u64().unwrap();
+    assert!(
+        server.ready["tlsFingerprint"].is_string(),
+        "{}",
+        server.ready
+    );
+    let cert = server.data_dir.join("tls/cert.pem");
+    let url = format!("https://localhost:{port}");
+
+    let client_dir = openwork_tests::workspace_root().join("clients/typescript");
+    let npm = |args: &[&str]| {
+        let output = output_of(Command::new("npm").args(args).current_dir(&client_dir));
+        assert!(
+            output.status.success(),
+            "{}",
+            openwork_tests::fixtures::describe(&output)
+        );
+    };
+    if !client_dir.join("node_modules").exists() {
+        npm(&["ci", "--no-audit", "--no-fund"]);
+    }
+    npm(&["run", "build"]);
+    let node = |extra_ca: Option<&Path>| {
+        let mut command = Command::new("node");
+        command
+            .arg("test/e2e.mjs")
+            .current_dir(&client_dir)
+            .env("OPENWORK_URL", &url)
+            .env("OPENWORK_TOKEN", &server.token)
+            .env_remove("NODE_TLS_REJECT_UNAUTHORIZED");
+        match extra_ca {
+            Some(cert) => command.env("NODE_EXTRA_CA_CERTS", cert),
+            None => command.env_remove("NODE_EXTRA_CA_CERTS"),
+        };
+        output_of(&mut command)
+    };
+    let trusted = node(Some(&cert));
+    let out = String::from_utf8_lossy(&trusted.stdout).into_owned();
+    assert!(
+        trusted.status.success(),
+        "{}\nserver:\n{}",
+        openwork_tests::fixtures::describe(&trusted),
+        server.stderr()
+    );
+    let seen: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(seen["baseUrl"], format!("{url}/opencode"), "{seen}");
+    assert!(
+        seen["sessionTitle"].as_str().unwrap().starts_with("e2e "),
+        "{seen}"
+    );
+    assert_eq!(seen["firstEvent"], "snapshot", "{seen}");
+    // Without the certificate, node refuses the server.
+    let refused = node(None);
+    assert!(
+        !refused.status.success(),
+        "node accepted an unknown certificate"
+    );
+}
