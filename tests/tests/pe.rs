@@ -449,6 +449,7 @@ fn the_stub_carries_its_version_info_and_manifest_through_packing_and_signing() 
     let packed = pack(&packing, stub());
     check(&packed, "the packed stub");
     let pki = TestPki::generate(KeyKind::Rsa2048);
-    let signed = authenticode::sign(&packed, &pki.identity(), &SignOptions::default()).unwrap();
+    let signed =
+        authenticode::sign(&packed, &pki.signing_identity(), &SignOptions::default()).unwrap();
     check(&signed, "the signed stub");
 }

@@ -645,10 +645,12 @@ fn opencodes_published_sdk_works_over_https_through_the_proxy() {
         npm(&["ci", "--no-audit", "--no-fund"]);
     }
     npm(&["run", "build"]);
-    let node = |extra_ca: Option<&Path>| {
+    let node_script = |script: &str, extra_ca: Option<&Path>| {
         let mut command = Command::new("node");
         command
-            .arg("test/e2e.mjs")
+            // Node 20 (what CI installs) has WebSocket behind this flag.
+            .arg("--experimental-websocket")
+            .arg(script)
             .current_dir(&client_dir)
             .env("OPENWORK_URL", &url)
             .env("OPENWORK_TOKEN", &server.token)
@@ -659,6 +661,7 @@ fn opencodes_published_sdk_works_over_https_through_the_proxy() {
         };
         output_of(&mut command)
     };
+    let node = |extra_ca: Option<&Path>| node_script("test/e2e.mjs", extra_ca);
     let trusted = node(Some(&cert));
     let out = String::from_utf8_lossy(&trusted.stdout).into_owned();
     assert!(
@@ -674,6 +677,17 @@ fn opencodes_published_sdk_works_over_https_through_the_proxy() {
         "{seen}"
     );
     assert_eq!(seen["firstEvent"], "snapshot", "{seen}");
+    // A terminal: opencode's SDK creates a PTY through the proxy, and a WebSocket (wss://,
+    // upgraded through the proxy) runs a command in it.
+    let pty = node_script("test/pty.mjs", Some(&cert));
+    assert!(
+        pty.status.success(),
+        "{}\nserver:\n{}",
+        openwork_tests::fixtures::describe(&pty),
+        server.stderr()
+    );
+    let pty: Value = serde_json::from_str(String::from_utf8_lossy(&pty.stdout).trim()).unwrap();
+    assert_eq!(pty["echoed"], true, "{pty}");
     // Without the certificate, node refuses the server.
     let refused = node(None);
     assert!(
