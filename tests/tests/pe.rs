@@ -425,8 +425,18 @@ fn the_stub_carries_its_version_info_and_manifest_through_packing_and_signing() 
         );
         let fixed = version.fixed_info.as_ref().expect("VS_FIXEDFILEINFO");
         let numeric: Vec<&str> = openwork_payload::SERVER_VERSION.split('.').collect();
+        // The raw fields: goblin 0.10's `file_version()` reads the file *date* fields.
+        let file_version = goblin::pe::resource::VersionField::from_ms_ls(
+            fixed.file_version_ms,
+            fixed.file_version_ls,
+        );
         assert_eq!(
-            fixed.file_version().to_string(),
+            fixed.product_version().to_string(),
+            file_version.to_string(),
+            "{label}"
+        );
+        assert_eq!(
+            file_version.to_string(),
             format!("{}.{}.{}.0", numeric[0], numeric[1], numeric[2]),
             "{label}"
         );
