@@ -677,8 +677,9 @@ fn opencodes_published_sdk_works_over_https_through_the_proxy() {
         "{seen}"
     );
     assert_eq!(seen["firstEvent"], "snapshot", "{seen}");
-    // A terminal: opencode's SDK creates a PTY through the proxy, and a WebSocket (wss://,
-    // upgraded through the proxy) runs a command in it.
+    // opencode's own SSE stream through the proxy, and a terminal: opencode's SDK creates a
+    // PTY through the proxy, and a WebSocket (wss://, upgraded through the proxy) runs a
+    // command in it.
     let pty = node_script("test/pty.mjs", Some(&cert));
     assert!(
         pty.status.success(),
@@ -687,6 +688,7 @@ fn opencodes_published_sdk_works_over_https_through_the_proxy() {
         server.stderr()
     );
     let pty: Value = serde_json::from_str(String::from_utf8_lossy(&pty.stdout).trim()).unwrap();
+    assert_eq!(pty["firstEvent"], "server.connected", "{pty}");
     assert_eq!(pty["echoed"], true, "{pty}");
     // Without the certificate, node refuses the server.
     let refused = node(None);

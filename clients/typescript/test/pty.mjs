@@ -1,6 +1,7 @@
-// A terminal through the server, as opencode's own clients open one: opencode's published SDK
-// creates a PTY through the server's /opencode proxy, then a WebSocket to its connect URL
-// (upgraded through the same proxy, over TLS when the server speaks it) runs a command in it.
+// opencode's own event stream and a terminal through the server, as opencode's clients open
+// them: opencode's published SDK subscribes to opencode's SSE events through the server's
+// /opencode proxy and creates a PTY there, then a WebSocket to its connect URL (upgraded
+// through the same proxy, over TLS when the server speaks it) runs a command in it.
 //
 //   OPENWORK_URL=https://localhost:PORT OPENWORK_TOKEN=... node --experimental-websocket test/pty.mjs
 //
@@ -15,6 +16,17 @@ if (typeof WebSocket === 'undefined') throw new Error('no WebSocket: run node wi
 const baseUrl = `${url}/opencode`;
 const headers = { authorization: `Bearer ${token}` };
 const opencode = createOpencodeClient({ baseUrl, headers });
+// opencode's SSE stream, through the proxy: its first event says the client is connected.
+const stop = new AbortController();
+const events = await opencode.event.subscribe({ signal: stop.signal });
+let firstEvent;
+for await (const event of events.stream) {
+  firstEvent = event;
+  break;
+}
+stop.abort();
+if (!firstEvent?.type) throw new Error(`no event from opencode's stream: ${JSON.stringify(firstEvent)}`);
+
 const created = await opencode.pty.create({ body: { command: '/bin/sh', title: 'e2e' } });
 if (created.error || !created.data) throw new Error(`pty.create: ${JSON.stringify(created.error)}`);
 const id = created.data.id;
@@ -42,4 +54,4 @@ const echoed = await new Promise((resolve, reject) => {
 socket.close();
 await opencode.pty.remove({ path: { id } });
 
-console.log(JSON.stringify({ ptyId: id, echoed }));
+console.log(JSON.stringify({ firstEvent: firstEvent.type, ptyId: id, echoed }));
