@@ -175,7 +175,11 @@ impl Signers {
                  by bun build --compile after its signature) before re-signing"
             );
             data.truncate(data.len() - stale as usize);
-            write_in_place(path, &data)?;
+            // An external command signs the file on disk; an identity signs `data` and
+            // writes the result once, below.
+            if matches!(signer.backend, Backend::External(_)) {
+                write_in_place(path, &data)?;
+            }
             note = Some(format!(
                 "dropped {stale} stale bytes after __LINKEDIT before signing"
             ));
