@@ -29,12 +29,13 @@ pub struct Versions {
 pub struct Compression {
     /// zstd level.
     pub level: i32,
-    /// Threads for compression (0: single-threaded).
+    /// Threads compressing frames side by side (0 counts as 1). The output is the same
+    /// bytes whatever the number: each frame is compressed on one thread.
     pub workers: u32,
 }
 
 impl Compression {
-    /// Level 19 with every core: for releases.
+    /// The release level with every core: for releases.
     pub fn release() -> Self {
         Compression {
             level: archive::ZSTD_RELEASE_LEVEL,

@@ -4,14 +4,14 @@
 //! A packed executable is a stub plus one *region*:
 //!
 //! ```text
-//! [ zstd frame: tar of the sidecars ][ manifest JSON ][ 0-7 zero bytes ][ trailer, 128 bytes ]
+//! [ zstd frames: tar of the sidecars ][ manifest JSON ][ 0-7 zero bytes ][ trailer, 128 bytes ]
 //! ```
 //!
 //! - [`trailer`]: the fixed-size trailer and its byte layout.
 //! - [`manifest`]: the JSON table of contents, also used by bundle and runtime directories.
 //! - [`region`]: building and validating a region given its bounds.
-//! - [`archive`]: the deterministic tar + zstd inside the region, and safe streaming
-//!   extraction with inline hashing.
+//! - [`archive`]: the deterministic tar + zstd frames inside the region, and safe extraction
+//!   with inline hashing, decoding frames in parallel.
 //! - [`container`]: where ELF, PE and Mach-O keep the region, one module each behind the
 //!   same two functions, `region_bounds` and `inject`.
 //! - [`targets`]: the target table from `targets/`.

@@ -36,7 +36,9 @@ pub const TRAILER_TAIL_LEN: usize = 16;
 /// The major format version this crate reads and writes.
 pub const FORMAT_MAJOR: u16 = 1;
 /// The minor format version this crate writes (readers accept any minor of their major).
-pub const FORMAT_MINOR: u16 = 0;
+/// 1.1: the payload is a run of zstd frames with their content sizes, which readers may
+/// decode in parallel; 1.0 wrote one frame. Either reads as one zstd stream.
+pub const FORMAT_MINOR: u16 = 1;
 
 /// A decoded, checksum-verified trailer.
 #[derive(Debug, Clone, PartialEq, Eq)]

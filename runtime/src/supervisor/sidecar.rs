@@ -401,6 +401,10 @@ impl SidecarTask {
                 _ = tokio::time::sleep(self.tuning.ready_poll), if addr.is_some() => Wake::Tick,
                 _ = tokio::time::sleep_until(deadline.into()) => Wake::Deadline,
             };
+            // A probe may go out on the announcement (no poll interval lost between the
+            // sidecar saying it listens and the first question) and on each tick; never
+            // straight after a failed one, which would spin on a sidecar that fails fast.
+            let may_probe = matches!(wake, Wake::Announced(_) | Wake::Tick);
             match wake {
                 Wake::Exited(status) => {
                     return self.exited(pid, status, "before it became healthy", Duration::ZERO);
@@ -420,24 +424,7 @@ impl SidecarTask {
                         });
                     }
                 }
-                Wake::Tick => {
-                    let Some(addr) = addr else { continue };
-                    let due = match newest_probe {
-                        None => true,
-                        Some(_) if probes.is_empty() => true,
-                        Some(at) => at.elapsed() >= HEDGE_AFTER,
-                    };
-                    if due && probes.len() < MAX_STARTUP_PROBES {
-                        let remaining = deadline.saturating_duration_since(Instant::now());
-                        let limit = self
-                            .tuning
-                            .liveness_timeout
-                            .min(remaining)
-                            .max(Duration::from_millis(1));
-                        probes.spawn(check(addr, limit));
-                        newest_probe = Some(Instant::now());
-                    }
-                }
+                Wake::EndpointChanged => {}
                 Wake::Probed(healthy) => {
                     if healthy {
                         break;
@@ -458,7 +445,24 @@ impl SidecarTask {
                         healthy_for: Duration::ZERO,
                     };
                 }
-                Wake::EndpointChanged => {}
+                Wake::Tick => {}
+            }
+            if let Some(addr) = addr.filter(|_| may_probe) {
+                let due = match newest_probe {
+                    None => true,
+                    Some(_) if probes.is_empty() => true,
+                    Some(at) => at.elapsed() >= HEDGE_AFTER,
+                };
+                if due && probes.len() < MAX_STARTUP_PROBES {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let limit = self
+                        .tuning
+                        .liveness_timeout
+                        .min(remaining)
+                        .max(Duration::from_millis(1));
+                    probes.spawn(check(addr, limit));
+                    newest_probe = Some(Instant::now());
+                }
             }
         }
         let addr = addr.expect("healthy only after an announcement");

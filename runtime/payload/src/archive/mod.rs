@@ -1,5 +1,5 @@
 //! The archive inside the payload: a deterministic tar of the manifest's files, compressed
-//! as a single zstd frame.
+//! in zstd frames ([`frames`]).
 //!
 //! Writing sorts entries by size, then path (see [`write_tar`] for why), and fixes owner, group,
 //! mtime and mode, so equal inputs give equal bytes. Reading is a single streaming pass: each file is hashed as it is written,
@@ -8,18 +8,15 @@
 //! [`extract`] returns `Ok`: the caller extracts into a private temporary directory and
 //! renames it into place only then.
 //!
-//! The pass runs on two threads, as `zstd -d | tar -x` runs in two processes: one decodes,
-//! the calling thread parses the tar, hashes each file and writes it. Decoding and writing
-//! cost about the same, so on two cores this takes about as long as the slower of the two
-//! instead of their sum. Decoding is the slower one, so the decoding thread hashes the
-//! compressed bytes only after its last chunk, while the writer finishes and waits for its
-//! fsync. Decoded chunks travel through a short bounded queue and are handed back for
-//! reuse, so memory stays at the decoder's window plus a few chunks.
+//! The pass runs on several threads, as `zstd -d | tar -x` runs in two processes: frames are
+//! decoded on threads of their own ([`frames`]) while the calling thread parses the tar,
+//! hashes each file and writes it. Decoded bytes travel through a bounded queue and are
+//! handed back for reuse, so memory stays at a few frames (or, for a payload in one frame,
+//! the decoder's window plus a few chunks).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 
@@ -27,13 +24,10 @@ use crate::error::{Error, Result};
 use crate::manifest::{FileEntry, Manifest};
 use crate::trailer::Trailer;
 
-/// zstd window the packager writes with (`--long=27`, 128 MiB) and the largest the runtime
-/// accepts. Measured on opencode 1.2.27 (140.9 MB) at level 19: 23.0% of raw size with this
-/// window, 24.2% with the level's default 8 MiB window, so the long window is what keeps a
-/// release payload under 24%. The decoder needs at most this much memory for the window,
-/// and 27 is the largest window the zstd command-line tool decodes without a flag, so
-/// `zstd -d` can still inspect a payload by hand.
-pub const ZSTD_WINDOW_LOG: u32 = 27;
+mod frames;
+
+pub use frames::{FRAME_CONTENT, ZSTD_WINDOW_LOG, compress, compress_in_frames};
+
 /// Default compression level for releases. Level 18, not 19: measured on the linux-x64
 /// release tar (opencode 1.2.27 + router, 244.8 MB, long window, 2 threads on a 2-core
 /// machine), 19 gives 19.3% of raw in 66.7 s and 18 gives 19.4% in 45.8 s: 0.36 MB more
@@ -46,14 +40,6 @@ pub const ZSTD_FAST_LEVEL: i32 = 3;
 /// Size of the buffer files are copied through: large enough that per-call overhead of the
 /// decoder, hasher and `write` vanishes, small enough to stay in L2.
 const COPY_BUFFER: usize = 256 * 1024;
-
-/// Size of the decoded chunks passed from the decoding thread to the writing thread, and
-/// (below) how many may wait: together half a megabyte, so that a chunk is still in cache
-/// when the writer copies it out. On a 2-core VM whose memory streams at under 1 GB/s,
-/// 128 KiB x 4 took about 7% less CPU than 256 KiB x 8 for the real 141 MB payload.
-const PIPE_CHUNK: usize = 128 * 1024;
-/// Decoded chunks that may wait for the writing thread: enough to ride out a slow `write`.
-const PIPE_DEPTH: usize = 4;
 
 /// One file to put into an archive.
 #[derive(Debug, Clone)]
@@ -104,31 +90,6 @@ pub fn write_tar(out: impl Write, inputs: &[ArchiveInput], mtime: u64) -> Result
     Ok(counter.count)
 }
 
-/// Compresses a tar with zstd at `level` with the long window, using `workers` threads
-/// (with the `multithread` feature; one otherwise).
-pub fn compress(tar: impl Read, out: impl Write, level: i32, workers: u32) -> Result<()> {
-    let mut encoder =
-        zstd::stream::write::Encoder::new(out, level).map_err(|e| Error::io("start zstd", e))?;
-    let mut setup = || -> io::Result<()> {
-        encoder.long_distance_matching(true)?;
-        encoder.window_log(ZSTD_WINDOW_LOG)?;
-        encoder.include_checksum(false)?;
-        encoder.include_contentsize(false)?;
-        #[cfg(feature = "multithread")]
-        if workers > 0 {
-            encoder.multithread(workers)?;
-        }
-        #[cfg(not(feature = "multithread"))]
-        let _ = workers;
-        Ok(())
-    };
-    setup().map_err(|e| Error::io("configure zstd", e))?;
-    let mut tar = tar;
-    io::copy(&mut tar, &mut encoder).map_err(|e| Error::io("compress the archive", e))?;
-    encoder.finish().map_err(|e| Error::io("finish zstd", e))?;
-    Ok(())
-}
-
 /// Statistics of one extraction.
 #[derive(Debug, Clone, Default)]
 pub struct ExtractStats {
@@ -170,10 +131,10 @@ pub fn verify_stream(
     })
 }
 
-/// The one reading loop behind [`extract`] and [`verify_stream`]: decodes the frame (on a
-/// thread of its own, see the module docs), accepts only regular files the manifest names
+/// The one reading loop behind [`extract`] and [`verify_stream`]: decodes the frames (on
+/// threads of their own, see the module docs), accepts only regular files the manifest names
 /// (each once, with the manifest's size), hands each to `consume` on the calling thread, and
-/// finally checks that every manifest file was seen and that the frame's length, SHA-256 and
+/// finally checks that every manifest file was seen and that the payload's length, SHA-256 and
 /// decoded length match the trailer.
 fn for_each_file(
     compressed: &[u8],
@@ -182,25 +143,11 @@ fn for_each_file(
     consume: impl FnMut(&mut dyn Read, &FileEntry) -> Result<()>,
 ) -> Result<ExtractStats> {
     std::thread::scope(|scope| {
-        let (full_tx, full_rx) = mpsc::sync_channel(PIPE_DEPTH);
-        let (empty_tx, empty_rx) = mpsc::channel();
-        let decoding = std::thread::Builder::new()
-            .name("payload-decode".into())
-            .spawn_scoped(scope, move || decode_into(compressed, full_tx, &empty_rx))
-            .map_err(|e| Error::io("start the decoding thread", e))?;
-        let pipe = Pipe {
-            full: full_rx,
-            empty: empty_tx,
-            chunk: Vec::new(),
-            pos: 0,
-        };
-        // `read_archive` consumes the pipe: when it returns, early or not, the decoder's
-        // next send fails and its thread ends.
+        let (pipe, decoding) = frames::start(scope, compressed)?;
+        // `read_archive` consumes the pipe: when it returns, early or not, the decoders'
+        // next send fails and their threads end.
         let read = read_archive(pipe, manifest, consume);
-        let decoded = match decoding.join() {
-            Ok(decoded) => decoded,
-            Err(panic) => std::panic::resume_unwind(panic),
-        };
+        let decoded = decoding.join();
         // A decoder that could not start explains any error of the reader (it saw no data).
         let decoded = decoded?;
         let (uncompressed, files) = read?;
@@ -236,68 +183,10 @@ fn for_each_file(
     })
 }
 
-/// The decoding thread: decodes `compressed` into chunks (reusing those handed back on
-/// `empty`) and sends them on `full`, a decoding error as the last message. Then, with the
-/// queue closed, hashes `compressed`. Returns its SHA-256, or `None` if decoding stopped
-/// early (a decoding error, or the reader went away).
-fn decode_into(
-    compressed: &[u8],
-    full: mpsc::SyncSender<io::Result<Vec<u8>>>,
-    empty: &mpsc::Receiver<Vec<u8>>,
-) -> Result<Option<[u8; 32]>> {
-    // Straight from the slice: no buffer between the mapped payload and the decoder.
-    let mut decoder = zstd::stream::read::Decoder::with_buffer(compressed)
-        .map_err(|e| Error::io("start zstd", e))?;
-    decoder
-        .window_log_max(ZSTD_WINDOW_LOG)
-        .map_err(|e| Error::io("configure zstd", e))?;
-    loop {
-        let mut chunk = empty.try_recv().unwrap_or_default();
-        chunk.resize(PIPE_CHUNK, 0);
-        let mut filled = 0;
-        let mut end = false;
-        while filled < PIPE_CHUNK {
-            match decoder.read(&mut chunk[filled..]) {
-                Ok(0) => {
-                    end = true;
-                    break;
-                }
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Deliver what was decoded before the error, then the error.
-                    chunk.truncate(filled);
-                    let _ = full.send(Ok(chunk));
-                    let _ = full.send(Err(e));
-                    return Ok(None);
-                }
-            }
-        }
-        chunk.truncate(filled);
-        if filled > 0 && full.send(Ok(chunk)).is_err() {
-            return Ok(None);
-        }
-        if end {
-            break;
-        }
-    }
-    // The end of the stream for the reader, which can finish its last file meanwhile.
-    drop(full);
-    // The decoder looks for further frames until its input ends, so reaching the end means
-    // every byte was part of a valid frame; check it all the same.
-    if !decoder.finish().is_empty() {
-        return Err(Error::corrupt(
-            "payload",
-            "bytes left over after the zstd frames",
-        ));
-    }
-    Ok(Some(Sha256::digest(compressed).into()))
-}
-
 /// The calling thread's side: parses the tar from `pipe` and hands each file to `consume`;
 /// returns the decoded length and the number of files.
 fn read_archive(
-    pipe: Pipe,
+    pipe: frames::Pipe,
     manifest: &Manifest,
     mut consume: impl FnMut(&mut dyn Read, &FileEntry) -> Result<()>,
 ) -> Result<(u64, usize)> {
@@ -355,37 +244,6 @@ fn read_archive(
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(|e| decode_error("payload", e))?;
     Ok((rest.count, seen.len()))
-}
-
-/// The reading end of the queue from the decoding thread, as a `Read`. The end of the
-/// queue (the decoder dropped its sender) is the end of the stream.
-struct Pipe {
-    full: mpsc::Receiver<io::Result<Vec<u8>>>,
-    empty: mpsc::Sender<Vec<u8>>,
-    chunk: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for Pipe {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.chunk.len() {
-            let used = std::mem::take(&mut self.chunk);
-            if used.capacity() > 0 {
-                // The decoder may already be gone; then the chunk is simply freed.
-                let _ = self.empty.send(used);
-            }
-            self.pos = 0;
-            match self.full.recv() {
-                Ok(Ok(chunk)) => self.chunk = chunk,
-                Ok(Err(e)) => return Err(e),
-                Err(mpsc::RecvError) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
 }
 
 /// Writes one file of the manifest below `root` from `source`, hashing while writing:
@@ -581,21 +439,31 @@ mod tests {
     fn extract_raw(tar: &[u8], manifest: &Manifest) -> (Result<ExtractStats>, tempfile::TempDir) {
         let mut payload = Vec::new();
         compress(tar, &mut payload, 3, 0).unwrap();
-        let trailer = Trailer {
+        extract_payload(&payload, tar.len(), manifest)
+    }
+
+    /// A trailer that vouches for `payload` exactly.
+    fn trailer_for(payload: &[u8], tar_len: usize) -> Trailer {
+        Trailer {
             payload_distance: 0,
             payload_len: payload.len() as u64,
             manifest_distance: 0,
             manifest_len: 0,
-            uncompressed_len: tar.len() as u64,
-            payload_sha256: Sha256::digest(&payload).into(),
+            uncompressed_len: tar_len as u64,
+            payload_sha256: Sha256::digest(payload).into(),
             manifest_sha256: [0; 32],
             format_minor: 0,
-        };
+        }
+    }
+
+    fn extract_payload(
+        payload: &[u8],
+        tar_len: usize,
+        manifest: &Manifest,
+    ) -> (Result<ExtractStats>, tempfile::TempDir) {
+        let trailer = trailer_for(payload, tar_len);
         let dest = tempfile::tempdir().unwrap();
-        (
-            extract(payload.as_slice(), &trailer, manifest, dest.path()),
-            dest,
-        )
+        (extract(payload, &trailer, manifest, dest.path()), dest)
     }
 
     fn finish(mut tar: Vec<u8>) -> Vec<u8> {
@@ -786,7 +654,7 @@ mod tests {
     }
 
     /// Many times the decoding queue's capacity, so both threads block on each other.
-    const BIG: usize = PIPE_CHUNK * PIPE_DEPTH * 3 + 12345;
+    const BIG: usize = frames::PIPE_CHUNK * frames::PIPE_DEPTH * 3 + 12345;
 
     #[test]
     fn an_archive_of_many_chunks_extracts_exactly() {
@@ -835,19 +703,120 @@ mod tests {
             damaged[middle] ^= flip;
             // A trailer that matches the damaged bytes: only decoding and the files'
             // checksums can catch it.
-            let trailer = Trailer {
-                payload_distance: 0,
-                payload_len: damaged.len() as u64,
-                manifest_distance: 0,
-                manifest_len: 0,
-                uncompressed_len: tar.len() as u64,
-                payload_sha256: Sha256::digest(&damaged).into(),
-                manifest_sha256: [0; 32],
-                format_minor: 0,
-            };
+            let trailer = trailer_for(&damaged, tar.len());
             let dest = tempfile::tempdir().unwrap();
             assert!(extract(damaged.as_slice(), &trailer, &manifest, dest.path()).is_err());
             assert!(verify_stream(damaged.as_slice(), &trailer, &manifest).is_err());
         }
+    }
+
+    /// Frames small enough that a test archive makes many of them.
+    const SMALL_FRAME: usize = 64 * 1024;
+
+    /// A tar of one big and one small file in many small frames, with its manifest.
+    fn framed(seed: u64) -> (Vec<u8>, Vec<u8>, Manifest, Vec<u8>) {
+        let big = noise(BIG, seed);
+        let small = noise(1000, seed + 1);
+        let manifest = manifest_for(&[
+            ("opencode", "bin/opencode", &big),
+            ("opencode-router", "bin/router", &small),
+        ]);
+        let mut tar = Vec::new();
+        raw_entry(&mut tar, "bin/router", tar::EntryType::Regular, &small, "");
+        raw_entry(&mut tar, "bin/opencode", tar::EntryType::Regular, &big, "");
+        let tar = finish(tar);
+        let mut payload = Vec::new();
+        compress_in_frames(&tar, &mut payload, 3, 2, SMALL_FRAME).unwrap();
+        (tar, payload, manifest, big)
+    }
+
+    #[test]
+    fn a_payload_in_frames_is_decoded_in_parallel_and_extracts_exactly() {
+        let (tar, payload, manifest, big) = framed(5);
+        let frames = frames::parallel_frames_for_tests(&payload);
+        assert_eq!(
+            frames,
+            tar.len().div_ceil(SMALL_FRAME),
+            "one frame per 64 KiB"
+        );
+        let (result, dest) = extract_payload(&payload, tar.len(), &manifest);
+        let stats = result.unwrap();
+        assert_eq!((stats.uncompressed, stats.files), (tar.len() as u64, 2));
+        assert_eq!(fs::read(dest.path().join("bin/opencode")).unwrap(), big);
+        let trailer = trailer_for(&payload, tar.len());
+        verify_stream(&payload, &trailer, &manifest).unwrap();
+    }
+
+    #[test]
+    fn frames_are_one_zstd_stream_for_any_decoder_and_the_same_bytes_for_any_thread_count() {
+        let (tar, payload, _, _) = framed(6);
+        // What `zstd -d` and the 1.0 readers do: one streaming pass over every frame.
+        assert_eq!(zstd::stream::decode_all(payload.as_slice()).unwrap(), tar);
+        for workers in [0, 1, 3, 8] {
+            let mut again = Vec::new();
+            compress_in_frames(&tar, &mut again, 3, workers, SMALL_FRAME).unwrap();
+            assert_eq!(again, payload, "{workers} workers");
+        }
+        // A one-frame payload (1.0 packagers) still goes through the streaming reader.
+        let one_frame = zstd::stream::encode_all(tar.as_slice(), 3).unwrap();
+        assert_eq!(frames::parallel_frames_for_tests(&one_frame), 0);
+        let manifest = framed(6).2;
+        extract_payload(&one_frame, tar.len(), &manifest).0.unwrap();
+    }
+
+    #[test]
+    fn damage_in_any_frame_is_refused_by_the_parallel_reader() {
+        let (tar, payload, manifest, _) = framed(7);
+        // Frame boundaries, to damage a header as well as a body.
+        let mut starts = vec![0];
+        let mut at = 0;
+        while at < payload.len() {
+            at += zstd::zstd_safe::find_frame_compressed_size(&payload[at..]).unwrap();
+            starts.push(at);
+        }
+        let last = starts[starts.len() - 2];
+        let positions = [
+            starts[1] + 5,                     // second frame's header (content size)
+            (starts[2] + starts[3]) / 2,       // inside the third frame
+            last + (payload.len() - last) / 2, // inside the last frame
+        ];
+        for position in positions {
+            for flip in [0x01u8, 0x80] {
+                let mut damaged = payload.clone();
+                damaged[position] ^= flip;
+                let trailer = trailer_for(&damaged, tar.len());
+                let dest = tempfile::tempdir().unwrap();
+                let extracted = extract(&damaged, &trailer, &manifest, dest.path());
+                assert!(extracted.is_err(), "byte {position} ^ {flip:#x} accepted");
+                assert!(verify_stream(&damaged, &trailer, &manifest).is_err());
+            }
+        }
+        // A whole frame left out, with a trailer that vouches for what is left.
+        let mut shortened = payload[..starts[2]].to_vec();
+        shortened.extend_from_slice(&payload[starts[3]..]);
+        let (result, _dest) = extract_payload(&shortened, tar.len(), &manifest);
+        assert!(result.is_err(), "a payload missing a frame was accepted");
+        // Frames in the wrong order.
+        let mut swapped = payload[..starts[1]].to_vec();
+        swapped.extend_from_slice(&payload[starts[2]..starts[3]]);
+        swapped.extend_from_slice(&payload[starts[1]..starts[2]]);
+        swapped.extend_from_slice(&payload[starts[3]..]);
+        let (result, _dest) = extract_payload(&swapped, tar.len(), &manifest);
+        assert!(result.is_err(), "frames out of order were accepted");
+    }
+
+    #[test]
+    fn refusing_early_with_frames_in_flight_neither_hangs_nor_writes() {
+        let big = noise(BIG, 8);
+        let manifest = manifest_for(&[("opencode", "bin/opencode", &big)]);
+        let mut tar = Vec::new();
+        raw_entry(&mut tar, "bin/extra", tar::EntryType::Regular, &big, "");
+        raw_entry(&mut tar, "bin/opencode", tar::EntryType::Regular, &big, "");
+        let tar = finish(tar);
+        let mut payload = Vec::new();
+        compress_in_frames(&tar, &mut payload, 3, 2, SMALL_FRAME).unwrap();
+        let (result, dest) = extract_payload(&payload, tar.len(), &manifest);
+        assert!(matches!(result, Err(Error::UnsafeEntry { .. })));
+        assert!(!dest.path().join("bin/opencode").exists());
     }
 }
