@@ -91,6 +91,8 @@ pub(crate) mod oid {
     pub const SUBJECT_KEY_IDENTIFIER: Oid = Oid::new_unwrap("2.5.29.14");
     pub const EXTENDED_KEY_USAGE: Oid = Oid::new_unwrap("2.5.29.37");
     pub const KP_TIME_STAMPING: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.3.8");
+    /// id-aa-timeStampToken: the unsigned attribute that carries a signature's time stamp.
+    pub const TIME_STAMP_TOKEN: Oid = Oid::new_unwrap("1.2.840.113549.1.9.16.2.14");
 }
 
 /// `PKIStatusInfo` (RFC 3161 §2.4.2), defined here because x509-tsp takes it from a crate
