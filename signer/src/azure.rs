@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use der::{Decode, Encode};
+use openwork_retry::{Backoff, Failure};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use x509_certificate::{CapturedX509Certificate, SignatureAlgorithm};
@@ -36,6 +37,12 @@ use crate::secret::{Redactor, Secret};
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
 /// The audience of the tokens the service takes.
 pub const SCOPE: &str = "https://codesigning.azure.net/.default";
+/// Polling a signing operation: 0.1 s before the first status request, doubled up to 2 s
+/// (operations usually finish within a second); given up when the next request would
+/// start after the client's timeout.
+const POLL: Backoff =
+    Backoff::exponential(Duration::from_millis(100)).max_delay(Duration::from_secs(2));
+
 /// The data-plane API version the sign and poll requests name.
 pub const API_VERSION: &str = "2022-06-15-preview";
 /// The audience Entra ID expects of a federated token.
@@ -289,31 +296,47 @@ impl AzureSigner {
             .json(&body)
             .send()
             .map_err(|e| self.unreachable("the Artifact Signing service", &e))?;
-        let mut answer = self.operation(response)?;
-        let deadline = Instant::now() + self.timeout;
-        let mut wait = Duration::from_millis(100);
-        while answer.status == "InProgress" || answer.status == "NotStarted" {
-            if Instant::now() + wait > deadline {
-                return Err(Error::Network(format!(
+        let mut first = Some(self.operation(response)?);
+        // Each answer names the operation the next poll asks about.
+        let mut operation_id = String::new();
+        let poll = POLL.deadline(self.timeout);
+        let answer = poll
+            .retry(
+                || {
+                    let answer = match first.take() {
+                        Some(answer) => answer,
+                        None => {
+                            let response = self
+                                .http
+                                .get(format!("{base}/{operation_id}?api-version={API_VERSION}"))
+                                .bearer_auth(token.as_str())
+                                .send()
+                                .map_err(|e| {
+                                    Failure::Permanent(
+                                        self.unreachable("the Artifact Signing service", &e),
+                                    )
+                                })?;
+                            self.operation(response).map_err(Failure::Permanent)?
+                        }
+                    };
+                    operation_id.clone_from(&answer.operation_id);
+                    if answer.status == "InProgress" || answer.status == "NotStarted" {
+                        Err(Failure::Transient(answer))
+                    } else {
+                        Ok(answer)
+                    }
+                },
+                |_| {},
+            )
+            .map_err(|gave_up| match gave_up.failure {
+                Failure::Permanent(error) => error,
+                Failure::Transient(answer) => Error::Network(format!(
                     "{}: signing operation {} did not finish within {} s",
                     self.name(),
                     answer.operation_id,
                     self.timeout.as_secs()
-                )));
-            }
-            std::thread::sleep(wait);
-            wait = (wait * 2).min(Duration::from_secs(2));
-            let response = self
-                .http
-                .get(format!(
-                    "{base}/{}?api-version={API_VERSION}",
-                    answer.operation_id
-                ))
-                .bearer_auth(token.as_str())
-                .send()
-                .map_err(|e| self.unreachable("the Artifact Signing service", &e))?;
-            answer = self.operation(response)?;
-        }
+                )),
+            })?;
         if answer.status != "Succeeded" {
             let why = answer
                 .error

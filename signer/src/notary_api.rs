@@ -16,7 +16,9 @@
 //! client sends every request through a [`Transport`], which the tests replace with
 //! recorded answers.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use openwork_retry::{Backoff, Failure};
 
 use base64::Engine;
 use serde::Deserialize;
@@ -397,24 +399,32 @@ impl<T: Transport> Notarizer for NotaryApi<T> {
             )));
         }
         let status_url = format!("{}/notary/v2/submissions/{}", self.base_url, target.id);
-        let deadline = Instant::now() + self.polling.timeout;
-        let status = loop {
-            let status = parse_status(&self.get(status_url.clone())?)?;
-            if status != "In Progress" {
-                break status;
-            }
-            if Instant::now() + self.polling.interval > deadline {
-                return Err(Error::Network(format!(
+        let poll = Backoff::constant(self.polling.interval).deadline(self.polling.timeout);
+        let status = poll
+            .retry(
+                || {
+                    let status =
+                        parse_status(&self.get(status_url.clone()).map_err(Failure::Permanent)?)
+                            .map_err(Failure::Permanent)?;
+                    if status == "In Progress" {
+                        Err(Failure::Transient(status))
+                    } else {
+                        Ok(status)
+                    }
+                },
+                |_| {},
+            )
+            .map_err(|gave_up| match gave_up.failure {
+                Failure::Permanent(error) => error,
+                Failure::Transient(_) => Error::Network(format!(
                     "notarization of {} was still in progress after {} s (submission {}); \
                      Apple may still accept it: `notarytool info {}` tells",
                     submission.original.display(),
                     self.polling.timeout.as_secs(),
                     target.id,
                     target.id
-                )));
-            }
-            std::thread::sleep(self.polling.interval);
-        };
+                )),
+            })?;
         if status == "Accepted" {
             return Ok(NotarizationOutcome {
                 id: target.id,

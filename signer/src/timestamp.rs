@@ -29,6 +29,8 @@ use x509_cert::serial_number::SerialNumber;
 use x509_certificate::{CapturedX509Certificate, DigestAlgorithm, SignatureAlgorithm};
 use x509_tsp::{MessageImprint, TimeStampReq, TspVersion, TstInfo};
 
+use openwork_retry::{Backoff, GaveUp};
+
 use crate::chain::{Anchors, ChainError, check_chain};
 use crate::error::{Error, Result};
 
@@ -64,6 +66,12 @@ pub struct TokenInfo {
     /// The token's serial number, lowercase hex.
     pub serial: String,
 }
+
+/// Retries of one TSA: 0.5 s before the second attempt, doubled for each further one up
+/// to 8 s (enough for a TSA behind a load balancer to recover, short enough for a release
+/// job); the number of attempts is [`TimestampConfig::attempts`].
+const RETRY: Backoff =
+    Backoff::exponential(Duration::from_millis(500)).max_delay(Duration::from_secs(8));
 
 /// Object identifiers used here and by the test TSA.
 pub(crate) mod oid {
@@ -200,29 +208,35 @@ pub fn request_token(config: &TimestampConfig, message: &[u8]) -> Result<Vec<u8>
             ))
         })?;
 
-    let attempts = config.attempts.max(1);
+    let retry = RETRY.attempts(config.attempts);
     let mut failures = Vec::new();
     for url in &config.urls {
         let mut tried = 0;
-        let outcome = loop {
-            tried += 1;
-            match exchange(&client, url, &body, &imprint, &nonce) {
-                Ok(token) => break Ok(token),
-                Err(Failure::Transient(why)) if tried < attempts => {
-                    tracing::warn!(url, attempt = tried, "time stamp failed, retrying: {why}");
-                    std::thread::sleep(backoff(tried));
-                }
-                Err(Failure::Transient(why) | Failure::Permanent(why)) => break Err(why),
-            }
-        };
+        let outcome = retry.retry(
+            || {
+                tried += 1;
+                exchange(&client, url, &body, &imprint, &nonce)
+            },
+            |retrying| {
+                tracing::warn!(
+                    url,
+                    attempt = retrying.attempt,
+                    "time stamp failed, retrying: {}",
+                    retrying.failure
+                );
+            },
+        );
         match outcome {
             Ok(token) => {
                 tracing::debug!(url, attempts = tried, "time stamp received");
                 return Ok(token);
             }
-            Err(why) => {
-                let plural = if tried == 1 { "" } else { "s" };
-                failures.push(format!("{url}: {why} ({tried} attempt{plural})"));
+            Err(GaveUp {
+                failure: Failure::Transient(why) | Failure::Permanent(why),
+                attempts,
+            }) => {
+                let plural = if attempts == 1 { "" } else { "s" };
+                failures.push(format!("{url}: {why} ({attempts} attempt{plural})"));
             }
         }
     }
@@ -277,10 +291,8 @@ pub(crate) fn verify_token_with(
 }
 
 /// Why one try failed, and whether trying the same URL again may help.
-enum Failure {
-    Transient(String),
-    Permanent(String),
-}
+/// Why one exchange with a TSA failed.
+type Failure = openwork_retry::Failure<String>;
 
 fn exchange(
     client: &reqwest::blocking::Client,
@@ -676,10 +688,4 @@ fn random_nonce() -> [u8; 8] {
     OsRng.fill_bytes(&mut nonce);
     nonce[0] = (nonce[0] & 0x7f).max(1);
     nonce
-}
-
-/// 0.5 s, 1 s, 2 s, … capped at 8 s: enough for a TSA behind a load balancer to recover,
-/// short enough for a release job.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(500u64 << attempt.saturating_sub(1).min(4))
 }
