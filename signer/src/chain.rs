@@ -15,7 +15,7 @@ const MAX_CHAIN_LEN: usize = 8;
 
 /// Why a chain does not hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ChainError {
+pub enum ChainError {
     /// A certificate on the way was not valid at the time checked.
     NotValid {
         /// The certificate, described.
@@ -31,9 +31,11 @@ pub(crate) enum ChainError {
         /// The certificate whose issuer was not found.
         certificate: String,
     },
-    /// More than [`MAX_CHAIN_LEN`] certificates.
+    /// More than `MAX_CHAIN_LEN` (8) certificates.
     TooLong,
 }
+
+impl std::error::Error for ChainError {}
 
 impl std::fmt::Display for ChainError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

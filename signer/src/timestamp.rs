@@ -32,7 +32,7 @@ use x509_tsp::{MessageImprint, TimeStampReq, TspVersion, TstInfo};
 use openwork_retry::{Backoff, GaveUp};
 
 use crate::chain::{Anchors, ChainError, check_chain};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, NetworkError, Result, VerificationError};
 
 /// Where and how persistently to ask for time stamps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,9 +176,7 @@ struct SigningCertificate {
 /// against its own roots.
 pub fn request_token(config: &TimestampConfig, message: &[u8]) -> Result<Vec<u8>> {
     if config.urls.is_empty() {
-        return Err(Error::Config(
-            "time stamping is on but no time-stamp URL is configured".into(),
-        ));
+        return Err(ConfigError::NoTimestampUrl.into());
     }
     let imprint = Sha256::digest(message).to_vec();
     let nonce = random_nonce();
@@ -201,12 +199,7 @@ pub fn request_token(config: &TimestampConfig, message: &[u8]) -> Result<Vec<u8>
         .timeout(config.timeout)
         .user_agent(concat!("openwork-signer/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| {
-            Error::Network(format!(
-                "cannot set up the HTTP client: {}",
-                display_chain(&e)
-            ))
-        })?;
+        .map_err(|e| NetworkError::Client { source: e.into() })?;
 
     let retry = RETRY.attempts(config.attempts);
     let mut failures = Vec::new();
@@ -240,11 +233,7 @@ pub fn request_token(config: &TimestampConfig, message: &[u8]) -> Result<Vec<u8>
             }
         }
     }
-    Err(Error::Network(format!(
-        "no time-stamp authority gave a time stamp: {}. Check the time-stamp URLs and that \
-         this machine can reach them (proxies come from HTTPS_PROXY/HTTP_PROXY)",
-        failures.join("; ")
-    )))
+    Err(NetworkError::NoTimestamp { failures }.into())
 }
 
 /// Checks `token_der` (a `TimeStampToken`, as [`request_token`] returns and signatures
@@ -268,21 +257,26 @@ pub(crate) fn verify_token_with(
     message: &[u8],
     anchors: Anchors<'_>,
 ) -> Result<TokenInfo> {
-    let token = ContentInfo::from_der(token_der)
-        .map_err(|e| Error::Verification(format!("the time-stamp token is not CMS: {e}")))?;
-    let checked = check_token(&token).map_err(Error::Verification)?;
+    let token = ContentInfo::from_der(token_der).map_err(|e| VerificationError::Unreadable {
+        what: "the time-stamp token (as CMS)".into(),
+        source: e.into(),
+    })?;
+    let invalid = |problem| VerificationError::Timestamp { problem };
+    let checked = check_token(&token).map_err(invalid)?;
     let expected = digest_with(
         &checked.tst_info.message_imprint.hash_algorithm.oid,
         message,
     )
-    .map_err(Error::Verification)?;
+    .map_err(invalid)?;
     if checked.tst_info.message_imprint.hashed_message.as_bytes() != expected.as_slice() {
-        return Err(Error::Verification(
-            "the time stamp is for another message (its imprint does not match)".into(),
-        ));
+        return Err(VerificationError::ContentDigest {
+            what: "the time stamp is for another message (its imprint does not match)",
+            source: None,
+        }
+        .into());
     }
     let gen_time = SystemTime::UNIX_EPOCH + checked.tst_info.gen_time.to_unix_duration();
-    check_tsa_certificate(&checked, gen_time, anchors).map_err(Error::Verification)?;
+    check_tsa_certificate(&checked, gen_time, anchors).map_err(invalid)?;
     Ok(TokenInfo {
         gen_time,
         tsa_subject: checked.signer.parsed.tbs_certificate.subject.to_string(),
@@ -290,8 +284,7 @@ pub(crate) fn verify_token_with(
     })
 }
 
-/// Why one try failed, and whether trying the same URL again may help.
-/// Why one exchange with a TSA failed.
+/// Why one exchange with a TSA failed, and whether trying the same URL again may help.
 type Failure = openwork_retry::Failure<String>;
 
 fn exchange(

@@ -5,7 +5,9 @@
 use goblin::mach::load_command::CommandVariant;
 use goblin::mach::{Mach, MachO};
 
-use crate::error::{Error, Result};
+use openwork_payload::container::ExecutableFormat;
+
+use crate::error::{LayoutError, MachOKind, Result, UnsupportedError, VerificationError};
 
 pub(crate) const LINKEDIT: &str = "__LINKEDIT";
 
@@ -18,7 +20,7 @@ pub fn check_macho_layout(data: &[u8]) -> Result<()> {
         .segments
         .iter()
         .find(|s| s.name().ok() == Some(LINKEDIT))
-        .ok_or_else(|| Error::Layout("there is no __LINKEDIT segment".into()))?;
+        .ok_or(LayoutError::NoLinkedit)?;
     let linkedit_end = linkedit.fileoff.saturating_add(linkedit.filesize);
     for segment in macho.segments.iter() {
         if segment.fileoff == linkedit.fileoff && segment.name().ok() == Some(LINKEDIT) {
@@ -27,31 +29,31 @@ pub fn check_macho_layout(data: &[u8]) -> Result<()> {
         if segment.filesize > 0
             && segment.fileoff.saturating_add(segment.filesize) > linkedit.fileoff
         {
-            return Err(Error::Layout(format!(
-                "segment {} ends after __LINKEDIT starts; __LINKEDIT must be the last segment",
-                segment.name().unwrap_or("(unnamed)")
-            )));
+            return Err(LayoutError::LinkeditNotLast {
+                segment: segment.name().unwrap_or("(unnamed)").to_owned(),
+            }
+            .into());
         }
     }
     let len = data.len() as u64;
     if len > linkedit_end {
-        return Err(Error::Layout(format!(
-            "{} bytes follow the end of __LINKEDIT; signing would drop them and signature verification would not cover them",
-            len - linkedit_end
-        )));
+        return Err(LayoutError::AfterLinkedit {
+            count: len - linkedit_end,
+        }
+        .into());
     }
     if len < linkedit_end {
-        return Err(Error::Layout(format!(
-            "__LINKEDIT ends at byte {linkedit_end} but the file has only {len} bytes (truncated?)"
-        )));
+        return Err(LayoutError::Truncated { linkedit_end, len }.into());
     }
     for command in &macho.load_commands {
         if let CommandVariant::CodeSignature(signature) = &command.command {
             let end = u64::from(signature.dataoff) + u64::from(signature.datasize);
             if end != linkedit_end {
-                return Err(Error::Layout(format!(
-                    "the code signature ends at byte {end} but __LINKEDIT ends at byte {linkedit_end}; the signature must be last"
-                )));
+                return Err(LayoutError::SignatureNotLast {
+                    signature_end: end,
+                    linkedit_end,
+                }
+                .into());
             }
         }
     }
@@ -68,11 +70,11 @@ pub(crate) fn code_signature_range(data: &[u8]) -> Result<(u64, u64)> {
             CommandVariant::CodeSignature(s) => Some((u64::from(s.dataoff), u64::from(s.datasize))),
             _ => None,
         })
-        .ok_or_else(|| Error::Verification("the file has no code signature".into()))?;
+        .ok_or(VerificationError::NotSigned {
+            format: ExecutableFormat::MachO,
+        })?;
     if data.len() < (start + size) as usize {
-        return Err(Error::Layout(
-            "the code signature extends past the end of the file".into(),
-        ));
+        return Err(LayoutError::SignaturePastEnd.into());
     }
     Ok((start, size))
 }
@@ -81,15 +83,14 @@ pub(crate) fn code_signature_range(data: &[u8]) -> Result<(u64, u64)> {
 pub(crate) fn parse_thin(data: &[u8]) -> Result<MachO<'_>> {
     match Mach::parse(data) {
         Ok(Mach::Binary(macho)) if macho.is_64 => Ok(macho),
-        Ok(Mach::Binary(_)) => Err(Error::Unsupported(
-            "32-bit Mach-O files are not supported".into(),
-        )),
-        Ok(Mach::Fat(_)) => Err(Error::Unsupported(
-            "universal (fat) Mach-O files are not supported: sign each architecture's thin file"
-                .into(),
-        )),
-        Err(e) => Err(Error::Unsupported(format!(
-            "not a Mach-O file goblin can parse: {e}"
-        ))),
+        Ok(Mach::Binary(_)) => Err(UnsupportedError::MachO {
+            kind: MachOKind::ThirtyTwoBit,
+        }
+        .into()),
+        Ok(Mach::Fat(_)) => Err(UnsupportedError::MachO {
+            kind: MachOKind::Fat,
+        }
+        .into()),
+        Err(source) => Err(UnsupportedError::NotMachO { source }.into()),
     }
 }

@@ -10,7 +10,7 @@ use der::{Any, Decode, Encode, Tagged};
 
 use super::layout::code_signature_range;
 use super::superblob::{CMS_SIGNATURE_SLOT, Superblob};
-use crate::error::{Error, Result};
+use crate::error::{Result, VerificationError};
 use crate::key::SigningIdentity;
 use crate::timestamp::oid::TIME_STAMP_TOKEN;
 
@@ -44,10 +44,9 @@ pub(crate) fn restore_certificates(signed: &mut [u8], identity: &SigningIdentity
     if cms.is_empty() {
         return Ok(());
     }
-    let repaired = repair_cms(cms, identity).map_err(|e| {
-        Error::Verification(format!(
-            "the CMS signature apple-codesign wrote cannot be read back: {e}"
-        ))
+    let repaired = repair_cms(cms, identity).map_err(|e| VerificationError::Unreadable {
+        what: "the CMS signature apple-codesign wrote".into(),
+        source: e.into(),
     })?;
     let mut new_blob = Vec::with_capacity(repaired.len() + 8);
     new_blob.extend_from_slice(&cms_blob[..4]);
@@ -57,11 +56,12 @@ pub(crate) fn restore_certificates(signed: &mut [u8], identity: &SigningIdentity
     blobs[cms_index].1 = &new_blob;
     let rebuilt = Superblob::write(superblob.magic, &blobs);
     if rebuilt.len() > region.len() {
-        return Err(Error::Verification(format!(
-            "the repaired signature ({} bytes) does not fit the {} bytes reserved for it",
-            rebuilt.len(),
-            region.len()
-        )));
+        return Err(VerificationError::Structure {
+            what: "the repaired signature",
+            found: format!("{} bytes", rebuilt.len()),
+            expected: "it must fit the bytes apple-codesign reserved for it",
+        }
+        .into());
     }
     region.fill(0);
     region[..rebuilt.len()].copy_from_slice(&rebuilt);

@@ -10,7 +10,7 @@ use x509_certificate::CapturedX509Certificate;
 
 use super::layout::check_macho_layout;
 use super::repair::restore_certificates;
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, NetworkError, Result, UnsupportedError};
 use crate::key::SigningIdentity;
 
 /// Ad-hoc signs a Mach-O held in memory, replacing any signature it has. `identifier` is
@@ -46,7 +46,12 @@ fn identifier_or_file_name(input: &Path, identifier: Option<&str>) -> Result<Str
         None => input
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| Error::Unsupported(format!("{} has no file name", input.display()))),
+            .ok_or_else(|| {
+                UnsupportedError::NoFileName {
+                    path: input.to_owned(),
+                }
+                .into()
+            }),
     }
 }
 
@@ -92,12 +97,10 @@ pub fn sign_with_identity(
     options: &MachOSignOptions,
 ) -> Result<Vec<u8>> {
     check_macho_layout(data)?;
-    let identifier = options.identifier.as_deref().ok_or_else(|| {
-        Error::Config(
-            "no code signing identifier: give one (codesign uses the executable's file name)"
-                .into(),
-        )
-    })?;
+    let identifier = options
+        .identifier
+        .as_deref()
+        .ok_or(ConfigError::NoIdentifier)?;
     let signer = MachOSigner::new(data)?;
     let mut settings = SigningSettings::default();
     settings.set_binary_identifier(SettingsScope::Main, identifier);
@@ -114,12 +117,18 @@ pub fn sign_with_identity(
     if let Some(xml) = &options.entitlements {
         settings
             .set_entitlements_xml(SettingsScope::Main, xml)
-            .map_err(|e| Error::Config(format!("the entitlements are not a valid plist: {e}")))?;
+            .map_err(|e| ConfigError::Entitlements {
+                whose: "the entitlements",
+                source: e.into(),
+            })?;
     }
     if let Some(url) = &options.timestamp_url {
         settings
             .set_time_stamp_url(url.as_str())
-            .map_err(|e| Error::Config(format!("time-stamp authority URL {url:?}: {e}")))?;
+            .map_err(|e| ConfigError::TimestampUrl {
+                url: url.clone(),
+                source: e.into(),
+            })?;
     }
     let mut signed = Vec::with_capacity(data.len() + data.len() / 64 + 64 * 1024);
     signer
@@ -154,15 +163,17 @@ pub fn sign_with_identity_file(
 /// signing bug. apple-codesign wraps it in a CMS error whose type this crate cannot name
 /// (it is not a direct dependency), so it is recognised by its message.
 fn signing_error(error: apple_codesign::AppleCodesignError, timestamp_url: Option<&str>) -> Error {
-    match (&error, timestamp_url) {
+    match (error, timestamp_url) {
         (apple_codesign::AppleCodesignError::Cms(cms), Some(url))
             if cms.to_string().starts_with("Time-Stamp Protocol error") =>
         {
-            Error::Network(format!(
-                "time-stamping through {url} failed: {cms}; check that the authority is reachable (and HTTPS_PROXY / NO_PROXY), or use another one"
-            ))
+            NetworkError::CodesignTimestamp {
+                url: url.to_owned(),
+                source: cms.into(),
+            }
+            .into()
         }
-        _ => error.into(),
+        (error, _) => error.into(),
     }
 }
 

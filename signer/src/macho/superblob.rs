@@ -2,7 +2,7 @@
 //! CMS signature) for another of the same slot. apple-codesign has a reader too, but it
 //! re-encodes what it reads; this one keeps every other blob's bytes as they are.
 
-use crate::error::{Error, Result};
+use crate::error::{Result, VerificationError};
 
 /// The code signature superblob's slot of the CMS signature.
 pub(crate) const CMS_SIGNATURE_SLOT: u32 = 0x10000;
@@ -16,12 +16,14 @@ pub(crate) struct Superblob<'a> {
 
 impl<'a> Superblob<'a> {
     pub(crate) fn parse(region: &'a [u8]) -> Result<Self> {
-        let truncated = || Error::Verification("the code signature superblob is truncated".into());
+        let truncated = || VerificationError::Truncated {
+            what: "the code signature superblob",
+        };
         let be = |at: usize| -> Result<u32> {
             region
                 .get(at..at + 4)
                 .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-                .ok_or_else(truncated)
+                .ok_or_else(|| truncated().into())
         };
         let magic = region
             .get(..4)

@@ -17,8 +17,12 @@ use x509_cert::ext::pkix::ExtendedKeyUsage;
 use x509_certificate::CapturedX509Certificate;
 
 use super::layout::{check_macho_layout, code_signature_range};
-use crate::chain::{self, Anchors, ChainError};
-use crate::error::{Error, Result};
+use crate::chain::{self, Anchors};
+use openwork_payload::container::ExecutableFormat;
+
+use crate::error::{
+    CertificateError, ConfigError, CoverageError, PolicyError, Result, VerificationError,
+};
 use crate::key::describe_certificate;
 use crate::timestamp::oid::TIME_STAMP_TOKEN;
 
@@ -130,25 +134,29 @@ pub fn verify_macho(data: &[u8], policy: &MachOPolicy) -> Result<MachOVerified> 
     let binary = MachOBinary::parse(data)?;
     let signature = binary
         .code_signature()?
-        .ok_or_else(|| Error::Verification("the file has no code signature".into()))?;
+        .ok_or(VerificationError::NotSigned {
+            format: ExecutableFormat::MachO,
+        })?;
     let (signature_start, _) = check_signature_padding(data)?;
     if signature.all_code_directories()?.len() != 1 {
-        return Err(Error::Verification(
-            "the signature has alternative code directories, which this verifier does not check; sign with SHA-256 only".into(),
-        ));
+        return Err(PolicyError::AlternativeCodeDirectories.into());
     }
     let directory = signature
         .code_directory()?
-        .ok_or_else(|| Error::Verification("the signature has no code directory".into()))?;
+        .ok_or(VerificationError::Missing {
+            what: "code directory",
+        })?;
     // codeLimit64 is set only for files of 4 GiB and more; zero means "use codeLimit".
     let code_limit = match directory.code_limit_64 {
         Some(limit) if limit != 0 => limit,
         _ => u64::from(directory.code_limit),
     };
     if code_limit != signature_start {
-        return Err(Error::Verification(format!(
-            "the code directory hashes the first {code_limit} bytes but the signature starts at byte {signature_start}: the bytes in between are not covered"
-        )));
+        return Err(CoverageError::CodeLimit {
+            code_limit,
+            signature_start,
+        }
+        .into());
     }
     let cms = signature.signature_data()?.filter(|cms| !cms.is_empty());
     let problems: Vec<String> = verify_macho_data(data)
@@ -165,60 +173,51 @@ pub fn verify_macho(data: &[u8], policy: &MachOPolicy) -> Result<MachOVerified> 
         .map(|p| p.to_string())
         .collect();
     if !problems.is_empty() {
-        return Err(Error::Verification(problems.join("; ")));
+        return Err(VerificationError::CodeHashes { problems }.into());
     }
 
     let (signer, timestamp) = match cms {
         None if policy.allow_adhoc => (None, None),
         None => {
-            return Err(Error::Verification(
-                "the signature is ad-hoc (no certificate), but a certificate signature is required"
-                    .into(),
-            ));
+            return Err(PolicyError::AdHoc.into());
         }
         Some(cms) => {
             let directory_blob = signature
                 .find_slot(CodeSigningSlot::CodeDirectory)
-                .ok_or_else(|| Error::Verification("the code directory slot is missing".into()))?
+                .ok_or(VerificationError::Missing {
+                    what: "code directory slot",
+                })?
                 .data;
             let (subject, timestamp) = verify_cms(&signature, directory_blob, cms, policy)?;
             (Some(subject), timestamp)
         }
     };
     if policy.require_timestamp && timestamp.is_none() {
-        return Err(Error::Verification(
-            "the signature has no secure timestamp; sign with a time-stamp authority".into(),
-        ));
+        return Err(PolicyError::NoTimestamp { any_format: false }.into());
     }
     if policy.require_hardened_runtime && !directory.flags.contains(CodeSignatureFlags::RUNTIME) {
-        return Err(Error::Verification(
-            "the hardened runtime is not enabled in the signature's flags".into(),
-        ));
+        return Err(PolicyError::NoHardenedRuntime.into());
     }
     let entitlements = signature.entitlements()?.map(|blob| blob.to_string());
     if let Some(expected) = &policy.entitlements {
-        let expected = canonical_entitlements(expected).map_err(|e| {
-            Error::Config(format!(
-                "the expected entitlements are not a valid plist: {e}"
-            ))
+        let expected = canonical_entitlements(expected).map_err(|e| ConfigError::Entitlements {
+            whose: "the expected entitlements",
+            source: e.into(),
         })?;
         let actual = match &entitlements {
-            Some(xml) => canonical_entitlements(xml).map_err(|e| {
-                Error::Verification(format!(
-                    "the embedded entitlements are not a valid plist: {e}"
-                ))
-            })?,
+            Some(xml) => {
+                canonical_entitlements(xml).map_err(|e| VerificationError::Unreadable {
+                    what: "the embedded entitlements (a plist)".into(),
+                    source: e.into(),
+                })?
+            }
             None => String::new(),
         };
         if actual != expected {
-            return Err(Error::Verification(format!(
-                "the entitlements differ from the expected ones: signed with {}",
-                if actual.is_empty() {
-                    "none".to_string()
-                } else {
-                    actual
-                }
-            )));
+            return Err(PolicyError::Entitlements {
+                found: Some(actual),
+            }
+            .into());
         }
     }
     Ok(MachOVerified {
@@ -240,20 +239,24 @@ fn check_signature_padding(data: &[u8]) -> Result<(u64, u64)> {
     let superblob_len = region
         .get(4..8)
         .map(|b| u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
-        .ok_or_else(|| Error::Verification("the code signature is truncated".into()))?;
+        .ok_or(VerificationError::Truncated {
+            what: "the code signature",
+        })?;
     if superblob_len > size {
-        return Err(Error::Verification(format!(
-            "the signature blob claims {superblob_len} bytes but LC_CODE_SIGNATURE holds {size}"
-        )));
+        return Err(CoverageError::BlobSize {
+            claimed: superblob_len,
+            size,
+        }
+        .into());
     }
     if let Some(at) = region[superblob_len as usize..]
         .iter()
         .position(|&b| b != 0)
     {
-        return Err(Error::Verification(format!(
-            "byte {} after the signature blob is not padding: data there is not signed",
-            start + superblob_len + at as u64
-        )));
+        return Err(CoverageError::NotPadding {
+            at: start + superblob_len + at as u64,
+        }
+        .into());
     }
     Ok((start, size))
 }
@@ -267,36 +270,46 @@ fn verify_cms(
     cms: &[u8],
     policy: &MachOPolicy,
 ) -> Result<(String, Option<SystemTime>)> {
-    let signed_data = signature
-        .signed_data()?
-        .ok_or_else(|| Error::Verification("the CMS signature is empty".into()))?;
+    let signed_data = signature.signed_data()?.ok_or(VerificationError::Missing {
+        what: "CMS signed data",
+    })?;
     let signers: Vec<_> = signed_data.signers().collect();
     let [signer] = signers.as_slice() else {
-        return Err(Error::Verification(format!(
-            "the CMS signature has {} signers; exactly one is expected",
-            signers.len()
-        )));
+        return Err(VerificationError::Structure {
+            what: "the number of CMS signers",
+            found: signers.len().to_string(),
+            expected: "exactly one is expected",
+        }
+        .into());
     };
     signer
         .verify_message_digest_with_content(directory_blob)
-        .map_err(|e| {
-            Error::Verification(format!(
-                "the CMS signature is not over this file's code directory: {e}"
-            ))
+        .map_err(|e| VerificationError::ContentDigest {
+            what: "the CMS signature is not over this file's code directory",
+            source: Some(e.into()),
         })?;
     signer
         .verify_signature_with_signed_data(&signed_data)
-        .map_err(|e| Error::Verification(format!("the CMS signature does not verify: {e}")))?;
-    let (issuer, serial) = signer.certificate_issuer_and_serial().ok_or_else(|| {
-        Error::Verification("the CMS signer is not identified by issuer and serial number".into())
-    })?;
+        .map_err(|e| VerificationError::Signature {
+            what: "the CMS signature",
+            key: None,
+            source: Some(e.into()),
+        })?;
+    let (issuer, serial) =
+        signer
+            .certificate_issuer_and_serial()
+            .ok_or(VerificationError::Structure {
+                what: "the CMS signer's identifier",
+                found: "not an issuer and serial number".into(),
+                expected: "Apple code signing names the signer by those",
+            })?;
     let embedded = EmbeddedCms::parse(cms)?;
     let certificates = &embedded.certificates;
     let leaf = certificates
         .iter()
         .find(|c| c.issuer_name() == issuer && c.serial_number_asn1() == serial)
-        .ok_or_else(|| {
-            Error::Verification("the signing certificate is not embedded in the signature".into())
+        .ok_or_else(|| CertificateError::NotEmbedded {
+            signer: "the signing certificate".into(),
         })?;
 
     let timestamp = match &embedded.timestamp {
@@ -310,21 +323,18 @@ fn verify_cms(
             .iter_extensions()
             .any(|e| e.id.to_string() == DEVELOPER_ID_APPLICATION)
     {
-        return Err(Error::Verification(format!(
-            "{} is not a Developer ID Application certificate; Apple notarizes only files \
-             signed with one (Certificates, Identifiers & Profiles → Developer ID Application)",
-            describe_certificate(leaf)
-        )));
-    }
-    chain::check_chain(leaf, certificates, anchors(policy.roots.as_deref()), at).map_err(|e| {
-        match e {
-            ChainError::Untrusted { .. } => Error::Verification(format!(
-                "the signing certificate {} does not chain to a trusted root: {e}",
-                describe_certificate(leaf)
-            )),
-            other => Error::Verification(format!("signing certificate chain: {other}")),
+        return Err(CertificateError::NotDeveloperId {
+            certificate: describe_certificate(leaf),
         }
-    })?;
+        .into());
+    }
+    chain::check_chain(leaf, certificates, anchors(policy.roots.as_deref()), at).map_err(
+        |source| CertificateError::Chain {
+            certificate: format!("the signing certificate {}", describe_certificate(leaf)),
+            anchor: "a trusted root",
+            source,
+        },
+    )?;
     Ok((certificate_subject(leaf), timestamp))
 }
 
@@ -347,8 +357,9 @@ struct EmbeddedCms {
 
 impl EmbeddedCms {
     fn parse(cms: &[u8]) -> Result<Self> {
-        let unreadable = |e: der::Error| {
-            Error::Verification(format!("the CMS signature is not readable DER: {e}"))
+        let unreadable = |e: der::Error| VerificationError::Unreadable {
+            what: "the CMS signature (as DER)".into(),
+            source: e.into(),
         };
         let info = ContentInfo::from_der(cms).map_err(unreadable)?;
         let signed: SignedData = info.content.decode_as().map_err(unreadable)?;
@@ -357,7 +368,10 @@ impl EmbeddedCms {
             if let CertificateChoices::Certificate(certificate) = choice {
                 let der = certificate.to_der().map_err(unreadable)?;
                 certificates.push(CapturedX509Certificate::from_der(der).map_err(|e| {
-                    Error::Verification(format!("an embedded certificate is unreadable: {e}"))
+                    VerificationError::Unreadable {
+                        what: "an embedded certificate".into(),
+                        source: e.into(),
+                    }
                 })?);
             }
         }
@@ -388,26 +402,32 @@ impl EmbeddedCms {
 fn check_extended_key_usage(
     certificate: &CapturedX509Certificate,
     usage: ObjectIdentifier,
-    what: &str,
+    what: &'static str,
 ) -> Result<()> {
+    let unreadable = |what: String, e: der::Error| VerificationError::Unreadable {
+        what,
+        source: e.into(),
+    };
     let parsed = x509_cert::Certificate::from_der(certificate.constructed_data()).map_err(|e| {
-        Error::Verification(format!(
-            "certificate {} is unreadable: {e}",
-            describe_certificate(certificate)
-        ))
+        unreadable(
+            format!("certificate {}", describe_certificate(certificate)),
+            e,
+        )
     })?;
     let usages = parsed
         .tbs_certificate
         .get::<ExtendedKeyUsage>()
-        .map_err(|e| Error::Verification(format!("extended key usage unreadable: {e}")))?;
+        .map_err(|e| unreadable("the extended key usage".into(), e))?;
     match usages {
         Some((_, ExtendedKeyUsage(oids)))
             if !oids.contains(&usage) && !oids.contains(&ANY_EXTENDED_KEY_USAGE) =>
         {
-            Err(Error::Verification(format!(
-                "certificate {} is not for {what} (extended key usage)",
-                describe_certificate(certificate)
-            )))
+            Err(CertificateError::Usage {
+                certificate: format!("certificate {}", describe_certificate(certificate)),
+                usage: what,
+                detail: "",
+            }
+            .into())
         }
         _ => Ok(()),
     }
@@ -422,14 +442,13 @@ fn certificate_subject(certificate: &CapturedX509Certificate) -> String {
 
 /// Entitlements as apple-codesign writes them: parsed and serialized again, so that two
 /// plists differing only in whitespace or header compare equal.
-fn canonical_entitlements(xml: &str) -> std::result::Result<String, String> {
+fn canonical_entitlements(
+    xml: &str,
+) -> std::result::Result<String, apple_codesign::AppleCodesignError> {
     let mut settings = SigningSettings::default();
-    settings
-        .set_entitlements_xml(SettingsScope::Main, xml)
-        .map_err(|e| e.to_string())?;
+    settings.set_entitlements_xml(SettingsScope::Main, xml)?;
     Ok(settings
-        .entitlements_xml(SettingsScope::Main)
-        .map_err(|e| e.to_string())?
+        .entitlements_xml(SettingsScope::Main)?
         .unwrap_or_default())
 }
 
