@@ -38,6 +38,16 @@ pub enum Error {
     Sign(#[from] openwork_signer::Error),
 }
 
+impl From<crate::input_file::InputFileError> for Error {
+    fn from(error: crate::input_file::InputFileError) -> Self {
+        use crate::input_file::InputFileError;
+        match error {
+            InputFileError::Io(e) => Error::Io(e),
+            InputFileError::Invalid { path, reason } => Error::Input { path, reason },
+        }
+    }
+}
+
 impl Error {
     /// The documented exit code.
     pub fn exit_code(&self) -> ExitCode {

@@ -31,8 +31,8 @@ use x509_tsp::{MessageImprint, TimeStampReq, TspVersion, TstInfo};
 
 use openwork_retry::{Backoff, GaveUp};
 
-use crate::chain::{Anchors, ChainError, check_chain};
-use crate::error::{ConfigError, NetworkError, Result, VerificationError};
+use crate::chain::{Anchors, check_chain};
+use crate::error::{ChainError, ConfigError, NetworkError, Result, VerificationError};
 
 /// Where and how persistently to ask for time stamps.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use reqwest::{StatusCode, Url};
 
 use super::error::{FetchError, Result, io_err};
-use super::registry::{Credential, redact_url};
+use super::registry::{Credential, is_loopback, redact_url};
 use crate::progress::Progress;
 
 /// How many times a request is tried before giving up.
@@ -407,18 +407,6 @@ fn status_failure(url: &str, status: StatusCode) -> Failure {
         status: status.as_u16(),
         hint,
     })
-}
-
-pub(crate) fn is_loopback(url: &Url) -> bool {
-    match url.host_str() {
-        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
-        Some(host) => host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    }
 }
 
 /// `46.1 MB`, `4.2 kB`, `129 bytes`.

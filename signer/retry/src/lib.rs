@@ -217,18 +217,18 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    /// Runs `policy` over `outcomes` (one per attempt; past their end, transient), with a
-    /// sleep that records instead of waiting. Returns the result, the attempts made, the
-    /// waits, and the attempts `on_retry` was told of.
-    fn run(
-        policy: Backoff,
-        outcomes: &[Result<&'static str, Failure<&'static str>>],
-    ) -> (
+    /// What [`run`] saw: the result, the attempts made, the waits, and the attempts
+    /// `on_retry` was told of.
+    type Run = (
         Result<&'static str, GaveUp<&'static str>>,
         usize,
         Vec<Duration>,
         Vec<u32>,
-    ) {
+    );
+
+    /// Runs `policy` over `outcomes` (one per attempt; past their end, transient), with a
+    /// sleep that records instead of waiting.
+    fn run(policy: Backoff, outcomes: &[Result<&'static str, Failure<&'static str>>]) -> Run {
         let slept = Arc::new(Mutex::new(Vec::new()));
         let recorder = Arc::clone(&slept);
         let mut made = 0;

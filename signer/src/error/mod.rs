@@ -23,10 +23,11 @@ mod verification;
 
 use std::path::PathBuf;
 
-pub use crate::chain::ChainError;
 pub use config::ConfigError;
 pub use credentials::{CredentialsError, Pkcs11Error, Pkcs12Error, ServiceError};
-pub use verification::{CertificateError, CoverageError, PolicyError, VerificationError};
+pub use verification::{
+    CertificateError, ChainError, CoverageError, PolicyError, VerificationError,
+};
 
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use openwork_payload::container::ExecutableFormat;
 
-use super::{BoxError, ChainError};
+use super::BoxError;
 
 /// A signature that does not match its file, or does not satisfy the policy asked for.
 ///
@@ -312,4 +312,55 @@ pub enum PolicyError {
 /// `: <error>`, or nothing.
 fn suffix(source: Option<&BoxError>) -> String {
     source.map(|s| format!(": {s}")).unwrap_or_default()
+}
+
+/// Why a chain does not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainError {
+    /// A certificate on the way was not valid at the time checked.
+    NotValid {
+        /// The certificate, described.
+        certificate: String,
+        /// Its validity, as Unix seconds.
+        not_before: i64,
+        /// Its validity, as Unix seconds.
+        not_after: i64,
+    },
+    /// No root was reached: the described certificate's issuer is neither a root nor a CA
+    /// certificate among those the signature carries (or its signature does not verify).
+    Untrusted {
+        /// The certificate whose issuer was not found.
+        certificate: String,
+    },
+    /// More certificates than are followed.
+    TooLong {
+        /// How many are followed.
+        limit: usize,
+    },
+}
+
+impl std::error::Error for ChainError {}
+
+impl std::fmt::Display for ChainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChainError::NotValid {
+                certificate,
+                not_before,
+                not_after,
+            } => write!(
+                f,
+                "the certificate {certificate} is not valid at the signing time (valid from \
+                 {not_before} to {not_after}, Unix seconds)"
+            ),
+            ChainError::Untrusted { certificate } => write!(
+                f,
+                "the issuer of {certificate} is neither a trusted root nor a CA certificate \
+                 in the signature"
+            ),
+            ChainError::TooLong { limit } => {
+                write!(f, "the chain is longer than {limit} certificates")
+            }
+        }
+    }
 }
