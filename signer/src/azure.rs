@@ -328,7 +328,8 @@ impl AzureSigner {
                     };
                     operation_id.clone_from(&answer.operation_id);
                     if answer.status == "InProgress" || answer.status == "NotStarted" {
-                        Err(Failure::Transient(answer))
+                        // Still running: polled again (the ID is all the next poll needs).
+                        Err(Failure::Transient(()))
                     } else {
                         Ok(answer)
                     }
@@ -337,8 +338,8 @@ impl AzureSigner {
             )
             .map_err(|gave_up| match gave_up.failure {
                 Failure::Permanent(error) => error,
-                Failure::Transient(answer) => NetworkError::Timeout {
-                    what: format!("{}: signing operation {}", self.name(), answer.operation_id),
+                Failure::Transient(()) => NetworkError::Timeout {
+                    what: format!("{}: signing operation {operation_id}", self.name()),
                     seconds: self.timeout.as_secs(),
                 }
                 .into(),

@@ -318,7 +318,7 @@ fn in_file(error: Error, path: &Path) -> Error {
     match error {
         Error::Credentials(source) => ConfigError::Certificates {
             whose: path.display().to_string(),
-            source,
+            source: Box::new(source),
         }
         .into(),
         other => other,

@@ -98,7 +98,7 @@ impl TrustAnchors {
             crate::key::pem::parse_certificates(data).map_err(|error| match error {
                 Error::Credentials(source) => ConfigError::Certificates {
                     whose: format!("the trusted {what} CAs"),
-                    source,
+                    source: Box::new(source),
                 }
                 .into(),
                 other => other,

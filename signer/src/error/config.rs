@@ -37,9 +37,9 @@ pub enum ConfigError {
     Certificates {
         /// Which (`the trusted code-signing CAs`, a file).
         whose: String,
-        /// Why.
+        /// Why (boxed: credentials errors are the largest of this crate's).
         #[source]
-        source: CredentialsError,
+        source: Box<CredentialsError>,
     },
     /// Not exactly one key source in a section.
     #[error(

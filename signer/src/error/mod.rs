@@ -444,3 +444,22 @@ pub enum SigningToolError {
         output: String,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every `Result` of this crate carries an [`super::Error`]: it stays small (clippy's
+    /// `result_large_err` draws the line at 128 bytes).
+    #[test]
+    fn errors_stay_small() {
+        use std::mem::size_of;
+        let sizes = [
+            ("Error", size_of::<super::Error>()),
+            ("VerificationError", size_of::<super::VerificationError>()),
+            ("CredentialsError", size_of::<super::CredentialsError>()),
+            ("ConfigError", size_of::<super::ConfigError>()),
+            ("NetworkError", size_of::<super::NetworkError>()),
+            ("UnsupportedError", size_of::<super::UnsupportedError>()),
+        ];
+        assert!(sizes[0].1 < 128, "{sizes:?}");
+    }
+}

@@ -444,7 +444,7 @@ fn certificate_subject(certificate: &CapturedX509Certificate) -> String {
 /// plists differing only in whitespace or header compare equal.
 fn canonical_entitlements(
     xml: &str,
-) -> std::result::Result<String, apple_codesign::AppleCodesignError> {
+) -> std::result::Result<String, Box<apple_codesign::AppleCodesignError>> {
     let mut settings = SigningSettings::default();
     settings.set_entitlements_xml(SettingsScope::Main, xml)?;
     Ok(settings
