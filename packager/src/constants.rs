@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::input_file::{self, InputFileError};
 
 /// The repository's constants.json at build time.
 const BUILT_IN: &str = include_str!("../../constants.json");
@@ -72,15 +72,11 @@ impl Constants {
     }
 
     /// Reads `path`, or returns the compiled-in pins when `None`.
-    pub fn load(path: Option<&Path>) -> Result<Constants> {
-        let Some(path) = path else {
-            return Ok(Constants::built_in());
-        };
-        let text = fs_err::read_to_string(path).map_err(Error::Io)?;
-        Constants::parse(&text).map_err(|reason| Error::Input {
-            path: path.to_path_buf(),
-            reason,
-        })
+    pub fn load(path: Option<&Path>) -> Result<Constants, InputFileError> {
+        match path {
+            None => Ok(Constants::built_in()),
+            Some(path) => input_file::read(path, Constants::parse),
+        }
     }
 
     /// The opencode version without a leading `v`.

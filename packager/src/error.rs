@@ -33,9 +33,26 @@ pub enum Error {
     /// Fetching a sidecar failed.
     #[error(transparent)]
     Fetch(#[from] crate::fetch::FetchError),
-    /// Signing or verifying a signature failed.
+    /// Signing or verifying a signature failed. Boxed: the signer's error carries its
+    /// facts as fields, and every `Result` here would otherwise carry their size.
     #[error(transparent)]
-    Sign(#[from] openwork_signer::Error),
+    Sign(Box<openwork_signer::Error>),
+}
+
+impl From<openwork_signer::Error> for Error {
+    fn from(error: openwork_signer::Error) -> Self {
+        Error::Sign(Box::new(error))
+    }
+}
+
+impl From<crate::input_file::InputFileError> for Error {
+    fn from(error: crate::input_file::InputFileError) -> Self {
+        use crate::input_file::InputFileError;
+        match error {
+            InputFileError::Io(e) => Error::Io(e),
+            InputFileError::Invalid { path, reason } => Error::Input { path, reason },
+        }
+    }
 }
 
 impl Error {

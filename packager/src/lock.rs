@@ -9,7 +9,8 @@
 //! served it: the registry's own integrity field comes from the same place as the bytes,
 //! so it vouches for nothing on its own. `--allow-unpinned` lets local experiments through
 //! (never a release workflow). `openwork-packager lock` refreshes the lock from the
-//! configured registry and prints what changed, for a reviewer to read in the diff.
+//! configured registry ([`crate::relock`]) and prints what changed, for a reviewer to read in
+//! the diff.
 //!
 //! Targets whose packages a registry lacks have no entry; the GitHub release asset of a
 //! target can be pinned too (`assetSha256`), by hand, since nothing here reaches GitHub.
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use openwork_payload::manifest::is_sha256_hex;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::input_file::{self, InputFileError};
 
 /// The file's name at the workspace root.
 pub const FILE_NAME: &str = "inputs.lock.json";
@@ -99,15 +100,11 @@ impl InputsLock {
     }
 
     /// Reads `path`, or returns the compiled-in lock when `None`.
-    pub fn load(path: Option<&Path>) -> Result<InputsLock> {
-        let Some(path) = path else {
-            return Ok(InputsLock::built_in());
-        };
-        let text = fs_err::read_to_string(path)?;
-        InputsLock::parse(&text).map_err(|reason| Error::Input {
-            path: path.to_path_buf(),
-            reason,
-        })
+    pub fn load(path: Option<&Path>) -> Result<InputsLock, InputFileError> {
+        match path {
+            None => Ok(InputsLock::built_in()),
+            Some(path) => input_file::read(path, InputsLock::parse),
+        }
     }
 
     /// Parses and checks a lock's text.
@@ -260,95 +257,6 @@ pub fn diff(old: &InputsLock, new: &InputsLock) -> String {
         }
     }
     out
-}
-
-/// What `openwork-packager lock` asks for.
-#[derive(Debug, Clone)]
-pub struct RefreshRequest {
-    /// The versions to lock.
-    pub constants: crate::constants::Constants,
-    /// The lock as it is: `assetSha256` pins (set by hand) are kept where the executable
-    /// did not change.
-    pub previous: InputsLock,
-    /// Where downloads are cached.
-    pub cache_root: PathBuf,
-    /// The registry; `None` discovers it the way npm does.
-    pub registry: Option<crate::fetch::Registry>,
-    /// No progress lines on stderr.
-    pub quiet: bool,
-}
-
-/// The lock for `req.constants`' versions as the registry serves them now, and a note per
-/// input the registry lacks (left out of the lock). Every package is downloaded (through
-/// the cache) to hash the executable inside; its integrity is the registry's current one,
-/// so a cached copy of other bytes is fetched again.
-pub fn refresh(req: &RefreshRequest) -> Result<(InputsLock, Vec<String>)> {
-    use crate::fetch::{FetchError, FetchRequest, announced_integrity, fetch_npm_bin};
-    let mut lock = InputsLock {
-        lock_version: LOCK_VERSION,
-        opencode: LockedPackages {
-            version: req.constants.opencode_version().to_owned(),
-            targets: BTreeMap::new(),
-        },
-        bun: LockedPackages {
-            version: req.constants.bun_version.trim_start_matches('v').to_owned(),
-            targets: BTreeMap::new(),
-        },
-    };
-    let mut missing = Vec::new();
-    for input in [Input::Opencode, Input::Bun] {
-        for target in openwork_payload::targets::all() {
-            let (package, cache_name, file) = match input {
-                Input::Opencode => (
-                    &target.opencode.npm_package,
-                    "opencode",
-                    format!("opencode{}", target.exe_suffix),
-                ),
-                Input::Bun => (
-                    &target.bun.npm_package,
-                    crate::bun::CACHE_NAME,
-                    crate::bun::file_name(target),
-                ),
-            };
-            let version = lock.packages(input).version.clone();
-            let mut fetch = FetchRequest::new(target, version.clone());
-            fetch.cache_root = req.cache_root.clone();
-            fetch.registry = req.registry.clone();
-            fetch.quiet = req.quiet;
-            let integrity = match announced_integrity(&fetch, package) {
-                Ok(integrity) => integrity,
-                Err(FetchError::VersionNotFound { .. }) => {
-                    missing.push(format!(
-                        "{} {}: the registry has no {package}@{version}; not locked",
-                        input.name(),
-                        target.name
-                    ));
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            fetch.expected_integrity = Some(integrity.clone());
-            let fetched = fetch_npm_bin(&fetch, cache_name, package, &file)?;
-            let kept_asset_pin = req
-                .previous
-                .entry(input, &target.name, &version)
-                .filter(|old| old.sha256 == fetched.sha256)
-                .and_then(|old| old.asset_sha256.clone());
-            lock.packages_mut(input).targets.insert(
-                target.name.clone(),
-                LockedInput {
-                    package: package.clone(),
-                    integrity,
-                    tarball_size: fetched.download_size.unwrap_or_default(),
-                    sha256: fetched.sha256,
-                    size: fetched.size,
-                    asset_sha256: kept_asset_pin,
-                },
-            );
-        }
-    }
-    lock.validate().map_err(Error::Usage)?;
-    Ok((lock, missing))
 }
 
 #[cfg(test)]

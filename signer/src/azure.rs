@@ -22,13 +22,14 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use der::{Decode, Encode};
+use openwork_retry::{Backoff, Failure};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use x509_certificate::{CapturedX509Certificate, SignatureAlgorithm};
 use zeroize::Zeroizing;
 
 use crate::authenticode::{AttributeSigner, Signature};
-use crate::error::{Error, Result};
+use crate::error::{Error, NetworkError, Result, ServiceError};
 use crate::external::tail;
 use crate::secret::{Redactor, Secret};
 
@@ -36,6 +37,12 @@ use crate::secret::{Redactor, Secret};
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
 /// The audience of the tokens the service takes.
 pub const SCOPE: &str = "https://codesigning.azure.net/.default";
+/// Polling a signing operation: 0.1 s before the first status request, doubled up to 2 s
+/// (operations usually finish within a second); given up when the next request would
+/// start after the client's timeout.
+const POLL: Backoff =
+    Backoff::exponential(Duration::from_millis(100)).max_delay(Duration::from_secs(2));
+
 /// The data-plane API version the sign and poll requests name.
 pub const API_VERSION: &str = "2022-06-15-preview";
 /// The audience Entra ID expects of a federated token.
@@ -146,7 +153,7 @@ impl AzureSigner {
             .timeout(settings.timeout)
             .user_agent(concat!("openwork-signer/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| Error::Network(format!("cannot make an HTTP client: {e}")))?;
+            .map_err(|e| NetworkError::Client { source: e.into() })?;
         let signer = Self {
             endpoint: settings.endpoint.trim_end_matches('/').to_owned(),
             account: settings.account,
@@ -218,15 +225,20 @@ impl AzureSigner {
         let status = response.status();
         let body = Zeroizing::new(response.text().unwrap_or_default());
         if !status.is_success() {
-            return Err(Error::Credentials(format!(
-                "Entra ID refused the signer's credentials (HTTP {status}): {}; check the \
-                 tenant id, the client id and the client secret or federated credential of \
-                 [authenticode] azure-artifact-signing",
-                self.service_message(&body)
-            )));
+            return Err(ServiceError::Refused {
+                refusal: "Entra ID refused the signer's credentials".into(),
+                status: status.as_u16(),
+                message: self.service_message(&body),
+                hint: "; check the tenant id, the client id and the client secret or \
+                       federated credential of [authenticode] azure-artifact-signing",
+            }
+            .into());
         }
-        let answer: TokenAnswer = serde_json::from_str(&body)
-            .map_err(|_| Error::Credentials("Entra ID answered without an access token".into()))?;
+        let answer: TokenAnswer =
+            serde_json::from_str(&body).map_err(|_| ServiceError::Answer {
+                service: "Entra ID".into(),
+                problem: "an answer without an access token".into(),
+            })?;
         let token = Zeroizing::new(answer.access_token);
         // Renewed five minutes before it expires (tokens live about an hour).
         let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600).saturating_sub(300));
@@ -259,11 +271,13 @@ impl AzureSigner {
         }
         match serde_json::from_str::<Answer>(&body) {
             Ok(answer) if status.is_success() => Ok(Zeroizing::new(answer.value)),
-            _ => Err(Error::Credentials(format!(
-                "GitHub Actions gave no OIDC token (HTTP {status}): {}; the job needs \
-                 `permissions: id-token: write`",
-                self.service_message(&body)
-            ))),
+            _ => Err(ServiceError::Refused {
+                refusal: "GitHub Actions gave no OIDC token".into(),
+                status: status.as_u16(),
+                message: self.service_message(&body),
+                hint: "; the job needs `permissions: id-token: write`",
+            }
+            .into()),
         }
     }
 
@@ -289,48 +303,63 @@ impl AzureSigner {
             .json(&body)
             .send()
             .map_err(|e| self.unreachable("the Artifact Signing service", &e))?;
-        let mut answer = self.operation(response)?;
-        let deadline = Instant::now() + self.timeout;
-        let mut wait = Duration::from_millis(100);
-        while answer.status == "InProgress" || answer.status == "NotStarted" {
-            if Instant::now() + wait > deadline {
-                return Err(Error::Network(format!(
-                    "{}: signing operation {} did not finish within {} s",
-                    self.name(),
-                    answer.operation_id,
-                    self.timeout.as_secs()
-                )));
-            }
-            std::thread::sleep(wait);
-            wait = (wait * 2).min(Duration::from_secs(2));
-            let response = self
-                .http
-                .get(format!(
-                    "{base}/{}?api-version={API_VERSION}",
-                    answer.operation_id
-                ))
-                .bearer_auth(token.as_str())
-                .send()
-                .map_err(|e| self.unreachable("the Artifact Signing service", &e))?;
-            answer = self.operation(response)?;
-        }
+        let mut first = Some(self.operation(response)?);
+        // Each answer names the operation the next poll asks about.
+        let mut operation_id = String::new();
+        let poll = POLL.deadline(self.timeout);
+        let answer = poll
+            .retry(
+                || {
+                    let answer = match first.take() {
+                        Some(answer) => answer,
+                        None => {
+                            let response = self
+                                .http
+                                .get(format!("{base}/{operation_id}?api-version={API_VERSION}"))
+                                .bearer_auth(token.as_str())
+                                .send()
+                                .map_err(|e| {
+                                    Failure::Permanent(
+                                        self.unreachable("the Artifact Signing service", &e),
+                                    )
+                                })?;
+                            self.operation(response).map_err(Failure::Permanent)?
+                        }
+                    };
+                    operation_id.clone_from(&answer.operation_id);
+                    if answer.status == "InProgress" || answer.status == "NotStarted" {
+                        // Still running: polled again (the ID is all the next poll needs).
+                        Err(Failure::Transient(()))
+                    } else {
+                        Ok(answer)
+                    }
+                },
+                |_| {},
+            )
+            .map_err(|gave_up| match gave_up.failure {
+                Failure::Permanent(error) => error,
+                Failure::Transient(()) => NetworkError::Timeout {
+                    what: format!("{}: signing operation {operation_id}", self.name()),
+                    seconds: self.timeout.as_secs(),
+                }
+                .into(),
+            })?;
         if answer.status != "Succeeded" {
             let why = answer
                 .error
                 .map(|e| self.service_message(&e.to_string()))
                 .unwrap_or_else(|| "no details".into());
-            return Err(Error::Credentials(format!(
-                "{} did not sign: operation {} ended {}: {why}",
-                self.name(),
-                answer.operation_id,
-                answer.status
-            )));
+            return Err(ServiceError::NotSigned {
+                service: self.name(),
+                operation: answer.operation_id,
+                status: answer.status,
+                why,
+            }
+            .into());
         }
-        let missing = |what: &str| {
-            Error::Credentials(format!(
-                "{}: the signing operation succeeded without {what}",
-                self.name()
-            ))
+        let missing = |what: &str| ServiceError::Answer {
+            service: self.name(),
+            problem: format!("the signing operation succeeded without {what}"),
         };
         let signature = base64::engine::general_purpose::STANDARD
             .decode(answer.signature.ok_or_else(|| missing("a signature"))?)
@@ -348,11 +377,14 @@ impl AzureSigner {
         let status = response.status();
         let body = response.text().unwrap_or_default();
         if status.is_server_error() {
-            return Err(Error::Network(format!(
-                "{} failed (HTTP {status}): {}; try again later",
-                self.name(),
-                self.service_message(&body)
-            )));
+            return Err(NetworkError::Status {
+                service: self.name(),
+                status: status.as_u16(),
+                at: String::new(),
+                message: self.service_message(&body),
+                hint: "; try again later",
+            }
+            .into());
         }
         if !status.is_success() {
             let hint = match status.as_u16() {
@@ -363,18 +395,23 @@ impl AzureSigner {
                 404 => "; check endpoint (the account's region), account and certificate-profile",
                 _ => "",
             };
-            return Err(Error::Credentials(format!(
-                "{} refused to sign (HTTP {status}): {}{hint}",
-                self.name(),
-                self.service_message(&body)
-            )));
+            return Err(ServiceError::Refused {
+                refusal: format!("{} refused to sign", self.name()),
+                status: status.as_u16(),
+                message: self.service_message(&body),
+                hint,
+            }
+            .into());
         }
         serde_json::from_str(&body).map_err(|e| {
-            Error::Network(format!(
-                "{} answered something other than an operation ({e}): {}",
-                self.name(),
-                self.service_message(&body)
-            ))
+            NetworkError::Answer {
+                service: self.name(),
+                what: format!(
+                    "something other than an operation ({e}): {}",
+                    self.service_message(&body)
+                ),
+            }
+            .into()
         })
     }
 
@@ -406,10 +443,11 @@ impl AzureSigner {
     }
 
     fn unreachable(&self, what: &str, error: &reqwest::Error) -> Error {
-        Error::Network(
-            self.redactor
-                .redact(&format!("cannot reach {what}: {error}")),
-        )
+        NetworkError::Unreachable {
+            service: what.to_owned(),
+            detail: self.redactor.redact(&error.to_string()),
+        }
+        .into()
     }
 }
 
@@ -422,8 +460,12 @@ impl AttributeSigner for AzureSigner {
         let digest: [u8; 32] = Sha256::digest(message).into();
         let (value, mut certificates) = self.sign_digest(&digest)?;
         let certificate = certificates.remove(0);
-        check_rsa_signature(&certificate, &digest, &value)
-            .map_err(|why| Error::Credentials(format!("{}: {why}", self.name())))?;
+        check_rsa_signature(&certificate, &digest, &value).map_err(|problem| {
+            ServiceError::Answer {
+                service: self.name(),
+                problem,
+            }
+        })?;
         Ok(Signature {
             value,
             algorithm: SignatureAlgorithm::RsaSha256,
@@ -459,7 +501,10 @@ fn check_rsa_signature(
 /// base64 of the base64 text of a PKCS#7 certificate bag; DER or PEM certificates, once or
 /// twice base64-encoded, are taken as well.
 pub fn parse_signing_certificate(field: &str) -> Result<Vec<CapturedX509Certificate>> {
-    let bad = |why: &str| Error::Credentials(format!("the service's signing certificate {why}"));
+    let bad = |why: &str| ServiceError::Answer {
+        service: "Azure Artifact Signing".into(),
+        problem: format!("the service's signing certificate {why}"),
+    };
     let decode = |text: &[u8]| {
         let compact: Vec<u8> = text
             .iter()
@@ -495,7 +540,7 @@ pub fn parse_signing_certificate(field: &str) -> Result<Vec<CapturedX509Certific
         crate::key::pem::parse_certificates(&bytes)?
     };
     if certificates.is_empty() {
-        return Err(bad("holds no certificate"));
+        return Err(bad("holds no certificate").into());
     }
     // The leaf is the certificate that issued none of the others.
     let issues_another = |candidate: &CapturedX509Certificate| {

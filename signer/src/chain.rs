@@ -8,56 +8,11 @@ use der::Decode;
 use x509_cert::ext::pkix::BasicConstraints;
 use x509_certificate::CapturedX509Certificate;
 
+use crate::error::ChainError;
 use crate::key::describe_certificate;
 
 /// Longest chain (leaf to root) followed; real chains have 2-4 links.
 const MAX_CHAIN_LEN: usize = 8;
-
-/// Why a chain does not hold.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ChainError {
-    /// A certificate on the way was not valid at the time checked.
-    NotValid {
-        /// The certificate, described.
-        certificate: String,
-        /// Its validity, as Unix seconds.
-        not_before: i64,
-        /// Its validity, as Unix seconds.
-        not_after: i64,
-    },
-    /// No root was reached: the described certificate's issuer is neither a root nor a CA
-    /// certificate among those the signature carries (or its signature does not verify).
-    Untrusted {
-        /// The certificate whose issuer was not found.
-        certificate: String,
-    },
-    /// More than [`MAX_CHAIN_LEN`] certificates.
-    TooLong,
-}
-
-impl std::fmt::Display for ChainError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ChainError::NotValid {
-                certificate,
-                not_before,
-                not_after,
-            } => write!(
-                f,
-                "the certificate {certificate} is not valid at the signing time (valid from \
-                 {not_before} to {not_after}, Unix seconds)"
-            ),
-            ChainError::Untrusted { certificate } => write!(
-                f,
-                "the issuer of {certificate} is neither a trusted root nor a CA certificate \
-                 in the signature"
-            ),
-            ChainError::TooLong => {
-                write!(f, "the chain is longer than {MAX_CHAIN_LEN} certificates")
-            }
-        }
-    }
-}
 
 /// What a chain must end at.
 #[derive(Debug, Clone, Copy)]
@@ -111,7 +66,9 @@ pub(crate) fn check_chain(
                 certificate: describe_certificate(current),
             })?;
     }
-    Err(ChainError::TooLong)
+    Err(ChainError::TooLong {
+        limit: MAX_CHAIN_LEN,
+    })
 }
 
 /// The certificates among `leaf` and `carried` that none of the others issued (by name):

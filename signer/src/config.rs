@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::secret::SecretRef;
 
 /// Apple's time-stamp authority: notarization accepts only its "secure timestamp".
@@ -299,16 +299,17 @@ struct RawNotarize {
 impl SigningConfig {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = fs_err::read_to_string(path).map_err(|e| Error::Config(e.to_string()))?;
+        let text = fs_err::read_to_string(path).map_err(|source| ConfigError::Read { source })?;
         let base_dir = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, path, base_dir)
     }
 
     /// Parses configuration text; `base_dir` anchors relative `file:` references and paths.
     pub fn parse(text: &str, path: &Path, base_dir: &Path) -> Result<Self> {
-        let where_ = path.display();
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| Error::Config(format!("{where_}: {}", e.to_string().trim_end())))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Toml {
+            path: path.to_owned(),
+            source,
+        })?;
         let secret = |text: &str| SecretRef::parse(text, base_dir);
         let authenticode = raw
             .authenticode
@@ -343,19 +344,11 @@ impl SigningConfig {
             .map(|c| -> Result<CodesignSection> {
                 let key = key_source(c.key, "codesign", base_dir)?;
                 if matches!(key, KeySource::Azure(_)) {
-                    return Err(Error::Config(
-                        "[codesign] azure-artifact-signing signs Windows files only; Apple code \
-                         signing needs a Developer ID certificate (pkcs12, key or pkcs11)"
-                            .into(),
-                    ));
+                    return Err(ConfigError::AzureForCodesign.into());
                 }
                 let timestamp_url = match (c.timestamp.unwrap_or(true), c.timestamp_url) {
                     (false, Some(_)) => {
-                        return Err(Error::Config(
-                            "codesign: timestamp = false and a timestamp-url contradict each \
-                             other"
-                                .into(),
-                        ));
+                        return Err(ConfigError::TimestampContradiction.into());
                     }
                     (false, None) => None,
                     (true, url) => Some(url.unwrap_or_else(|| APPLE_TIMESTAMP_URL.into())),
@@ -384,10 +377,10 @@ impl SigningConfig {
             .transpose()
             .map_err(|e| in_file(e, path))?;
         if notarize.is_some() && codesign.is_none() {
-            return Err(Error::Config(format!(
-                "{where_}: [notarize] needs a [codesign] section: Apple notarizes only \
-                 files signed with a Developer ID certificate"
-            )));
+            return Err(ConfigError::NotarizeWithoutCodesign {
+                path: path.to_owned(),
+            }
+            .into());
         }
         Ok(Self {
             path: path.to_owned(),
@@ -412,14 +405,26 @@ fn key_source(raw: RawKey, section: &str, base_dir: &Path) -> Result<KeySource> 
     .filter(|&g| g)
     .count();
     if given != 1 {
-        return Err(Error::Config(format!(
-            "[{section}] needs exactly one key source: pkcs12 (+ password), key (+ \
-             certificate), pkcs11 = {{ … }}, azure-artifact-signing = {{ … }} or command = \
-             [ … ]; {given} given"
-        )));
+        return Err(ConfigError::KeySources {
+            section: section.to_owned(),
+            given,
+        }
+        .into());
     }
-    let stray = |what: &str, with: &str| {
-        Error::Config(format!("[{section}] {what} belongs with {with} only"))
+    let stray = |field: &'static str, with: &'static str| -> Error {
+        ConfigError::Stray {
+            section: section.to_owned(),
+            field,
+            with,
+        }
+        .into()
+    };
+    let incomplete = |needs: &'static str| -> Error {
+        ConfigError::Incomplete {
+            section: section.to_owned(),
+            needs,
+        }
+        .into()
     };
     if raw.pkcs12.is_none() && raw.password.is_some() {
         return Err(stray("password", "pkcs12"));
@@ -435,9 +440,7 @@ fn key_source(raw: RawKey, section: &str, base_dir: &Path) -> Result<KeySource> 
     }
     if let Some(file) = raw.pkcs12 {
         let password = raw.password.ok_or_else(|| {
-            Error::Config(format!(
-                "[{section}] pkcs12 needs a password reference (password = \"env:NAME\")"
-            ))
+            incomplete("pkcs12 needs a password reference (password = \"env:NAME\")")
         })?;
         return Ok(KeySource::Pkcs12 {
             file: secret(file)?,
@@ -446,9 +449,7 @@ fn key_source(raw: RawKey, section: &str, base_dir: &Path) -> Result<KeySource> 
     }
     if let Some(key) = raw.key {
         let certificate = raw.certificate.ok_or_else(|| {
-            Error::Config(format!(
-                "[{section}] key needs its certificate (certificate = \"file:chain.pem\")"
-            ))
+            incomplete("key needs its certificate (certificate = \"file:chain.pem\")")
         })?;
         return Ok(KeySource::Pem {
             key: secret(key)?,
@@ -457,15 +458,16 @@ fn key_source(raw: RawKey, section: &str, base_dir: &Path) -> Result<KeySource> 
     }
     if let Some(p) = raw.pkcs11 {
         if p.key_label.is_none() && p.key_id.is_none() {
-            return Err(Error::Config(format!(
-                "[{section}] pkcs11 needs key-label or key-id to find the key"
-            )));
+            return Err(incomplete(
+                "pkcs11 needs key-label or key-id to find the key",
+            ));
         }
         let key_id = p
             .key_id
             .map(|id| {
-                hex::decode(id.trim_start_matches("0x")).map_err(|_| {
-                    Error::Config(format!("[{section}] pkcs11 key-id \"{id}\" is not hex"))
+                hex::decode(id.trim_start_matches("0x")).map_err(|_| ConfigError::KeyIdNotHex {
+                    section: section.to_owned(),
+                    id: id.clone(),
                 })
             })
             .transpose()?;
@@ -488,10 +490,10 @@ fn key_source(raw: RawKey, section: &str, base_dir: &Path) -> Result<KeySource> 
     }
     let command = raw.command.unwrap_or_default();
     if command.is_empty() || !command.iter().any(|a| a.contains("{file}")) {
-        return Err(Error::Config(format!(
-            "[{section}] command must be an argument list naming the file to sign as \
-             \"{{file}}\", e.g. [\"jsign\", \"--storetype\", \"…\", \"{{file}}\"]"
-        )));
+        return Err(incomplete(
+            "command must be an argument list naming the file to sign as \"{file}\", e.g. \
+             [\"jsign\", \"--storetype\", \"…\", \"{file}\"]",
+        ));
     }
     let secrets = raw
         .command_secrets
@@ -518,10 +520,11 @@ fn azure_source(a: RawAzure, section: &str, base_dir: &Path) -> Result<KeySource
         ("certificate-profile", &a.certificate_profile),
     ] {
         if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(Error::Config(format!(
-                "{}: \"{value}\" is not a name (letters, digits and -)",
-                field(name)
-            )));
+            return Err(ConfigError::NotAName {
+                field: field(name),
+                value: value.clone(),
+            }
+            .into());
         }
     }
     let credential = match (a.client_secret, a.federated_token) {
@@ -529,11 +532,13 @@ fn azure_source(a: RawAzure, section: &str, base_dir: &Path) -> Result<KeySource
         (None, Some(token)) if token == "github-actions" => AzureCredentialSource::GitHubActions,
         (None, Some(token)) => AzureCredentialSource::FederatedToken(secret(&token)?),
         _ => {
-            return Err(Error::Config(format!(
-                "[{section}] azure-artifact-signing needs exactly one of client-secret = \
-                 \"env:AZURE_CLIENT_SECRET\" and federated-token = \"github-actions\" (or a \
-                 reference to a token file)"
-            )));
+            return Err(ConfigError::Incomplete {
+                section: section.to_owned(),
+                needs: "azure-artifact-signing needs exactly one of client-secret = \
+                        \"env:AZURE_CLIENT_SECRET\" and federated-token = \"github-actions\" \
+                        (or a reference to a token file)",
+            }
+            .into());
         }
     };
     Ok(KeySource::Azure(AzureSource {
@@ -597,15 +602,21 @@ fn check_url(url: &str, field: &str) -> Result<()> {
     if url.starts_with("http://") || url.starts_with("https://") {
         Ok(())
     } else {
-        Err(Error::Config(format!(
-            "{field}: \"{url}\" is not an http(s) URL"
-        )))
+        Err(ConfigError::NotHttpUrl {
+            field: field.to_owned(),
+            url: url.to_owned(),
+        }
+        .into())
     }
 }
 
 fn in_file(error: Error, path: &Path) -> Error {
     match error {
-        Error::Config(message) => Error::Config(format!("{}: {message}", path.display())),
+        Error::Config(source) => ConfigError::InFile {
+            path: path.to_owned(),
+            source: Box::new(source),
+        }
+        .into(),
         other => other,
     }
 }

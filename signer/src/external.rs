@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result, SigningToolError};
 use crate::secret::Redactor;
 
 /// An external signing command.
@@ -79,32 +79,35 @@ impl ExternalSigner {
         let output = Command::new(program)
             .args(&argv[1..])
             .output()
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Error::Config(format!(
-                        "the signing command \"{program}\" was not found; install it or give \
-                         its full path"
-                    ))
+            .map_err(|source| {
+                if source.kind() == std::io::ErrorKind::NotFound {
+                    ConfigError::CommandNotFound {
+                        program: program.clone(),
+                    }
                 } else {
-                    Error::Config(format!("cannot run the signing command \"{program}\": {e}"))
+                    ConfigError::CommandStart {
+                        program: program.clone(),
+                        source,
+                    }
                 }
             })?;
         if !output.status.success() {
-            return Err(Error::SigningTool(format!(
-                "the signing command \"{program}\" failed ({}) signing {}{}",
-                output.status,
-                file.display(),
-                shown(&output, &self.redactor)
-            )));
+            return Err(SigningToolError::Failed {
+                program: program.clone(),
+                status: output.status,
+                file: file.clone(),
+                output: shown(&output, &self.redactor),
+            }
+            .into());
         }
         if let Some(out) = out {
             replace_with(&file, &out).map_err(|e| match e {
                 Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
-                    Error::SigningTool(format!(
-                        "the signing command \"{program}\" succeeded but wrote no signed file \
-                         at {{out}}{}",
-                        shown(&output, &self.redactor)
-                    ))
+                    SigningToolError::NoOutput {
+                        program: program.clone(),
+                        output: shown(&output, &self.redactor),
+                    }
+                    .into()
                 }
                 other => other,
             })?;
@@ -129,11 +132,7 @@ enum Piece<'a> {
 impl<'a> Template<'a> {
     fn parse(command: &'a [String]) -> Result<Self> {
         if command.first().is_none_or(|program| program.is_empty()) {
-            return Err(Error::Config(
-                "the signing command is empty; give the program and its arguments, with \
-                 {file} where the file to sign goes"
-                    .into(),
-            ));
+            return Err(ConfigError::EmptyCommand.into());
         }
         let mut args = Vec::with_capacity(command.len());
         for arg in command {
@@ -141,10 +140,10 @@ impl<'a> Template<'a> {
         }
         let has = |wanted: fn(&Piece<'_>) -> bool| args.iter().flatten().any(wanted);
         if !has(|p| matches!(p, Piece::File)) {
-            return Err(Error::Config(format!(
-                "the signing command {command:?} has no {{file}} placeholder, so it would not \
-                 sign the file; put {{file}} where the file's path goes"
-            )));
+            return Err(ConfigError::NoFilePlaceholder {
+                command: command.to_vec(),
+            }
+            .into());
         }
         let uses_out = has(|p| matches!(p, Piece::Out));
         Ok(Template { args, uses_out })
@@ -185,11 +184,11 @@ fn parse_arg(arg: &str) -> Result<Vec<Piece<'_>>> {
                 "file" => Piece::File,
                 "out" => Piece::Out,
                 _ => {
-                    return Err(Error::Config(format!(
-                        "the signing command argument \"{arg}\" has the unknown placeholder \
-                         {{{name}}}; the placeholders are {{file}} and {{out}} ({{{{ and }}}} \
-                         are literal braces)"
-                    )));
+                    return Err(ConfigError::UnknownPlaceholder {
+                        arg: arg.to_owned(),
+                        name: name.to_owned(),
+                    }
+                    .into());
                 }
             };
             (Some(piece), name.len() + 2)

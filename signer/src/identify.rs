@@ -4,7 +4,7 @@ use apple_codesign::{CodeSignatureFlags, MachOBinary};
 use openwork_payload::container::{Arch, ExecutableFormat};
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Result, UnsupportedError};
 
 /// An executable's format, architecture and signature state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -56,8 +56,8 @@ impl std::fmt::Display for Identity {
 /// Identifies an executable and whether it carries a signature: for Mach-O an
 /// `LC_CODE_SIGNATURE` (and what kind), for PE a non-empty Security data directory.
 pub fn identify(data: &[u8]) -> Result<Identity> {
-    let info = openwork_payload::container::identify(data)
-        .map_err(|e| Error::Unsupported(e.to_string()))?;
+    let info =
+        openwork_payload::container::identify(data).map_err(UnsupportedError::NotExecutable)?;
     let signature = match info.format {
         ExecutableFormat::Elf => SignatureState::Unsigned,
         ExecutableFormat::Pe => pe_signature(data)?,
@@ -72,7 +72,7 @@ pub fn identify(data: &[u8]) -> Result<Identity> {
 
 fn pe_signature(data: &[u8]) -> Result<SignatureState> {
     let header = goblin::pe::header::Header::parse(data)
-        .map_err(|e| Error::Unsupported(format!("unreadable PE headers: {e}")))?;
+        .map_err(|source| UnsupportedError::PeHeaders { source })?;
     let table = header
         .optional_header
         .and_then(|o| o.data_directories.get_certificate_table().copied());
@@ -144,7 +144,7 @@ mod tests {
     fn unknown_files_are_unsupported() {
         assert!(matches!(
             identify(b"#!/bin/sh\n"),
-            Err(Error::Unsupported(_))
+            Err(crate::Error::Unsupported(_))
         ));
     }
 

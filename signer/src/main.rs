@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use openwork_signer::config::{NotarizerKind, SigningConfig};
 use openwork_signer::entitlements::Role;
+use openwork_signer::error::ConfigError;
 use openwork_signer::notarize::{self, Notarizer, NotaryTool, Submission};
 use openwork_signer::notary_api::{NotaryApi, ReqwestTransport};
 use openwork_signer::secret_file;
@@ -151,7 +152,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         } => {
             if adhoc {
                 let [file] = files.as_slice() else {
-                    return Err(Error::Config("--adhoc signs one file".into()));
+                    return Err(ConfigError::AdhocOneFile.into());
                 };
                 let out = out.expect("clap requires --out with --adhoc");
                 return openwork_signer::sign_adhoc_file(file, &out, identifier.as_deref());
@@ -315,7 +316,11 @@ fn read_certificates(
 
 fn in_file(error: Error, path: &Path) -> Error {
     match error {
-        Error::Credentials(why) => Error::Config(format!("{}: {why}", path.display())),
+        Error::Credentials(source) => ConfigError::Certificates {
+            whose: path.display().to_string(),
+            source: Box::new(source),
+        }
+        .into(),
         other => other,
     }
 }

@@ -22,7 +22,9 @@ use serde::Deserialize;
 use x509_certificate::CapturedX509Certificate;
 use zip::write::SimpleFileOptions;
 
-use crate::error::{Error, Result};
+use crate::error::{
+    Error, NetworkError, Result, ServiceError, UnsupportedError, VerificationError,
+};
 use crate::macho::{MachOPolicy, verify_macho};
 use crate::secret::{Redactor, Secret};
 use crate::secret_file::SecretFile;
@@ -68,7 +70,9 @@ impl Submission {
     /// submitted as they are.
     pub fn from_file(path: &Path, work_dir: &Path) -> Result<Self> {
         let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-            Error::Unsupported(format!("{} has no usable file name", path.display()))
+            UnsupportedError::NoFileName {
+                path: path.to_owned(),
+            }
         })?;
         let mut head = [0u8; 4];
         let read = fs_err::File::open(path)?.read(&mut head)?;
@@ -85,10 +89,10 @@ impl Submission {
                 Some("pkg") if head == b"xar!" => SubmissionKind::Pkg,
                 Some("dmg") if has_dmg_trailer(path)? => SubmissionKind::Dmg,
                 _ => {
-                    return Err(Error::Unsupported(format!(
-                        "{} is not a Mach-O executable, a zip, a dmg or a pkg; the notary service takes only those",
-                        path.display()
-                    )));
+                    return Err(UnsupportedError::NotNotarizable {
+                        path: path.to_owned(),
+                    }
+                    .into());
                 }
             }
         };
@@ -121,10 +125,12 @@ pub struct NotarizationOutcome {
 /// permissions (the executable bit above all: a notarized executable that unzips without
 /// it does not run).
 pub fn zip_executable(path: &Path) -> Result<Vec<u8>> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::Unsupported(format!("{} has no usable file name", path.display())))?;
+    let name =
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| UnsupportedError::NoFileName {
+                path: path.to_owned(),
+            })?;
     let data = fs_err::read(path)?;
     let mode = file_mode(path)?;
     let options = SimpleFileOptions::default()
@@ -321,12 +327,16 @@ impl NotaryTool {
     }
 
     fn run(&self, args: &[std::ffi::OsString]) -> Result<Output> {
-        Command::new(&self.xcrun).args(args).output().map_err(|e| {
-            Error::Unsupported(format!(
-                "cannot run `{}` ({e}): notarization needs Xcode's notarytool, on macOS",
-                Self::describe(args)
-            ))
-        })
+        Command::new(&self.xcrun)
+            .args(args)
+            .output()
+            .map_err(|source| {
+                UnsupportedError::NoNotarytool {
+                    command: Self::describe(args),
+                    source,
+                }
+                .into()
+            })
     }
 
     fn issues(&self, id: &str) -> String {
@@ -348,33 +358,32 @@ impl NotaryTool {
 impl Notarizer for NotaryTool {
     fn submit(&self, submission: &Submission) -> Result<NotarizationOutcome> {
         if !self.key.private_key_p8_path.is_file() {
-            return Err(Error::Credentials(format!(
-                "the App Store Connect key file {} does not exist",
-                self.key.private_key_p8_path.display()
-            )));
+            return Err(ServiceError::KeyFileMissing {
+                path: self.key.private_key_p8_path.clone(),
+            }
+            .into());
         }
         let args = self.submit_args(&submission.upload);
         let output = self.run(&args)?;
         let stdout = String::from_utf8_lossy(&output.stdout);
-        let answer = parse_submit_output(&stdout).map_err(|why| {
-            Error::Network(format!(
-                "`{}` failed ({}): {why}; stderr: {}",
-                Self::describe(&args),
-                output.status,
-                self.shown(&output.stderr)
-            ))
+        let answer = parse_submit_output(&stdout).map_err(|why| NetworkError::Notarytool {
+            command: Self::describe(&args),
+            status: output.status,
+            why,
+            stderr: self.shown(&output.stderr),
         })?;
         match answer.status.as_str() {
             "Accepted" => Ok(NotarizationOutcome {
                 id: answer.id,
                 stapleable: submission.stapleable,
             }),
-            status => Err(Error::Verification(format!(
-                "notarization of {} was {status} (submission {}): {}",
-                submission.original.display(),
-                answer.id,
-                self.issues(&answer.id)
-            ))),
+            status => Err(VerificationError::Notarization {
+                path: submission.original.clone(),
+                status: status.to_owned(),
+                issues: self.issues(&answer.id),
+                id: answer.id,
+            }
+            .into()),
         }
     }
 }
@@ -396,10 +405,11 @@ pub fn preflight(path: &Path) -> Result<()> {
     verify_macho(&data, &policy)
         .map(|_| ())
         .map_err(|e| match e {
-            Error::Verification(why) => Error::Verification(format!(
-                "{} would be rejected by Apple's notary service: {why}",
-                path.display()
-            )),
+            Error::Verification(why) => VerificationError::WouldBeRejected {
+                path: path.to_owned(),
+                source: Box::new(why),
+            }
+            .into(),
             other => other,
         })
 }
@@ -551,11 +561,13 @@ impl Notarizer for FakeNotarizer {
         };
         let id = format!("00000000-0000-4000-8000-{number:012}");
         let rejected = |issues: Vec<String>| {
-            Err(Error::Verification(format!(
-                "notarization of {} was Invalid (submission {id}): {}",
-                submission.original.display(),
-                issues.join("; ")
-            )))
+            Err(VerificationError::Notarization {
+                path: submission.original.clone(),
+                status: "Invalid".into(),
+                id: id.clone(),
+                issues: issues.join("; "),
+            }
+            .into())
         };
         if let Some(reason) = &self.reject_all {
             return rejected(vec![reason.clone()]);
@@ -568,14 +580,20 @@ impl Notarizer for FakeNotarizer {
         }
         let bytes = fs_err::read(&submission.upload)?;
         let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| {
-            Error::Verification(format!("the submission is not a readable zip: {e}"))
+            VerificationError::Unreadable {
+                what: "the submission (as a zip)".into(),
+                source: e.into(),
+            }
         })?;
         let mut issues = Vec::new();
         let mut binaries = 0;
         for index in 0..archive.len() {
             let mut entry = archive
                 .by_index(index)
-                .map_err(|e| Error::Verification(format!("zip entry {index}: {e}")))?;
+                .map_err(|e| VerificationError::Unreadable {
+                    what: format!("zip entry {index}"),
+                    source: e.into(),
+                })?;
             let mut data = Vec::new();
             entry.read_to_end(&mut data)?;
             if !is_macho(data.get(..4).unwrap_or_default()) {

@@ -16,14 +16,16 @@
 //! client sends every request through a [`Transport`], which the tests replace with
 //! recorded answers.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use openwork_retry::{Backoff, Failure};
 
 use base64::Engine;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+use crate::error::{NetworkError, Result, ServiceError, VerificationError};
 use crate::notarize::{
     NotarizationOutcome, Notarizer, NotaryCredentials, Submission, format_log_issues,
 };
@@ -74,22 +76,26 @@ impl ReqwestTransport {
             .user_agent(concat!("openwork-signer/", env!("CARGO_PKG_VERSION")))
             .build()
             .map(Self)
-            .map_err(|e| Error::Network(format!("cannot make an HTTP client: {e}")))
+            .map_err(|e| NetworkError::Client { source: e.into() }.into())
     }
 }
 
 impl Transport for ReqwestTransport {
     fn send(&self, request: &HttpRequest) -> Result<HttpAnswer> {
         let method = reqwest::Method::from_bytes(request.method.as_bytes())
-            .map_err(|e| Error::Network(e.to_string()))?;
+            .map_err(|e| NetworkError::Client { source: e.into() })?;
         let mut builder = self.0.request(method, &request.url);
         for (name, value) in &request.headers {
             builder = builder.header(name, value);
         }
-        let answer = builder
-            .body(request.body.clone())
-            .send()
-            .map_err(|e| Error::Network(format!("the notary service cannot be reached: {e}")))?;
+        let answer =
+            builder
+                .body(request.body.clone())
+                .send()
+                .map_err(|e| NetworkError::Unreachable {
+                    service: "the notary service".into(),
+                    detail: e.to_string(),
+                })?;
         let status = answer.status().as_u16();
         let body = answer.bytes().map(|b| b.to_vec()).unwrap_or_default();
         Ok(HttpAnswer { status, body })
@@ -171,18 +177,18 @@ impl<T: Transport> NotaryApi<T> {
     pub fn jwt(&self) -> Result<Zeroizing<String>> {
         use p256::ecdsa::signature::Signer;
         use p256::pkcs8::DecodePrivateKey;
-        let pem = std::str::from_utf8(self.credentials.private_key.bytes())
-            .map_err(|_| Error::Credentials("the App Store Connect key is not PEM text".into()))?;
+        let pem = std::str::from_utf8(self.credentials.private_key.bytes()).map_err(|_| {
+            ServiceError::AppStoreConnectKey("the App Store Connect key is not PEM text")
+        })?;
         let key = p256::ecdsa::SigningKey::from_pkcs8_pem(pem.trim()).map_err(|_| {
-            Error::Credentials(
+            ServiceError::AppStoreConnectKey(
                 "the App Store Connect key is not an EC P-256 private key in PKCS#8 PEM (the \
-                 contents of AuthKey_<id>.p8)"
-                    .into(),
+                 contents of AuthKey_<id>.p8)",
             )
         })?;
         let iat = (self.now)()
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map_err(|_| Error::Credentials("the clock is before 1970".into()))?
+            .map_err(|_| ServiceError::AppStoreConnectKey("the clock is before 1970"))?
             .as_secs();
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let header = serde_json::json!({"alg": "ES256", "kid": self.credentials.key_id.as_str(), "typ": "JWT"});
@@ -246,22 +252,28 @@ impl<T: Transport> NotaryApi<T> {
         };
         match answer.status {
             200..=299 => serde_json::from_str(&text).map_err(|e| {
-                Error::Network(format!(
-                    "the notary service answered {} with something other than JSON ({e})",
-                    request.url
-                ))
+                NetworkError::Answer {
+                    service: "the notary service".into(),
+                    what: format!("{} with something other than JSON ({e})", request.url),
+                }
+                .into()
             }),
-            401 | 403 => Err(Error::Credentials(format!(
-                "the notary service refused the App Store Connect key (HTTP {}): {}; check \
-                 key-id, issuer and key of [notarize], and that the key has the Developer role",
-                answer.status,
-                said()
-            ))),
-            status => Err(Error::Network(format!(
-                "the notary service failed (HTTP {status}) at {}: {}",
-                request.url,
-                said()
-            ))),
+            401 | 403 => Err(ServiceError::Refused {
+                refusal: "the notary service refused the App Store Connect key".into(),
+                status: answer.status,
+                message: said(),
+                hint: "; check key-id, issuer and key of [notarize], and that the key has the \
+                       Developer role",
+            }
+            .into()),
+            status => Err(NetworkError::Status {
+                service: "the notary service".into(),
+                status,
+                at: format!(" at {}", request.url),
+                message: said(),
+                hint: "",
+            }
+            .into()),
         }
     }
 
@@ -360,9 +372,11 @@ pub fn parse_submission_answer(answer: &serde_json::Value) -> Result<UploadTarge
             secret_access_key: Zeroizing::new(a.aws_secret_access_key),
             session_token: Zeroizing::new(a.aws_session_token),
         }),
-        _ => Err(Error::Network(
-            "the notary service's answer to a submission has no id or upload credentials".into(),
-        )),
+        _ => Err(NetworkError::Answer {
+            service: "the notary service".into(),
+            what: "a submission without an id or upload credentials".into(),
+        }
+        .into()),
     }
 }
 
@@ -372,7 +386,13 @@ pub fn parse_status(answer: &serde_json::Value) -> Result<String> {
         .pointer("/data/attributes/status")
         .and_then(|v| v.as_str())
         .map(str::to_owned)
-        .ok_or_else(|| Error::Network("the notary service's status answer has no status".into()))
+        .ok_or_else(|| {
+            NetworkError::Answer {
+                service: "the notary service".into(),
+                what: "a status request without a status".into(),
+            }
+            .into()
+        })
 }
 
 impl<T: Transport> Notarizer for NotaryApi<T> {
@@ -388,33 +408,42 @@ impl<T: Transport> Notarizer for NotaryApi<T> {
         let upload = self.upload_request(&target, data, SystemTime::now());
         let answer = self.transport.send(&upload)?;
         if !(200..300).contains(&answer.status) {
-            return Err(Error::Network(format!(
-                "uploading the submission failed (HTTP {}): {}",
-                answer.status,
-                crate::external::tail(
-                    &self.redactor.redact(&String::from_utf8_lossy(&answer.body))
-                )
-            )));
+            return Err(NetworkError::Status {
+                service: "uploading the submission".into(),
+                status: answer.status,
+                at: String::new(),
+                message: crate::external::tail(
+                    &self.redactor.redact(&String::from_utf8_lossy(&answer.body)),
+                ),
+                hint: "",
+            }
+            .into());
         }
         let status_url = format!("{}/notary/v2/submissions/{}", self.base_url, target.id);
-        let deadline = Instant::now() + self.polling.timeout;
-        let status = loop {
-            let status = parse_status(&self.get(status_url.clone())?)?;
-            if status != "In Progress" {
-                break status;
-            }
-            if Instant::now() + self.polling.interval > deadline {
-                return Err(Error::Network(format!(
-                    "notarization of {} was still in progress after {} s (submission {}); \
-                     Apple may still accept it: `notarytool info {}` tells",
-                    submission.original.display(),
-                    self.polling.timeout.as_secs(),
-                    target.id,
-                    target.id
-                )));
-            }
-            std::thread::sleep(self.polling.interval);
-        };
+        let poll = Backoff::constant(self.polling.interval).deadline(self.polling.timeout);
+        let status = poll
+            .retry(
+                || {
+                    let status =
+                        parse_status(&self.get(status_url.clone()).map_err(Failure::Permanent)?)
+                            .map_err(Failure::Permanent)?;
+                    if status == "In Progress" {
+                        Err(Failure::Transient(status))
+                    } else {
+                        Ok(status)
+                    }
+                },
+                |_| {},
+            )
+            .map_err(|gave_up| match gave_up.failure {
+                Failure::Permanent(error) => error,
+                Failure::Transient(_) => NetworkError::NotarizationPending {
+                    path: submission.original.clone(),
+                    seconds: self.polling.timeout.as_secs(),
+                    id: target.id.clone(),
+                }
+                .into(),
+            })?;
         if status == "Accepted" {
             return Ok(NotarizationOutcome {
                 id: target.id,
@@ -424,11 +453,13 @@ impl<T: Transport> Notarizer for NotaryApi<T> {
         let issues = self
             .log_issues(&target.id)
             .unwrap_or_else(|e| format!("the log could not be fetched: {e}"));
-        Err(Error::Verification(format!(
-            "notarization of {} was {status} (submission {}): {issues}",
-            submission.original.display(),
-            target.id
-        )))
+        Err(VerificationError::Notarization {
+            path: submission.original.clone(),
+            status,
+            id: target.id,
+            issues,
+        }
+        .into())
     }
 }
 
@@ -438,7 +469,10 @@ impl<T: Transport> NotaryApi<T> {
         let url = answer
             .pointer("/data/attributes/developerLogUrl")
             .and_then(|v| v.as_str())
-            .ok_or_else(|| Error::Network("the log answer has no developerLogUrl".into()))?;
+            .ok_or_else(|| NetworkError::Answer {
+                service: "the notary service".into(),
+                what: "a log request without a developerLogUrl".into(),
+            })?;
         // A pre-signed URL: no Authorization header.
         let log = self.transport.send(&HttpRequest {
             method: "GET",

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, CredentialsError, Error, Result};
 
 /// Where a secret comes from.
 #[derive(Clone, PartialEq, Eq)]
@@ -52,11 +52,11 @@ impl SecretRef {
     /// Parses `env:NAME`, `file:PATH` or `base64:<reference>`; relative file paths are
     /// resolved against `base_dir` (the configuration file's directory).
     pub fn parse(text: &str, base_dir: &Path) -> Result<Self> {
-        let bad = || {
-            Error::Config(format!(
-                "\"{text}\" is not a secret reference; write env:NAME, file:PATH or \
-                 base64:env:NAME (secrets themselves never go into the configuration)"
-            ))
+        let bad = || -> Error {
+            ConfigError::SecretReference {
+                text: text.to_owned(),
+            }
+            .into()
         };
         let (scheme, rest) = text.split_once(':').ok_or_else(bad)?;
         match scheme {
@@ -84,7 +84,7 @@ impl SecretRef {
                 Some(value) if !value.is_empty() => {
                     let value = value
                         .into_string()
-                        .map_err(|_| Error::Credentials(format!("{name} is not valid UTF-8")))?;
+                        .map_err(|_| CredentialsError::SecretNotUtf8 { what: name.clone() })?;
                     Ok(Ok(Secret(Zeroizing::new(value.into_bytes()))))
                 }
                 _ => missing(),
@@ -92,7 +92,7 @@ impl SecretRef {
             SecretRef::File(path) => match fs_err::read(path) {
                 Ok(bytes) => Ok(Ok(Secret(Zeroizing::new(bytes)))),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing(),
-                Err(e) => Err(Error::Credentials(format!("cannot read the secret: {e}"))),
+                Err(source) => Err(CredentialsError::SecretUnreadable { source }.into()),
             },
             SecretRef::Base64(inner) => match inner.resolve()? {
                 Ok(text) => {
@@ -107,11 +107,8 @@ impl SecretRef {
                     let bytes = base64::engine::general_purpose::STANDARD
                         .decode(&*compact)
                         .map(Zeroizing::new)
-                        .map_err(|_| {
-                            Error::Credentials(format!(
-                                "{inner} is not base64 (the reference says base64:); store \
-                                 the output of `base64 < file` or drop the base64: prefix"
-                            ))
+                        .map_err(|_| CredentialsError::SecretNotBase64 {
+                            reference: inner.to_string(),
                         })?;
                     Ok(Ok(Secret(bytes)))
                 }
@@ -151,8 +148,9 @@ impl Secret {
     /// The secret as text (passwords, PINs, key ids), without a trailing line break that a
     /// file written by `echo` carries.
     pub fn text(&self) -> Result<&str> {
-        let text = std::str::from_utf8(&self.0)
-            .map_err(|_| Error::Credentials("a text secret is not valid UTF-8".into()))?;
+        let text = std::str::from_utf8(&self.0).map_err(|_| CredentialsError::SecretNotUtf8 {
+            what: "a text secret".into(),
+        })?;
         Ok(text.trim_end_matches(['\r', '\n']))
     }
 }

@@ -21,7 +21,7 @@ use crate::config::{
     ModulePath, Pkcs11Source, SigningConfig,
 };
 use crate::entitlements::{self, Role};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, CredentialsError, Error, Result, UnsupportedError};
 use crate::external::ExternalSigner;
 use crate::key::{self, SigningIdentity, pkcs11::Pkcs11Config};
 use crate::macho::{self, MachOSignOptions};
@@ -147,7 +147,7 @@ impl Signers {
         };
         let mut data = fs_err::read(path)?;
         let format = container::identify(&data)
-            .map_err(|e| Error::Unsupported(e.to_string()))?
+            .map_err(UnsupportedError::NotExecutable)?
             .format;
         let (action, signer) = match format {
             ExecutableFormat::Elf => {
@@ -191,9 +191,7 @@ impl Signers {
             }
             Backend::Azure(azure) => {
                 let Settings::Authenticode(options) = &signer.settings else {
-                    return Err(Error::Config(
-                        "Azure Artifact Signing signs Windows files only".into(),
-                    ));
+                    return Err(ConfigError::AzureWindowsOnly.into());
                 };
                 write_in_place(
                     path,
@@ -429,10 +427,11 @@ impl SectionSecrets {
     fn settle(self, section: &str, policy: MissingSecretPolicy) -> Result<()> {
         let what = format!("[{section}] {}", self.missing.join(", "));
         match policy {
-            MissingSecretPolicy::Fail => Err(Error::Credentials(format!(
-                "{what}; provide it, or set on-missing-secret = \"skip\" to go on without \
-                 {section}"
-            ))),
+            MissingSecretPolicy::Fail => Err(CredentialsError::SecretMissing {
+                section: section.to_owned(),
+                missing: self.missing.join(", "),
+            }
+            .into()),
             MissingSecretPolicy::Skip => {
                 warn!("{what}: {section} skipped (on-missing-secret = \"skip\")");
                 Ok(())

@@ -29,8 +29,10 @@ use x509_cert::serial_number::SerialNumber;
 use x509_certificate::{CapturedX509Certificate, DigestAlgorithm, SignatureAlgorithm};
 use x509_tsp::{MessageImprint, TimeStampReq, TspVersion, TstInfo};
 
-use crate::chain::{Anchors, ChainError, check_chain};
-use crate::error::{Error, Result};
+use openwork_retry::{Backoff, GaveUp};
+
+use crate::chain::{Anchors, check_chain};
+use crate::error::{ChainError, ConfigError, NetworkError, Result, VerificationError};
 
 /// Where and how persistently to ask for time stamps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +67,12 @@ pub struct TokenInfo {
     pub serial: String,
 }
 
+/// Retries of one TSA: 0.5 s before the second attempt, doubled for each further one up
+/// to 8 s (enough for a TSA behind a load balancer to recover, short enough for a release
+/// job); the number of attempts is [`TimestampConfig::attempts`].
+const RETRY: Backoff =
+    Backoff::exponential(Duration::from_millis(500)).max_delay(Duration::from_secs(8));
+
 /// Object identifiers used here and by the test TSA.
 pub(crate) mod oid {
     use der::oid::ObjectIdentifier as Oid;
@@ -91,6 +99,8 @@ pub(crate) mod oid {
     pub const SUBJECT_KEY_IDENTIFIER: Oid = Oid::new_unwrap("2.5.29.14");
     pub const EXTENDED_KEY_USAGE: Oid = Oid::new_unwrap("2.5.29.37");
     pub const KP_TIME_STAMPING: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.3.8");
+    /// id-aa-timeStampToken: the unsigned attribute that carries a signature's time stamp.
+    pub const TIME_STAMP_TOKEN: Oid = Oid::new_unwrap("1.2.840.113549.1.9.16.2.14");
 }
 
 /// `PKIStatusInfo` (RFC 3161 §2.4.2), defined here because x509-tsp takes it from a crate
@@ -166,9 +176,7 @@ struct SigningCertificate {
 /// against its own roots.
 pub fn request_token(config: &TimestampConfig, message: &[u8]) -> Result<Vec<u8>> {
     if config.urls.is_empty() {
-        return Err(Error::Config(
-            "time stamping is on but no time-stamp URL is configured".into(),
-        ));
+        return Err(ConfigError::NoTimestampUrl.into());
     }
     let imprint = Sha256::digest(message).to_vec();
     let nonce = random_nonce();
@@ -191,44 +199,41 @@ pub fn request_token(config: &TimestampConfig, message: &[u8]) -> Result<Vec<u8>
         .timeout(config.timeout)
         .user_agent(concat!("openwork-signer/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| {
-            Error::Network(format!(
-                "cannot set up the HTTP client: {}",
-                display_chain(&e)
-            ))
-        })?;
+        .map_err(|e| NetworkError::Client { source: e.into() })?;
 
-    let attempts = config.attempts.max(1);
+    let retry = RETRY.attempts(config.attempts);
     let mut failures = Vec::new();
     for url in &config.urls {
         let mut tried = 0;
-        let outcome = loop {
-            tried += 1;
-            match exchange(&client, url, &body, &imprint, &nonce) {
-                Ok(token) => break Ok(token),
-                Err(Failure::Transient(why)) if tried < attempts => {
-                    tracing::warn!(url, attempt = tried, "time stamp failed, retrying: {why}");
-                    std::thread::sleep(backoff(tried));
-                }
-                Err(Failure::Transient(why) | Failure::Permanent(why)) => break Err(why),
-            }
-        };
+        let outcome = retry.retry(
+            || {
+                tried += 1;
+                exchange(&client, url, &body, &imprint, &nonce)
+            },
+            |retrying| {
+                tracing::warn!(
+                    url,
+                    attempt = retrying.attempt,
+                    "time stamp failed, retrying: {}",
+                    retrying.failure
+                );
+            },
+        );
         match outcome {
             Ok(token) => {
                 tracing::debug!(url, attempts = tried, "time stamp received");
                 return Ok(token);
             }
-            Err(why) => {
-                let plural = if tried == 1 { "" } else { "s" };
-                failures.push(format!("{url}: {why} ({tried} attempt{plural})"));
+            Err(GaveUp {
+                failure: Failure::Transient(why) | Failure::Permanent(why),
+                attempts,
+            }) => {
+                let plural = if attempts == 1 { "" } else { "s" };
+                failures.push(format!("{url}: {why} ({attempts} attempt{plural})"));
             }
         }
     }
-    Err(Error::Network(format!(
-        "no time-stamp authority gave a time stamp: {}. Check the time-stamp URLs and that \
-         this machine can reach them (proxies come from HTTPS_PROXY/HTTP_PROXY)",
-        failures.join("; ")
-    )))
+    Err(NetworkError::NoTimestamp { failures }.into())
 }
 
 /// Checks `token_der` (a `TimeStampToken`, as [`request_token`] returns and signatures
@@ -252,21 +257,26 @@ pub(crate) fn verify_token_with(
     message: &[u8],
     anchors: Anchors<'_>,
 ) -> Result<TokenInfo> {
-    let token = ContentInfo::from_der(token_der)
-        .map_err(|e| Error::Verification(format!("the time-stamp token is not CMS: {e}")))?;
-    let checked = check_token(&token).map_err(Error::Verification)?;
+    let token = ContentInfo::from_der(token_der).map_err(|e| VerificationError::Unreadable {
+        what: "the time-stamp token (as CMS)".into(),
+        source: e.into(),
+    })?;
+    let invalid = |problem| VerificationError::Timestamp { problem };
+    let checked = check_token(&token).map_err(invalid)?;
     let expected = digest_with(
         &checked.tst_info.message_imprint.hash_algorithm.oid,
         message,
     )
-    .map_err(Error::Verification)?;
+    .map_err(invalid)?;
     if checked.tst_info.message_imprint.hashed_message.as_bytes() != expected.as_slice() {
-        return Err(Error::Verification(
-            "the time stamp is for another message (its imprint does not match)".into(),
-        ));
+        return Err(VerificationError::ContentDigest {
+            what: "the time stamp is for another message (its imprint does not match)",
+            source: None,
+        }
+        .into());
     }
     let gen_time = SystemTime::UNIX_EPOCH + checked.tst_info.gen_time.to_unix_duration();
-    check_tsa_certificate(&checked, gen_time, anchors).map_err(Error::Verification)?;
+    check_tsa_certificate(&checked, gen_time, anchors).map_err(invalid)?;
     Ok(TokenInfo {
         gen_time,
         tsa_subject: checked.signer.parsed.tbs_certificate.subject.to_string(),
@@ -274,11 +284,8 @@ pub(crate) fn verify_token_with(
     })
 }
 
-/// Why one try failed, and whether trying the same URL again may help.
-enum Failure {
-    Transient(String),
-    Permanent(String),
-}
+/// Why one exchange with a TSA failed, and whether trying the same URL again may help.
+type Failure = openwork_retry::Failure<String>;
 
 fn exchange(
     client: &reqwest::blocking::Client,
@@ -674,10 +681,4 @@ fn random_nonce() -> [u8; 8] {
     OsRng.fill_bytes(&mut nonce);
     nonce[0] = (nonce[0] & 0x7f).max(1);
     nonce
-}
-
-/// 0.5 s, 1 s, 2 s, … capped at 8 s: enough for a TSA behind a load balancer to recover,
-/// short enough for a release job.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(500u64 << attempt.saturating_sub(1).min(4))
 }

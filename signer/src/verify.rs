@@ -9,7 +9,7 @@ use serde::Serialize;
 use x509_certificate::CapturedX509Certificate;
 
 use crate::authenticode::{self, TrustAnchors};
-use crate::error::{Error, Result};
+use crate::error::{PolicyError, Result, UnsupportedError, VerificationError};
 use crate::macho::{self, MachOPolicy};
 
 /// What a verification requires.
@@ -52,15 +52,13 @@ pub struct Verification {
 /// repeat the packer's self-check (and `openwork-packager inspect` does it on request).
 pub fn verify(data: &[u8], policy: &VerifyPolicy) -> Result<Verification> {
     let format = container::identify(data)
-        .map_err(|e| Error::Unsupported(e.to_string()))?
+        .map_err(UnsupportedError::NotExecutable)?
         .format;
     let chain_checked = !policy.roots.is_empty();
     let (signature, signer, timestamp) = match format {
         ExecutableFormat::Elf => {
             if policy.require_signature {
-                return Err(Error::Verification(
-                    "an ELF file has no signature to verify; check it against SHA256SUMS".into(),
-                ));
+                return Err(VerificationError::NotSigned { format }.into());
             }
             ("none", None, None)
         }
@@ -92,11 +90,7 @@ pub fn verify(data: &[u8], policy: &VerifyPolicy) -> Result<Verification> {
         }
     };
     if policy.require_timestamp && timestamp.is_none() && format != ExecutableFormat::Elf {
-        return Err(Error::Verification(
-            "the signature has no time stamp; it stops verifying when the certificate \
-             expires (sign with a time-stamp authority)"
-                .into(),
-        ));
+        return Err(PolicyError::NoTimestamp { any_format: true }.into());
     }
     let payload_files = payload_files(data)?;
     Ok(Verification {
@@ -116,11 +110,11 @@ fn payload_files(data: &[u8]) -> Result<Option<usize>> {
         Ok((_, region)) => {
             region
                 .verify_payload()
-                .map_err(|e| Error::Verification(format!("the embedded payload: {e}")))?;
+                .map_err(VerificationError::Payload)?;
             Ok(Some(region.manifest.files.len()))
         }
         Err(e) if e.kind() == openwork_payload::ErrorKind::NoPayload => Ok(None),
-        Err(e) => Err(Error::Verification(format!("the embedded payload: {e}"))),
+        Err(e) => Err(VerificationError::Payload(e).into()),
     }
 }
 

@@ -312,7 +312,7 @@ fn bad_templates_and_missing_programs_are_configuration_errors() {
     let file = dir.path().join("artifact.bin");
     std::fs::write(&file, "payload").unwrap();
     let config_error = |argv: &[&str]| match signer(argv).sign_file(&file) {
-        Err(Error::Config(message)) => message,
+        Err(Error::Config(message)) => message.to_string(),
         other => panic!("{argv:?}: expected a configuration error, got {other:?}"),
     };
 

@@ -46,7 +46,7 @@ fn assert_signs(identity: &SigningIdentity) {
 
 fn credentials_error(result: openwork_signer::Result<impl std::fmt::Debug>) -> String {
     match result {
-        Err(Error::Credentials(message)) => message,
+        Err(Error::Credentials(message)) => message.to_string(),
         other => panic!("expected a credentials error, got {other:?}"),
     }
 }

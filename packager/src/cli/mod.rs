@@ -574,10 +574,11 @@ fn run_stage(args: StageArgs, constants: &Constants, lock: InputsLock) -> Result
 }
 
 fn run_lock(args: LockArgs, constants: &Constants, path: Option<PathBuf>) -> Result<()> {
-    use openwork_packager::lock::{self, RefreshRequest};
+    use openwork_packager::lock;
+    use openwork_packager::relock::{self, RefreshRequest};
     let path = path.unwrap_or_else(InputsLock::workspace_path);
     let previous = InputsLock::load(Some(&path))?;
-    let (fresh, missing) = lock::refresh(&RefreshRequest {
+    let (fresh, missing) = relock::refresh(&RefreshRequest {
         constants: constants.clone(),
         previous: previous.clone(),
         cache_root: args

@@ -12,29 +12,29 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use openwork_payload::error::display_chain;
+use openwork_retry::Backoff;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use reqwest::{StatusCode, Url};
 
 use super::error::{FetchError, Result, io_err};
-use super::registry::{Credential, redact_url};
+use super::registry::{Credential, is_loopback, redact_url};
 use crate::progress::Progress;
 
 /// How many times a request is tried before giving up.
 pub(crate) const ATTEMPTS: u32 = 4;
-/// The wait before the second attempt; doubled for each further attempt.
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Downloads and documents: [`ATTEMPTS`] tries, 0.5 s before the second, doubled for each
+/// further one (0.5, 1, 2 s: a registry's or mirror's restart is usually over by then).
+const RETRY: Backoff = Backoff::exponential(Duration::from_millis(500)).attempts(ATTEMPTS);
 /// A connection or a read that makes no progress for this long fails (and is retried).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const USER_AGENT: &str = concat!("openwork-packager/", env!("CARGO_PKG_VERSION"));
 
-/// Why one attempt failed.
 /// How much a response body may be. A download is written to disk before its integrity
 /// can be checked, so an answer that does not end (no `Content-Length`, or a lying one)
 /// must not fill the disk first.
@@ -86,12 +86,9 @@ impl Limit {
     }
 }
 
-pub(crate) enum Failure {
-    /// Worth another attempt.
-    Transient(String),
-    /// Not going to get better.
-    Fatal(FetchError),
-}
+/// Why one attempt failed: a description for a transient failure (another attempt may
+/// fix it), the error for a permanent one.
+pub(crate) type Failure = openwork_retry::Failure<String, FetchError>;
 
 /// An HTTP client for one fetch.
 pub(crate) struct Http<'a> {
@@ -121,8 +118,8 @@ impl<'a> Http<'a> {
         Ok(Http { client, progress })
     }
 
-    /// GETs `url`, retrying transient failures; `on_success` consumes a 2xx response and
-    /// may itself fail transiently (a body cut off) or fatally.
+    /// GETs `url`, retrying transient failures ([`RETRY`]); `on_success` consumes a 2xx
+    /// response and may itself fail transiently (a body cut off) or fatally.
     pub(crate) fn get<T>(
         &self,
         url: &Url,
@@ -131,10 +128,8 @@ impl<'a> Http<'a> {
         mut on_success: impl FnMut(Response) -> Result<T, Failure>,
     ) -> Result<T> {
         let shown = redact_url(url);
-        let mut backoff = FIRST_BACKOFF;
-        for attempt in 1..=ATTEMPTS {
-            let mut request = self.client.get(url.clone()).header(ACCEPT, accept);
-            if let Some(credential) = credential {
+        let authorization = credential
+            .map(|credential| {
                 let mut value =
                     HeaderValue::from_str(&credential.header_value()).map_err(|_| {
                         FetchError::Http {
@@ -146,37 +141,39 @@ impl<'a> Http<'a> {
                         }
                     })?;
                 value.set_sensitive(true);
-                request = request.header(AUTHORIZATION, value);
-            }
-            let failure = match request.send() {
-                Err(e) => Failure::Transient(display_chain(&e.without_url())),
-                Ok(response) if response.status().is_success() => match on_success(response) {
-                    Ok(value) => return Ok(value),
-                    Err(failure) => failure,
+                Ok::<_, FetchError>(value)
+            })
+            .transpose()?;
+        RETRY
+            .retry(
+                || {
+                    let mut request = self.client.get(url.clone()).header(ACCEPT, accept);
+                    if let Some(value) = &authorization {
+                        request = request.header(AUTHORIZATION, value.clone());
+                    }
+                    match request.send() {
+                        Err(e) => Err(Failure::Transient(display_chain(&e.without_url()))),
+                        Ok(response) if response.status().is_success() => on_success(response),
+                        Ok(response) => Err(status_failure(&shown, response.status())),
+                    }
                 },
-                Ok(response) => status_failure(&shown, response.status()),
-            };
-            match failure {
-                Failure::Fatal(error) => return Err(error),
-                Failure::Transient(detail) if attempt == ATTEMPTS => {
-                    return Err(FetchError::Http {
-                        url: shown,
-                        attempts: ATTEMPTS,
-                        detail,
-                    });
-                }
-                Failure::Transient(detail) => {
+                |retrying| {
                     self.progress.line(format_args!(
-                        "GET {shown} failed ({detail}); retrying in {:.1} s (attempt {} of {ATTEMPTS})",
-                        backoff.as_secs_f64(),
-                        attempt + 1
+                        "GET {shown} failed ({}); retrying in {:.1} s (attempt {} of {ATTEMPTS})",
+                        retrying.failure,
+                        retrying.delay.as_secs_f64(),
+                        retrying.attempt + 1
                     ));
-                    thread::sleep(backoff);
-                    backoff *= 2;
-                }
-            }
-        }
-        unreachable!("the last attempt returns")
+                },
+            )
+            .map_err(|gave_up| match gave_up.failure {
+                Failure::Permanent(error) => error,
+                Failure::Transient(detail) => FetchError::Http {
+                    url: shown.clone(),
+                    attempts: gave_up.attempts,
+                    detail,
+                },
+            })
     }
 
     /// GETs a small document into memory.
@@ -190,7 +187,7 @@ impl<'a> Http<'a> {
         let shown = redact_url(url);
         self.get(url, credential, accept, |response| {
             if response.content_length().is_some_and(|n| n > limit.bytes) {
-                return Err(Failure::Fatal(limit.exceeded(&shown)));
+                return Err(Failure::Permanent(limit.exceeded(&shown)));
             }
             let mut body = Vec::new();
             response
@@ -198,7 +195,7 @@ impl<'a> Http<'a> {
                 .read_to_end(&mut body)
                 .map_err(|e| Failure::Transient(format!("reading the body: {e}")))?;
             if body.len() as u64 > limit.bytes {
-                return Err(Failure::Fatal(limit.exceeded(&shown)));
+                return Err(Failure::Permanent(limit.exceeded(&shown)));
             }
             Ok(body)
         })
@@ -224,10 +221,10 @@ impl<'a> Http<'a> {
                 let total = response.content_length();
                 match total {
                     Some(announced) if announced > limit.bytes => {
-                        return Err(Failure::Fatal(limit.exceeded(&shown)));
+                        return Err(Failure::Permanent(limit.exceeded(&shown)));
                     }
                     Some(announced) if limit.exact && announced != limit.bytes => {
-                        return Err(Failure::Fatal(FetchError::TooLarge {
+                        return Err(Failure::Permanent(FetchError::TooLarge {
                             url: shown.clone(),
                             limit: limit.bytes,
                             reason: format!(
@@ -238,7 +235,8 @@ impl<'a> Http<'a> {
                     }
                     _ => {}
                 }
-                let mut file = fs_err::File::create(dest).map_err(|e| Failure::Fatal(e.into()))?;
+                let mut file =
+                    fs_err::File::create(dest).map_err(|e| Failure::Permanent(e.into()))?;
                 let mut sink = new_sink();
                 let mut buf = vec![0u8; 256 * 1024];
                 let mut received = 0u64;
@@ -260,12 +258,12 @@ impl<'a> Http<'a> {
                         }
                     };
                     if received + n as u64 > limit.bytes {
-                        return Err(Failure::Fatal(limit.exceeded(&shown)));
+                        return Err(Failure::Permanent(limit.exceeded(&shown)));
                     }
                     file.write_all(&buf[..n])
-                        .map_err(|e| Failure::Fatal(e.into()))?;
+                        .map_err(|e| Failure::Permanent(e.into()))?;
                     sink.write_all(&buf[..n])
-                        .map_err(|e| Failure::Fatal(io_err("hash", dest)(e)))?;
+                        .map_err(|e| Failure::Permanent(io_err("hash", dest)(e)))?;
                     received += n as u64;
                     meter.advance(self.progress, received, total);
                 }
@@ -281,7 +279,7 @@ impl<'a> Http<'a> {
                         limit.bytes, limit.reason
                     )));
                 }
-                file.sync_all().map_err(|e| Failure::Fatal(e.into()))?;
+                file.sync_all().map_err(|e| Failure::Permanent(e.into()))?;
                 let secs = started.elapsed().as_secs_f64();
                 self.progress.line(format_args!(
                     "downloaded {} in {secs:.1} s ({:.1} MB/s)",
@@ -404,23 +402,11 @@ fn status_failure(url: &str, status: StatusCode) -> Failure {
         }
         _ => "",
     };
-    Failure::Fatal(FetchError::HttpStatus {
+    Failure::Permanent(FetchError::HttpStatus {
         url: url.to_owned(),
         status: status.as_u16(),
         hint,
     })
-}
-
-pub(crate) fn is_loopback(url: &Url) -> bool {
-    match url.host_str() {
-        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
-        Some(host) => host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    }
 }
 
 /// `46.1 MB`, `4.2 kB`, `129 bytes`.
@@ -469,7 +455,7 @@ mod tests {
             status_failure("u", StatusCode::TOO_MANY_REQUESTS),
             Failure::Transient(_)
         ));
-        let Failure::Fatal(e) = status_failure("u", StatusCode::FORBIDDEN) else {
+        let Failure::Permanent(e) = status_failure("u", StatusCode::FORBIDDEN) else {
             panic!("403 is fatal")
         };
         assert!(e.to_string().contains("_authToken"), "{e}");

@@ -145,7 +145,7 @@ impl Registry {
     /// otherwise carry the token in clear text. Plain http to a loopback address (a local
     /// mirror, a test registry) never leaves the machine and keeps it.
     pub(crate) fn credential_for(&self, url: &Url) -> Option<&Credential> {
-        if url.scheme() != "https" && !super::http::is_loopback(url) {
+        if url.scheme() != "https" && !is_loopback(url) {
             return None;
         }
         let nerfed = nerf_dart(url)?;
@@ -336,6 +336,20 @@ pub(crate) fn redact_url(url: &Url) -> String {
     shown.set_query(None);
     shown.set_fragment(None);
     shown.to_string()
+}
+
+/// Whether `url` names this machine (`localhost`, 127.0.0.0/8, `::1`): a local mirror or
+/// test server, reached without TLS or a proxy.
+pub(crate) fn is_loopback(url: &Url) -> bool {
+    match url.host_str() {
+        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::ops::Range;
 use goblin::pe::header::Header;
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::{CoverageError, Error, PeProblem, Result, UnsupportedError};
 
 // The PE header layout is defined once, beside the payload locator that reads it too.
 pub(crate) use openwork_payload::container::pe::checksum;
@@ -50,11 +50,7 @@ impl PeImage {
     pub fn parse(data: &[u8]) -> Result<Self> {
         let header = Header::parse(data).map_err(|e| malformed(format!("{e}")))?;
         let Some(optional) = header.optional_header else {
-            return Err(Error::Unsupported(
-                "the PE file has no optional header (an object file, not an executable); \
-                 only executables and DLLs can be Authenticode-signed"
-                    .into(),
-            ));
+            return Err(UnsupportedError::Pe(PeProblem::NoOptionalHeader).into());
         };
         let optional_start = header.dos_header.pe_pointer as usize + 4 + COFF_HEADER_LEN;
         let optional_len = usize::from(header.coff_header.size_of_optional_header);
@@ -66,11 +62,7 @@ impl PeImage {
         if (optional.windows_fields.number_of_rva_and_sizes as usize) <= SECURITY_DIRECTORY
             || directories + (SECURITY_DIRECTORY + 1) * 8 > optional_len
         {
-            return Err(Error::Unsupported(
-                "the PE optional header has no Security data directory entry, so there is \
-                 nowhere to record a signature; relink with the default 16 data directories"
-                    .into(),
-            ));
+            return Err(UnsupportedError::Pe(PeProblem::NoSecurityDirectory).into());
         }
         let size_of_headers = optional.windows_fields.size_of_headers as usize;
         let section_table_start = optional_start + optional_len;
@@ -116,12 +108,11 @@ impl PeImage {
         let mut covered = size_of_headers;
         for section in &sections {
             if section.start != covered {
-                return Err(Error::Unsupported(format!(
-                    "the PE file's headers and sections are not contiguous (raw data at \
-                     {:#x} where {covered:#x} was expected): Authenticode would leave a gap \
-                     unhashed or hash bytes twice, so this signer refuses such files",
-                    section.start
-                )));
+                return Err(UnsupportedError::Pe(PeProblem::NotContiguous {
+                    found: section.start,
+                    expected: covered,
+                })
+                .into());
             }
             covered = section.end;
         }
@@ -131,30 +122,24 @@ impl PeImage {
                 let start = entry.virtual_address as usize;
                 let end = start.saturating_add(entry.size as usize);
                 if end > data.len() {
-                    return Err(Error::Verification(format!(
-                        "the certificate table ({start:#x}..{end:#x}) extends past the end \
-                         of the {}-byte file (truncated?)",
-                        data.len()
-                    )));
+                    return Err(CoverageError::TablePastEnd {
+                        start,
+                        end,
+                        len: data.len(),
+                    }
+                    .into());
                 }
                 if start < covered {
-                    return Err(Error::Verification(format!(
-                        "the certificate table starts at {start:#x}, inside the headers or \
-                         sections (which end at {covered:#x})"
-                    )));
+                    return Err(CoverageError::TableInsideImage { start, covered }.into());
                 }
                 if end != data.len() {
-                    return Err(Error::Verification(format!(
-                        "{} bytes follow the certificate table, which signers put last: the \
-                         file was changed after it was signed",
-                        data.len() - end
-                    )));
+                    return Err(CoverageError::AfterTable {
+                        count: data.len() - end,
+                    }
+                    .into());
                 }
                 if !start.is_multiple_of(TABLE_ALIGN) {
-                    return Err(Error::Verification(format!(
-                        "the certificate table starts at {start:#x}, which is not 8-byte \
-                         aligned as the PE format requires"
-                    )));
+                    return Err(CoverageError::TableMisaligned { start }.into());
                 }
                 Some(start..end)
             }
@@ -200,7 +185,7 @@ impl PeImage {
 }
 
 fn malformed(problem: String) -> Error {
-    Error::Unsupported(format!("not a well-formed PE file: {problem}"))
+    UnsupportedError::MalformedPe { problem }.into()
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ mod verify;
 use x509_certificate::CapturedX509Certificate;
 
 use crate::chain::Anchors;
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::key::SigningIdentity;
 use crate::timestamp::TimestampConfig;
 
@@ -96,7 +96,11 @@ impl TrustAnchors {
                 return Ok(Vec::new());
             }
             crate::key::pem::parse_certificates(data).map_err(|error| match error {
-                Error::Credentials(why) => Error::Config(format!("the trusted {what} CAs: {why}")),
+                Error::Credentials(source) => ConfigError::Certificates {
+                    whose: format!("the trusted {what} CAs"),
+                    source: Box::new(source),
+                }
+                .into(),
                 other => other,
             })
         };

@@ -22,7 +22,7 @@ use super::structures::{
     sha256_algorithm, spc_sp_opus_info, statement_type_individual,
 };
 use super::{AttributeSigner, Signature};
-use crate::error::{Error, Result};
+use crate::error::{BoxError, CredentialsError, Error, NetworkError, Result, UnsupportedError};
 use crate::key::SigningIdentity;
 use crate::timestamp;
 
@@ -50,11 +50,10 @@ pub(crate) fn sign(
         u32::try_from(table_len),
         u32::try_from(table_start + table_len),
     ) else {
-        return Err(Error::Unsupported(format!(
-            "the signed file would be {} bytes; the PE format cannot locate a certificate \
-             table beyond 4 GiB",
-            table_start + table_len
-        )));
+        return Err(UnsupportedError::PeTooLarge {
+            size: table_start + table_len,
+        }
+        .into());
     };
     // dwLength counts the padding too, as osslsigncode writes it, so that the entry
     // covers the whole table.
@@ -134,11 +133,11 @@ fn signed_data(
             parameters: None,
         },
         other => {
-            return Err(Error::Credentials(format!(
-                "the key of {} signs with {other:?}; Authenticode signatures made here use \
-                 SHA-256 with RSA or ECDSA P-256 keys",
-                signer.describe()
-            )));
+            return Err(CredentialsError::AuthenticodeAlgorithm {
+                signer: signer.describe(),
+                algorithm: format!("{other:?}"),
+            }
+            .into());
         }
     };
 
@@ -148,11 +147,8 @@ fn signed_data(
             // `osslsigncode -ts` add it: it keeps the signature valid after the signing
             // certificate expires.
             let token = timestamp::request_token(config, &signature)?;
-            let token = Any::from_der(&token).map_err(|e| {
-                Error::Network(format!(
-                    "the time-stamp authority answered with a token that is not DER: {e}"
-                ))
-            })?;
+            let token =
+                Any::from_der(&token).map_err(|source| NetworkError::TimestampToken { source })?;
             Some(
                 SetOfVec::try_from(vec![attribute(RFC3161_COUNTER_SIGNATURE, token)?])
                     .map_err(encoding)?,
@@ -162,7 +158,7 @@ fn signed_data(
     };
 
     let leaf = x509_cert::Certificate::from_der(certificate.constructed_data())
-        .map_err(|e| Error::Credentials(format!("cannot parse the signing certificate: {e}")))?;
+        .map_err(|e| unreadable_certificate("the signing certificate", e))?;
     let signer_info = SignerInfo {
         version: CmsVersion::V1,
         sid: SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
@@ -179,7 +175,7 @@ fn signed_data(
     let mut certificates = vec![CertificateChoices::Certificate(leaf)];
     for certificate in &chain {
         let certificate = x509_cert::Certificate::from_der(certificate.constructed_data())
-            .map_err(|e| Error::Credentials(format!("cannot parse a chain certificate: {e}")))?;
+            .map_err(|e| unreadable_certificate("a chain certificate", e))?;
         let choice = CertificateChoices::Certificate(certificate);
         if !certificates.contains(&choice) {
             certificates.push(choice);
@@ -218,7 +214,16 @@ fn attribute(oid: der::asn1::ObjectIdentifier, value: Any) -> Result<Attribute> 
 }
 
 fn encoding(error: der::Error) -> Error {
-    Error::Unsupported(format!("cannot encode the Authenticode signature: {error}"))
+    UnsupportedError::Encoding { source: error }.into()
+}
+
+fn unreadable_certificate(what: &str, error: der::Error) -> Error {
+    CredentialsError::Unreadable {
+        what: what.to_owned(),
+        source: error.into(),
+        hint: "",
+    }
+    .into()
 }
 
 impl AttributeSigner for SigningIdentity {
@@ -228,15 +233,15 @@ impl AttributeSigner for SigningIdentity {
 
     fn sign_attributes(&self, message: &[u8]) -> Result<Signature> {
         let key = self.key();
-        let cannot_sign = |e: &dyn std::fmt::Display| {
-            Error::Credentials(format!(
-                "the key of {} could not sign: {e}",
-                self.describe()
-            ))
+        let cannot_sign = |source: BoxError| CredentialsError::CannotSign {
+            signer: self.describe(),
+            source,
         };
-        let algorithm = key.signature_algorithm().map_err(|e| cannot_sign(&e))?;
+        let algorithm = key
+            .signature_algorithm()
+            .map_err(|e| cannot_sign(e.into()))?;
         let value: Vec<u8> = Signer::try_sign(key, message)
-            .map_err(|e| cannot_sign(&e))?
+            .map_err(|e| cannot_sign(e.into()))?
             .into();
         Ok(Signature {
             value,

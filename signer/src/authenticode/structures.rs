@@ -25,7 +25,7 @@ use der::asn1::{ObjectIdentifier, OctetString};
 use der::{Any, Sequence};
 use spki::AlgorithmIdentifierOwned;
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Result};
 
 /// `SPC_INDIRECT_DATA_OBJID`: the content type of an Authenticode SignedData.
 pub const SPC_INDIRECT_DATA: ObjectIdentifier =
@@ -137,10 +137,10 @@ pub fn spc_sp_opus_info(description: Option<&str>, url: Option<&str>) -> Result<
     }
     if let Some(url) = url {
         if !url.is_ascii() {
-            return Err(Error::Config(format!(
-                "the signature's URL {url:?} must be ASCII (Authenticode stores it as an \
-                 IA5String); percent-encode it"
-            )));
+            return Err(ConfigError::UrlNotAscii {
+                url: url.to_string(),
+            }
+            .into());
         }
         fields.extend(tlv(0xa1, &tlv(0x80, url.as_bytes())));
     }
@@ -196,6 +196,6 @@ mod tests {
     #[test]
     fn a_non_ascii_url_is_a_configuration_error() {
         let error = spc_sp_opus_info(None, Some("https://exämple.invalid/")).unwrap_err();
-        assert!(matches!(error, Error::Config(_)), "{error}");
+        assert!(matches!(error, crate::Error::Config(_)), "{error}");
     }
 }

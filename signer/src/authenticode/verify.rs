@@ -8,6 +8,7 @@ use cms::content_info::{CmsVersion, ContentInfo};
 use cms::signed_data::{SignedData, SignerIdentifier, SignerInfo};
 use der::asn1::{ObjectIdentifier, OctetString};
 use der::{Any, Decode, Encode, Reader, SliceReader};
+use openwork_payload::container::ExecutableFormat;
 use sha2::{Digest, Sha256};
 use x509_cert::Certificate;
 use x509_cert::ext::pkix::ExtendedKeyUsage;
@@ -21,8 +22,11 @@ use super::structures::{
     WIN_CERT_TYPE_PKCS_SIGNED_DATA, WIN_CERTIFICATE_HEADER_LEN,
 };
 use super::{Timestamp, TrustAnchors, Verified};
-use crate::chain::{self, Anchors, ChainError};
-use crate::error::{Error, Result};
+use crate::chain::{self, Anchors};
+
+use crate::error::{
+    CertificateError, CoverageError, Error, Result, UnsupportedError, VerificationError,
+};
 use crate::timestamp;
 
 /// X.509 extKeyUsage extension.
@@ -31,9 +35,10 @@ const EXTENDED_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.2
 pub(crate) fn verify(pe: &[u8], trust: &TrustAnchors) -> Result<Verified> {
     let image = PeImage::parse(pe)?;
     let Some(table) = image.certificate_table.clone() else {
-        return Err(Error::Verification(
-            "the file is not signed (its Security directory names no certificate table)".into(),
-        ));
+        return Err(VerificationError::NotSigned {
+            format: ExecutableFormat::Pe,
+        }
+        .into());
     };
     let signed_data = read_table(&pe[table])?;
     let digest = image.digest(pe);
@@ -82,53 +87,63 @@ fn check_content<'a>(signed_data: &'a SignedData, digest: &[u8; 32]) -> Result<&
     // The Authenticode specification fixes both versions at 1; the signature does not
     // cover them, so a verifier that did not check would accept any.
     if signed_data.version != CmsVersion::V1 {
-        return Err(Error::Verification(format!(
-            "the SignedData has version {:?}; Authenticode requires 1",
-            signed_data.version
-        )));
+        return Err(structure(
+            "the SignedData's version",
+            format!("{:?}", signed_data.version),
+            "Authenticode requires 1",
+        ));
     }
     if !signed_data
         .digest_algorithms
         .iter()
         .any(|a| a.oid == SHA256)
     {
-        return Err(Error::Verification(
-            "the SignedData does not list SHA-256, its signer's digest algorithm".into(),
+        return Err(structure(
+            "the SignedData's list of digest algorithms",
+            "without SHA-256".into(),
+            "it must list its signer's, SHA-256",
         ));
     }
     let encapsulated = &signed_data.encap_content_info;
     if encapsulated.econtent_type != SPC_INDIRECT_DATA {
-        return Err(Error::Verification(format!(
-            "the signature's content type is {}, not Authenticode's SpcIndirectDataContent",
-            encapsulated.econtent_type
-        )));
+        return Err(structure(
+            "the signature's content type",
+            encapsulated.econtent_type.to_string(),
+            "Authenticode's is SpcIndirectDataContent",
+        ));
     }
-    let content = encapsulated.econtent.as_ref().ok_or_else(|| {
-        Error::Verification("the signature carries no SpcIndirectDataContent".into())
-    })?;
+    let content = encapsulated
+        .econtent
+        .as_ref()
+        .ok_or(VerificationError::Missing {
+            what: "SpcIndirectDataContent",
+        })?;
     let indirect: SpcIndirectDataContent = content
         .decode_as()
-        .map_err(|e| Error::Verification(format!("unreadable SpcIndirectDataContent: {e}")))?;
+        .map_err(unreadable("the SpcIndirectDataContent"))?;
     if indirect.data.value_type != SPC_PE_IMAGE_DATA {
-        return Err(Error::Verification(format!(
-            "the signature is for a {} object, not a PE image",
-            indirect.data.value_type
-        )));
+        return Err(structure(
+            "the signed object's type",
+            indirect.data.value_type.to_string(),
+            "Authenticode here signs PE images",
+        ));
     }
     if indirect.message_digest.digest_algorithm.oid != SHA256 {
-        return Err(Error::Unsupported(format!(
-            "the file's Authenticode digest uses algorithm {}; only SHA-256 is supported",
-            indirect.message_digest.digest_algorithm.oid
-        )));
+        return Err(UnsupportedError::Algorithm {
+            what: "the file's Authenticode digest",
+            kind: "digest",
+            algorithm: indirect.message_digest.digest_algorithm.oid.to_string(),
+            supported: "only SHA-256 is supported",
+        }
+        .into());
     }
     let signed_digest = indirect.message_digest.digest.as_bytes();
     if signed_digest != digest.as_slice() {
-        return Err(Error::Verification(format!(
-            "the file's digest {} differs from the signed digest {}: the file was changed \
-             after it was signed",
-            hex::encode(digest),
-            hex::encode(signed_digest)
-        )));
+        return Err(VerificationError::DigestMismatch {
+            computed: hex::encode(digest),
+            signed: hex::encode(signed_digest),
+        }
+        .into());
     }
 
     Ok(content)
@@ -137,76 +152,72 @@ fn check_content<'a>(signed_data: &'a SignedData, digest: &[u8; 32]) -> Result<&
 /// The SignedData of a certificate table holding exactly one WIN_CERTIFICATE.
 fn read_table(table: &[u8]) -> Result<SignedData> {
     if table.len() < WIN_CERTIFICATE_HEADER_LEN {
-        return Err(Error::Verification(format!(
-            "the certificate table is {} bytes, too short for a WIN_CERTIFICATE",
-            table.len()
-        )));
+        return Err(CoverageError::TableTooShort { len: table.len() }.into());
     }
     let length = u32::from_le_bytes(table[0..4].try_into().expect("4 bytes")) as usize;
     let revision = u16::from_le_bytes([table[4], table[5]]);
     let kind = u16::from_le_bytes([table[6], table[7]]);
     if revision != WIN_CERT_REVISION_2_0 || kind != WIN_CERT_TYPE_PKCS_SIGNED_DATA {
-        return Err(Error::Unsupported(format!(
-            "the certificate table holds a WIN_CERTIFICATE of revision {revision:#06x} and \
-             type {kind:#06x}; only revision 2.0 PKCS#7 SignedData (0x0200, 0x0002) is supported"
-        )));
+        return Err(UnsupportedError::WinCertificate { revision, kind }.into());
     }
     if length < WIN_CERTIFICATE_HEADER_LEN
         || length > table.len()
         || length.next_multiple_of(TABLE_ALIGN) != table.len()
     {
-        return Err(Error::Verification(format!(
-            "the WIN_CERTIFICATE says it is {length} bytes but the certificate table is {}; \
-             exactly one signature entry was expected",
-            table.len()
-        )));
+        return Err(CoverageError::EntryLength {
+            claimed: length,
+            len: table.len(),
+        }
+        .into());
     }
     let der = &table[WIN_CERTIFICATE_HEADER_LEN..length];
-    let mut reader = SliceReader::new(der)
-        .map_err(|e| Error::Verification(format!("unreadable signature: {e}")))?;
-    let content_info = ContentInfo::decode(&mut reader)
-        .map_err(|e| Error::Verification(format!("the signature is not DER PKCS#7: {e}")))?;
+    let mut reader = SliceReader::new(der).map_err(unreadable("the signature"))?;
+    let content_info =
+        ContentInfo::decode(&mut reader).map_err(unreadable("the signature (as DER PKCS#7)"))?;
     let rest = reader
         .read_slice(reader.remaining_len())
-        .map_err(|e| Error::Verification(format!("unreadable signature: {e}")))?;
+        .map_err(unreadable("the signature"))?;
     // Some signers count the alignment padding in dwLength, others do not.
     if rest.iter().any(|b| *b != 0) {
-        return Err(Error::Verification(format!(
-            "{} bytes that are not padding follow the signature inside its WIN_CERTIFICATE",
-            rest.len()
-        )));
+        return Err(CoverageError::AfterSignature { count: rest.len() }.into());
     }
     if content_info.content_type != SIGNED_DATA {
-        return Err(Error::Verification(format!(
-            "the signature is PKCS#7 content of type {}, not SignedData",
-            content_info.content_type
-        )));
+        return Err(structure(
+            "the signature's PKCS#7 content type",
+            content_info.content_type.to_string(),
+            "Authenticode's is SignedData",
+        ));
     }
     content_info
         .content
         .decode_as()
-        .map_err(|e| Error::Verification(format!("unreadable PKCS#7 SignedData: {e}")))
+        .map_err(unreadable("the PKCS#7 SignedData"))
 }
 
 fn single_signer(signed_data: &SignedData) -> Result<&SignerInfo> {
     let signers = signed_data.signer_infos.0.as_slice();
     let [signer] = signers else {
-        return Err(Error::Verification(format!(
-            "the signature has {} signers; Authenticode requires exactly one",
-            signers.len()
-        )));
+        return Err(structure(
+            "the number of signers",
+            signers.len().to_string(),
+            "Authenticode requires exactly one",
+        ));
     };
     if signer.version != CmsVersion::V1 {
-        return Err(Error::Verification(format!(
-            "the SignerInfo has version {:?}; Authenticode requires 1",
-            signer.version
-        )));
+        return Err(structure(
+            "the SignerInfo's version",
+            format!("{:?}", signer.version),
+            "Authenticode requires 1",
+        ));
     }
     if signer.digest_alg.oid != SHA256 {
-        return Err(Error::Unsupported(format!(
-            "the signer uses digest algorithm {}; only SHA-256 is supported",
-            signer.digest_alg.oid
-        )));
+        return Err(UnsupportedError::Algorithm {
+            what: "the signer",
+            kind: "digest",
+            algorithm: signer.digest_alg.oid.to_string(),
+            supported: "only SHA-256 is supported",
+        }
+        .into());
     }
     Ok(signer)
 }
@@ -217,33 +228,41 @@ fn check_signed_attributes(signer: &SignerInfo, content_value: &[u8]) -> Result<
     let attributes = signer
         .signed_attrs
         .as_ref()
-        .ok_or_else(|| Error::Verification("the signer has no signed attributes".into()))?;
-    let single = |oid: ObjectIdentifier, name: &str| {
+        .ok_or(VerificationError::Missing {
+            what: "signed attributes",
+        })?;
+    let single = |oid: ObjectIdentifier, name: &'static str| {
         let mut matching = attributes.iter().filter(|a| a.oid == oid);
         match (matching.next(), matching.next()) {
             (Some(attribute), None) if attribute.values.len() == 1 => {
                 Ok(attribute.values.get(0).expect("one value"))
             }
-            _ => Err(Error::Verification(format!(
-                "the signed attributes must hold exactly one {name} with one value"
-            ))),
+            _ => Err(structure(
+                name,
+                "not one attribute with one value".into(),
+                "the signed attributes must hold exactly one",
+            )),
         }
     };
-    let content_type: ObjectIdentifier = single(CONTENT_TYPE, "contentType")?
+    let content_type: ObjectIdentifier = single(CONTENT_TYPE, "the signed contentType")?
         .decode_as()
-        .map_err(|e| Error::Verification(format!("unreadable contentType attribute: {e}")))?;
+        .map_err(unreadable("the contentType attribute"))?;
     if content_type != SPC_INDIRECT_DATA {
-        return Err(Error::Verification(format!(
-            "the signed contentType is {content_type}, not SpcIndirectDataContent"
-        )));
-    }
-    let message_digest: OctetString = single(MESSAGE_DIGEST, "messageDigest")?
-        .decode_as()
-        .map_err(|e| Error::Verification(format!("unreadable messageDigest attribute: {e}")))?;
-    if message_digest.as_bytes() != Sha256::digest(content_value).as_slice() {
-        return Err(Error::Verification(
-            "the signed messageDigest does not match the SpcIndirectDataContent".into(),
+        return Err(structure(
+            "the signed contentType",
+            content_type.to_string(),
+            "it must be SpcIndirectDataContent",
         ));
+    }
+    let message_digest: OctetString = single(MESSAGE_DIGEST, "the signed messageDigest")?
+        .decode_as()
+        .map_err(unreadable("the messageDigest attribute"))?;
+    if message_digest.as_bytes() != Sha256::digest(content_value).as_slice() {
+        return Err(VerificationError::ContentDigest {
+            what: "the signed messageDigest does not match the SpcIndirectDataContent",
+            source: None,
+        }
+        .into());
     }
     Ok(())
 }
@@ -253,11 +272,7 @@ fn find_signer_certificate(
     certificates: &[Certificate],
 ) -> Result<Certificate> {
     let SignerIdentifier::IssuerAndSerialNumber(id) = &signer.sid else {
-        return Err(Error::Unsupported(
-            "the signer is identified by subject key identifier; Authenticode uses issuer \
-             and serial number"
-                .into(),
-        ));
+        return Err(UnsupportedError::SignerIdentifier.into());
     };
     certificates
         .iter()
@@ -267,22 +282,27 @@ fn find_signer_certificate(
         })
         .cloned()
         .ok_or_else(|| {
-            Error::Verification(format!(
-                "the signer's certificate (issuer {}, serial {}) is not in the signature",
-                id.issuer, id.serial_number
-            ))
+            CertificateError::NotEmbedded {
+                signer: format!(
+                    "the signer's certificate (issuer {}, serial {})",
+                    id.issuer, id.serial_number
+                ),
+            }
+            .into()
         })
 }
 
 /// The signer's signature over the DER SET OF its signed attributes.
 fn check_signer_signature(signer: &SignerInfo, leaf_certificate: &Certificate) -> Result<()> {
     let leaf = captured(leaf_certificate)?;
-    let key_algorithm = leaf.key_algorithm().ok_or_else(|| {
-        Error::Unsupported(format!(
-            "the signer's certificate has a key of unsupported algorithm {}",
-            leaf.key_algorithm_oid()
-        ))
-    })?;
+    let key_algorithm = leaf
+        .key_algorithm()
+        .ok_or_else(|| UnsupportedError::Algorithm {
+            what: "the signer's certificate",
+            kind: "key",
+            algorithm: leaf.key_algorithm_oid().to_string(),
+            supported: "only RSA and ECDSA keys are supported",
+        })?;
     let oid = signer.signature_algorithm.oid;
     let algorithm = match key_algorithm {
         KeyAlgorithm::Rsa if oid == RSA_ENCRYPTION || oid == SHA256_WITH_RSA => {
@@ -292,26 +312,32 @@ fn check_signer_signature(signer: &SignerInfo, leaf_certificate: &Certificate) -
             SignatureAlgorithm::EcdsaSha256
         }
         _ => {
-            return Err(Error::Unsupported(format!(
-                "signature algorithm {oid} with a {key_algorithm:?} key is not supported"
-            )));
+            return Err(UnsupportedError::Algorithm {
+                what: "the signer",
+                kind: "signature",
+                algorithm: format!("{oid} with a {key_algorithm:?} key"),
+                supported: "SHA-256 with RSA or ECDSA is supported",
+            }
+            .into());
         }
     };
     let verification = algorithm
         .resolve_verification_algorithm(key_algorithm)
-        .map_err(|e| Error::Unsupported(format!("cannot verify the signer's signature: {e}")))?;
+        .map_err(|e| UnsupportedError::VerifyingKey { source: e.into() })?;
     let signed = signer
         .signed_attrs
         .as_ref()
         .expect("checked by check_signed_attributes")
         .to_der()
-        .map_err(|e| Error::Verification(format!("cannot re-encode the signed attributes: {e}")))?;
+        .map_err(unreadable("the signed attributes (encoded again)"))?;
     leaf.verify_signed_data_with_algorithm(signed, signer.signature.as_bytes(), verification)
         .map_err(|_| {
-            Error::Verification(format!(
-                "the signer's signature does not verify with the public key of {}",
-                leaf_certificate.tbs_certificate.subject
-            ))
+            VerificationError::Signature {
+                what: "the signer's signature",
+                key: Some(leaf_certificate.tbs_certificate.subject.to_string()),
+                source: None,
+            }
+            .into()
         })
 }
 
@@ -328,16 +354,16 @@ fn check_timestamp(signer: &SignerInfo, anchors: Anchors<'_>) -> Result<Option<T
         return Ok(None);
     };
     if tokens.next().is_some() {
-        return Err(Error::Verification(
-            "the signature carries more than one RFC 3161 time-stamp".into(),
+        return Err(structure(
+            "the number of RFC 3161 time-stamps",
+            "more than one".into(),
+            "a signature carries one at most",
         ));
     }
-    let token = token
-        .to_der()
-        .map_err(|e| Error::Verification(format!("unreadable time-stamp token: {e}")))?;
+    let token = token.to_der().map_err(unreadable("the time-stamp token"))?;
     let info = timestamp::verify_token_with(&token, signer.signature.as_bytes(), anchors).map_err(
         |e| match e {
-            Error::Verification(why) => Error::Verification(format!("the time-stamp: {why}")),
+            Error::Verification(why) => VerificationError::InTimestamp(Box::new(why)).into(),
             other => other,
         },
     )?;
@@ -359,12 +385,13 @@ fn check_chain(
         .iter()
         .map(captured)
         .collect::<Result<Vec<_>>>()?;
-    chain::check_chain(&captured(leaf)?, &carried, anchors, time).map_err(|e| match e {
-        ChainError::Untrusted { .. } => Error::Verification(format!(
-            "the certificate of {} does not chain to a trusted CA: {e}",
-            leaf.tbs_certificate.subject,
-        )),
-        other => Error::Verification(other.to_string()),
+    chain::check_chain(&captured(leaf)?, &carried, anchors, time).map_err(|source| {
+        CertificateError::Chain {
+            certificate: format!("the certificate of {}", leaf.tbs_certificate.subject),
+            anchor: "a trusted CA",
+            source,
+        }
+        .into()
     })
 }
 
@@ -378,18 +405,45 @@ fn check_code_signing_usage(leaf: &Certificate) -> Result<()> {
         .and_then(|e| ExtendedKeyUsage::from_der(e.extn_value.as_bytes()).ok());
     match usage {
         Some(usage) if usage.0.contains(&KP_CODE_SIGNING) => Ok(()),
-        _ => Err(Error::Verification(format!(
-            "the signer's certificate {} is not for code signing (its extended key usage \
-             lacks codeSigning)",
-            leaf.tbs_certificate.subject
-        ))),
+        _ => Err(CertificateError::Usage {
+            certificate: format!("the signer's certificate {}", leaf.tbs_certificate.subject),
+            usage: "code signing",
+            detail: ": it lacks codeSigning",
+        }
+        .into()),
     }
 }
 
 fn captured(certificate: &Certificate) -> Result<CapturedX509Certificate> {
     let der = certificate
         .to_der()
-        .map_err(|e| Error::Verification(format!("cannot encode a certificate: {e}")))?;
-    CapturedX509Certificate::from_der(der)
-        .map_err(|e| Error::Verification(format!("unreadable certificate: {e}")))
+        .map_err(unreadable("a certificate (encoded again)"))?;
+    CapturedX509Certificate::from_der(der).map_err(|e| {
+        VerificationError::Unreadable {
+            what: "a certificate".into(),
+            source: e.into(),
+        }
+        .into()
+    })
+}
+
+/// A part of the signature found to be other than Authenticode prescribes.
+fn structure(what: &'static str, found: String, expected: &'static str) -> Error {
+    VerificationError::Structure {
+        what,
+        found,
+        expected,
+    }
+    .into()
+}
+
+/// A DER error as a part of the signature that cannot be read.
+fn unreadable(what: &'static str) -> impl Fn(der::Error) -> Error {
+    move |e| {
+        VerificationError::Unreadable {
+            what: what.into(),
+            source: e.into(),
+        }
+        .into()
+    }
 }

@@ -16,7 +16,7 @@ pub mod pkcs12;
 
 use x509_certificate::{CapturedX509Certificate, KeyInfoSigner};
 
-use crate::error::{Error, Result};
+use crate::error::{CredentialsError, Result};
 
 /// A signing key and its certificates.
 pub struct SigningIdentity {
@@ -36,10 +36,10 @@ impl SigningIdentity {
         chain: Vec<CapturedX509Certificate>,
     ) -> Result<Self> {
         if key.public_key_data() != certificate.public_key_data() {
-            return Err(Error::Credentials(format!(
-                "the private key does not belong to the certificate for {}",
-                describe_certificate(&certificate)
-            )));
+            return Err(CredentialsError::KeyMismatch {
+                certificate: describe_certificate(&certificate),
+            }
+            .into());
         }
         let chain = chain
             .into_iter()

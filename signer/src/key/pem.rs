@@ -14,7 +14,7 @@ use spki::AlgorithmIdentifierRef;
 use x509_certificate::{CapturedX509Certificate, InMemorySigningKeyPair};
 
 use super::SigningIdentity;
-use crate::error::{Error, Result};
+use crate::error::{BoxError, CredentialsError, Error, Result};
 
 /// Reads a private key (see the module documentation for the forms) and a certificate file
 /// holding the leaf first, then any chain certificates (PEM or one DER certificate).
@@ -22,9 +22,10 @@ pub fn load(key: &[u8], certificates: &[u8]) -> Result<SigningIdentity> {
     let key = parse_private_key(key)?;
     let mut certificates = parse_certificates(certificates)?;
     if certificates.is_empty() {
-        return Err(Error::Credentials(
-            "the certificate file holds no certificate".into(),
-        ));
+        return Err(CredentialsError::NoCertificate {
+            what: "the certificate file",
+        }
+        .into());
     }
     let leaf = certificates.remove(0);
     SigningIdentity::new(Box::new(key), leaf, certificates)
@@ -43,8 +44,8 @@ pub fn parse_private_key(data: &[u8]) -> Result<InMemorySigningKeyPair> {
 /// A signing key from PKCS#8 DER, with an error naming the key type when it is one the
 /// signers cannot use.
 pub(crate) fn private_key_from_pkcs8(der: &[u8]) -> Result<InMemorySigningKeyPair> {
-    let info = PrivateKeyInfo::try_from(der)
-        .map_err(|e| Error::Credentials(format!("cannot read the PKCS#8 private key ({e})")))?;
+    let info =
+        PrivateKeyInfo::try_from(der).map_err(|e| unreadable("the PKCS#8 private key", e))?;
     let algorithm = info.algorithm.oid;
     match algorithm {
         RSA_ENCRYPTION | ED25519 => {}
@@ -52,22 +53,21 @@ pub(crate) fn private_key_from_pkcs8(der: &[u8]) -> Result<InMemorySigningKeyPai
             let curve = info
                 .algorithm
                 .parameters_oid()
-                .map_err(|_| Error::Credentials("the EC private key names no curve".into()))?;
+                .map_err(|_| CredentialsError::NoCurve {
+                    what: "the EC private key",
+                })?;
             check_curve(curve)?;
         }
         other => {
-            return Err(Error::Credentials(format!(
-                "{} private keys cannot sign here; use RSA, ECDSA P-256/P-384 or Ed25519",
-                key_type_name(other)
-            )));
+            return Err(CredentialsError::UnsupportedKey {
+                key: format!("{} private keys", key_type_name(other)),
+                supported: "RSA, ECDSA P-256/P-384 or Ed25519",
+            }
+            .into());
         }
     }
-    InMemorySigningKeyPair::from_pkcs8_der(der).map_err(|e| {
-        Error::Credentials(format!(
-            "cannot use the {} private key ({e})",
-            key_type_name(algorithm)
-        ))
-    })
+    InMemorySigningKeyPair::from_pkcs8_der(der)
+        .map_err(|e| unreadable(format!("the {} private key", key_type_name(algorithm)), e))
 }
 
 /// Certificates from PEM (any number) or DER (one).
@@ -78,10 +78,12 @@ pub fn parse_certificates(data: &[u8]) -> Result<Vec<CapturedX509Certificate>> {
         CapturedX509Certificate::from_der(data.to_vec()).map(|c| vec![c])
     };
     parsed.map_err(|e| {
-        Error::Credentials(format!(
-            "cannot read the certificate ({e}); expected PEM \"BEGIN CERTIFICATE\" blocks or \
-             one DER certificate"
-        ))
+        CredentialsError::Unreadable {
+            what: "the certificate".into(),
+            source: e.into(),
+            hint: "; expected PEM \"BEGIN CERTIFICATE\" blocks or one DER certificate",
+        }
+        .into()
     })
 }
 
@@ -132,9 +134,11 @@ fn check_curve(curve: ObjectIdentifier) -> Result<()> {
                 SECP256K1 => "secp256k1".to_owned(),
                 _ => other.to_string(),
             };
-            Err(Error::Credentials(format!(
-                "EC keys on curve {name} cannot sign here; use P-256 or P-384"
-            )))
+            Err(CredentialsError::UnsupportedKey {
+                key: format!("EC keys on curve {name}"),
+                supported: "P-256 or P-384",
+            }
+            .into())
         }
     }
 }
@@ -148,8 +152,8 @@ const KEY_LABELS: [&str; 4] = [
 ];
 
 fn pem_to_pkcs8(data: &[u8]) -> Result<SecretDocument> {
-    let text = std::str::from_utf8(data)
-        .map_err(|_| Error::Credentials("the PEM key file is not text".into()))?;
+    let text =
+        std::str::from_utf8(data).map_err(|e| unreadable("the PEM key file (as text)", e))?;
     let Some((label, block)) = KEY_LABELS
         .iter()
         .find_map(|label| pem_block(text, label).map(|block| (*label, block)))
@@ -158,23 +162,22 @@ fn pem_to_pkcs8(data: &[u8]) -> Result<SecretDocument> {
             .lines()
             .filter_map(|l| l.strip_prefix("-----BEGIN ")?.strip_suffix("-----"))
             .collect::<Vec<_>>();
-        return Err(Error::Credentials(format!(
-            "the key file holds no private key (found: {}); expected PEM \"BEGIN PRIVATE \
-             KEY\", \"BEGIN RSA PRIVATE KEY\" or \"BEGIN EC PRIVATE KEY\"",
-            if found.is_empty() {
+        return Err(CredentialsError::NoPrivateKey {
+            found: if found.is_empty() {
                 "no PEM blocks".to_owned()
             } else {
                 found.join(", ")
-            }
-        )));
+            },
+        }
+        .into());
     };
     if label == "ENCRYPTED PRIVATE KEY" || block.contains("Proc-Type: 4,ENCRYPTED") {
         return Err(encrypted_key());
     }
     let (_, der) = der::pem::decode_vec(block.as_bytes())
-        .map_err(|e| Error::Credentials(format!("cannot decode the PEM {label} block ({e})")))?;
+        .map_err(|e| unreadable(format!("the PEM {label} block"), e.to_string()))?;
     let der = SecretDocument::try_from(der)
-        .map_err(|e| Error::Credentials(format!("the PEM {label} block is not DER ({e})")))?;
+        .map_err(|e| unreadable(format!("the PEM {label} block as DER"), e))?;
     match label {
         "RSA PRIVATE KEY" => pkcs1_to_pkcs8(der.as_bytes()),
         "EC PRIVATE KEY" => sec1_to_pkcs8(der.as_bytes()),
@@ -195,7 +198,7 @@ fn pem_block<'a>(text: &'a str, label: &str) -> Option<&'a str> {
 fn der_to_pkcs8(data: &[u8]) -> Result<SecretDocument> {
     if PrivateKeyInfo::try_from(data).is_ok() {
         return SecretDocument::try_from(data)
-            .map_err(|e| Error::Credentials(format!("the DER private key is damaged ({e})")));
+            .map_err(|e| unreadable("the DER private key (damaged)", e));
     }
     if EncryptedShape::from_der(data).is_ok() {
         return Err(encrypted_key());
@@ -206,44 +209,31 @@ fn der_to_pkcs8(data: &[u8]) -> Result<SecretDocument> {
     if Sec1PrivateKey::from_der(data).is_ok() {
         return sec1_to_pkcs8(data);
     }
-    Err(Error::Credentials(
-        "cannot read the private key: expected PEM, or DER PKCS#8, PKCS#1 RSA or SEC1 EC, \
-         unencrypted, holding RSA, ECDSA P-256/P-384 or Ed25519"
-            .into(),
-    ))
+    Err(CredentialsError::UnknownKeyFormat.into())
 }
 
 fn encrypted_key() -> Error {
-    Error::Credentials(
-        "the private key is encrypted; give the key and certificate as a .p12/.pfx file with \
-         its password instead, or decrypt the key (openssl pkey -in <key> -out <decrypted>) \
-         and keep the result out of version control"
-            .into(),
-    )
+    CredentialsError::EncryptedKey.into()
 }
 
 fn pkcs1_to_pkcs8(der: &[u8]) -> Result<SecretDocument> {
     use rsa::pkcs1::DecodeRsaPrivateKey;
     let key = rsa::RsaPrivateKey::from_pkcs1_der(der)
-        .map_err(|e| Error::Credentials(format!("cannot read the PKCS#1 RSA private key ({e})")))?;
+        .map_err(|e| unreadable("the PKCS#1 RSA private key", e))?;
     key.to_pkcs8_der()
-        .map_err(|e| Error::Credentials(format!("cannot convert the RSA key to PKCS#8 ({e})")))
+        .map_err(|e| unreadable("the RSA key as PKCS#8 (converting it)", e))
 }
 
 /// SEC1 `ECPrivateKey` (RFC 5915): the curve is in the key, the PKCS#8 wrapper repeats it.
 fn sec1_to_pkcs8(der: &[u8]) -> Result<SecretDocument> {
-    let key = Sec1PrivateKey::from_der(der)
-        .map_err(|e| Error::Credentials(format!("cannot read the SEC1 EC private key ({e})")))?;
-    let curve = key
-        .parameters
-        .ok_or_else(|| Error::Credentials("the SEC1 EC private key names no curve".into()))?;
+    let key =
+        Sec1PrivateKey::from_der(der).map_err(|e| unreadable("the SEC1 EC private key", e))?;
+    let curve = key.parameters.ok_or(CredentialsError::NoCurve {
+        what: "the SEC1 EC private key",
+    })?;
     check_curve(curve)?;
     if key.public_key.is_none() {
-        return Err(Error::Credentials(
-            "the SEC1 EC private key lacks its public key; rewrite it with \
-             openssl pkey -in <key> -out <key.pem>"
-                .into(),
-        ));
+        return Err(CredentialsError::NoPublicKey.into());
     }
     let curve_der = der::Encode::to_der(&curve).expect("an OID encodes");
     let parameters = der::AnyRef::try_from(curve_der.as_slice()).expect("an encoded OID");
@@ -255,7 +245,17 @@ fn sec1_to_pkcs8(der: &[u8]) -> Result<SecretDocument> {
         der,
     );
     SecretDocument::encode_msg(&info)
-        .map_err(|e| Error::Credentials(format!("cannot convert the EC key to PKCS#8 ({e})")))
+        .map_err(|e| unreadable("the EC key as PKCS#8 (converting it)", e))
+}
+
+/// A key or certificate that does not decode.
+fn unreadable(what: impl Into<String>, error: impl Into<BoxError>) -> Error {
+    CredentialsError::Unreadable {
+        what: what.into(),
+        source: error.into(),
+        hint: "",
+    }
+    .into()
 }
 
 /// `ECPrivateKey` (RFC 5915 §3).

@@ -34,7 +34,7 @@ use x509_certificate::{
 };
 
 use super::{SigningIdentity, describe_certificate};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, CredentialsError, Error, Pkcs11Error, Result};
 
 /// Which module, token and key to sign with.
 #[derive(Clone)]
@@ -85,9 +85,10 @@ pub fn load(
             (leaf, given)
         }
         Some(_) => {
-            return Err(Error::Credentials(
-                "the certificate file for the PKCS#11 key holds no certificate".into(),
-            ));
+            return Err(CredentialsError::NoCertificate {
+                what: "the certificate file for the PKCS#11 key",
+            }
+            .into());
         }
         None => (token_certificate(&session, &found, &token)?, Vec::new()),
     };
@@ -113,16 +114,20 @@ fn module(path: &Path) -> Result<Pkcs11> {
     if let Some(context) = modules.get(path) {
         return Ok(context.clone());
     }
-    let shown = path.display();
-    let context = Pkcs11::new(path)
-        .map_err(|e| Error::Config(format!("cannot load the PKCS#11 module {shown} ({e})")))?;
+    let shown = path.display().to_string();
+    let context = Pkcs11::new(path).map_err(|source| ConfigError::Pkcs11Module {
+        module: shown.clone(),
+        source,
+    })?;
     match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         // Initialized by other code in this process (an OpenSSL engine, say).
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => {
-            return Err(Error::Credentials(format!(
-                "the PKCS#11 module {shown} does not start ({e})"
-            )));
+        Err(source) => {
+            return Err(Pkcs11Error::ModuleStart {
+                module: shown,
+                source,
+            }
+            .into());
         }
     }
     modules.insert(path.to_owned(), context.clone());
@@ -173,12 +178,13 @@ impl Pkcs11Key {
         let signature = self
             .sign_on_token(probe)
             .map_err(|e| token_error(token, &format!("the key {key_name} cannot sign"), e))?;
-        let mismatch = || {
-            Error::Credentials(format!(
-                "the key {key_name} on PKCS#11 token \"{token}\" does not belong to the \
-                 certificate {}",
-                describe_certificate(certificate)
-            ))
+        let mismatch = || -> Error {
+            Pkcs11Error::KeyMismatch {
+                key: key_name.to_owned(),
+                token: token.to_owned(),
+                certificate: describe_certificate(certificate),
+            }
+            .into()
         };
         let key_algorithm = certificate.key_algorithm().ok_or_else(mismatch)?;
         let verification = self
@@ -267,15 +273,21 @@ fn ecdsa_raw_to_der(raw: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn find_token(context: &Pkcs11, config: &Pkcs11Config) -> Result<(Slot, String)> {
-    let module = config.module.display();
-    let slots = context.get_slots_with_initialized_token().map_err(|e| {
-        Error::Credentials(format!("the PKCS#11 module {module} lists no slots ({e})"))
-    })?;
+    let module = config.module.display().to_string();
+    let slots = context
+        .get_slots_with_initialized_token()
+        .map_err(|source| Pkcs11Error::Slots {
+            module: module.clone(),
+            source,
+        })?;
     let mut tokens = Vec::new();
     for slot in slots {
-        let info = context.get_token_info(slot).map_err(|e| {
-            Error::Credentials(format!("cannot read the token in slot {} ({e})", slot.id()))
-        })?;
+        let info = context
+            .get_token_info(slot)
+            .map_err(|source| Pkcs11Error::TokenInfo {
+                slot: slot.id(),
+                source,
+            })?;
         tokens.push((slot, info.label().trim_end().to_owned()));
     }
     let describe = |tokens: &[(Slot, String)]| {
@@ -299,24 +311,18 @@ fn find_token(context: &Pkcs11, config: &Pkcs11Config) -> Result<(Slot, String)>
         .collect();
     match matching.as_slice() {
         [one] => Ok(one.clone()),
-        [] => Err(Error::Credentials(format!(
-            "no PKCS#11 token{}{} in module {module} (tokens: {})",
-            config
-                .token_label
-                .as_ref()
-                .map(|l| format!(" labelled \"{l}\""))
-                .unwrap_or_default(),
-            config
-                .slot
-                .map(|s| format!(" in slot {s}"))
-                .unwrap_or_default(),
-            describe(&tokens)
-        ))),
-        several => Err(Error::Credentials(format!(
-            "{} PKCS#11 tokens match ({}); set the token label or the slot",
-            several.len(),
-            describe(several)
-        ))),
+        [] => Err(Pkcs11Error::NoToken {
+            label: config.token_label.clone(),
+            slot: config.slot,
+            module,
+            tokens: describe(&tokens),
+        }
+        .into()),
+        several => Err(Pkcs11Error::SeveralTokens {
+            count: several.len(),
+            tokens: describe(several),
+        }
+        .into()),
     }
 }
 
@@ -328,13 +334,14 @@ fn login(session: &Session, pin: &str, token: &str) -> Result<()> {
         Err(CkError::Pkcs11(
             RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange,
             _,
-        )) => Err(Error::Credentials(format!(
-            "the PIN for PKCS#11 token \"{token}\" is wrong"
-        ))),
-        Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(Error::Credentials(format!(
-            "the PIN of PKCS#11 token \"{token}\" is locked (too many wrong PINs); unlock it \
-             with the security officer PIN"
-        ))),
+        )) => Err(Pkcs11Error::WrongPin {
+            token: token.to_owned(),
+        }
+        .into()),
+        Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(Pkcs11Error::PinLocked {
+            token: token.to_owned(),
+        }
+        .into()),
         Err(e) => Err(token_error(token, "cannot log in", e)),
     }
 }
@@ -374,21 +381,24 @@ fn find_key(session: &Session, config: &Pkcs11Config, token: &str) -> Result<Fou
                 .map(|h| identify(session, *h).map(|(label, id)| name_of(Some(&label), Some(&id))))
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(search_error)?;
-            return Err(Error::Credentials(format!(
-                "no private key {wanted} on PKCS#11 token \"{token}\" (keys there: {})",
-                if names.is_empty() {
+            return Err(Pkcs11Error::NoKey {
+                wanted,
+                token: token.to_owned(),
+                keys: if names.is_empty() {
                     "none".to_owned()
                 } else {
                     names.join(", ")
-                }
-            )));
+                },
+            }
+            .into());
         }
         several => {
-            return Err(Error::Credentials(format!(
-                "{} private keys {wanted} on PKCS#11 token \"{token}\"; set the key label \
-                 and ID so that one matches",
-                several.len()
-            )));
+            return Err(Pkcs11Error::SeveralKeys {
+                count: several.len(),
+                wanted,
+                token: token.to_owned(),
+            }
+            .into());
         }
     };
     let (label, id) = identify(session, handle).map_err(search_error)?;
@@ -404,11 +414,17 @@ fn find_key(session: &Session, config: &Pkcs11Config, token: &str) -> Result<Fou
         Some(KeyType::RSA) => KeyKind::Rsa,
         Some(KeyType::EC) => KeyKind::Ecdsa(ec_curve(session, handle, &name, token)?),
         other => {
-            return Err(Error::Credentials(format!(
-                "the key {name} on PKCS#11 token \"{token}\" is of type {}; only RSA and EC \
-                 P-256/P-384 keys can sign here",
-                other.map_or("unknown".to_owned(), |t| t.to_string())
-            )));
+            return Err(Pkcs11Error::UnsupportedKey {
+                kind: "",
+                key: name,
+                token: token.to_owned(),
+                found: format!(
+                    "of type {}",
+                    other.map_or("unknown".to_owned(), |t| t.to_string())
+                ),
+                supported: "RSA and EC P-256/P-384 keys",
+            }
+            .into());
         }
     };
     Ok(FoundKey {
@@ -473,11 +489,17 @@ fn ec_curve(
     match curve {
         Some(P256) => Ok(EcdsaCurve::Secp256r1),
         Some(P384) => Ok(EcdsaCurve::Secp384r1),
-        other => Err(Error::Credentials(format!(
-            "the EC key {name} on PKCS#11 token \"{token}\" is on curve {}; only P-256 and \
-             P-384 can sign here",
-            other.map_or("unknown".to_owned(), |c| c.to_string())
-        ))),
+        other => Err(Pkcs11Error::UnsupportedKey {
+            kind: "EC ",
+            key: name.to_owned(),
+            token: token.to_owned(),
+            found: format!(
+                "on curve {}",
+                other.map_or("unknown".to_owned(), |c| c.to_string())
+            ),
+            supported: "P-256 and P-384",
+        }
+        .into()),
     }
 }
 
@@ -500,11 +522,11 @@ fn token_certificate(
         .find_objects(&template)
         .map_err(|e| token_error(token, "cannot search for certificates", e))?;
     let Some(handle) = found.first() else {
-        return Err(Error::Credentials(format!(
-            "PKCS#11 token \"{token}\" holds no certificate for the key {}; give the \
-             certificate file instead",
-            key.name
-        )));
+        return Err(Pkcs11Error::NoCertificate {
+            token: token.to_owned(),
+            key: key.name.clone(),
+        }
+        .into());
     };
     let attributes = session
         .get_attributes(*handle, &[AttributeType::Value])
@@ -517,13 +539,23 @@ fn token_certificate(
         })
         .unwrap_or_default();
     CapturedX509Certificate::from_der(der).map_err(|e| {
-        Error::Credentials(format!(
-            "the certificate for the key {} on PKCS#11 token \"{token}\" cannot be read ({e})",
-            key.name
-        ))
+        CredentialsError::Unreadable {
+            what: format!(
+                "the certificate for the key {} on PKCS#11 token \"{token}\"",
+                key.name
+            ),
+            source: e.into(),
+            hint: "",
+        }
+        .into()
     })
 }
 
-fn token_error(token: &str, what: &str, error: CkError) -> Error {
-    Error::Credentials(format!("PKCS#11 token \"{token}\": {what} ({error})"))
+fn token_error(token: &str, what: &str, source: CkError) -> Error {
+    Pkcs11Error::Token {
+        token: token.to_owned(),
+        what: what.to_owned(),
+        source,
+    }
+    .into()
 }

@@ -11,7 +11,7 @@ use x509_certificate::CapturedX509Certificate;
 use x509_certificate::Sign;
 
 use super::{SigningIdentity, pem};
-use crate::error::{Error, Result};
+use crate::error::{CredentialsError, Error, Pkcs12Error, Result};
 
 /// Reads a PKCS#12 file's private key, the certificate that belongs to it and the other
 /// certificates (as the chain, issuers first in signing order).
@@ -21,9 +21,8 @@ pub fn load(data: &[u8], password: &str) -> Result<SigningIdentity> {
     let mut keys = Vec::new();
     let mut certificates: Vec<CapturedX509Certificate> = Vec::new();
     let mut add_certificate = |der: &[u8]| -> Result<()> {
-        let certificate = CapturedX509Certificate::from_der(der.to_vec()).map_err(|e| {
-            Error::Credentials(format!("a certificate in the PKCS#12 cannot be read ({e})"))
-        })?;
+        let certificate = CapturedX509Certificate::from_der(der.to_vec())
+            .map_err(|e| Pkcs12Error::Certificate { source: e.into() })?;
         if !certificates.contains(&certificate) {
             certificates.push(certificate);
         }
@@ -44,11 +43,7 @@ pub fn load(data: &[u8], password: &str) -> Result<SigningIdentity> {
 
     let key = match keys.as_slice() {
         [] => {
-            return Err(Error::Credentials(
-                "the PKCS#12 file holds no private key with a certificate; export it with \
-                 the key (openssl pkcs12 -export -inkey <key> -in <certificate>)"
-                    .into(),
-            ));
+            return Err(Pkcs12Error::NoKey.into());
         }
         [(_, key)] => pem::private_key_from_pkcs8(key)?,
         several => {
@@ -56,12 +51,11 @@ pub fn load(data: &[u8], password: &str) -> Result<SigningIdentity> {
                 .iter()
                 .map(|(alias, _)| format!("\"{alias}\""))
                 .collect::<Vec<_>>();
-            return Err(Error::Credentials(format!(
-                "the PKCS#12 file holds {} private keys ({}); give a file with one signing \
-                 identity",
-                several.len(),
-                aliases.join(", ")
-            )));
+            return Err(Pkcs12Error::SeveralKeys {
+                count: several.len(),
+                names: aliases.join(", "),
+            }
+            .into());
         }
     };
 
@@ -69,11 +63,8 @@ pub fn load(data: &[u8], password: &str) -> Result<SigningIdentity> {
     let leaf_index = certificates
         .iter()
         .position(|c| c.public_key_data() == public_key)
-        .ok_or_else(|| {
-            Error::Credentials(format!(
-                "none of the {} certificates in the PKCS#12 file belongs to its private key",
-                certificates.len()
-            ))
+        .ok_or(Pkcs12Error::NoMatchingCertificate {
+            count: certificates.len(),
         })?;
     let leaf = certificates.remove(leaf_index);
     let chain = signing_order(&leaf, certificates);
@@ -100,16 +91,14 @@ fn signing_order(
 
 fn open_error(error: p12_keystore::error::Error) -> Error {
     use p12_keystore::error::Error as P12;
-    Error::Credentials(match error {
-        P12::MacError(_) => "the PKCS#12 password is wrong (its integrity check fails)".into(),
+    let error = match error {
+        P12::MacError(_) => Pkcs12Error::WrongPassword,
         // Without a MAC, a wrong password shows as undecryptable content.
-        P12::UnpadError | P12::Pkcs5Error(_) => {
-            "cannot decrypt the PKCS#12 file: the password is wrong, or the file is damaged".into()
+        P12::UnpadError | P12::Pkcs5Error(_) => Pkcs12Error::Undecryptable,
+        P12::UnsupportedEncryptionScheme | P12::UnsupportedMacAlgorithm => {
+            Pkcs12Error::UnsupportedProtection { source: error }
         }
-        P12::UnsupportedEncryptionScheme | P12::UnsupportedMacAlgorithm => format!(
-            "the PKCS#12 file is protected with an algorithm this signer does not support \
-             ({error}); re-export it with OpenSSL 3's defaults (openssl pkcs12 -export)"
-        ),
-        other => format!("cannot read the PKCS#12 file ({other}); is it a .p12/.pfx file?"),
-    })
+        source => Pkcs12Error::Unreadable { source },
+    };
+    CredentialsError::Pkcs12(error).into()
 }
