@@ -299,13 +299,11 @@ fn extract_into(source: &PayloadSource, tmp: &Path, layout: &DataLayout) -> Resu
                 .map_err(payload_error)?;
         }
         None => {
-            let mut buffer = vec![0u8; 256 * 1024];
             for entry in source.manifest.files.values() {
                 let from = entry.path_in(&source.path);
                 let mut file = fs::File::open(&from)
                     .map_err(|e| Error::io(format!("open bundle file {}", from.display()), e))?;
-                archive::write_verified(&mut file, entry, tmp, &mut buffer)
-                    .map_err(payload_error)?;
+                archive::write_verified(&mut file, entry, tmp).map_err(payload_error)?;
             }
         }
     }

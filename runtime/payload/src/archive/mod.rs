@@ -17,6 +17,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 
@@ -40,6 +41,8 @@ pub const ZSTD_FAST_LEVEL: i32 = 3;
 /// Size of the buffer files are copied through: large enough that per-call overhead of the
 /// decoder, hasher and `write` vanishes, small enough to stay in L2.
 const COPY_BUFFER: usize = 256 * 1024;
+/// Pieces of a file that may wait for its hashing thread.
+const HASH_DEPTH: usize = 4;
 
 /// One file to put into an archive.
 #[derive(Debug, Clone)]
@@ -110,9 +113,8 @@ pub fn extract(
     manifest: &Manifest,
     dest: &Path,
 ) -> Result<ExtractStats> {
-    let mut buffer = vec![0u8; COPY_BUFFER];
     for_each_file(compressed, trailer, manifest, |reader, entry| {
-        write_verified(reader, entry, dest, &mut buffer)
+        write_verified(reader, entry, dest)
     })
 }
 
@@ -250,12 +252,11 @@ fn read_archive(
 /// creates it exclusively (never follows or replaces anything already there), checks size
 /// and SHA-256, applies the mode and flushes it to disk. Shared by archive extraction and
 /// by installing from a bundle directory.
-pub fn write_verified(
-    source: &mut dyn Read,
-    expected: &FileEntry,
-    root: &Path,
-    buffer: &mut [u8],
-) -> Result<()> {
+///
+/// The SHA-256 runs on a thread of its own, a piece behind the writing: hashing 185 MB took
+/// 0.14 s of the 0.25 s this thread spent per opencode 1.18 on the 2-core build machine,
+/// and this thread sets the pace of an extraction whose frames are decoded in parallel.
+pub fn write_verified(source: &mut dyn Read, expected: &FileEntry, root: &Path) -> Result<()> {
     let target = expected.path_in(root);
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent)
@@ -268,30 +269,81 @@ pub fn write_verified(
     let mut file = options
         .open(&target)
         .map_err(|e| Error::io(format!("create {}", target.display()), e))?;
-    let mut hasher = Sha256::new();
-    let mut written = 0u64;
-    loop {
-        let n = match source.read(buffer) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(decode_error("payload", e)),
+    let (written, digest) = std::thread::scope(|scope| {
+        let (to_hash, pieces) = mpsc::sync_channel::<Vec<u8>>(HASH_DEPTH);
+        let (hashed, returned) = mpsc::channel::<Vec<u8>>();
+        let hashing = std::thread::Builder::new()
+            .name("payload-file-hash".into())
+            .spawn_scoped(scope, move || {
+                let mut hasher = Sha256::new();
+                for piece in pieces {
+                    hasher.update(&piece);
+                    // The writer may have stopped; then the piece is simply freed.
+                    let _ = hashed.send(piece);
+                }
+                <[u8; 32]>::from(hasher.finalize())
+            })
+            .map_err(|e| Error::io("start a hashing thread", e))?;
+        let stopped = || {
+            Error::io(
+                "hash the file",
+                io::Error::other("the hashing thread stopped"),
+            )
         };
-        written += n as u64;
-        if written > expected.size {
-            return Err(Error::corrupt(
-                "payload",
-                format!(
-                    "{} is longer than the manifest's {} bytes",
-                    expected.path, expected.size
-                ),
-            ));
-        }
-        hasher.update(&buffer[..n]);
-        file.write_all(&buffer[..n])
-            .map_err(|e| Error::io(format!("write {}", target.display()), e))?;
-    }
-    check_file(expected, written, hasher.finalize().into())?;
+        let mut allocated = 0;
+        let mut written = 0u64;
+        let copied = loop {
+            // A piece back from the hasher, or a new one while fewer than the queue holds.
+            let mut piece = match returned.try_recv() {
+                Ok(piece) => piece,
+                Err(_) if allocated <= HASH_DEPTH => {
+                    allocated += 1;
+                    Vec::new()
+                }
+                Err(_) => match returned.recv() {
+                    Ok(piece) => piece,
+                    Err(_) => break Err(stopped()),
+                },
+            };
+            piece.resize(COPY_BUFFER, 0);
+            let read = loop {
+                match source.read(&mut piece) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    other => break other,
+                }
+            };
+            let n = match read {
+                Ok(0) => break Ok(()),
+                Ok(n) => n,
+                Err(e) => break Err(decode_error("payload", e)),
+            };
+            written += n as u64;
+            if written > expected.size {
+                break Err(Error::corrupt(
+                    "payload",
+                    format!(
+                        "{} is longer than the manifest's {} bytes",
+                        expected.path, expected.size
+                    ),
+                ));
+            }
+            piece.truncate(n);
+            if let Err(e) = file.write_all(&piece) {
+                break Err(Error::io(format!("write {}", target.display()), e));
+            }
+            if to_hash.send(piece).is_err() {
+                break Err(stopped());
+            }
+        };
+        // The end of the pieces: the hasher finishes the last one and returns.
+        drop(to_hash);
+        let digest = match hashing.join() {
+            Ok(digest) => digest,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        copied.map(|()| (written, digest))
+    })?;
+    check_file(expected, written, digest)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
