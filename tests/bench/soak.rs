@@ -22,7 +22,7 @@
 //! Linux only: the server's memory, descriptors and tree are read from /proc.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, ErrorKind};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +35,7 @@ use openwork_packager::pack::Compression;
 use openwork_payload::targets;
 use openwork_tests::http;
 use openwork_tests::server::wait_until;
+use openwork_tests::sse::SseReader;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -690,36 +691,19 @@ fn watch_events(shared: &Shared) {
             headers.push(("Last-Event-ID", &last));
         }
         let opened = http::try_stream(&shared.addr, "/system/events", &headers, EVENTS_SILENCE);
-        if let Ok((200, _, mut reader)) = opened {
-            let (mut id, mut name, mut data) = (None, String::new(), String::new());
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match reader.read_line(&mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+        if let Ok((200, _, reader)) = opened {
+            let mut events = SseReader::new(reader);
+            while let Ok(Some(frame)) = events.next_event() {
+                if !frame.name.is_empty() {
+                    let event = SeenEvent {
+                        at: Instant::now(),
+                        data: frame.json(),
+                        name: frame.name,
+                    };
+                    shared.events.lock().expect("events").push(event);
                 }
-                let line = line.trim_end_matches(['\r', '\n']);
-                if line.is_empty() {
-                    if !name.is_empty() {
-                        let data = serde_json::from_str(&data).unwrap_or(Value::Null);
-                        let event = SeenEvent {
-                            at: Instant::now(),
-                            name: std::mem::take(&mut name),
-                            data,
-                        };
-                        shared.events.lock().expect("events").push(event);
-                    }
-                    if id.is_some() {
-                        last_id = id.take();
-                    }
-                    data.clear();
-                } else if let Some(v) = line.strip_prefix("id:") {
-                    id = Some(v.trim().to_string());
-                } else if let Some(v) = line.strip_prefix("event:") {
-                    name = v.trim().to_string();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
+                if let Some(id) = events.last_event_id() {
+                    last_id = Some(id.to_owned());
                 }
             }
         }
@@ -739,15 +723,13 @@ fn follow_opencode_events(shared: &Shared) -> Vec<StreamRun> {
         let opened = Instant::now();
         let [bearer] = shared.bearer();
         match http::try_stream(&shared.addr, "/opencode/event", &[bearer], FOLLOW_SILENCE) {
-            Ok((200, _, mut reader)) => {
+            Ok((200, _, reader)) => {
                 shared.following.store(true, Ordering::SeqCst);
-                let mut data_lines = 0;
-                let mut line = String::new();
+                let mut events = SseReader::new(reader);
                 let end = loop {
-                    line.clear();
-                    match reader.read_line(&mut line) {
-                        Ok(0) => break "eof".to_string(),
-                        Ok(_) => data_lines += u64::from(line.starts_with("data:")),
+                    match events.next_event() {
+                        Ok(None) => break "eof".to_string(),
+                        Ok(Some(_)) => {}
                         Err(e)
                             if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) =>
                         {
@@ -756,6 +738,7 @@ fn follow_opencode_events(shared: &Shared) -> Vec<StreamRun> {
                         Err(e) => break e.to_string(),
                     }
                 };
+                let data_lines = events.data_lines();
                 shared.following.store(false, Ordering::SeqCst);
                 runs.push(StreamRun {
                     opened,
