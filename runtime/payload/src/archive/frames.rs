@@ -136,7 +136,7 @@ fn frame_lengths(total: usize, frame: usize) -> Vec<usize> {
     let ramp_total: usize = ramp.iter().sum();
     let plain = |len: usize| {
         let mut lengths = vec![frame; len / frame];
-        if len % frame > 0 {
+        if !len.is_multiple_of(frame) {
             lengths.push(len % frame);
         }
         lengths
