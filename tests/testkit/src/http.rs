@@ -18,12 +18,17 @@
 //!
 //! Dropping the [`TestServer`] closes its listener (connections are refused from then on)
 //! and its open connections.
+//!
+//! Async tests that need hyper's own types (a request body read as it streams in, a
+//! response body fed chunk by chunk) use [`HyperServer`] on their own runtime; both run on
+//! one accept loop.
 
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -242,9 +247,19 @@ impl Builder {
             max_body: self.max_body,
         });
         let thread = std::thread::Builder::new().name(self.name).spawn(move || {
-            let served = runtime.block_on(serve(listener, options, stopped));
-            // Connection tasks and handlers still running are dropped, not awaited: a
-            // stream that never ends must not keep the server from stopping.
+            let served = runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let deaf_until = options.deaf_until;
+                let handler = move |request| {
+                    let options = Arc::clone(&options);
+                    async move { answer(request, &options).await }
+                };
+                let accepted = Arc::new(AtomicUsize::new(0));
+                accept_loop(listener, deaf_until, accepted, stopped, handler).await;
+                Ok(())
+            });
+            // Handlers still running are dropped, not awaited: a stream that never ends
+            // must not keep the server from stopping.
             runtime.shutdown_background();
             served
         })?;
@@ -328,35 +343,122 @@ impl std::fmt::Debug for TestServer {
     }
 }
 
-async fn serve(
-    listener: std::net::TcpListener,
-    options: Arc<Options>,
+/// A hyper server of async handlers on the caller's tokio runtime, for tests that are
+/// async themselves and need hyper's own types: a request body read as it arrives, a
+/// response body the test feeds chunk by chunk. It counts the connections it accepted, and
+/// [`HyperServer::stop`] closes its listener and every connection at once, as a process's
+/// death does. [`TestServer`] runs on the same accept loop.
+pub struct HyperServer {
+    address: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HyperServer {
+    /// Serves `handler` on `listener` (HTTP/1.1, upgrades allowed) from a task of the
+    /// current tokio runtime.
+    pub fn spawn<F, Fut, B>(listener: tokio::net::TcpListener, handler: F) -> Self
+    where
+        F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = hyper::Response<B>> + Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let address = listener.local_addr().expect("the listener's address");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(accept_loop(
+            listener,
+            None,
+            Arc::clone(&accepted),
+            stopped,
+            handler,
+        ));
+        Self {
+            address,
+            accepted,
+            stop,
+            task,
+        }
+    }
+
+    /// The address it listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// How many connections it accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Closes the listener and every connection, and returns once its port refuses
+    /// connections.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+        while tokio::net::TcpStream::connect(self.address).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Leaves it serving for as long as the runtime runs; returns its address.
+    pub fn serve_forever(self) -> SocketAddr {
+        // The sender lives on without an owner: the stop signal never comes.
+        std::mem::forget(self.stop);
+        self.address
+    }
+}
+
+impl std::fmt::Debug for HyperServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HyperServer")
+            .field("address", &self.address)
+            .field("accepted", &self.accepted())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The accept loop of both servers: every connection served by hyper with `handler` until
+/// `stopped`, then the listener and every connection closed. Connections accepted before
+/// `deaf_until` are held open, never read or answered.
+async fn accept_loop<F, Fut, B>(
+    listener: tokio::net::TcpListener,
+    deaf_until: Option<Instant>,
+    accepted: Arc<AtomicUsize>,
     mut stopped: oneshot::Receiver<()>,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
+    handler: F,
+) where
+    F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = hyper::Response<B>> + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut unanswered = Vec::new();
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let stream = tokio::select! {
-            _ = &mut stopped => break,
-            accepted = listener.accept() => match accepted {
+            // Only a stop sent stops it; a sender dropped unsent (`serve_forever`) does not.
+            Ok(()) = &mut stopped => break,
+            result = listener.accept() => match result {
                 Ok((stream, _)) => stream,
                 // A connection reset before it was accepted, or out of descriptors for a
                 // moment: the next accept may well succeed.
                 Err(_) => continue,
             },
         };
-        if options
-            .deaf_until
-            .is_some_and(|until| Instant::now() < until)
-        {
+        accepted.fetch_add(1, Ordering::SeqCst);
+        if deaf_until.is_some_and(|until| Instant::now() < until) {
             unanswered.push(stream);
             continue;
         }
-        let options = Arc::clone(&options);
+        let handler = handler.clone();
         let service = service_fn(move |request| {
-            let options = Arc::clone(&options);
-            async move { Ok::<_, Infallible>(answer(request, &options).await) }
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler(request).await) }
         });
         connections.spawn(
             hyper::server::conn::http1::Builder::new()
@@ -366,7 +468,8 @@ async fn serve(
         // Finished connections are reaped as new ones come, so the set stays small.
         while connections.try_join_next().is_some() {}
     }
-    Ok(())
+    // Dropping the set aborts every connection task, which closes its socket.
+    drop(connections);
 }
 
 type ResponseBody = BoxBody<Bytes, Infallible>;
@@ -452,8 +555,9 @@ fn into_hyper(
 }
 
 /// A body fed from a channel: each chunk is sent as it arrives, the body ends with the
-/// sender.
-struct ChannelBody(mpsc::Receiver<Bytes>);
+/// sender. For a request or response body a test controls chunk by chunk.
+#[derive(Debug)]
+pub struct ChannelBody(pub mpsc::Receiver<Bytes>);
 
 impl http_body::Body for ChannelBody {
     type Data = Bytes;
