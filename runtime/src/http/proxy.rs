@@ -1344,7 +1344,9 @@ mod tests {
     }
 
     /// A raw opencode stand-in that accepts one connection, reads the request head, and
-    /// hands the socket to the test.
+    /// hands the socket to the test. Raw on purpose, not the test server: the tests close,
+    /// reset or stall the socket, or write a response and die halfway, which no
+    /// well-behaved server does.
     async fn spawn_raw_upstream() -> (SocketAddr, oneshot::Receiver<TcpStream>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
