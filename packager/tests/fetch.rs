@@ -5,8 +5,8 @@
 //! warm.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write as _;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +21,7 @@ use openwork_packager::fetch::{
 use openwork_packager::lock::{Input, InputsLock, LockedInput, LockedPackages};
 use openwork_payload::targets::{self, Target};
 use openwork_payload::{Arch, ExecutableFormat};
+use openwork_testkit::http::{Request, Response, TestServer};
 use sha2::{Digest, Sha256, Sha512};
 
 const VERSION: &str = "1.0.0";
@@ -40,27 +41,24 @@ struct FakeRegistry {
     routes: Arc<Mutex<HashMap<String, Vec<Route>>>>,
     hits: Arc<Mutex<HashMap<String, usize>>>,
     total: Arc<AtomicUsize>,
+    _server: TestServer,
 }
 
 impl FakeRegistry {
     fn start() -> FakeRegistry {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
         let routes: Arc<Mutex<HashMap<String, Vec<Route>>>> = Arc::default();
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let total = Arc::new(AtomicUsize::new(0));
-        let (r, h, t) = (routes.clone(), hits.clone(), total.clone());
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (r, h, t) = (r.clone(), h.clone(), t.clone());
-                thread::spawn(move || serve(stream, &r, &h, &t));
-            }
-        });
+        let server = {
+            let (r, h, t) = (routes.clone(), hits.clone(), total.clone());
+            TestServer::start("fake-registry", move |request| serve(request, &r, &h, &t))
+        };
         FakeRegistry {
-            url,
+            url: format!("{}/", server.base_url()),
             routes,
             hits,
             total,
+            _server: server,
         }
     }
 
@@ -119,55 +117,26 @@ impl FakeRegistry {
 }
 
 fn serve(
-    stream: TcpStream,
+    request: &Request,
     routes: &Mutex<HashMap<String, Vec<Route>>>,
     hits: &Mutex<HashMap<String, usize>>,
     total: &AtomicUsize,
-) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut stream = stream;
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
+) -> Response {
+    let path = request.target.clone();
+    total.fetch_add(1, Ordering::SeqCst);
+    *hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+    let route = {
+        let mut routes = routes.lock().unwrap();
+        match routes.get_mut(&path) {
+            Some(queue) if queue.len() > 1 => queue.remove(0),
+            Some(queue) => queue[0].clone(),
+            None => Route {
+                status: 404,
+                body: b"{\"error\":\"Not found\"}".to_vec(),
+            },
         }
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
-                break;
-            }
-        }
-        let path = request_line
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or("/")
-            .to_owned();
-        total.fetch_add(1, Ordering::SeqCst);
-        *hits.lock().unwrap().entry(path.clone()).or_default() += 1;
-        let route = {
-            let mut routes = routes.lock().unwrap();
-            match routes.get_mut(&path) {
-                Some(queue) if queue.len() > 1 => queue.remove(0),
-                Some(queue) => queue[0].clone(),
-                None => Route {
-                    status: 404,
-                    body: b"{\"error\":\"Not found\"}".to_vec(),
-                },
-            }
-        };
-        let head = format!(
-            "HTTP/1.1 {} X\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
-            route.status,
-            route.body.len()
-        );
-        if stream
-            .write_all(head.as_bytes())
-            .and_then(|_| stream.write_all(&route.body))
-            .is_err()
-        {
-            return;
-        }
-    }
+    };
+    Response::new(route.status, "application/octet-stream", route.body)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -454,22 +423,11 @@ fn the_lock_refuses_what_a_registry_vouches_for_itself() {
 /// a body without an end (no `Content-Length`) is cut off there and nothing is cached.
 #[test]
 fn a_download_stops_at_the_locked_size() {
-    let endless = TcpListener::bind("127.0.0.1:0").unwrap();
-    let endless_url = format!("http://{}/endless.tgz", endless.local_addr().unwrap());
-    thread::spawn(move || {
-        for mut stream in endless.incoming().flatten() {
-            thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                while reader.read_line(&mut line).unwrap_or(0) > 2 {
-                    line.clear();
-                }
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
-                let chunk = vec![0x1f; 64 * 1024];
-                while stream.write_all(&chunk).is_ok() {}
-            });
-        }
+    let endless = TestServer::start("endless", |_| {
+        let chunk = vec![0x1f; 64 * 1024];
+        Response::stream(200, "application/octet-stream", std::iter::repeat(chunk))
     });
+    let endless_url = format!("{}/endless.tgz", endless.base_url());
     let server = FakeRegistry::start();
     let linux = target("linux-x64");
     let binary = elf(ELF_X86_64);

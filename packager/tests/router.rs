@@ -7,8 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -17,6 +16,7 @@ use openwork_packager::router::{BuiltRouter, RouterBuildRequest, build_router};
 use openwork_packager::{Error, ExitCode, bun};
 use openwork_payload::container::identify;
 use openwork_payload::targets::{self, Target};
+use openwork_testkit::http::{Response, TestServer};
 
 fn target(name: &str) -> &'static Target {
     targets::by_name(name).unwrap()
@@ -110,84 +110,41 @@ fn pinned_bun_is_verified_and_cached_for_every_target() {
 struct FakeOpencode {
     url: String,
     authorized: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    port: u16,
+    _server: TestServer,
 }
 
 impl FakeOpencode {
     fn start(user: &str, password: &str) -> FakeOpencode {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let expected = format!(
             "basic {}",
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
         );
         let authorized = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (authorized, stop) = (authorized.clone(), stop.clone());
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(mut stream) = stream else { continue };
-                    let head = read_head(&mut stream);
-                    let auth_ok = head.lines().any(|line| {
-                        line.split_once(':').is_some_and(|(name, value)| {
-                            name.eq_ignore_ascii_case("authorization")
-                                && value.trim().eq_ignore_ascii_case(&expected)
-                        })
-                    });
-                    let (status, body) = if !head.starts_with("GET /global/health ") {
-                        ("404 Not Found", "{}")
-                    } else if auth_ok {
-                        authorized.fetch_add(1, Ordering::SeqCst);
-                        ("200 OK", r#"{"healthy":true,"version":"1.2.27"}"#)
-                    } else {
-                        ("401 Unauthorized", r#"{"error":"unauthorized"}"#)
-                    };
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
-                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                }
+        let server = {
+            let authorized = authorized.clone();
+            TestServer::start("fake-opencode", move |request| {
+                let auth_ok = request
+                    .header("authorization")
+                    .is_some_and(|value| value.trim().eq_ignore_ascii_case(&expected));
+                let (status, body) = if (request.method.as_str(), request.target.as_str())
+                    != ("GET", "/global/health")
+                {
+                    (404, "{}")
+                } else if auth_ok {
+                    authorized.fetch_add(1, Ordering::SeqCst);
+                    (200, r#"{"healthy":true,"version":"1.2.27"}"#)
+                } else {
+                    (401, r#"{"error":"unauthorized"}"#)
+                };
+                Response::new(status, "application/json", body)
             })
         };
         FakeOpencode {
-            url: format!("http://127.0.0.1:{port}"),
+            url: server.base_url(),
             authorized,
-            stop,
-            thread: Some(thread),
-            port,
+            _server: server,
         }
     }
-}
-
-impl Drop for FakeOpencode {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the accept loop so that it sees the flag and drops the listener.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap();
-        }
-    }
-}
-
-fn read_head(stream: &mut TcpStream) -> String {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-        head.push(byte[0]);
-    }
-    String::from_utf8_lossy(&head).into_owned()
 }
 
 /// `GET /health` on the router: status and body.

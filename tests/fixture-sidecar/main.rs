@@ -21,20 +21,22 @@
 //! A mistake in how a test uses the fixture (bad arguments, a knob that does not parse) exits
 //! with code 2, so that it cannot pass for a knob-made crash.
 //!
-//! The HTTP side is a deliberately small HTTP/1.1 server over `std::net`, a thread per
-//! connection, with keep-alive, `Content-Length` and chunked request bodies, and a chunked
-//! event stream (as opencode's Bun server sends it).
+//! The HTTP side runs on the workspace's one test server (`openwork_testkit::http`, hyper):
+//! keep-alive, `Content-Length` and chunked request bodies, a chunked event stream (as
+//! opencode's Bun server sends it), a WebSocket upgrade, and `DEAF_FOR_MS` through the
+//! server's hold-connections-unanswered option.
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{self, Read, Write};
+use std::net::ToSocketAddrs as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use openwork_testkit::http::{Request, Response, TestServer, Upgraded};
 use serde_json::{Value, json};
 
 /// Exit code for a fixture that was used wrongly.
@@ -174,17 +176,13 @@ fn run(args: Vec<String>) -> Result<()> {
         thread::sleep(delay);
     }
 
-    let listener = TcpListener::bind((invocation.host.as_str(), invocation.port))
-        .with_context(|| format!("listen on {}:{}", invocation.host, invocation.port))?;
-    let address = listener.local_addr()?;
-    // Announced the way the real sidecars do: the supervisor learns the port from this line.
-    match role {
-        Role::Opencode => println!("opencode server listening on http://{address}"),
-        Role::Router => println!("{who}: health on http://{address}/health"),
-    }
-
+    let address = (invocation.host.as_str(), invocation.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .with_context(|| format!("resolve {}:{}", invocation.host, invocation.port))?;
     let user = std::env::var("OPENCODE_SERVER_USERNAME").unwrap_or_else(|_| "opencode".to_owned());
-    let server = Arc::new(Server {
+    let server = Server {
         role,
         // The router's health server is not behind opencode's password.
         expected_auth: password
@@ -194,21 +192,21 @@ fn run(args: Vec<String>) -> Result<()> {
             .unhealthy_after
             .filter(|_| misbehave)
             .map(|after| Instant::now() + after),
-    });
-    let deaf_until = knobs.deaf_for.map(|deaf| Instant::now() + deaf);
-    let mut unanswered = Vec::new();
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        if deaf_until.is_some_and(|until| Instant::now() < until) {
-            unanswered.push(stream);
-            continue;
-        }
-        let server = Arc::clone(&server);
-        thread::spawn(move || {
-            // A client that goes away mid-request is normal for a proxy test.
-            let _ = serve_connection(&server, stream);
-        });
+    };
+    let mut builder = TestServer::builder(&who).bind(address);
+    if let Some(deaf) = knobs.deaf_for {
+        builder = builder.unanswered_for(deaf);
     }
+    let http = builder
+        .start(move |request| handle(&server, request))
+        .with_context(|| format!("listen on {}:{}", invocation.host, invocation.port))?;
+    let address = http.address();
+    // Announced the way the real sidecars do: the supervisor learns the port from this line.
+    match role {
+        Role::Opencode => println!("opencode server listening on http://{address}"),
+        Role::Router => println!("{who}: health on http://{address}/health"),
+    }
+    http.wait().context("serve")?;
     Ok(())
 }
 
@@ -397,77 +395,21 @@ fn sleep_forever() -> ! {
     }
 }
 
-/// One parsed request.
-struct Request {
-    method: String,
-    target: String,
-    /// Lower-cased names, in arrival order.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    keep_alive: bool,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+fn handle(server: &Server, request: &Request) -> Response {
+    if let Some(expected) = &server.expected_auth
+        && request.header("authorization") != Some(expected.as_str())
+    {
+        return Response::json(401, &json!({"error": "unauthorized"}))
+            .with_header("WWW-Authenticate", "Basic realm=\"opencode\"");
     }
-
-    fn header_has_token(&self, name: &str, token: &str) -> bool {
-        self.header(name)
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    }
-
-    fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or("")
-    }
-
-    fn query(&self, key: &str) -> Option<&str> {
-        let (_, query) = self.target.split_once('?')?;
-        query
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v)
-    }
-}
-
-fn serve_connection(server: &Server, stream: TcpStream) -> io::Result<()> {
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    while let Some(request) = read_request(&mut reader, &mut writer)? {
-        if let Some(expected) = &server.expected_auth
-            && request.header("authorization") != Some(expected.as_str())
-        {
-            let body = json!({"error": "unauthorized"}).to_string();
-            let extra = [("WWW-Authenticate", "Basic realm=\"opencode\"")];
-            respond(
-                &mut writer,
-                401,
-                "application/json",
-                &extra,
-                body.as_bytes(),
-                &request,
-            )?;
-        } else {
-            match (server.role, request.method.as_str(), request.path()) {
-                (Role::Opencode, "GET", "/event") => return stream_events(&mut writer),
-                (Role::Opencode, "GET", "/ws") if is_upgrade(&request) => {
-                    return echo_upgraded(reader, writer, &request);
-                }
-                _ => {
-                    let (status, content_type, body) = route(server, &request);
-                    respond(&mut writer, status, &content_type, &[], &body, &request)?;
-                }
-            }
-        }
-        if !request.keep_alive {
-            break;
+    match (server.role, request.method.as_str(), request.path()) {
+        (Role::Opencode, "GET", "/event") => stream_events(),
+        (Role::Opencode, "GET", "/ws") if is_upgrade(request) => echo_upgraded(request),
+        _ => {
+            let (status, content_type, body) = route(server, request);
+            Response::new(status, &content_type, body)
         }
     }
-    Ok(())
 }
 
 fn route(server: &Server, request: &Request) -> (u16, String, Vec<u8>) {
@@ -517,139 +459,15 @@ fn route(server: &Server, request: &Request) -> (u16, String, Vec<u8>) {
     }
 }
 
-/// Reads one request; `None` when the client closed the connection between requests.
-fn read_request(reader: &mut impl BufRead, writer: &mut impl Write) -> io::Result<Option<Request>> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(invalid(format!("bad request line {line:?}")));
-    };
-    let (method, target, version) = (method.to_owned(), target.to_owned(), version.to_owned());
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(invalid("connection closed inside the headers".into()));
+/// `data: {"n":i}` every 50 ms until the client goes away.
+fn stream_events() -> Response {
+    let events = (0u64..).map(|n| {
+        if n > 0 {
+            thread::sleep(Duration::from_millis(50));
         }
-        let header = line.trim_end_matches(['\r', '\n']);
-        if header.is_empty() {
-            break;
-        }
-        let (name, value) = header
-            .split_once(':')
-            .ok_or_else(|| invalid(format!("bad header {header:?}")))?;
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-    }
-    let mut request = Request {
-        method,
-        target,
-        headers,
-        body: Vec::new(),
-        keep_alive: false,
-    };
-    request.keep_alive = if version == "HTTP/1.0" {
-        request.header_has_token("connection", "keep-alive")
-    } else {
-        !request.header_has_token("connection", "close")
-    };
-    if request.header_has_token("expect", "100-continue") {
-        writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-    }
-    if request.header_has_token("transfer-encoding", "chunked") {
-        request.body = read_chunked(reader)?;
-    } else if let Some(length) = request.header("content-length") {
-        let length: usize = length
-            .parse()
-            .map_err(|_| invalid(format!("bad content-length {length:?}")))?;
-        request.body = vec![0; length];
-        reader.read_exact(&mut request.body)?;
-    }
-    Ok(Some(request))
-}
-
-fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        let size = line.trim_end().split(';').next().unwrap_or("");
-        let size = usize::from_str_radix(size.trim(), 16)
-            .map_err(|_| invalid(format!("bad chunk size line {line:?}")))?;
-        if size == 0 {
-            // Trailers, up to the empty line.
-            loop {
-                line.clear();
-                if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
-                    return Ok(body);
-                }
-            }
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        reader.read_exact(&mut body[start..])?;
-        let mut crlf = [0; 2];
-        reader.read_exact(&mut crlf)?;
-    }
-}
-
-fn respond(
-    writer: &mut impl Write,
-    status: u16,
-    content_type: &str,
-    extra: &[(&str, &str)],
-    body: &[u8],
-    request: &Request,
-) -> io::Result<()> {
-    let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
-        reason(status),
-        body.len()
-    );
-    for (name, value) in extra {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if !request.keep_alive {
-        head.push_str("Connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    let mut response = head.into_bytes();
-    if request.method != "HEAD" {
-        response.extend_from_slice(body);
-    }
-    writer.write_all(&response)?;
-    writer.flush()
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        426 => "Upgrade Required",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-/// `data: {"n":i}` every 50 ms until a write fails (the client went away).
-fn stream_events(writer: &mut TcpStream) -> io::Result<()> {
-    writer.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-          Transfer-Encoding: chunked\r\n\r\n",
-    )?;
-    for n in 0u64.. {
-        let event = format!("data: {{\"n\":{n}}}\n\n");
-        writer.write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())?;
-        writer.flush()?;
-        thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
+        format!("data: {{\"n\":{n}}}\n\n").into_bytes()
+    });
+    Response::stream(200, "text/event-stream", events).with_header("Cache-Control", "no-cache")
 }
 
 fn is_upgrade(request: &Request) -> bool {
@@ -662,32 +480,29 @@ fn is_upgrade(request: &Request) -> bool {
 /// Answers `101`, then sends back every byte it receives until EOF. The bytes are not
 /// WebSocket frames: tests check that a proxy pipes both ways, and echoing raw bytes shows
 /// that without a WebSocket implementation here.
-fn echo_upgraded(
-    mut reader: BufReader<TcpStream>,
-    mut writer: TcpStream,
-    request: &Request,
-) -> io::Result<()> {
-    let mut head = String::from(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
-    );
+fn echo_upgraded(request: &Request) -> Response {
+    let mut response = Response::upgrade(|mut io| {
+        // A client that goes away mid-echo is normal for a proxy test.
+        let _ = echo(&mut io);
+    })
+    .with_header("Upgrade", "websocket")
+    .with_header("Connection", "Upgrade");
     if let Some(key) = request.header("sec-websocket-key") {
-        head.push_str(&format!(
-            "Sec-WebSocket-Accept: {}\r\n",
-            websocket_accept(key)
-        ));
+        response = response.with_header("Sec-WebSocket-Accept", &websocket_accept(key));
     }
-    head.push_str("\r\n");
-    writer.write_all(head.as_bytes())?;
-    writer.flush()?;
-    // Through the BufReader, so bytes that arrived with the request are echoed too.
+    response
+}
+
+fn echo(io: &mut Upgraded) -> io::Result<()> {
+    // Bytes that arrived with the request are echoed too: the upgraded I/O starts with them.
     let mut buf = [0; 16 * 1024];
     loop {
-        let n = reader.read(&mut buf)?;
+        let n = io.read(&mut buf)?;
         if n == 0 {
-            return writer.shutdown(std::net::Shutdown::Write);
+            return io.shutdown_write();
         }
-        writer.write_all(&buf[..n])?;
-        writer.flush()?;
+        io.write_all(&buf[..n])?;
+        io.flush()?;
     }
 }
 
@@ -750,23 +565,5 @@ fn sha1(data: &[u8]) -> [u8; 20] {
 }
 
 fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = u32::from(chunk[0]) << 16
-            | u32::from(*chunk.get(1).unwrap_or(&0)) << 8
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn invalid(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message)
+    base64::engine::general_purpose::STANDARD.encode(data)
 }

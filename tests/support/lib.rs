@@ -8,6 +8,7 @@ pub mod fixtures;
 pub mod http;
 pub mod release;
 pub mod server;
+pub mod sse;
 pub mod tls;
 
 use std::path::{Path, PathBuf};

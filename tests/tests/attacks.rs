@@ -19,7 +19,9 @@ const FAST: &str = "ready_poll_ms=10,ready_timeout_ms=10000,liveness_interval_ms
 
 /// Watches /proc for sidecars started with `--port P` (P > 0) and binds P first; binds the
 /// ports given on its command line at once. Every byte any client sends it is appended to
-/// `captured.bin`, and it answers every request as a healthy opencode would.
+/// `captured.bin`, and it answers every request as a healthy opencode would. Python and not
+/// the test HTTP server: it must run as another user (a process of its own under `setpriv`)
+/// and bind ports the moment a sidecar's command line names them.
 const SQUATTER: &str = r#"
 import json, os, socket, sys, threading, time
 out, duration = sys.argv[1], float(sys.argv[2])

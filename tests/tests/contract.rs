@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use openwork_tests::contract::{self, Contract};
 use openwork_tests::http::{self, HttpResponse};
 use openwork_tests::server::{ServerBuilder, ServerProcess, wait_until};
+use openwork_tests::sse::SseReader;
 use serde_json::{Value, json};
 
 const FAST: &str = "ready_poll_ms=10,ready_timeout_ms=5000,liveness_interval_ms=100,liveness_timeout_ms=200,liveness_failures=2,stop_grace_ms=1000";
@@ -40,17 +41,11 @@ fn switch_body(dir: &Path) -> String {
 /// The `data:` of the first frame named `name` on an open event stream (30 s at most).
 fn next_event(reader: &mut impl BufRead, name: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut event = String::new();
+    let mut events = SseReader::new(reader);
     while Instant::now() < deadline {
-        let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended");
-        let line = line.trim_end();
-        if let Some(rest) = line.strip_prefix("event: ") {
-            event = rest.to_string();
-        } else if let Some(data) = line.strip_prefix("data: ")
-            && event == name
-        {
-            return serde_json::from_str(data).unwrap();
+        let event = events.next_event().unwrap().expect("the stream ended");
+        if event.name == name {
+            return serde_json::from_str(&event.data).unwrap();
         }
     }
     panic!("no {name} event within 30 s");
@@ -782,30 +777,27 @@ fn every_route_answers_as_the_document_says() {
     contract.check("PUT", "/workspaces/active", &response);
     let read_until_switch = |reader: &mut std::io::BufReader<std::net::TcpStream>| {
         let mut seen = Vec::new();
-        let mut event = String::new();
+        let mut events = SseReader::new(reader);
         while !seen.contains(&"workspaceChanged".to_string()) {
-            let mut line = String::new();
-            assert!(
-                reader.read_line(&mut line).unwrap() > 0,
-                "the stream ended: {seen:?}"
-            );
-            let line = line.trim_end();
-            if let Some(name) = line.strip_prefix("event: ") {
-                event = name.to_string();
-            } else if let Some(data) = line.strip_prefix("data: ") {
-                let data: Value = serde_json::from_str(data).unwrap();
-                if let Err(problem) = contract.validate_component("SystemEventData", &data) {
-                    panic!("event {event}: {data} does not conform: {problem}");
-                }
-                if event != "snapshot" && event != "lagged" {
-                    assert_eq!(
-                        data["event"],
-                        event.as_str(),
-                        "the event: line names the data's kind"
-                    );
-                }
-                seen.push(event.clone());
+            let Some(frame) = events.next_event().unwrap() else {
+                panic!("the stream ended: {seen:?}");
+            };
+            if frame.data.is_empty() {
+                continue;
             }
+            let event = frame.name;
+            let data: Value = serde_json::from_str(&frame.data).unwrap();
+            if let Err(problem) = contract.validate_component("SystemEventData", &data) {
+                panic!("event {event}: {data} does not conform: {problem}");
+            }
+            if event != "snapshot" && event != "lagged" {
+                assert_eq!(
+                    data["event"],
+                    event.as_str(),
+                    "the event: line names the data's kind"
+                );
+            }
+            seen.push(event);
         }
         seen
     };

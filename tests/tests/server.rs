@@ -4,11 +4,12 @@
 
 #![cfg(unix)]
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use openwork_tests::http;
 use openwork_tests::server::{ServerBuilder, process_alive, wait_until};
+use openwork_tests::sse::SseReader;
 use serde_json::Value;
 
 /// Fast timings, so failures and restarts happen within a test's patience.
@@ -242,11 +243,10 @@ fn the_proxy_reaches_opencode_with_its_password_and_streams() {
     );
     assert_eq!(status, 200);
     let mut seen = 0;
-    let mut line = String::new();
+    let mut events = SseReader::new(&mut reader);
     while seen < 3 {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-        if line.contains("data: {\"n\":") {
+        let event = events.next_event().unwrap().expect("the stream ended");
+        if event.data.starts_with("{\"n\":") {
             seen += 1;
         }
     }
@@ -434,7 +434,7 @@ fn restart_over_the_api_replaces_the_process_and_events_tell_the_story() {
     let dir = tempdir();
     let server = ServerBuilder::fixture(dir.path()).tuning(FAST).start();
     let auth = format!("Bearer {}", server.token);
-    let (status, headers, mut events) = http::stream(
+    let (status, headers, events) = http::stream(
         &server.addr,
         "/system/events",
         &[("Authorization", &auth)],
@@ -455,14 +455,13 @@ fn restart_over_the_api_replaces_the_process_and_events_tell_the_story() {
     );
     assert_eq!(response.status, 202);
     let mut names = Vec::new();
-    let mut line = String::new();
+    let mut events = SseReader::new(events);
     while !names.contains(&"ready".to_string()) {
-        line.clear();
-        if events.read_line(&mut line).unwrap() == 0 {
+        let Some(event) = events.next_event().unwrap() else {
             panic!("event stream ended; saw {names:?}");
-        }
-        if let Some(name) = line.strip_prefix("event: ") {
-            names.push(name.trim().to_string());
+        };
+        if !event.name.is_empty() {
+            names.push(event.name);
         }
     }
     assert_eq!(names[0], "snapshot");

@@ -803,16 +803,13 @@ fn rewrite_response_headers(headers: &mut HeaderMap, upgraded: bool) {
 mod tests {
     use std::collections::BTreeMap;
     use std::convert::Infallible;
-    use std::pin::Pin;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Context, Poll};
 
     use bytes::Bytes;
-    use http_body::Frame;
     use http_body_util::Full;
     use hyper::client::conn::http1::SendRequest;
     use hyper::service::service_fn;
+    use openwork_testkit::http::ChannelBody;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpListener;
     use tokio::sync::{mpsc, oneshot};
@@ -829,102 +826,32 @@ mod tests {
     }
 
     /// A request body fed from a channel, so a test controls when each chunk is sent.
-    struct ChannelBody(mpsc::Receiver<Bytes>);
-
-    impl http_body::Body for ChannelBody {
-        type Data = Bytes;
-        type Error = Infallible;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            self.0
-                .poll_recv(cx)
-                .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
-        }
-    }
-
     fn channel_body(capacity: usize) -> (mpsc::Sender<Bytes>, ResponseBody) {
         let (tx, rx) = mpsc::channel(capacity);
         (tx, response::boxed(ChannelBody(rx)))
     }
 
-    /// An opencode stand-in: a hyper server that hands every request to `handler`.
+    /// An opencode stand-in: the tests' hyper server, handing every request to `handler`;
+    /// never stopped, it lives as long as the test.
     async fn spawn_upstream<F, Fut>(handler: F) -> SocketAddr
     where
         F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = serve_upstream(listener, handler);
-        // Never stopped: it lives as long as the test.
-        std::mem::forget(server.stop);
-        server.addr
+        serve_upstream(listener, handler).serve_forever()
     }
 
     /// A running opencode stand-in that counts the connections it accepted, and whose
-    /// [`TestUpstream::stop`] closes its listener and every connection, as opencode's death
-    /// does.
-    struct TestUpstream {
-        addr: SocketAddr,
-        accepted: Arc<AtomicUsize>,
-        stop: oneshot::Sender<()>,
-    }
-
-    impl TestUpstream {
-        fn accepted(&self) -> usize {
-            self.accepted.load(Ordering::SeqCst)
-        }
-
-        /// Stops it and waits until its port refuses connections.
-        async fn stop(self) {
-            let _ = self.stop.send(());
-            within("the stand-in stops", async {
-                while TcpStream::connect(self.addr).await.is_ok() {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            })
-            .await;
-        }
-    }
+    /// `stop` closes its listener and every connection, as opencode's death does.
+    type TestUpstream = openwork_testkit::http::HyperServer;
 
     fn serve_upstream<F, Fut>(listener: TcpListener, handler: F) -> TestUpstream
     where
         F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
     {
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let stream = tokio::select! {
-                    Ok(()) = &mut stopped => break,
-                    accepted = listener.accept() => accepted.unwrap().0,
-                };
-                counter.fetch_add(1, Ordering::SeqCst);
-                let handler = handler.clone();
-                let service = service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req).await) }
-                });
-                connections.spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades(),
-                );
-            }
-            // Dropping the set aborts every connection task, which closes its socket.
-            drop(connections);
-        });
-        TestUpstream {
-            addr,
-            accepted,
-            stop,
-        }
+        TestUpstream::spawn(listener, handler)
     }
 
     /// The front door as the server wires it: the client address as an extension, the
@@ -1417,7 +1344,9 @@ mod tests {
     }
 
     /// A raw opencode stand-in that accepts one connection, reads the request head, and
-    /// hands the socket to the test.
+    /// hands the socket to the test. Raw on purpose, not the test server: the tests close,
+    /// reset or stall the socket, or write a response and die halfway, which no
+    /// well-behaved server does.
     async fn spawn_raw_upstream() -> (SocketAddr, oneshot::Receiver<TcpStream>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1643,7 +1572,7 @@ mod tests {
     async fn requests_share_one_kept_alive_upstream_connection() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = serve_upstream(listener, whoami);
-        let front = spawn_front(credentials(upstream.addr), ProxyOptions::default()).await;
+        let front = spawn_front(credentials(upstream.address()), ProxyOptions::default()).await;
 
         let mut sender = client(front).await;
         for _ in 0..20 {
@@ -1697,8 +1626,8 @@ mod tests {
     async fn a_new_opencode_instance_gets_a_new_pool() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = serve_upstream(listener, whoami);
-        let first = credentials(upstream.addr);
-        let second = Upstream::basic(upstream.addr, "opencode", "second-password");
+        let first = credentials(upstream.address());
+        let second = Upstream::basic(upstream.address(), "opencode", "second-password");
         let current = Arc::new(Mutex::new(first.clone()));
         let proxy = Arc::new(Proxy::new(ProxyOptions::default()));
         let front = spawn_switchable_front(current.clone(), proxy.clone()).await;
@@ -1738,7 +1667,7 @@ mod tests {
         for same_port in [true, false] {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let before = serve_upstream(listener, whoami);
-            let current = Arc::new(Mutex::new(credentials(before.addr)));
+            let current = Arc::new(Mutex::new(credentials(before.address())));
             let proxy = Arc::new(Proxy::new(ProxyOptions::default()));
             let front = spawn_switchable_front(current.clone(), proxy).await;
             let mut sender = client(front).await;
@@ -1747,15 +1676,15 @@ mod tests {
 
             // opencode dies with an idle pooled connection to it, and comes back with a new
             // password, on the same port or another one; the very next request is answered.
-            let old_addr = before.addr;
-            before.stop().await;
+            let old_addr = before.address();
+            within("the stand-in stops", before.stop()).await;
             let listener = if same_port {
                 TcpListener::bind(old_addr).await.unwrap()
             } else {
                 TcpListener::bind("127.0.0.1:0").await.unwrap()
             };
             let after = serve_upstream(listener, whoami);
-            let restarted = Upstream::basic(after.addr, "opencode", "after-restart");
+            let restarted = Upstream::basic(after.address(), "opencode", "after-restart");
             *current.lock().unwrap() = restarted.clone();
             let (status, seen) = get_json(&mut sender, front, "/opencode/x").await;
             assert_eq!(status, StatusCode::OK, "same port: {same_port}: {seen}");
@@ -1787,7 +1716,7 @@ mod tests {
                 response::json(StatusCode::OK, &serde_json::json!({ "small": true }))
             }
         });
-        let front = spawn_front(credentials(upstream.addr), ProxyOptions::default()).await;
+        let front = spawn_front(credentials(upstream.address()), ProxyOptions::default()).await;
 
         let response = send(front, get(front, "/opencode/big")).await;
         let mut body = response.into_body();

@@ -22,6 +22,7 @@ use rsa::pkcs8::DecodePrivateKey;
 use serde_json::json;
 use sha2::Sha256;
 
+use super::MAX_BODY;
 use super::TestPki;
 use super::http::{Request, Response, TestServer};
 
@@ -89,7 +90,10 @@ impl TestArtifactSigning {
         });
         let server = {
             let state = Arc::clone(&state);
-            TestServer::start("test-artifact-signing", move |r| handle(r, &state))
+            TestServer::builder("test-artifact-signing")
+                .max_body(MAX_BODY)
+                .start(move |r| handle(r, &state))
+                .expect("start the test-artifact-signing stand-in")
         };
         Self { server, state }
     }
@@ -194,7 +198,7 @@ fn handle(request: &Request, state: &State) -> Response {
         ) => {
             if state.faults.lock().expect("stand-in state").unavailable {
                 return Response::json(
-                    "503 Service Unavailable",
+                    503,
                     &json!({"errorDetail": {"code": "ServiceUnavailable", "message": "unavailable on purpose"}}),
                 );
             }
@@ -211,32 +215,29 @@ fn handle(request: &Request, state: &State) -> Response {
                 });
             if !authorized {
                 return Response::json(
-                    "401 Unauthorized",
+                    401,
                     &json!({"errorDetail": {"code": "Unauthorized", "message": "the bearer token is missing or not valid for this resource"}}),
                 );
             }
             if *account != ACCOUNT || *profile != PROFILE {
                 return Response::json(
-                    "404 Not Found",
+                    404,
                     &json!({"errorDetail": {"code": "NotFound", "message": format!("no certificate profile {account}/{profile}")}}),
                 );
             }
             if request.query("api-version").is_none() {
                 return Response::json(
-                    "400 Bad Request",
+                    400,
                     &json!({"errorDetail": {"code": "MissingApiVersion", "message": "api-version is required"}}),
                 );
             }
             match (method, rest) {
                 ("POST", []) => begin_sign(request, state),
                 ("GET", [operation]) => poll(state, operation),
-                _ => Response::json(
-                    "405 Method Not Allowed",
-                    &json!({"message": "no such operation"}),
-                ),
+                _ => Response::json(405, &json!({"message": "no such operation"})),
             }
         }
-        _ => Response::json("404 Not Found", &json!({"message": "no such route"})),
+        _ => Response::json(404, &json!({"message": "no such route"})),
     }
 }
 
@@ -247,19 +248,19 @@ fn token(request: &Request, state: &State, tenant: &str) -> Response {
     let get = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
     let refuse = |code: &str, description: String| {
         Response::json(
-            "401 Unauthorized",
+            401,
             &json!({"error": code, "error_description": description}),
         )
     };
     if tenant != TENANT_ID {
         return Response::json(
-            "400 Bad Request",
+            400,
             &json!({"error": "invalid_tenant", "error_description": format!("AADSTS90002: Tenant '{tenant}' not found.")}),
         );
     }
     if get("grant_type") != "client_credentials" || get("scope") != crate::azure::SCOPE {
         return Response::json(
-            "400 Bad Request",
+            400,
             &json!({"error": "invalid_request", "error_description": "AADSTS900144: grant_type or scope is wrong"}),
         );
     }
@@ -303,7 +304,7 @@ fn token(request: &Request, state: &State, tenant: &str) -> Response {
         .expect("stand-in state")
         .push(access.clone());
     Response::json(
-        "200 OK",
+        200,
         &json!({"token_type": "Bearer", "expires_in": 3599, "access_token": access}),
     )
 }
@@ -313,12 +314,12 @@ fn github(request: &Request) -> Response {
         .header("authorization")
         .is_some_and(|h| h == format!("bearer {GITHUB_REQUEST_TOKEN}"));
     if !authorized {
-        return Response::json("401 Unauthorized", &json!({"message": "bad request token"}));
+        return Response::json(401, &json!({"message": "bad request token"}));
     }
     if request.query("audience") != Some("api%3A%2F%2FAzureADTokenExchange") {
-        return Response::json("400 Bad Request", &json!({"message": "wrong audience"}));
+        return Response::json(400, &json!({"message": "wrong audience"}));
     }
-    Response::json("200 OK", &json!({"count": 1, "value": FEDERATED_TOKEN}))
+    Response::json(200, &json!({"count": 1, "value": FEDERATED_TOKEN}))
 }
 
 fn begin_sign(request: &Request, state: &State) -> Response {
@@ -328,13 +329,13 @@ fn begin_sign(request: &Request, state: &State) -> Response {
         .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok());
     let (Some(digest), Some("RS256")) = (digest, body["signatureAlgorithm"].as_str()) else {
         return Response::json(
-            "400 Bad Request",
+            400,
             &json!({"errorDetail": {"code": "BadRequest", "message": "signatureAlgorithm RS256 and a base64 digest are required"}}),
         );
     };
     if digest.len() != 32 {
         return Response::json(
-            "400 Bad Request",
+            400,
             &json!({"errorDetail": {"code": "BadRequest", "message": "RS256 takes a 32-byte digest"}}),
         );
     }
@@ -356,11 +357,7 @@ fn begin_sign(request: &Request, state: &State) -> Response {
             failure,
         },
     );
-    Response::json(
-        "202 Accepted",
-        &json!({"operationId": id, "status": "InProgress"}),
-    )
-    .with_header(
+    Response::json(202, &json!({"operationId": id, "status": "InProgress"})).with_header(
         "Operation-Location",
         &format!(
             "{}/{id}?api-version={}",
@@ -374,20 +371,17 @@ fn poll(state: &State, id: &str) -> Response {
     let mut operations = state.operations.lock().expect("stand-in state");
     let Some(operation) = operations.get_mut(id) else {
         return Response::json(
-            "404 Not Found",
+            404,
             &json!({"errorDetail": {"code": "NotFound", "message": "no such operation"}}),
         );
     };
     if operation.polls_left > 0 {
         operation.polls_left -= 1;
-        return Response::json(
-            "200 OK",
-            &json!({"operationId": id, "status": "InProgress"}),
-        );
+        return Response::json(200, &json!({"operationId": id, "status": "InProgress"}));
     }
     if let Some(message) = &operation.failure {
         return Response::json(
-            "200 OK",
+            200,
             &json!({"operationId": id, "status": "Failed", "error": {"message": message}}),
         );
     }
@@ -397,7 +391,7 @@ fn poll(state: &State, id: &str) -> Response {
         .expect("the stand-in signs");
     let b64 = base64::engine::general_purpose::STANDARD;
     Response::json(
-        "200 OK",
+        200,
         &json!({
             "operationId": id,
             "status": "Succeeded",

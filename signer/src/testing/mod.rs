@@ -1,11 +1,16 @@
 //! Test support (feature `testing`): a throwaway PKI made at test time, an in-process
 //! RFC 3161 time-stamp authority and a stand-in for the Azure Artifact Signing service,
-//! both on one small HTTP server ([`http`]). Never compiled into release binaries.
+//! both on the workspace's one test HTTP server ([`http`], from `openwork-testkit`). Never
+//! compiled into release binaries.
 
 pub mod azure;
-pub mod http;
 pub mod pki;
 pub mod tsa;
+
+pub use openwork_testkit::http;
+
+/// The largest request body the stand-ins read; larger ones are answered 413.
+const MAX_BODY: usize = 1024 * 1024;
 
 pub use pki::{KeyKind, TestPki};
 

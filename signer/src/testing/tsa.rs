@@ -27,6 +27,7 @@ use x509_cert::ext::pkix::name::GeneralName;
 use x509_certificate::{InMemorySigningKeyPair, Sign, SignatureAlgorithm, Signer};
 use x509_tsp::{Accuracy, TimeStampReq, TspVersion, TstInfo};
 
+use super::MAX_BODY;
 use super::TestPki;
 use super::http::{Request, Response, TestServer};
 use crate::timestamp::{
@@ -76,7 +77,10 @@ impl TestTsa {
         });
         let server = {
             let shared = Arc::clone(&shared);
-            TestServer::start("test-tsa", move |request| handle(request, &shared))
+            TestServer::builder("test-tsa")
+                .max_body(MAX_BODY)
+                .start(move |request| handle(request, &shared))
+                .expect("start the test-tsa stand-in")
         };
         TestTsa { server, shared }
     }
@@ -133,10 +137,10 @@ impl std::fmt::Debug for TestTsa {
 
 fn handle(request: &Request, shared: &Shared) -> Response {
     if request.method != "POST" {
-        return Response::new("405 Method Not Allowed", "text/plain", "POST only\n");
+        return Response::new(405, "text/plain", "POST only\n");
     }
     if request.body.len() > 64 * 1024 {
-        return Response::new("413 Payload Too Large", "text/plain", "too large\n");
+        return Response::new(413, "text/plain", "too large\n");
     }
     shared.requests.fetch_add(1, Ordering::SeqCst);
     let faults = {
@@ -149,14 +153,10 @@ fn handle(request: &Request, shared: &Shared) -> Response {
         }
     };
     let Some(faults) = faults else {
-        return Response::new(
-            "503 Service Unavailable",
-            "text/plain",
-            "unavailable on purpose\n",
-        );
+        return Response::new(503, "text/plain", "unavailable on purpose\n");
     };
     Response::new(
-        "200 OK",
+        200,
         "application/timestamp-reply",
         answer(shared, &request.body, &faults),
     )
