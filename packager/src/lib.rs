@@ -1,5 +1,6 @@
 //! openwork-packager as a library: the release steps the `openwork-packager` CLI glues
 //! together, callable from tests and benchmarks without a process.
+#![deny(clippy::disallowed_methods)]
 
 pub mod bun;
 pub mod constants;

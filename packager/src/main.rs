@@ -1,4 +1,5 @@
 //! `openwork-packager`: parse, run, map errors to documented exit codes.
+#![deny(clippy::disallowed_methods)]
 
 mod cli;
 

@@ -104,7 +104,7 @@ pub struct PackReport {
 /// Checks an input path: it must be a regular file, not a symlink (whose target could
 /// change between the check and the read, or silently point at the wrong build).
 pub fn check_regular_file(path: &Path, what: &str) -> Result<()> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| Error::Input {
+    let meta = fs_err::symlink_metadata(path).map_err(|e| Error::Input {
         path: path.to_path_buf(),
         reason: format!("cannot read the {what}: {e}"),
     })?;

@@ -441,13 +441,13 @@ mod tests {
         update_sha256sums(dir.path(), "b", &"1".repeat(64)).unwrap();
         update_sha256sums(dir.path(), "a", &"2".repeat(64)).unwrap();
         update_sha256sums(dir.path(), "b", &"3".repeat(64)).unwrap();
-        let text = std::fs::read_to_string(dir.path().join("SHA256SUMS")).unwrap();
+        let text = fs_err::read_to_string(dir.path().join("SHA256SUMS")).unwrap();
         assert_eq!(
             text,
             format!("{}  a\n{}  b\n", "2".repeat(64), "3".repeat(64))
         );
         // Nothing but the sums: dist/ is what gets published.
-        let names: Vec<_> = std::fs::read_dir(dir.path())
+        let names: Vec<_> = fs_err::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();

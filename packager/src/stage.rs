@@ -78,9 +78,9 @@ pub fn stage(req: &StageRequest) -> Result<StageReport> {
 /// carries every file's SHA-256 (just computed from the inputs), so equal manifests mean
 /// equal inputs; the size check catches a file damaged or removed by hand.
 fn is_current(dir: &Path, manifest: &Manifest, manifest_json: &[u8]) -> bool {
-    match std::fs::read(dir.join(MANIFEST_FILE_NAME)) {
+    match fs_err::read(dir.join(MANIFEST_FILE_NAME)) {
         Ok(on_disk) if on_disk == manifest_json => manifest.files.values().all(|entry| {
-            std::fs::symlink_metadata(dir.join(&entry.path))
+            fs_err::symlink_metadata(dir.join(&entry.path))
                 .map(|m| m.is_file() && m.len() == entry.size)
                 .unwrap_or(false)
         }),
@@ -124,7 +124,7 @@ fn write_bundle(dir: &Path, inputs: &[ArchiveInput], manifest_json: &[u8]) -> Re
         Ok(())
     })();
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = fs_err::remove_dir_all(&tmp);
     }
     result
 }
@@ -145,7 +145,7 @@ mod tests {
         };
         let work = tempfile::tempdir().unwrap();
         let sidecar = work.path().join("opencode");
-        std::fs::copy(host_exe(), &sidecar).unwrap();
+        fs_err::copy(host_exe(), &sidecar).unwrap();
         let req = StageRequest {
             target,
             sidecars: vec![("opencode".into(), sidecar.clone())],
@@ -159,31 +159,31 @@ mod tests {
         assert!(!first.unchanged);
         let staged = req.dir.join(&first.manifest.files["opencode"].path);
         assert_eq!(
-            std::fs::read(&staged).unwrap(),
-            std::fs::read(&sidecar).unwrap()
+            fs_err::read(&staged).unwrap(),
+            fs_err::read(&sidecar).unwrap()
         );
         let manifest =
-            Manifest::from_json(&std::fs::read(req.dir.join(MANIFEST_FILE_NAME)).unwrap()).unwrap();
+            Manifest::from_json(&fs_err::read(req.dir.join(MANIFEST_FILE_NAME)).unwrap()).unwrap();
         assert_eq!(manifest, first.manifest);
 
         let second = stage(&req).unwrap();
         assert!(second.unchanged, "nothing changed");
 
         // A changed input restages; nothing is left beside the bundle.
-        let mut bytes = std::fs::read(&sidecar).unwrap();
+        let mut bytes = fs_err::read(&sidecar).unwrap();
         bytes.extend_from_slice(b"changed");
-        std::fs::write(&sidecar, &bytes).unwrap();
+        fs_err::write(&sidecar, &bytes).unwrap();
         let third = stage(&req).unwrap();
         assert!(!third.unchanged);
-        assert_eq!(std::fs::read(&staged).unwrap(), bytes);
-        let names: Vec<String> = std::fs::read_dir(work.path())
+        assert_eq!(fs_err::read(&staged).unwrap(), bytes);
+        let names: Vec<String> = fs_err::read_dir(work.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
 
         // A staged file damaged by hand is noticed.
-        std::fs::write(&staged, b"x").unwrap();
+        fs_err::write(&staged, b"x").unwrap();
         assert!(!stage(&req).unwrap().unchanged);
     }
 }

@@ -26,6 +26,7 @@
 //! The command line lives in `main.rs` only; everything here is callable from tests without
 //! a process.
 #![deny(missing_docs)]
+#![deny(clippy::disallowed_methods)]
 
 pub mod authenticode;
 pub mod azure;

@@ -5,6 +5,7 @@
 //! verify, 7 a file could not be read or written, 9 not a file this command handles, 10 a
 //! bad signing configuration, 11 a time-stamp authority or the notary service failed, 14
 //! credentials (a missing secret, a wrong password, a key that is not the certificate's).
+#![deny(clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -297,8 +297,8 @@ mod tests {
     #[test]
     fn secrets_resolve_and_never_print() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("pin"), "1234\n").unwrap();
-        std::fs::write(dir.path().join("p12.b64"), "AAEC\n/w==\n").unwrap();
+        fs_err::write(dir.path().join("pin"), "1234\n").unwrap();
+        fs_err::write(dir.path().join("p12.b64"), "AAEC\n/w==\n").unwrap();
         let pin = SecretRef::parse("file:pin", dir.path()).unwrap();
         let secret = pin.resolve().unwrap().unwrap();
         assert_eq!(secret.text().unwrap(), "1234");
@@ -314,7 +314,7 @@ mod tests {
             unset.resolve().unwrap().unwrap_err().to_string(),
             "env:OPENWORK_TEST_UNSET_SECRET is not set"
         );
-        std::fs::write(dir.path().join("bad"), "not base64!").unwrap();
+        fs_err::write(dir.path().join("bad"), "not base64!").unwrap();
         let bad = SecretRef::parse("base64:file:bad", dir.path()).unwrap();
         let error = bad.resolve().unwrap_err().to_string();
         assert!(error.contains("is not base64"), "{error}");
@@ -324,8 +324,8 @@ mod tests {
     #[test]
     fn the_redactor_removes_every_form_of_every_secret() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("pin"), "hunter22\n").unwrap();
-        std::fs::write(
+        fs_err::write(dir.path().join("pin"), "hunter22\n").unwrap();
+        fs_err::write(
             dir.path().join("key.pem"),
             "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49\nAwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n",
         )

@@ -64,7 +64,7 @@ impl SecretFile {
 
 impl Drop for SecretFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _ = fs_err::remove_file(&self.path);
         #[cfg(unix)]
         if let Some(slot) = self.slot {
             signals::unregister(slot);
@@ -84,7 +84,7 @@ impl std::fmt::Debug for SecretFile {
 /// (killed with SIGKILL, or a machine that lost power); returns how many. Directories of
 /// running processes are left alone.
 pub fn sweep(temp_dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(temp_dir) else {
+    let Ok(entries) = fs_err::read_dir(temp_dir) else {
         return 0;
     };
     let mut removed = 0;
@@ -101,7 +101,7 @@ pub fn sweep(temp_dir: &Path) -> usize {
         let is_leftover = entry
             .metadata()
             .is_ok_and(|m| m.is_dir() && is_owned_by_me(&m) && is_leftover(pid, &m));
-        if is_leftover && std::fs::remove_dir_all(entry.path()).is_ok() {
+        if is_leftover && fs_err::remove_dir_all(entry.path()).is_ok() {
             tracing::warn!(
                 "removed {}, a secret left by a signer process that was killed",
                 entry.path().display()
@@ -252,16 +252,16 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let file = SecretFile::write(temp.path(), "AuthKey.p8", b"secret").unwrap();
         let path = file.path().to_owned();
-        assert_eq!(std::fs::read(&path).unwrap(), b"secret");
+        assert_eq!(fs_err::read(&path).unwrap(), b"secret");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            let mode = |p: &Path| fs_err::metadata(p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode(&path), 0o600);
             assert_eq!(mode(path.parent().unwrap()), 0o700);
         }
         drop(file);
-        assert_eq!(std::fs::read_dir(temp.path()).unwrap().count(), 0);
+        assert_eq!(fs_err::read_dir(temp.path()).unwrap().count(), 0);
     }
 
     #[test]
@@ -271,10 +271,10 @@ mod tests {
         // No process has pid 2^22 + 1 (above Linux's pid_max default), so its directory
         // is a leftover.
         let dead = temp.path().join(format!("{DIR_PREFIX}4194305-abcdef"));
-        std::fs::create_dir(&dead).unwrap();
-        std::fs::write(dead.join("AuthKey.p8"), b"left behind").unwrap();
+        fs_err::create_dir(&dead).unwrap();
+        fs_err::write(dead.join("AuthKey.p8"), b"left behind").unwrap();
         let unrelated = temp.path().join("openwork-signer-notes");
-        std::fs::create_dir(&unrelated).unwrap();
+        fs_err::create_dir(&unrelated).unwrap();
         assert_eq!(sweep(temp.path()), 1);
         assert!(!dead.exists());
         assert!(live.path().exists(), "a running process's file was swept");

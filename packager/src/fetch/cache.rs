@@ -317,7 +317,7 @@ pub(crate) fn remove_dirs_with_prefix(dir: &Path, prefix: &str) {
 /// fsyncs a directory so renames into it survive a crash (a no-op where that is not possible).
 fn sync_dir(dir: &Path) {
     #[cfg(unix)]
-    if let Ok(handle) = std::fs::File::open(dir) {
+    if let Ok(handle) = fs_err::File::open(dir) {
         let _ = handle.sync_all();
     }
     #[cfg(not(unix))]

@@ -66,7 +66,7 @@ fn write_beside(input: &Path, output: &Path, bytes: &[u8]) -> Result<()> {
         .and_then(|()| fs_err::set_permissions(&temporary, permissions))
         .and_then(|()| fs_err::rename(&temporary, output));
     if written.is_err() {
-        let _ = std::fs::remove_file(&temporary);
+        let _ = fs_err::remove_file(&temporary);
     }
     Ok(written?)
 }

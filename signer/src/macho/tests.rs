@@ -150,7 +150,7 @@ fn files_are_signed_in_place_with_their_permissions() {
         assert_eq!(mode & 0o777, 0o755);
     }
     assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
+        fs_err::read_dir(dir.path()).unwrap().count(),
         1,
         "no temporary left"
     );

@@ -105,14 +105,14 @@ impl TestPki {
             cert_pem: dir.join("code-signing.pem"),
             tsa_ca_pem: dir.join("tsa-ca.pem"),
         };
-        std::fs::write(&files.ca_pem, &self.ca.pem)?;
-        std::fs::write(&files.key_pem, &self.code_signing.key_pem)?;
-        std::fs::write(
+        fs_err::write(&files.ca_pem, &self.ca.pem)?;
+        fs_err::write(&files.key_pem, &self.code_signing.key_pem)?;
+        fs_err::write(
             &files.chain_pem,
             format!("{}{}", self.code_signing.pem, self.ca.pem),
         )?;
-        std::fs::write(&files.cert_pem, &self.code_signing.pem)?;
-        std::fs::write(&files.tsa_ca_pem, &self.tsa_ca.pem)?;
+        fs_err::write(&files.cert_pem, &self.code_signing.pem)?;
+        fs_err::write(&files.tsa_ca_pem, &self.tsa_ca.pem)?;
         Ok(files)
     }
 }
@@ -216,7 +216,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let files = pki.write_files(dir.path()).unwrap();
             let tsa = dir.path().join("tsa.pem");
-            std::fs::write(&tsa, &pki.tsa.pem).unwrap();
+            fs_err::write(&tsa, &pki.tsa.pem).unwrap();
             let verify = |ca: &Path, purpose: &str, cert: &Path| {
                 Command::new("openssl")
                     .args(["verify", "-purpose", purpose, "-CAfile"])
