@@ -134,6 +134,29 @@ impl DataLayout {
         self.runtime_root
             .join(format!("{prefix}{key}~{}-{nanos:08x}", std::process::id()))
     }
+
+    /// Removes the scratch directories (see [`scratch_dir`](Self::scratch_dir)) with
+    /// `prefix`, for one key or all; best effort. Returns what it removed.
+    pub fn remove_scratch_dirs(&self, prefix: &str, only_key: Option<&str>) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.runtime_root) else {
+            return removed;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(key) = scratch_key(name, prefix) else {
+                continue;
+            };
+            if only_key.is_some_and(|k| k != key) {
+                continue;
+            }
+            if std::fs::remove_dir_all(entry.path()).is_ok() {
+                removed.push(entry.path());
+            }
+        }
+        removed
+    }
 }
 
 /// Parses a scratch directory name back into its key.

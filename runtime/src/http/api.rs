@@ -1,5 +1,9 @@
 //! Routing and the handlers of the HTTP API. Every route is described by the OpenAPI document
 //! generated from the `#[utoipa::path]` attributes here (see [`super::openapi`]).
+//!
+//! - [`devices`]: the handlers of pairing and paired devices.
+
+pub mod devices;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -11,19 +15,16 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::auth::{Access, Caller, Tokens};
-use super::devices;
+use super::connections::{ConnectionTicket, FailureCounts};
 use super::model;
 use super::proxy::{self, Proxy, Upstream};
 use super::response::{self, ResponseBody};
-use super::server::{ConnectionTicket, FailureCounts};
 use super::sse;
+use super::{MAX_HEAD_BYTES, OPENCODE_PREFIX, TOKEN_HEADER};
 use crate::remote::RemoteState;
 use crate::supervisor::Supervisor;
 use crate::supervisor::events::EventKind;
 use crate::workspace::{ActiveWorkspace, Workspace};
-
-/// The prefix under which opencode is reachable.
-pub const OPENCODE_PREFIX: &str = "/opencode";
 
 /// The header in which opencode takes the directory a request is about (percent-encoded:
 /// opencode decodes it, so any path fits in a header).
@@ -201,15 +202,12 @@ async fn handle_inner(
             "misdirected_request",
             "this server answers to localhost and loopback addresses only; a reverse proxy's name can be allowed with --allow-host NAME",
         )
-    } else if head_size(&request) > super::server::MAX_HEAD_BYTES {
+    } else if head_size(&request) > MAX_HEAD_BYTES {
         // hyper's buffer limit only bites when a head arrives in pieces; this holds always.
         response::error(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
-            &format!(
-                "the request's headers exceed {} KiB",
-                super::server::MAX_HEAD_BYTES / 1024
-            ),
+            &format!("the request's headers exceed {} KiB", MAX_HEAD_BYTES / 1024),
         )
     } else if method == Method::OPTIONS && origin.is_some() {
         preflight()
@@ -295,7 +293,11 @@ async fn route(
         return response;
     }
 
-    if path == OPENCODE_PREFIX || path.starts_with("/opencode/") {
+    if path == OPENCODE_PREFIX
+        || path
+            .strip_prefix(OPENCODE_PREFIX)
+            .is_some_and(|rest| rest.starts_with('/'))
+    {
         return proxy_to_opencode(request, state, peer).await;
     }
 
@@ -833,7 +835,7 @@ pub(super) fn capabilities(state: &AppState) -> Response<ResponseBody> {
             routes: routes.clone(),
             auth: model::AuthInfo {
                 scheme: "Bearer".into(),
-                header: super::auth::TOKEN_HEADER.into(),
+                header: TOKEN_HEADER.into(),
                 host_token_for: host_only.clone(),
             },
             skills: access(true, false),

@@ -57,14 +57,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::OPENCODE_PREFIX;
 use super::response::{self, BoxError, ResponseBody};
-
-/// The path prefix under which opencode is mounted, sent upstream as `X-Forwarded-Prefix`.
-pub const PREFIX: &str = "/opencode";
 
 /// The header that carries our token in clients that cannot set `Authorization`. It is ours
 /// alone, so it is never forwarded.
-const OPENWORK_TOKEN: HeaderName = HeaderName::from_static("x-openwork-token");
+const OPENWORK_TOKEN: HeaderName = HeaderName::from_static(super::TOKEN_HEADER);
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -219,7 +217,7 @@ impl Proxy {
     }
 
     /// Forwards `req` to `upstream` with the path replaced by `path_and_query` (the caller
-    /// strips [`PREFIX`]), and returns opencode's response with its body still streaming.
+    /// strips [`OPENCODE_PREFIX`]), and returns opencode's response with its body still streaming.
     ///
     /// - The client's address comes from the [`ClientAddr`] request extension.
     /// - WebSocket (any `Connection: upgrade`) requests are passed through: on a `101` from
@@ -770,7 +768,10 @@ fn set_forwarding_headers(
     let proto = if https { "https" } else { "http" };
     forwarded.push(format!("proto={proto}").into_bytes());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    headers.insert(X_FORWARDED_PREFIX, HeaderValue::from_static(PREFIX));
+    headers.insert(
+        X_FORWARDED_PREFIX,
+        HeaderValue::from_static(OPENCODE_PREFIX),
+    );
     let forwarded = HeaderValue::from_bytes(&forwarded.join(&b';'))
         .expect("made of a header value, an IP address and tokens");
     headers.insert(header::FORWARDED, forwarded);
@@ -954,7 +955,7 @@ mod tests {
                     let proxy = proxy.clone();
                     async move {
                         req.extensions_mut().insert(ClientAddr(peer));
-                        let rest = req.uri().path().strip_prefix(PREFIX).unwrap();
+                        let rest = req.uri().path().strip_prefix(OPENCODE_PREFIX).unwrap();
                         let rest = if rest.is_empty() { "/" } else { rest };
                         let target = match req.uri().query() {
                             Some(query) => format!("{rest}?{query}"),

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::api::{AppState, host_token_required, read_json};
-use super::model;
-use super::response::{self, ResponseBody};
+use super::{AppState, host_token_required, read_json};
+use crate::http::model;
+use crate::http::response::{self, ResponseBody};
 use crate::remote::pairing::Refusal;
 
 /// The largest `POST /pair` body read: a code and a device name.
@@ -25,7 +25,7 @@ const MAX_PAIR_BODY: usize = 4 * 1024;
     ),
     security(("hostToken" = [])),
 ))]
-pub(super) fn create_pairing(state: &AppState, host: bool) -> Response<ResponseBody> {
+pub(in crate::http) fn create_pairing(state: &AppState, host: bool) -> Response<ResponseBody> {
     if !host {
         return host_token_required();
     }
@@ -62,7 +62,7 @@ pub(super) fn create_pairing(state: &AppState, host: bool) -> Response<ResponseB
     ),
     security(()),
 ))]
-pub(super) async fn pair(
+pub(in crate::http) async fn pair(
     request: Request<Incoming>,
     state: &AppState,
     peer: SocketAddr,
@@ -128,7 +128,7 @@ pub(super) async fn pair(
     ),
     security(("hostToken" = [])),
 ))]
-pub(super) fn list_devices(state: &AppState, host: bool) -> Response<ResponseBody> {
+pub(in crate::http) fn list_devices(state: &AppState, host: bool) -> Response<ResponseBody> {
     if !host {
         return host_token_required();
     }
@@ -152,7 +152,11 @@ pub(super) fn list_devices(state: &AppState, host: bool) -> Response<ResponseBod
     ),
     security(("hostToken" = [])),
 ))]
-pub(super) fn revoke_device(state: &AppState, host: bool, id: &str) -> Response<ResponseBody> {
+pub(in crate::http) fn revoke_device(
+    state: &AppState,
+    host: bool,
+    id: &str,
+) -> Response<ResponseBody> {
     if !host {
         return host_token_required();
     }
