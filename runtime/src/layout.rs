@@ -29,7 +29,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::env_vars;
 use crate::error::{Error, Result};
 
 /// Name of the directory under the data dir that holds runtimes.
@@ -89,16 +88,14 @@ impl DataLayout {
         self.data_dir.join(RUN_DIR)
     }
 
-    /// From `--data-dir`, else `OPENWORK_DATA_DIR`, else the platform's app-data directory.
-    pub fn resolve(flag: Option<PathBuf>) -> Result<DataLayout> {
-        let data_dir = match flag {
+    /// From `given` (`--data-dir` or `OPENWORK_DATA_DIR`, which the CLI reads), else the
+    /// platform's app-data directory.
+    pub fn resolve(given: Option<PathBuf>) -> Result<DataLayout> {
+        let data_dir = match given {
             Some(dir) => dir,
-            None => match std::env::var_os(env_vars::OPENWORK_DATA_DIR) {
-                Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-                _ => dirs::data_dir()
-                    .ok_or(Error::NoDataDir)?
-                    .join("openwork-server-v2"),
-            },
+            None => dirs::data_dir()
+                .ok_or(Error::NoDataDir)?
+                .join("openwork-server-v2"),
         };
         let data_dir = std::path::absolute(&data_dir)
             .map_err(|e| Error::io(format!("resolve {}", data_dir.display()), e))?;
