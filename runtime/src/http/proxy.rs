@@ -58,7 +58,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::OPENCODE_PREFIX;
-use super::response::{self, BoxError, ResponseBody};
+use super::response::{self, ApiError, BoxError, ResponseBody};
 
 /// The header that carries our token in clients that cannot set `Authorization`. It is ours
 /// alone, so it is never forwarded.
@@ -445,36 +445,28 @@ impl Failure {
     fn into_response(self, options: &ProxyOptions) -> Response<ResponseBody> {
         match self {
             Failure::TooLarge => response::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ApiError::PayloadTooLarge,
                 &format!(
                     "the request body exceeds {} bytes",
                     options.max_request_body
                 ),
             ),
-            Failure::ClientBody(_) => response::error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "the request body could not be read",
-            ),
+            Failure::ClientBody(_) => {
+                response::error(ApiError::BadRequest, "the request body could not be read")
+            }
             Failure::Unavailable(_) => response::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "opencode_unavailable",
+                ApiError::OpencodeUnavailable,
                 "opencode is not reachable (it may be restarting); retry shortly",
             ),
             Failure::Timeout(what) => response::error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "opencode_timeout",
+                ApiError::OpencodeTimeout,
                 &format!("opencode timed out {what}; retry shortly"),
             ),
-            Failure::BadGateway(_) => response::error(
-                StatusCode::BAD_GATEWAY,
-                "bad_gateway",
-                "opencode sent an invalid response",
-            ),
+            Failure::BadGateway(_) => {
+                response::error(ApiError::BadGateway, "opencode sent an invalid response")
+            }
             Failure::Unauthorized => response::error(
-                StatusCode::BAD_GATEWAY,
-                "opencode_unauthorized",
+                ApiError::OpencodeUnauthorized,
                 "opencode rejected the server's credentials",
             ),
         }
@@ -1348,7 +1340,10 @@ mod tests {
             if asked.as_ref().is_none_or(|v| v != "test-proto")
                 || authorized.is_none_or(|v| !v.as_bytes().starts_with(b"Basic "))
             {
-                return response::error(StatusCode::BAD_REQUEST, "no_upgrade", "no upgrade");
+                return response::json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({ "error": "no_upgrade", "message": "no upgrade" }),
+                );
             }
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {

@@ -19,7 +19,7 @@ export type Access = {
 };
 
 /**
- * A workspace as the PRD's handshake names it (`GET /workspaces` → `active`,
+ * A workspace as the OpenWork client handshake names it (`GET /workspaces` → `active`,
  * `GET /workspaces/active`, `PUT /workspaces/active`).
  */
 export type ActiveWorkspaceBody = {
@@ -729,7 +729,7 @@ export type WorkspaceItem = {
  */
 export type Workspaces = {
     /**
-     * The active workspace, as the PRD's handshake names it.
+     * The active workspace, as the OpenWork client handshake names it.
      */
     active: ActiveWorkspaceBody;
     /**

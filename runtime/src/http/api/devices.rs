@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 
 use super::{AppState, host_token_required, read_json};
 use crate::http::model;
-use crate::http::response::{self, ResponseBody};
+use crate::http::response::{self, ApiError, ResponseBody};
 use crate::remote::pairing::Refusal;
 
 /// The largest `POST /pair` body read: a code and a device name.
@@ -91,8 +91,7 @@ pub(in crate::http) async fn pair(
             tracing::warn!(%peer, "pairing refused: {reason}");
         }
         return response::error(
-            StatusCode::UNAUTHORIZED,
-            "pairing_refused",
+            ApiError::PairingRefused,
             "the pairing code is wrong, expired or used; ask the host for a new one (`openwork-server-v2 pair`)",
         );
     }
@@ -109,13 +108,9 @@ pub(in crate::http) async fn pair(
             )
         }
         Err(e @ crate::remote::devices::AddError::BadName) => {
-            response::error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string())
+            response::error(ApiError::BadRequest, &e.to_string())
         }
-        Err(e) => response::error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "devices_not_saved",
-            &e.to_string(),
-        ),
+        Err(e) => response::error(ApiError::DevicesNotSaved, &e.to_string()),
     }
 }
 
@@ -171,13 +166,11 @@ pub(in crate::http) fn revoke_device(
             )
         }
         Ok(false) => response::error(
-            StatusCode::NOT_FOUND,
-            "unknown_device",
+            ApiError::UnknownDevice,
             &format!("no paired device {id:?}; see GET /system/devices"),
         ),
         Err(e) => response::error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "devices_not_saved",
+            ApiError::DevicesNotSaved,
             &format!("the devices file could not be written ({e}); nothing was revoked, try again"),
         ),
     }

@@ -7,6 +7,7 @@ use utoipa::OpenApi;
 
 use crate::http::api::{self, devices};
 use crate::http::model;
+use crate::http::response::ApiError;
 use crate::supervisor;
 
 #[derive(OpenApi)]
@@ -91,7 +92,8 @@ pub fn generate() -> Value {
     if let Some(event) = components["schemas"].get_mut("Event") {
         event["unevaluatedProperties"] = json!(false);
     }
-    components["schemas"]["ErrorBody"]["properties"]["error"]["enum"] = json!(model::ERROR_CODES);
+    components["schemas"]["ErrorBody"]["properties"]["error"]["enum"] =
+        json!(ApiError::ALL.iter().map(|e| e.code()).collect::<Vec<_>>());
 
     let Some(paths) = doc["paths"].as_object_mut() else {
         return doc;
