@@ -18,7 +18,7 @@ use crate::supervisor::logs::LogLine;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
-    /// A stable word (one of [`ApiError`](super::response::ApiError)'s codes): what went wrong, for a program.
+    /// A stable word (one of the codes the API documents): what went wrong, for a program.
     pub error: String,
     /// What happened and what to do, in words.
     pub message: String,

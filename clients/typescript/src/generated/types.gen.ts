@@ -159,7 +159,7 @@ export type Devices = {
  */
 export type ErrorBody = {
     /**
-     * A stable word (one of `ERROR_CODES`): what went wrong, for a program.
+     * A stable word (one of the codes the API documents): what went wrong, for a program.
      */
     error: 'bad_request' | 'unauthorized' | 'host_token_required' | 'not_found' | 'unknown_sidecar' | 'method_not_allowed' | 'payload_too_large' | 'unsupported_media_type' | 'misdirected_request' | 'headers_too_large' | 'workspace_not_absolute' | 'workspace_not_found' | 'workspace_not_a_directory' | 'workspace_not_saved' | 'internal_error' | 'opencode_unavailable' | 'opencode_timeout' | 'bad_gateway' | 'opencode_unauthorized' | 'pairing_refused' | 'unknown_device' | 'devices_not_saved';
     /**
