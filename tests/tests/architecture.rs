@@ -82,11 +82,13 @@ fn no_module_cycles_in_any_workspace_target() {
 /// Every library and binary target of the workspace's members, with its root file.
 fn workspace_targets(root: &Path) -> Vec<(String, PathBuf)> {
     let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
-    let members_line = manifest
-        .lines()
-        .find(|line| line.trim_start().starts_with("members"))
+    // `members = [ … ]`, on one line or several.
+    let members: Vec<&str> = manifest
+        .split_once("members")
+        .and_then(|(_, rest)| rest.split_once('['))
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(list, _)| list.split('"').skip(1).step_by(2).collect())
         .expect("workspace members");
-    let members: Vec<&str> = members_line.split('"').skip(1).step_by(2).collect();
     let mut targets = Vec::new();
     for member in members {
         let dir = root.join(member);

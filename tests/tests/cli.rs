@@ -165,16 +165,19 @@ fn a_bad_flag_value_is_a_usage_error_naming_the_flag() {
     assert!(!stderr.contains("environment variable"), "{stderr}");
 }
 
-/// A variable that is set but empty counts as unset, as it always has.
+/// A variable that is set but empty (or blank) counts as unset, as it always has.
 #[test]
 fn an_empty_environment_value_counts_as_unset() {
     for name in [
         env_vars::OPENWORK_SERVER_V2_LOCK_TIMEOUT,
         env_vars::OPENWORK_LOG,
         env_vars::OPENWORK_SERVER_V2_RUNTIME_BUNDLE_DIR,
+        env_vars::OPENWORK_SERVER_V2_PAIRING_TTL_MS,
     ] {
-        let (code, stderr) = server_with(name, "");
-        assert_ne!(code, 2, "{name}=: {stderr}");
-        assert!(!stderr.contains(name), "{name}=: {stderr}");
+        for value in ["", "  "] {
+            let (code, stderr) = server_with(name, value);
+            assert_ne!(code, 2, "{name}={value:?}: {stderr}");
+            assert!(!stderr.contains(name), "{name}={value:?}: {stderr}");
+        }
     }
 }

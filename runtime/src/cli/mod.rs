@@ -325,8 +325,8 @@ pub struct JsonFlag {
 pub const SECRET_ENV: &[&str] = &[env_vars::OPENWORK_TOKEN, env_vars::OPENWORK_HOST_TOKEN];
 
 /// The command line as clap sees it, with environment variables that are set but empty
-/// treated as unset (as they always were: `OPENWORK_DATA_DIR=` means "the default", not
-/// "an empty path").
+/// (or blank) treated as unset, as they always were: `OPENWORK_DATA_DIR=` means "the
+/// default", not "an empty path".
 pub fn command() -> clap::Command {
     fn ignore_empty_env(mut command: clap::Command) -> clap::Command {
         let empty: Vec<clap::Id> = command
@@ -334,7 +334,7 @@ pub fn command() -> clap::Command {
             .filter(|arg| {
                 arg.get_env()
                     .and_then(std::env::var_os)
-                    .is_some_and(|value| value.is_empty())
+                    .is_some_and(|value| value.to_string_lossy().trim().is_empty())
             })
             .map(|arg| arg.get_id().clone())
             .collect();
