@@ -19,7 +19,6 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::install::remove_scratch_dirs;
 use crate::layout::{self, DataLayout, LEASE_FILE, TMP_PREFIX, TRASH_PREFIX};
 use crate::lock;
 use crate::stamp::Stamp;
@@ -50,7 +49,7 @@ pub fn collect(layout: &DataLayout, current: Option<&str>) -> Result<GcReport> {
         return Ok(report);
     }
     report.leftovers = stop_leftovers(layout);
-    report.scratch_removed = remove_scratch_dirs(layout, TRASH_PREFIX, None);
+    report.scratch_removed = layout.remove_scratch_dirs(TRASH_PREFIX, None);
     // Temp dirs are abandoned only if nobody holds their runtime's extraction lock.
     let mut tmp_keys: Vec<String> = read_names(layout)?
         .into_iter()
@@ -62,7 +61,7 @@ pub fn collect(layout: &DataLayout, current: Option<&str>) -> Result<GcReport> {
         if let Some(_lock) = lock::try_lock_exclusive(&layout.lock_file(&key))? {
             report
                 .scratch_removed
-                .extend(remove_scratch_dirs(layout, TMP_PREFIX, Some(&key)));
+                .extend(layout.remove_scratch_dirs(TMP_PREFIX, Some(&key)));
         }
     }
 

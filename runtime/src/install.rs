@@ -106,7 +106,7 @@ pub fn prepare(
         });
     }
 
-    remove_scratch_dirs(layout, TMP_PREFIX, Some(&key));
+    layout.remove_scratch_dirs(TMP_PREFIX, Some(&key));
     if fs::symlink_metadata(&dir).is_ok() {
         let reason = damage_reason(source, &dir);
         tracing::warn!(dir = %dir.display(), %reason, "runtime directory is damaged; replacing it");
@@ -247,32 +247,6 @@ fn move_aside(layout: &DataLayout, key: &str, dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("move damaged {} aside", dir.display()), e))?;
     let _ = fs::remove_dir_all(&trash);
     Ok(())
-}
-
-/// Removes scratch directories with `prefix`, for one key or all; best effort.
-pub(crate) fn remove_scratch_dirs(
-    layout: &DataLayout,
-    prefix: &str,
-    only_key: Option<&str>,
-) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    let Ok(entries) = fs::read_dir(&layout.runtime_root) else {
-        return removed;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(key) = layout::scratch_key(name, prefix) else {
-            continue;
-        };
-        if only_key.is_some_and(|k| k != key) {
-            continue;
-        }
-        if fs::remove_dir_all(entry.path()).is_ok() {
-            removed.push(entry.path());
-        }
-    }
-    removed
 }
 
 /// Writes a complete runtime into the new directory `tmp`.

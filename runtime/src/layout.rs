@@ -29,7 +29,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::env_vars;
 use crate::error::{Error, Result};
 
 /// Name of the directory under the data dir that holds runtimes.
@@ -89,16 +88,14 @@ impl DataLayout {
         self.data_dir.join(RUN_DIR)
     }
 
-    /// From `--data-dir`, else `OPENWORK_DATA_DIR`, else the platform's app-data directory.
-    pub fn resolve(flag: Option<PathBuf>) -> Result<DataLayout> {
-        let data_dir = match flag {
+    /// From `given` (`--data-dir` or `OPENWORK_DATA_DIR`, which the CLI reads), else the
+    /// platform's app-data directory.
+    pub fn resolve(given: Option<PathBuf>) -> Result<DataLayout> {
+        let data_dir = match given {
             Some(dir) => dir,
-            None => match std::env::var_os(env_vars::OPENWORK_DATA_DIR) {
-                Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-                _ => dirs::data_dir()
-                    .ok_or(Error::NoDataDir)?
-                    .join("openwork-server-v2"),
-            },
+            None => dirs::data_dir()
+                .ok_or(Error::NoDataDir)?
+                .join("openwork-server-v2"),
         };
         let data_dir = std::path::absolute(&data_dir)
             .map_err(|e| Error::io(format!("resolve {}", data_dir.display()), e))?;
@@ -133,6 +130,29 @@ impl DataLayout {
             .unwrap_or(0);
         self.runtime_root
             .join(format!("{prefix}{key}~{}-{nanos:08x}", std::process::id()))
+    }
+
+    /// Removes the scratch directories (see [`scratch_dir`](Self::scratch_dir)) with
+    /// `prefix`, for one key or all; best effort. Returns what it removed.
+    pub fn remove_scratch_dirs(&self, prefix: &str, only_key: Option<&str>) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.runtime_root) else {
+            return removed;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(key) = scratch_key(name, prefix) else {
+                continue;
+            };
+            if only_key.is_some_and(|k| k != key) {
+                continue;
+            }
+            if std::fs::remove_dir_all(entry.path()).is_ok() {
+                removed.push(entry.path());
+            }
+        }
+        removed
     }
 }
 

@@ -4,8 +4,6 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // The watchdog the server starts for itself (see `process::Lifeline`): it must not
     // parse flags, log or touch the payload.
@@ -17,7 +15,7 @@ fn main() -> ExitCode {
     {
         return openwork_runtime::process::lifeline_main();
     }
-    let args = cli::Cli::parse();
+    let args = cli::parse();
     cli::init_logging(&args);
     match cli::run(args) {
         Ok(code) => ExitCode::from(code.code()),

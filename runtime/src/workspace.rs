@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::http::response::ApiError;
 use crate::trust;
 
 /// One workspace.
@@ -174,11 +175,16 @@ pub enum SwitchError {
 impl SwitchError {
     /// The stable error code of the JSON error body.
     pub fn code(&self) -> &'static str {
+        self.api_error().code()
+    }
+
+    /// The API's error for it (its code and status).
+    pub fn api_error(&self) -> ApiError {
         match self {
-            SwitchError::Relative(_) => "workspace_not_absolute",
-            SwitchError::NotFound { .. } => "workspace_not_found",
-            SwitchError::NotADirectory(_) => "workspace_not_a_directory",
-            SwitchError::Persist { .. } => "workspace_not_saved",
+            SwitchError::Relative(_) => ApiError::WorkspaceNotAbsolute,
+            SwitchError::NotFound { .. } => ApiError::WorkspaceNotFound,
+            SwitchError::NotADirectory(_) => ApiError::WorkspaceNotADirectory,
+            SwitchError::Persist { .. } => ApiError::WorkspaceNotSaved,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The contract real clients build on, end to end with the fixture sidecar: the OpenWork
-//! handshake as the PRD specifies it, switching the active workspace at run time (and
+//! handshake as docs/RUNTIME.md specifies it, switching the active workspace at run time (and
 //! remembering it), `X-Request-Id`, the OpenAPI document the server generates (and its
 //! checked-in copy), and every route's live answers validated against that document.
 
@@ -67,7 +67,7 @@ fn the_handshake_names_the_active_workspace_its_opencode_url_and_what_clients_ca
         format!("{}/opencode", server.url),
         "the client reached the server at its address: {body}"
     );
-    // Today's fields stay beside the PRD's.
+    // Today's fields stay beside the handshake's.
     assert_eq!(body["items"][0]["id"], active["id"]);
     assert_eq!(body["items"][0]["directory"], workspace.as_str());
     assert_eq!(body["items"][0]["active"], true);

@@ -118,7 +118,7 @@ fn node_available() -> bool {
     false
 }
 
-/// A client that knows only the PRD's handshake and opencode's published SDK, against the
+/// A client that knows only the OpenWork handshake and opencode's published SDK, against the
 /// packed server with the real opencode: every answer conforms to docs/openapi.json, the
 /// capabilities are true of this opencode, a switched workspace is the one opencode serves,
 /// and the generated TypeScript client plus `@opencode-ai/sdk` create and list a session.

@@ -52,9 +52,54 @@ pub enum ExitCode {
 }
 
 impl ExitCode {
+    /// Every code, in numeric order: the table the docs mirror (a test in
+    /// `tests/tests/docs.rs` compares them).
+    pub const ALL: &[ExitCode] = &[
+        ExitCode::Ok,
+        ExitCode::Failure,
+        ExitCode::Usage,
+        ExitCode::NoPayload,
+        ExitCode::Integrity,
+        ExitCode::NewerFormat,
+        ExitCode::UnsafeArchive,
+        ExitCode::Io,
+        ExitCode::LockTimeout,
+        ExitCode::WrongTarget,
+        ExitCode::BadInput,
+        ExitCode::Network,
+        ExitCode::SidecarFailed,
+        ExitCode::AddressUnavailable,
+        ExitCode::Credentials,
+        ExitCode::Untrusted,
+        ExitCode::InsecureTransport,
+    ];
+
     /// The numeric code.
     pub fn code(self) -> u8 {
         self as u8
+    }
+
+    /// Its name in the docs' tables, where each row's meaning starts with it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitCode::Ok => "success",
+            ExitCode::Failure => "unexpected internal error",
+            ExitCode::Usage => "bad command line",
+            ExitCode::NoPayload => "no payload",
+            ExitCode::Integrity => "integrity",
+            ExitCode::NewerFormat => "newer format",
+            ExitCode::UnsafeArchive => "unsafe archive entry",
+            ExitCode::Io => "file system",
+            ExitCode::LockTimeout => "lock timeout",
+            ExitCode::WrongTarget => "wrong target",
+            ExitCode::BadInput => "bad input",
+            ExitCode::Network => "network",
+            ExitCode::SidecarFailed => "sidecar failed",
+            ExitCode::AddressUnavailable => "address unavailable",
+            ExitCode::Credentials => "credentials",
+            ExitCode::Untrusted => "untrusted files",
+            ExitCode::InsecureTransport => "insecure transport",
+        }
     }
 }
 

@@ -1,5 +1,13 @@
 //! The command line: clap types, converted into library calls. Nothing below `cli` is
 //! part of the library.
+//!
+//! The environment is read here and nowhere else in the server. Every variable is declared
+//! on the flag it stands in for (`env = …`), so clap parses it as strictly as the flag: a bad
+//! value is a usage error (exit 2) that names the variable ([`parse`]). The exceptions are the
+//! tokens ([`SECRET_ENV`]), which have no flag because a secret on a command line is visible
+//! to every user in `ps`; and, outside the CLI, variables that are a contract between the
+//! server and the processes it starts (the lifeline's and the test roles' role variable),
+//! never settings.
 
 mod remote_cmd;
 mod runtime_cmd;
@@ -7,35 +15,63 @@ mod runtime_cmd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use openwork_runtime::ExitCode;
 use openwork_runtime::Result;
 use openwork_runtime::env_vars;
 use openwork_runtime::install::VerifyMode;
 use openwork_runtime::remote::TlsMode;
+use openwork_runtime::serve::token::GivenTokens;
+use openwork_runtime::supervisor::Tuning;
 
 /// The OpenWork server: one executable that carries and supervises opencode.
 #[derive(Debug, Parser)]
 #[command(name = "openwork-server-v2", version, about)]
 pub struct Cli {
-    /// Data directory (runtimes, logs, tokens) [env: OPENWORK_DATA_DIR; default: the
-    /// platform's app-data directory]
-    #[arg(long, global = true, value_name = "DIR")]
+    /// Data directory (runtimes, logs, tokens) [default: the platform's app-data
+    /// directory]
+    #[arg(long, global = true, value_name = "DIR", env = env_vars::OPENWORK_DATA_DIR)]
     pub data_dir: Option<PathBuf>,
     /// Run the sidecars of this bundle directory (manifest.json + files) instead of the
-    /// embedded payload [env: OPENWORK_SERVER_V2_RUNTIME_BUNDLE_DIR]
-    #[arg(long, global = true, value_name = "DIR")]
+    /// embedded payload
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = env_vars::OPENWORK_SERVER_V2_RUNTIME_BUNDLE_DIR
+    )]
     pub bundle_dir: Option<PathBuf>,
+    /// Whether `bundle_dir` came from the environment (set by [`parse`]).
+    #[arg(skip)]
+    pub bundle_dir_from_env: bool,
     /// How much to check an existing runtime directory before using it
     #[arg(long, global = true, value_enum, default_value_t = VerifyArg::Fast)]
     pub verify: VerifyArg,
     /// Seconds to wait for another process extracting the same runtime
-    /// [env: OPENWORK_SERVER_V2_LOCK_TIMEOUT; default: 120]
-    #[arg(long, global = true, value_name = "SECS")]
-    pub lock_timeout: Option<u64>,
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECS",
+        default_value = "120",
+        value_parser = parse_seconds,
+        env = env_vars::OPENWORK_SERVER_V2_LOCK_TIMEOUT
+    )]
+    pub lock_timeout: Duration,
     /// Log format on stderr
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Log level on stderr
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "LEVEL",
+        ignore_case = true,
+        default_value_t = LogLevel::Info,
+        env = env_vars::OPENWORK_LOG
+    )]
+    pub log_level: LogLevel,
     /// Serving flags, for running without the `serve` word.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -70,9 +106,14 @@ pub struct ServeArgs {
     /// Run opencode-router too (also on when <data dir>/opencode-router.json exists)
     #[arg(long)]
     pub router: bool,
-    /// A browser origin allowed to call this server (repeatable; "*" for any)
-    /// [env: OPENWORK_CORS_ORIGINS, comma separated]
-    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    /// A browser origin allowed to call this server (repeatable, or comma separated; "*"
+    /// for any)
+    #[arg(
+        long = "cors-origin",
+        value_name = "ORIGIN",
+        value_delimiter = ',',
+        env = env_vars::OPENWORK_CORS_ORIGINS
+    )]
     pub cors_origins: Vec<String>,
     /// A host name requests may address besides localhost and loopback addresses, e.g. the
     /// name of a reverse proxy in front (repeatable); other names get 421
@@ -91,6 +132,25 @@ pub struct ServeArgs {
     /// Do not advertise this server on the LAN over mDNS (it is, with --remote-access)
     #[arg(long)]
     pub no_mdns: bool,
+    /// How long a pairing code stays valid, in milliseconds (for tests, which cannot wait
+    /// five minutes to see a code expire)
+    #[arg(
+        long,
+        hide = true,
+        value_name = "MS",
+        value_parser = parse_millis,
+        env = env_vars::OPENWORK_SERVER_V2_PAIRING_TTL_MS
+    )]
+    pub pairing_ttl_ms: Option<Duration>,
+    /// Supervisor timings, `key=value,…` (see `Tuning::from_env_value`; for tests)
+    #[arg(
+        long,
+        hide = true,
+        value_name = "KEY=MS,…",
+        value_parser = parse_tuning,
+        env = env_vars::OPENWORK_SERVER_V2_SUPERVISOR
+    )]
+    pub supervisor_tuning: Option<Tuning>,
 }
 
 /// `--tls`.
@@ -109,9 +169,37 @@ impl ServeArgs {
     /// also refuse the global flags before a subcommand, so the check is ours): equal to
     /// what clap makes of a bare command line, so the defaults live in the attributes only.
     fn is_default(&self) -> bool {
-        let bare = Cli::try_parse_from(["openwork-server-v2"]).map(|cli| cli.serve);
+        let bare = command()
+            .try_get_matches_from(["openwork-server-v2"])
+            .and_then(|matches| Cli::from_arg_matches(&matches))
+            .map(|cli| cli.serve);
         bare.is_ok_and(|defaults| *self == defaults)
     }
+}
+
+/// `--lock-timeout`: whole seconds.
+fn parse_seconds(value: &str) -> Result<Duration, String> {
+    value
+        .trim()
+        .parse()
+        .map(Duration::from_secs)
+        .map_err(|_| "expected a whole number of seconds, e.g. 120".to_string())
+}
+
+/// `--pairing-ttl-ms`: whole milliseconds.
+fn parse_millis(value: &str) -> Result<Duration, String> {
+    value
+        .trim()
+        .parse()
+        .map(Duration::from_millis)
+        .map_err(|_| "expected a whole number of milliseconds, e.g. 300000".to_string())
+}
+
+/// `--supervisor-tuning`.
+fn parse_tuning(value: &str) -> Result<Tuning, String> {
+    Tuning::from_env_value(value).map_err(|e| {
+        format!("{e} (expected key=milliseconds pairs separated by commas, e.g. backoff_initial_ms=50,crash_limit=3)")
+    })
 }
 
 fn parse_sidecar(value: &str) -> Result<(String, PathBuf), String> {
@@ -128,6 +216,33 @@ pub enum VerifyArg {
     Fast,
     /// Also rehash every file
     Full,
+}
+
+/// Log levels (`OPENWORK_LOG`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// Errors only
+    Error,
+    /// Also warnings
+    Warn,
+    /// Also what the server does (the default)
+    Info,
+    /// Also details for debugging
+    Debug,
+    /// Everything
+    Trace,
+}
+
+impl From<LogLevel> for tracing::Level {
+    fn from(level: LogLevel) -> tracing::Level {
+        match level {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        }
+    }
 }
 
 /// Log formats.
@@ -204,12 +319,111 @@ pub struct JsonFlag {
     pub json: bool,
 }
 
+/// Environment variables the CLI reads itself, without a flag: secrets, which must not be
+/// given on a command line (every user sees it in `ps`). docs/RUNTIME.md lists them with
+/// the variables the flags declare.
+pub const SECRET_ENV: &[&str] = &[env_vars::OPENWORK_TOKEN, env_vars::OPENWORK_HOST_TOKEN];
+
+/// The command line as clap sees it, with environment variables that are set but empty
+/// (or blank) treated as unset, as they always were: `OPENWORK_DATA_DIR=` means "the
+/// default", not "an empty path".
+pub fn command() -> clap::Command {
+    fn ignore_empty_env(mut command: clap::Command) -> clap::Command {
+        let empty: Vec<clap::Id> = command
+            .get_arguments()
+            .filter(|arg| {
+                arg.get_env()
+                    .and_then(std::env::var_os)
+                    .is_some_and(|value| value.to_string_lossy().trim().is_empty())
+            })
+            .map(|arg| arg.get_id().clone())
+            .collect();
+        for id in empty {
+            command = command.mut_arg(id, |arg| arg.env(None::<&'static str>));
+        }
+        let names: Vec<String> = command
+            .get_subcommands()
+            .map(|sub| sub.get_name().to_string())
+            .collect();
+        for name in names {
+            command = command.mut_subcommand(name, ignore_empty_env);
+        }
+        command
+    }
+    ignore_empty_env(Cli::command())
+}
+
+/// Parses the command line and the environment, or exits with clap's message and the usage
+/// exit code (2). A bad value that came from an environment variable is said to have come
+/// from there.
+pub fn parse() -> Cli {
+    let mut command = command();
+    let matches = command
+        .try_get_matches_from_mut(std::env::args_os())
+        .unwrap_or_else(|e| name_env_source(e, &command).exit());
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command).exit());
+    cli.bundle_dir_from_env = matches.value_source("bundle_dir") == Some(ValueSource::EnvVariable);
+    cli
+}
+
+/// Adds a tip naming the environment variable to a bad-value error whose value came from it
+/// (clap names only the flag).
+fn name_env_source(mut error: clap::Error, command: &clap::Command) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return error;
+    }
+    let (Some(ContextValue::String(flag)), Some(ContextValue::String(value))) = (
+        error.get(ContextKind::InvalidArg),
+        error.get(ContextKind::InvalidValue),
+    ) else {
+        return error;
+    };
+    let mut commands = vec![command];
+    let mut found = None;
+    while let Some(command) = commands.pop() {
+        commands.extend(command.get_subcommands());
+        found = found.or_else(|| {
+            command
+                .get_arguments()
+                .find(|arg| arg.to_string() == *flag)
+                .and_then(|arg| Some((arg.get_long()?, arg.get_env()?)))
+        });
+    }
+    let Some((long, name)) = found else {
+        return error;
+    };
+    let on_command_line = std::env::args_os().any(|arg| {
+        let arg = arg.to_string_lossy();
+        arg.strip_prefix("--")
+            .is_some_and(|rest| rest == long || rest.starts_with(&format!("{long}=")))
+    });
+    let from_env = std::env::var_os(name)
+        .is_some_and(|v| v.to_string_lossy().split(',').any(|piece| piece == value));
+    if from_env && !on_command_line {
+        let tip = format!(
+            "the value comes from the environment variable {}",
+            name.to_string_lossy()
+        );
+        error.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![tip.into()]),
+        );
+    }
+    error
+}
+
 /// Settings every command shares, resolved from flags and environment.
 pub struct Settings {
     pub data_dir: Option<PathBuf>,
     pub bundle_dir: Option<(PathBuf, openwork_runtime::source::SourceKind)>,
     pub verify: VerifyMode,
     pub lock_timeout: Duration,
+    /// `OPENWORK_TOKEN` and `OPENWORK_HOST_TOKEN` (see [`SECRET_ENV`]).
+    pub tokens: GivenTokens,
 }
 
 impl Settings {
@@ -218,46 +432,46 @@ impl Settings {
         let Cli {
             data_dir,
             bundle_dir,
+            bundle_dir_from_env,
             verify,
             lock_timeout,
             log_format: _,
+            log_level: _,
             serve: _,
             command: _,
         } = cli;
-        let env_bundle = std::env::var_os(env_vars::OPENWORK_SERVER_V2_RUNTIME_BUNDLE_DIR)
-            .filter(|v| !v.is_empty())
-            .map(|v| (PathBuf::from(v), SourceKind::BundleEnv));
-        let lock_timeout = lock_timeout
-            .or_else(|| {
-                std::env::var(env_vars::OPENWORK_SERVER_V2_LOCK_TIMEOUT)
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(120);
+        let bundle_kind = if *bundle_dir_from_env {
+            SourceKind::BundleEnv
+        } else {
+            SourceKind::BundleFlag
+        };
         Settings {
             data_dir: data_dir.clone(),
-            bundle_dir: bundle_dir
-                .clone()
-                .map(|d| (d, SourceKind::BundleFlag))
-                .or(env_bundle),
+            bundle_dir: bundle_dir.clone().map(|d| (d, bundle_kind)),
             verify: match verify {
                 VerifyArg::Fast => VerifyMode::Fast,
                 VerifyArg::Full => VerifyMode::Full,
             },
-            lock_timeout: Duration::from_secs(lock_timeout),
+            lock_timeout: *lock_timeout,
+            tokens: GivenTokens {
+                client: secret_env(env_vars::OPENWORK_TOKEN),
+                host: secret_env(env_vars::OPENWORK_HOST_TOKEN),
+            },
         }
     }
 }
 
+/// A secret from the environment ([`SECRET_ENV`]); unset, empty or blank is none.
+fn secret_env(name: &str) -> Option<String> {
+    debug_assert!(SECRET_ENV.contains(&name));
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
 /// Sets up logging to stderr.
 pub fn init_logging(cli: &Cli) {
-    let level = std::env::var(env_vars::OPENWORK_LOG)
-        .ok()
-        .and_then(|v| v.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::INFO);
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(level)
+        .with_max_level(tracing::Level::from(cli.log_level))
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.log_format {
@@ -285,16 +499,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn serve(args: ServeArgs, settings: Settings) -> Result<ExitCode> {
-    let mut cors_origins = args.cors_origins;
-    if cors_origins.is_empty()
-        && let Ok(list) = std::env::var(env_vars::OPENWORK_CORS_ORIGINS)
-    {
-        cors_origins = list
-            .split(',')
-            .map(|o| o.trim().to_string())
-            .filter(|o| !o.is_empty())
-            .collect();
-    }
     let prepare = runtime_cmd::prepare_options(&settings);
     // Destructured whole: a new flag nobody handles does not compile.
     let ServeArgs {
@@ -305,13 +509,21 @@ fn serve(args: ServeArgs, settings: Settings) -> Result<ExitCode> {
         token_file,
         sidecars,
         router,
-        cors_origins: _,
+        cors_origins,
         allowed_hosts,
         tls,
         tls_cert,
         tls_key,
         no_mdns,
+        pairing_ttl_ms,
+        supervisor_tuning,
     } = args;
+    // Comma separated in OPENWORK_CORS_ORIGINS, which may have spaces and empty pieces.
+    let cors_origins = cors_origins
+        .iter()
+        .map(|origin| origin.trim().to_string())
+        .filter(|origin| !origin.is_empty())
+        .collect();
     openwork_runtime::serve::run(openwork_runtime::serve::ServeOptions {
         host,
         port,
@@ -332,5 +544,77 @@ fn serve(args: ServeArgs, settings: Settings) -> Result<ExitCode> {
         },
         tls_files: tls_cert.zip(tls_key),
         mdns: !no_mdns,
+        tokens: settings.tokens,
+        pairing_ttl: pairing_ttl_ms.unwrap_or(openwork_runtime::remote::pairing::CODE_TTL),
+        tuning: supervisor_tuning.unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// Every environment variable a flag of `command` (or of its subcommands) stands in for.
+    fn declared_env(command: &clap::Command, into: &mut BTreeSet<String>) {
+        for arg in command.get_arguments() {
+            if let Some(name) = arg.get_env() {
+                into.insert(name.to_string_lossy().into_owned());
+            }
+        }
+        for sub in command.get_subcommands() {
+            declared_env(sub, into);
+        }
+    }
+
+    /// docs/RUNTIME.md's environment table, `env_vars::ALL`, and what the CLI reads (the
+    /// flags' `env = …` and `SECRET_ENV`) are the same list.
+    #[test]
+    fn the_environment_table_is_what_the_cli_reads() {
+        let mut read = BTreeSet::new();
+        declared_env(&Cli::command(), &mut read);
+        let secrets: BTreeSet<String> = SECRET_ENV.iter().map(|s| s.to_string()).collect();
+        assert!(
+            read.is_disjoint(&secrets),
+            "a secret has a flag: {read:?} {secrets:?}"
+        );
+        read.extend(secrets);
+
+        let listed: BTreeSet<String> = env_vars::ALL.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            listed.len(),
+            env_vars::ALL.len(),
+            "env_vars::ALL repeats a name"
+        );
+        assert_eq!(
+            read, listed,
+            "read by the CLI (left) and env_vars::ALL (right) differ"
+        );
+
+        let docs = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/RUNTIME.md"),
+        )
+        .unwrap();
+        let section = docs
+            .split("\n## Environment\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("docs/RUNTIME.md has an Environment section");
+        let documented: BTreeSet<String> = section
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|rest| rest.split_once('`'))
+            .map(|(name, _)| name.to_string())
+            .collect();
+        assert_eq!(
+            documented, read,
+            "docs/RUNTIME.md's environment table (left) and what the CLI reads (right) differ"
+        );
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

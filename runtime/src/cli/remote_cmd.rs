@@ -46,7 +46,7 @@ pub fn pair(json_out: bool, settings: &Settings) -> Result<ExitCode> {
     let layout = DataLayout::resolve(settings.data_dir.clone())?;
     trust::secure_data_dir(&layout, false)?;
     let server = ServerFile::read(&layout.data_dir)?;
-    let host_token = host_token(&layout)?;
+    let host_token = host_token(&layout, settings.tokens.host.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -128,10 +128,8 @@ pub fn discover(timeout: u64, json_out: bool) -> Result<ExitCode> {
 
 /// The host token: `OPENWORK_HOST_TOKEN`, else the data dir's `host-token` (never made
 /// here: a server that generated none would not accept it).
-fn host_token(layout: &DataLayout) -> Result<String> {
-    if let Ok(value) = std::env::var(env_vars::OPENWORK_HOST_TOKEN)
-        && !value.trim().is_empty()
-    {
+fn host_token(layout: &DataLayout, given: Option<&str>) -> Result<String> {
+    if let Some(value) = given {
         return Ok(value.trim().to_string());
     }
     let path = layout.data_dir.join(layout::HOST_TOKEN_FILE);

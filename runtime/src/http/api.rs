@@ -1,5 +1,9 @@
 //! Routing and the handlers of the HTTP API. Every route is described by the OpenAPI document
 //! generated from the `#[utoipa::path]` attributes here (see [`super::openapi`]).
+//!
+//! - [`devices`]: the handlers of pairing and paired devices.
+
+pub mod devices;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -11,19 +15,16 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::auth::{Access, Caller, Tokens};
-use super::devices;
+use super::connections::{ConnectionTicket, FailureCounts};
 use super::model;
 use super::proxy::{self, Proxy, Upstream};
-use super::response::{self, ResponseBody};
-use super::server::{ConnectionTicket, FailureCounts};
+use super::response::{self, ApiError, ResponseBody};
 use super::sse;
+use super::{MAX_HEAD_BYTES, OPENCODE_PREFIX, TOKEN_HEADER};
 use crate::remote::RemoteState;
 use crate::supervisor::Supervisor;
 use crate::supervisor::events::EventKind;
 use crate::workspace::{ActiveWorkspace, Workspace};
-
-/// The prefix under which opencode is reachable.
-pub const OPENCODE_PREFIX: &str = "/opencode";
 
 /// The header in which opencode takes the directory a request is about (percent-encoded:
 /// opencode decodes it, so any path fits in a header).
@@ -197,19 +198,14 @@ async fn handle_inner(
     let path = request.uri().path().to_string();
     let mut response = if !state.host_check.allows(request.headers().get(header::HOST)) {
         response::error(
-            StatusCode::MISDIRECTED_REQUEST,
-            "misdirected_request",
+            ApiError::MisdirectedRequest,
             "this server answers to localhost and loopback addresses only; a reverse proxy's name can be allowed with --allow-host NAME",
         )
-    } else if head_size(&request) > super::server::MAX_HEAD_BYTES {
+    } else if head_size(&request) > MAX_HEAD_BYTES {
         // hyper's buffer limit only bites when a head arrives in pieces; this holds always.
         response::error(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
-            &format!(
-                "the request's headers exceed {} KiB",
-                super::server::MAX_HEAD_BYTES / 1024
-            ),
+            ApiError::HeadersTooLarge,
+            &format!("the request's headers exceed {} KiB", MAX_HEAD_BYTES / 1024),
         )
     } else if method == Method::OPTIONS && origin.is_some() {
         preflight()
@@ -285,8 +281,7 @@ async fn route(
             .unauthorized
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut response = response::error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ApiError::Unauthorized,
             "missing or wrong token: send `Authorization: Bearer <token>` (the token is in the file named by the ready line's tokenFile)",
         );
         response
@@ -295,7 +290,11 @@ async fn route(
         return response;
     }
 
-    if path == OPENCODE_PREFIX || path.starts_with("/opencode/") {
+    if path == OPENCODE_PREFIX
+        || path
+            .strip_prefix(OPENCODE_PREFIX)
+            .is_some_and(|rest| rest.starts_with('/'))
+    {
         return proxy_to_opencode(request, state, peer).await;
     }
 
@@ -333,8 +332,7 @@ async fn route(
             devices::revoke_device(state, host, id)
         }),
         _ => response::error(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            ApiError::NotFound,
             &format!("no route {path}; see GET /capabilities"),
         ),
     }
@@ -436,8 +434,7 @@ pub(super) fn sidecar_logs(
             Ok(n) => n,
             Err(_) => {
                 return response::error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
+                    ApiError::BadRequest,
                     "tail must be a whole number of lines, e.g. ?tail=100",
                 );
             }
@@ -468,8 +465,7 @@ fn only(
 fn method_not_allowed(allowed: &[Method]) -> Response<ResponseBody> {
     let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
     let mut response = response::error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ApiError::MethodNotAllowed,
         &format!("use {}", list.join(" or ")),
     );
     if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
@@ -480,8 +476,7 @@ fn method_not_allowed(allowed: &[Method]) -> Response<ResponseBody> {
 
 pub(super) fn host_token_required() -> Response<ResponseBody> {
     response::error(
-        StatusCode::FORBIDDEN,
-        "host_token_required",
+        ApiError::HostTokenRequired,
         "this route needs the host token (OPENWORK_HOST_TOKEN, or the file named by the ready line's hostTokenFile)",
     )
 }
@@ -489,8 +484,7 @@ pub(super) fn host_token_required() -> Response<ResponseBody> {
 fn unknown_sidecar(name: &str, supervisor: &Supervisor) -> Response<ResponseBody> {
     let known: Vec<&str> = supervisor.statuses().iter().map(|s| s.name).collect();
     response::error(
-        StatusCode::NOT_FOUND,
-        "unknown_sidecar",
+        ApiError::UnknownSidecar,
         &format!("no sidecar {name:?}; running here: {}", known.join(", ")),
     )
 }
@@ -692,8 +686,7 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
         });
     if !is_json {
         return Err(response::error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ApiError::UnsupportedMediaType,
             &format!("send the body as Content-Type: application/json, e.g. {example}"),
         ));
     }
@@ -701,23 +694,20 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(response::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ApiError::PayloadTooLarge,
                 &format!("the body exceeds {} KiB", limit / 1024),
             ));
         }
         Err(_) => {
             return Err(response::error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
+                ApiError::BadRequest,
                 "the request body could not be read",
             ));
         }
     };
     serde_json::from_slice(&bytes).map_err(|e| {
         response::error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            ApiError::BadRequest,
             &format!("the body must be like {example}: {e}"),
         )
     })
@@ -762,16 +752,11 @@ pub(super) async fn switch_workspace(
     let (workspace, changed) = match switched {
         Ok(Ok(switched)) => switched,
         Ok(Err(e)) => {
-            let status = match e {
-                crate::workspace::SwitchError::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-                _ => StatusCode::UNPROCESSABLE_ENTITY,
-            };
-            return response::error(status, e.code(), &e.to_string());
+            return response::error(e.api_error(), &e.to_string());
         }
         Err(_) => {
             return response::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
+                ApiError::InternalError,
                 "the switch failed unexpectedly; nothing was switched",
             );
         }
@@ -833,7 +818,7 @@ pub(super) fn capabilities(state: &AppState) -> Response<ResponseBody> {
             routes: routes.clone(),
             auth: model::AuthInfo {
                 scheme: "Bearer".into(),
-                header: super::auth::TOKEN_HEADER.into(),
+                header: TOKEN_HEADER.into(),
                 host_token_for: host_only.clone(),
             },
             skills: access(true, false),
@@ -866,8 +851,7 @@ pub(super) async fn proxy_to_opencode(
         // Its connections are to a process that is gone.
         state.proxy.forget();
         return response::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "opencode_unavailable",
+            ApiError::OpencodeUnavailable,
             "opencode is not running right now (starting or restarting); retry shortly, or see GET /system/runtime",
         );
     };
@@ -878,7 +862,7 @@ pub(super) async fn proxy_to_opencode(
         None => rest.to_string(),
     };
     let Ok(path_and_query) = target.parse::<PathAndQuery>() else {
-        return response::error(StatusCode::BAD_REQUEST, "bad_request", "invalid path");
+        return response::error(ApiError::BadRequest, "invalid path");
     };
     let upstream = Upstream {
         addr: endpoint.addr,

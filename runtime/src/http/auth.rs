@@ -9,10 +9,8 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::TOKEN_HEADER;
 use crate::remote::devices::{DeviceSession, Devices};
-
-/// Header that carries a token for clients that cannot set `Authorization`.
-pub const TOKEN_HEADER: &str = "x-openwork-token";
 
 /// The tokens (their digests). Debug never prints them.
 pub struct Tokens {

@@ -1,25 +1,38 @@
 //! The front door: one hyper 1.x HTTP/1.1 server on loopback (by default) that answers the
 //! OpenWork client handshake, the supervisor's API, and proxies `/opencode/*`.
 //!
-//! - [`server`]: the accept loop and connection limits.
+//! - [`server`]: the accept loop.
+//! - [`connections`]: connection standing, limits and failure counts.
 //! - [`api`]: routing and handlers.
 //! - [`model`]: the request and response bodies, which the OpenAPI document describes.
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers and the bodies.
 //! - [`auth`]: the tokens (client, host, paired devices), compared in constant time.
-//! - [`devices`]: pairing and paired devices.
 //! - [`proxy`]: the streaming reverse proxy to opencode (WebSocket upgrades included).
 //! - [`sse`]: supervisor events as Server-Sent Events.
 //! - [`response`]: the body type and JSON errors.
 
 pub mod api;
 pub mod auth;
-pub mod devices;
+pub mod connections;
 pub mod model;
 pub mod openapi;
 pub mod proxy;
 pub mod response;
 pub mod server;
 pub mod sse;
+
+use std::time::Duration;
+
+/// The largest request head (request line + headers) accepted; a bigger one is refused.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A client must send its request head within this time.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The path prefix under which opencode's own API is passed through (`/opencode/…`).
+pub const OPENCODE_PREFIX: &str = "/opencode";
+/// The header a token may come in instead of `Authorization: Bearer` (lower case, as
+/// `http::HeaderName` holds it; header names are case-insensitive).
+pub const TOKEN_HEADER: &str = "x-openwork-token";
 
 /// Resolves once `shutdown` is true (or its sender is gone). The `Ref` that
 /// `wait_for` returns is dropped inside, so callers' futures stay `Send`.

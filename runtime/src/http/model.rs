@@ -13,40 +13,12 @@ use crate::supervisor::SidecarState;
 use crate::supervisor::SidecarStatus;
 use crate::supervisor::logs::LogLine;
 
-/// Every code an error body may carry. The document lists them as the `error` field's
-/// `enum`, so a client can switch over them and the conformance test fails on a code that
-/// is not here.
-pub const ERROR_CODES: &[&str] = &[
-    "bad_request",
-    "unauthorized",
-    "host_token_required",
-    "not_found",
-    "unknown_sidecar",
-    "method_not_allowed",
-    "payload_too_large",
-    "unsupported_media_type",
-    "misdirected_request",
-    "headers_too_large",
-    "workspace_not_absolute",
-    "workspace_not_found",
-    "workspace_not_a_directory",
-    "workspace_not_saved",
-    "internal_error",
-    "opencode_unavailable",
-    "opencode_timeout",
-    "bad_gateway",
-    "opencode_unauthorized",
-    "pairing_refused",
-    "unknown_device",
-    "devices_not_saved",
-];
-
 /// Every error: a stable machine-readable code and what to do about it.
 #[derive(Debug, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
-    /// A stable word (one of `ERROR_CODES`): what went wrong, for a program.
+    /// A stable word (one of the codes the API documents): what went wrong, for a program.
     pub error: String,
     /// What happened and what to do, in words.
     pub message: String,
@@ -316,7 +288,7 @@ pub struct OpencodeTarget {
     pub directory: String,
 }
 
-/// A workspace as the PRD's handshake names it (`GET /workspaces` → `active`,
+/// A workspace as the OpenWork client handshake names it (`GET /workspaces` → `active`,
 /// `GET /workspaces/active`, `PUT /workspaces/active`).
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -353,7 +325,7 @@ pub struct WorkspaceItem {
 #[serde(rename_all = "camelCase")]
 #[serde(deny_unknown_fields)]
 pub struct Workspaces {
-    /// The active workspace, as the PRD's handshake names it.
+    /// The active workspace, as the OpenWork client handshake names it.
     pub active: ActiveWorkspaceBody,
     /// Every workspace (today: the active one).
     pub items: Vec<WorkspaceItem>,

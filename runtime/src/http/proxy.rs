@@ -57,14 +57,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::response::{self, BoxError, ResponseBody};
-
-/// The path prefix under which opencode is mounted, sent upstream as `X-Forwarded-Prefix`.
-pub const PREFIX: &str = "/opencode";
+use super::OPENCODE_PREFIX;
+use super::response::{self, ApiError, BoxError, ResponseBody};
 
 /// The header that carries our token in clients that cannot set `Authorization`. It is ours
 /// alone, so it is never forwarded.
-const OPENWORK_TOKEN: HeaderName = HeaderName::from_static("x-openwork-token");
+const OPENWORK_TOKEN: HeaderName = HeaderName::from_static(super::TOKEN_HEADER);
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -219,7 +217,7 @@ impl Proxy {
     }
 
     /// Forwards `req` to `upstream` with the path replaced by `path_and_query` (the caller
-    /// strips [`PREFIX`]), and returns opencode's response with its body still streaming.
+    /// strips [`OPENCODE_PREFIX`]), and returns opencode's response with its body still streaming.
     ///
     /// - The client's address comes from the [`ClientAddr`] request extension.
     /// - WebSocket (any `Connection: upgrade`) requests are passed through: on a `101` from
@@ -447,36 +445,28 @@ impl Failure {
     fn into_response(self, options: &ProxyOptions) -> Response<ResponseBody> {
         match self {
             Failure::TooLarge => response::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ApiError::PayloadTooLarge,
                 &format!(
                     "the request body exceeds {} bytes",
                     options.max_request_body
                 ),
             ),
-            Failure::ClientBody(_) => response::error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "the request body could not be read",
-            ),
+            Failure::ClientBody(_) => {
+                response::error(ApiError::BadRequest, "the request body could not be read")
+            }
             Failure::Unavailable(_) => response::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "opencode_unavailable",
+                ApiError::OpencodeUnavailable,
                 "opencode is not reachable (it may be restarting); retry shortly",
             ),
             Failure::Timeout(what) => response::error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "opencode_timeout",
+                ApiError::OpencodeTimeout,
                 &format!("opencode timed out {what}; retry shortly"),
             ),
-            Failure::BadGateway(_) => response::error(
-                StatusCode::BAD_GATEWAY,
-                "bad_gateway",
-                "opencode sent an invalid response",
-            ),
+            Failure::BadGateway(_) => {
+                response::error(ApiError::BadGateway, "opencode sent an invalid response")
+            }
             Failure::Unauthorized => response::error(
-                StatusCode::BAD_GATEWAY,
-                "opencode_unauthorized",
+                ApiError::OpencodeUnauthorized,
                 "opencode rejected the server's credentials",
             ),
         }
@@ -770,7 +760,10 @@ fn set_forwarding_headers(
     let proto = if https { "https" } else { "http" };
     forwarded.push(format!("proto={proto}").into_bytes());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    headers.insert(X_FORWARDED_PREFIX, HeaderValue::from_static(PREFIX));
+    headers.insert(
+        X_FORWARDED_PREFIX,
+        HeaderValue::from_static(OPENCODE_PREFIX),
+    );
     let forwarded = HeaderValue::from_bytes(&forwarded.join(&b';'))
         .expect("made of a header value, an IP address and tokens");
     headers.insert(header::FORWARDED, forwarded);
@@ -881,7 +874,7 @@ mod tests {
                     let proxy = proxy.clone();
                     async move {
                         req.extensions_mut().insert(ClientAddr(peer));
-                        let rest = req.uri().path().strip_prefix(PREFIX).unwrap();
+                        let rest = req.uri().path().strip_prefix(OPENCODE_PREFIX).unwrap();
                         let rest = if rest.is_empty() { "/" } else { rest };
                         let target = match req.uri().query() {
                             Some(query) => format!("{rest}?{query}"),
@@ -1274,7 +1267,10 @@ mod tests {
             if asked.as_ref().is_none_or(|v| v != "test-proto")
                 || authorized.is_none_or(|v| !v.as_bytes().starts_with(b"Basic "))
             {
-                return response::error(StatusCode::BAD_REQUEST, "no_upgrade", "no upgrade");
+                return response::json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({ "error": "no_upgrade", "message": "no upgrade" }),
+                );
             }
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {

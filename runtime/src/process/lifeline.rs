@@ -359,7 +359,8 @@ mod tests {
     }
 
     /// Set in the processes that the end-to-end test starts from this test binary, to the role
-    /// they play.
+    /// they play: a contract between this test and its own children, not a setting, so it is
+    /// read here and not by the CLI.
     const ROLE_VAR: &str = "OPENWORK_PROCESS_TEST_ROLE";
 
     fn role() -> Option<String> {

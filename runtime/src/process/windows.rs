@@ -172,7 +172,8 @@ mod tests {
 
     use super::*;
 
-    /// Set in the processes the tests start from this test binary, to the role they play.
+    /// Set in the processes the tests start from this test binary, to the role they play (a
+    /// contract between this test and its own children, not a setting: not the CLI's).
     const ROLE_VAR: &str = "OPENWORK_JOB_TEST_ROLE";
 
     /// How long a role process lives unless it is killed first.

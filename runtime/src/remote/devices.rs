@@ -24,8 +24,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::http::connections::ConnectionTicket;
 use crate::http::model;
-use crate::http::server::ConnectionTicket;
 use crate::supervisor::events::unix_ms;
 use crate::trust;
 

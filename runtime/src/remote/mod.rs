@@ -170,6 +170,8 @@ fn raw_host_name() -> Option<String> {
 
 #[cfg(not(unix))]
 fn raw_host_name() -> Option<String> {
+    // Windows keeps the machine's name in the environment: a fact about the machine, not a
+    // setting of ours, so not the CLI's to read.
     std::env::var("COMPUTERNAME").ok()
 }
 

@@ -16,13 +16,13 @@ use crate::env_vars;
 use crate::error::{Error, Result};
 use crate::http::api::{AppState, HostCheck};
 use crate::http::auth::Tokens;
+use crate::http::connections::ConnectionLimits;
 use crate::http::model::{PayloadInfo, RuntimeInfo};
 use crate::http::proxy::{Proxy, ProxyOptions};
-use crate::http::server::ConnectionLimits;
 use crate::install::{self, PrepareOptions, PreparedRuntime};
 use crate::layout::{self, DataLayout};
 use crate::remote::devices::Devices;
-use crate::remote::pairing::{CODE_TTL, Pairing};
+use crate::remote::pairing::Pairing;
 use crate::remote::tls::{self, CertSource};
 use crate::remote::{RemoteState, ServerFile, TlsMode};
 use crate::source::{self, SourceKind};
@@ -65,6 +65,12 @@ pub struct ServeOptions {
     pub tls_files: Option<(PathBuf, PathBuf)>,
     /// Advertise over mDNS when the bind is not loopback (`--no-mdns` turns it off).
     pub mdns: bool,
+    /// The tokens given in the environment.
+    pub tokens: token::GivenTokens,
+    /// How long a pairing code stays valid ([`CODE_TTL`](crate::remote::pairing::CODE_TTL) unless a test shortens it).
+    pub pairing_ttl: std::time::Duration,
+    /// Supervisor timings (the defaults unless a test shortens them).
+    pub tuning: Tuning,
 }
 
 /// Runs the server until it is told to stop; `Ok(ExitCode::Ok)` after a clean stop.
@@ -101,13 +107,13 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
     let client = token::resolve(
         options.token_file.as_deref(),
         env_vars::OPENWORK_TOKEN,
-        non_empty_env(env_vars::OPENWORK_TOKEN),
+        options.tokens.client.clone(),
         &layout.data_dir.join(layout::TOKEN_FILE),
     )?;
     let host = token::resolve(
         None,
         env_vars::OPENWORK_HOST_TOKEN,
-        non_empty_env(env_vars::OPENWORK_HOST_TOKEN),
+        options.tokens.host.clone(),
         &layout.data_dir.join(layout::HOST_TOKEN_FILE),
     )?;
 
@@ -129,25 +135,12 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
     };
     let fingerprint = server_tls.as_ref().map(|t| t.fingerprint.clone());
     let devices = Arc::new(Devices::load(&layout.data_dir.join(layout::DEVICES_FILE))?);
-    let pairing_ttl = match non_empty_env(env_vars::OPENWORK_SERVER_V2_PAIRING_TTL_MS) {
-        Some(value) => std::time::Duration::from_millis(value.trim().parse().map_err(|_| {
-            Error::BadInput(format!(
-                "{}={value}: give milliseconds, e.g. 300000",
-                env_vars::OPENWORK_SERVER_V2_PAIRING_TTL_MS
-            ))
-        })?),
-        None => CODE_TTL,
-    };
+    let pairing_ttl = options.pairing_ttl;
 
     let router_config = layout.data_dir.join(layout::ROUTER_CONFIG_FILE);
     let want_router = options.router || router_config.is_file();
     let sidecars = resolve_sidecars(&options, &layout, want_router)?;
-    let tuning = match non_empty_env(env_vars::OPENWORK_SERVER_V2_SUPERVISOR) {
-        Some(value) => Tuning::from_env_value(&value).map_err(|e| {
-            Error::BadInput(format!("{}: {e}", env_vars::OPENWORK_SERVER_V2_SUPERVISOR))
-        })?,
-        None => Tuning::default(),
-    };
+    let tuning = options.tuning;
 
     let listener = crate::http::server::bind(addr).map_err(|source| Error::AddressUnavailable {
         addr: addr.to_string(),
@@ -436,10 +429,6 @@ fn listen_address(host: &str, port: u16, remote_access: bool) -> Result<SocketAd
         )));
     }
     Ok(SocketAddr::new(ip, port))
-}
-
-fn non_empty_env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
 /// The one machine-readable line on stdout; everything else goes to stderr.

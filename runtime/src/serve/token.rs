@@ -25,6 +25,26 @@ pub struct Token {
 /// Shortest token accepted from a file or the environment: guessable tokens are refused.
 const MIN_TOKEN_LEN: usize = 16;
 
+/// The tokens given in the environment (`OPENWORK_TOKEN`, `OPENWORK_HOST_TOKEN`), which the
+/// CLI reads: none when unset or blank. `Debug` never prints them.
+#[derive(Clone, Default)]
+pub struct GivenTokens {
+    /// The client token.
+    pub client: Option<String>,
+    /// The host token.
+    pub host: Option<String>,
+}
+
+impl std::fmt::Debug for GivenTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let given = |token: &Option<String>| if token.is_some() { "<given>" } else { "<none>" };
+        f.debug_struct("GivenTokens")
+            .field("client", &given(&self.client))
+            .field("host", &given(&self.host))
+            .finish()
+    }
+}
+
 /// The client token: `--token-file`, else `env_value` (`OPENWORK_TOKEN`), else the
 /// generated file `default_file`.
 pub fn resolve(

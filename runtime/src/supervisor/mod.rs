@@ -137,7 +137,7 @@ impl SidecarStatus {
 
 /// Timings the supervisor uses; the defaults suit real use, tests shorten them through
 /// `OPENWORK_SERVER_V2_SUPERVISOR` (see [`Tuning::from_env_value`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tuning {
     /// Restart policy.
     pub restart: RestartPolicy,

@@ -19,7 +19,7 @@ export type Access = {
 };
 
 /**
- * A workspace as the PRD's handshake names it (`GET /workspaces` → `active`,
+ * A workspace as the OpenWork client handshake names it (`GET /workspaces` → `active`,
  * `GET /workspaces/active`, `PUT /workspaces/active`).
  */
 export type ActiveWorkspaceBody = {
@@ -159,7 +159,7 @@ export type Devices = {
  */
 export type ErrorBody = {
     /**
-     * A stable word (one of `ERROR_CODES`): what went wrong, for a program.
+     * A stable word (one of the codes the API documents): what went wrong, for a program.
      */
     error: 'bad_request' | 'unauthorized' | 'host_token_required' | 'not_found' | 'unknown_sidecar' | 'method_not_allowed' | 'payload_too_large' | 'unsupported_media_type' | 'misdirected_request' | 'headers_too_large' | 'workspace_not_absolute' | 'workspace_not_found' | 'workspace_not_a_directory' | 'workspace_not_saved' | 'internal_error' | 'opencode_unavailable' | 'opencode_timeout' | 'bad_gateway' | 'opencode_unauthorized' | 'pairing_refused' | 'unknown_device' | 'devices_not_saved';
     /**
@@ -729,7 +729,7 @@ export type WorkspaceItem = {
  */
 export type Workspaces = {
     /**
-     * The active workspace, as the PRD's handshake names it.
+     * The active workspace, as the OpenWork client handshake names it.
      */
     active: ActiveWorkspaceBody;
     /**

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::api::{AppState, host_token_required, read_json};
-use super::model;
-use super::response::{self, ResponseBody};
+use super::{AppState, host_token_required, read_json};
+use crate::http::model;
+use crate::http::response::{self, ApiError, ResponseBody};
 use crate::remote::pairing::Refusal;
 
 /// The largest `POST /pair` body read: a code and a device name.
@@ -25,7 +25,7 @@ const MAX_PAIR_BODY: usize = 4 * 1024;
     ),
     security(("hostToken" = [])),
 ))]
-pub(super) fn create_pairing(state: &AppState, host: bool) -> Response<ResponseBody> {
+pub(in crate::http) fn create_pairing(state: &AppState, host: bool) -> Response<ResponseBody> {
     if !host {
         return host_token_required();
     }
@@ -62,7 +62,7 @@ pub(super) fn create_pairing(state: &AppState, host: bool) -> Response<ResponseB
     ),
     security(()),
 ))]
-pub(super) async fn pair(
+pub(in crate::http) async fn pair(
     request: Request<Incoming>,
     state: &AppState,
     peer: SocketAddr,
@@ -91,8 +91,7 @@ pub(super) async fn pair(
             tracing::warn!(%peer, "pairing refused: {reason}");
         }
         return response::error(
-            StatusCode::UNAUTHORIZED,
-            "pairing_refused",
+            ApiError::PairingRefused,
             "the pairing code is wrong, expired or used; ask the host for a new one (`openwork-server-v2 pair`)",
         );
     }
@@ -109,13 +108,9 @@ pub(super) async fn pair(
             )
         }
         Err(e @ crate::remote::devices::AddError::BadName) => {
-            response::error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string())
+            response::error(ApiError::BadRequest, &e.to_string())
         }
-        Err(e) => response::error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "devices_not_saved",
-            &e.to_string(),
-        ),
+        Err(e) => response::error(ApiError::DevicesNotSaved, &e.to_string()),
     }
 }
 
@@ -128,7 +123,7 @@ pub(super) async fn pair(
     ),
     security(("hostToken" = [])),
 ))]
-pub(super) fn list_devices(state: &AppState, host: bool) -> Response<ResponseBody> {
+pub(in crate::http) fn list_devices(state: &AppState, host: bool) -> Response<ResponseBody> {
     if !host {
         return host_token_required();
     }
@@ -152,7 +147,11 @@ pub(super) fn list_devices(state: &AppState, host: bool) -> Response<ResponseBod
     ),
     security(("hostToken" = [])),
 ))]
-pub(super) fn revoke_device(state: &AppState, host: bool, id: &str) -> Response<ResponseBody> {
+pub(in crate::http) fn revoke_device(
+    state: &AppState,
+    host: bool,
+    id: &str,
+) -> Response<ResponseBody> {
     if !host {
         return host_token_required();
     }
@@ -167,13 +166,11 @@ pub(super) fn revoke_device(state: &AppState, host: bool, id: &str) -> Response<
             )
         }
         Ok(false) => response::error(
-            StatusCode::NOT_FOUND,
-            "unknown_device",
+            ApiError::UnknownDevice,
             &format!("no paired device {id:?}; see GET /system/devices"),
         ),
         Err(e) => response::error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "devices_not_saved",
+            ApiError::DevicesNotSaved,
             &format!("the devices file could not be written ({e}); nothing was revoked, try again"),
         ),
     }
