@@ -1,4 +1,5 @@
-//! The module import graph of every library and binary in the workspace has no cycles.
+//! The module import graph of every library and binary in the workspace has no cycles, and
+//! every member takes its dependencies and lints from the workspace.
 //!
 //! A cycle (module A uses `crate::B` while B uses `crate::A`, or a longer loop) means two
 //! modules that cannot be understood, tested or moved apart: the usual fix is to move what
@@ -12,26 +13,8 @@
 //! out: a parent declares its children and re-exports their items (`crate::Error`), so it
 //! and its children are one unit; a cycle is between modules that are not nested.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// Cycles that exist today and are being removed by another part of issue 18 (the
-/// packager's paths and version checks in modules of their own): a target listed here may
-/// have cycles among these modules only. When they are gone this test fails until the
-/// entry is removed, so the list only shrinks.
-const KNOWN_CYCLES: &[(&str, &[&str])] = &[(
-    "openwork-packager (lib)",
-    &[
-        "bun",
-        "constants",
-        "error",
-        "fetch",
-        "fetch::http",
-        "fetch::registry",
-        "lock",
-        "version",
-    ],
-)];
 
 #[test]
 fn no_module_cycles_in_any_workspace_target() {
@@ -53,20 +36,7 @@ fn no_module_cycles_in_any_workspace_target() {
                 "the runtime's serve uses install; the parser missed it"
             );
         }
-        let known: BTreeSet<&str> = KNOWN_CYCLES
-            .iter()
-            .find(|(target, _)| target == name)
-            .map(|(_, modules)| modules.iter().copied().collect())
-            .unwrap_or_default();
-        if !known.is_empty() && cycles.is_empty() {
-            failures.push(format!(
-                "{name} has no module cycle left: remove its entry from KNOWN_CYCLES"
-            ));
-        }
         for cycle in cycles {
-            if cycle.iter().all(|module| known.contains(module.as_str())) {
-                continue;
-            }
             failures.push(format!("{name}: {}", graph.describe(&cycle)));
         }
     }
@@ -77,6 +47,59 @@ fn no_module_cycles_in_any_workspace_target() {
         failures.join("\n\n"),
         checked.join(", ")
     );
+}
+
+/// Every member's dependencies come from `[workspace.dependencies]` (one version of each,
+/// written once) and every member takes the workspace's lints.
+#[test]
+fn every_member_takes_its_dependencies_and_lints_from_the_workspace() {
+    let root = openwork_tests::workspace_root();
+    let workspace: toml::Table = read_toml(&root.join("Cargo.toml"));
+    let members = workspace["workspace"]["members"]
+        .as_array()
+        .expect("workspace.members");
+    let shared = workspace["workspace"]["dependencies"]
+        .as_table()
+        .expect("workspace.dependencies");
+    let mut problems = Vec::new();
+    for member in members {
+        let member = member.as_str().expect("member path");
+        let manifest: toml::Table = read_toml(&root.join(member).join("Cargo.toml"));
+        if manifest.get("lints").and_then(|l| l.get("workspace"))
+            != Some(&toml::Value::Boolean(true))
+        {
+            problems.push(format!("{member}: no `[lints] workspace = true`"));
+        }
+        let mut tables = Vec::new();
+        for kind in ["dependencies", "dev-dependencies", "build-dependencies"] {
+            tables.extend(manifest.get(kind).and_then(|t| t.as_table()));
+            for target in manifest
+                .get("target")
+                .and_then(|t| t.as_table())
+                .into_iter()
+                .flatten()
+            {
+                tables.extend(target.1.get(kind).and_then(|t| t.as_table()));
+            }
+        }
+        for (name, spec) in tables.into_iter().flatten() {
+            let inherited = spec.get("workspace") == Some(&toml::Value::Boolean(true));
+            if !inherited {
+                problems.push(format!("{member}: {name} is not `workspace = true`"));
+            } else if !shared.contains_key(name) {
+                problems.push(format!(
+                    "{member}: {name} is missing from [workspace.dependencies]"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+fn read_toml(path: &std::path::Path) -> toml::Table {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Every library and binary target of the workspace's members, with its root file.

@@ -11,8 +11,9 @@ use crate::report::{Quantity, Row, Target as Goal};
 
 /// The targets docs/BENCHMARKS.md records.
 mod goals {
-    /// Warm start to ready over bare `opencode serve` to healthy.
-    pub const WARM_READY_RATIO: f64 = 1.05;
+    /// Warm start to ready over bare `opencode serve` to healthy (issue 16: no slower than
+    /// opencode on its own).
+    pub const WARM_READY_RATIO: f64 = 1.0;
     /// First start (extraction included) over warm start, both to ready.
     pub const FIRST_START_RATIO: f64 = 1.2;
     /// The server process's own idle RSS, in bytes (decimal MB, as all sizes here).
