@@ -495,7 +495,7 @@ fn rows(i: &RowInputs<'_>) -> Vec<Row> {
              kernel threads and not counted",
         ),
         Row::info(
-            "  in-process: decode only (decoding thread)",
+            "  in-process: decode only, all frames on one thread",
             ms(breakdown.decode.median_ms),
         ),
         Row::info(
@@ -507,14 +507,15 @@ fn rows(i: &RowInputs<'_>) -> Vec<Row> {
             ms(breakdown.write_fsync.median_ms),
         ),
         Row::info(
-            "  in-process: archive::extract (both threads)",
+            "  in-process: archive::extract (all its threads)",
             ms(breakdown.extract.median_ms),
         )
         .note(
-            "the pieces, timed one by one in this process: decoding runs on its own thread, \
-             hashing and writing on the caller's, so archive::extract takes about \
-             max(decode, SHA-256 + write) + fsync. Writing into the page cache varies 2x \
-             from minute to minute on this kind of VM: read these for proportions",
+            "the pieces, timed one by one in this process: the frames are decoded on one \
+             thread per core (up to four), the caller writes each file and a thread of its \
+             own hashes it, so on two cores archive::extract takes about (decode + SHA-256 + \
+             write) / 2 plus the first frame and the fsync. Writing into the page cache \
+             varies 2x from minute to minute on this kind of VM: read these for proportions",
         ),
         Row::info(
             format!("warm check in-process, median of {}", warm.in_process.n),
@@ -548,7 +549,9 @@ fn rows(i: &RowInputs<'_>) -> Vec<Row> {
             tar_rss as f64 / 1e6
         )),
         Row::info(
-            format!("  beyond the zstd window (2^{ZSTD_WINDOW_LOG} = 128 MiB)"),
+            format!(
+                "  beyond 2^{ZSTD_WINDOW_LOG} B (a one-frame payload's window; frames hold less)"
+            ),
             Quantity::bytes(ours_rss.saturating_sub(window)),
         )
         .target(Goal::Value {
