@@ -83,6 +83,9 @@ pub struct ReleaseArgs {
     /// The opencode release asset's URL, with --source url
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
+    /// Where opencode's GitHub releases are, with --source github: a mirror with the same layout [default: GitHub's]
+    #[arg(long, value_name = "URL", env = openwork_packager::fetch::GITHUB_RELEASES_ENV, hide_env_values = true)]
+    pub github_releases: Option<String>,
     /// Accept inputs that inputs.lock.json does not pin (local experiments; never a release)
     #[arg(long, alias = "allow-unverified")]
     pub allow_unpinned: bool,
@@ -215,6 +218,9 @@ pub struct FetchArgs {
     /// The release asset (.tar.gz, .zip) or binary to download for --source url
     #[arg(long, required_if_eq("source", "url"))]
     pub url: Option<String>,
+    /// Where opencode's GitHub releases are, with --source github: a mirror with the same layout [default: GitHub's]
+    #[arg(long, value_name = "URL", env = openwork_packager::fetch::GITHUB_RELEASES_ENV, hide_env_values = true)]
+    pub github_releases: Option<String>,
     /// Expected SHA-256 of the download or file (of the executable for npm), instead of
     /// the pin in inputs.lock.json
     #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
@@ -240,7 +246,7 @@ pub struct LockArgs {
 pub enum FetchSource {
     /// opencode's platform package on the npm registry (integrity-checked)
     Npm,
-    /// opencode's GitHub release asset (needs a pin; OPENWORK_GITHUB_RELEASES_URL for a mirror)
+    /// opencode's GitHub release asset (needs a pin; --github-releases for a mirror)
     Github,
     /// A local binary or release asset (--path)
     File,
@@ -253,10 +259,11 @@ fn opencode_source(
     source: FetchSource,
     path: Option<PathBuf>,
     url: Option<String>,
+    github_releases: Option<String>,
 ) -> Result<Source> {
     match (source, path, url) {
         (FetchSource::Npm, None, None) => Ok(Source::Npm),
-        (FetchSource::Github, None, None) => Ok(Source::Github),
+        (FetchSource::Github, None, None) => Ok(Source::Github(github_releases)),
         (FetchSource::File, Some(path), None) => Ok(Source::File(path)),
         (FetchSource::Url, None, Some(url)) => Ok(Source::Url(url)),
         _ => Err(Error::Usage(
@@ -394,11 +401,12 @@ fn run_fetch(args: FetchArgs, constants: &Constants, lock: &InputsLock) -> Resul
         source,
         path,
         url,
+        github_releases,
         sha256,
         allow_unpinned,
     } = args;
     let target = target_by_name(target.as_deref())?;
-    let source = opencode_source(source, path, url)?;
+    let source = opencode_source(source, path, url, github_releases)?;
     let mut request = FetchRequest::new(
         target,
         version.unwrap_or_else(|| constants.opencode_version().to_string()),
@@ -432,13 +440,14 @@ fn run_release(args: ReleaseArgs, constants: Constants, lock: InputsLock) -> Res
         source,
         path,
         url,
+        github_releases,
         allow_unpinned,
         router_source,
         no_router,
         opencode_version,
         sign,
     } = args;
-    let source = opencode_source(source, path, url)?;
+    let source = opencode_source(source, path, url, github_releases)?;
     // Secrets first: a release that cannot be signed fails before minutes of building.
     let signing = sign
         .map(|config| -> Result<_> {

@@ -13,7 +13,7 @@
 //! - **npm** (the default, described below): the registry must announce the locked
 //!   integrity, and the tarball must hash to it.
 //! - **github**: `<releases>/download/v<version>/<githubAsset>` ([`GITHUB_RELEASES_URL`],
-//!   overridable with [`GITHUB_RELEASES_ENV`] for mirrors and tests). GitHub publishes no
+//!   overridable with `--github-releases` / [`GITHUB_RELEASES_ENV`] for mirrors and tests). GitHub publishes no
 //!   checksum we could trust more than the download itself; the lock's executable SHA-256
 //!   (and `assetSha256`, where set) checks it.
 //! - **url**: the same for any URL (a mirror); the asset pin applies when the URL's file
@@ -75,7 +75,8 @@ use cache::{Entry, State};
 
 /// Where opencode's GitHub release assets are published.
 pub const GITHUB_RELEASES_URL: &str = "https://github.com/sst/opencode/releases";
-/// Replaces [`GITHUB_RELEASES_URL`] (a mirror with the same layout, a test server).
+/// The environment variable behind `--github-releases` (read by the CLI): replaces
+/// [`GITHUB_RELEASES_URL`] with a mirror with the same layout, or a test server.
 pub const GITHUB_RELEASES_ENV: &str = "OPENWORK_GITHUB_RELEASES_URL";
 
 /// Where to get opencode from.
@@ -83,8 +84,9 @@ pub const GITHUB_RELEASES_ENV: &str = "OPENWORK_GITHUB_RELEASES_URL";
 pub enum Source {
     /// opencode's platform package on the npm registry.
     Npm,
-    /// opencode's GitHub release asset for the target.
-    Github,
+    /// opencode's GitHub release asset for the target, from this release page's base URL
+    /// (a mirror with GitHub's layout; `None`: GitHub's, [`GITHUB_RELEASES_URL`]).
+    Github(Option<String>),
     /// A release asset (`.tar.gz`, `.zip`) or a bare executable at this URL.
     Url(String),
     /// A local release asset or executable.
@@ -159,7 +161,7 @@ impl FetchRequest {
                 self.expected_integrity = Some(locked.integrity.clone());
                 self.expected_tarball_size = Some(locked.tarball_size);
             }
-            Source::Github => self.asset_sha256 = locked.asset_sha256.clone(),
+            Source::Github(_) => self.asset_sha256 = locked.asset_sha256.clone(),
             Source::Url(url) => {
                 let name = reqwest::Url::parse(url)
                     .ok()
@@ -364,12 +366,15 @@ fn registry_for(req: &FetchRequest) -> Result<Registry> {
 pub fn fetch_opencode(req: &FetchRequest, source: &Source) -> Result<FetchedBinary> {
     match source {
         Source::Npm => fetch_opencode_npm(req),
-        Source::Github => {
+        Source::Github(mirror) => {
             let version = crate::version::normalize(&req.version)?;
             let asset = &req.target.opencode.github_asset;
-            let (base, origin) = github_releases_url();
+            let (base, origin) = match mirror.as_deref().map(str::trim) {
+                Some(url) if !url.is_empty() => (url, "--github-releases"),
+                _ => (GITHUB_RELEASES_URL, "the built-in default"),
+            };
             let url = format!("{}/download/v{version}/{asset}", base.trim_end_matches('/'));
-            let url = parse_url(&url, &origin)?;
+            let url = parse_url(&url, origin)?;
             fetch_asset(req, &format!("github:v{version}/{asset}"), &url)
         }
         Source::Url(url) => {
@@ -377,18 +382,6 @@ pub fn fetch_opencode(req: &FetchRequest, source: &Source) -> Result<FetchedBina
             fetch_asset(req, &format!("url:{}", registry::redact_url(&url)), &url)
         }
         Source::File(path) => fetch_file(req, path),
-    }
-}
-
-/// `(url, where it came from)`: [`GITHUB_RELEASES_ENV`] if set, else
-/// [`GITHUB_RELEASES_URL`].
-pub fn github_releases_url() -> (String, String) {
-    match std::env::var(GITHUB_RELEASES_ENV) {
-        Ok(url) if !url.trim().is_empty() => (url.trim().to_owned(), GITHUB_RELEASES_ENV.into()),
-        _ => (
-            GITHUB_RELEASES_URL.to_owned(),
-            "the built-in default".into(),
-        ),
     }
 }
 
