@@ -222,7 +222,8 @@ fn prepare_prefix() -> PathBuf {
 /// Built as a package of its own (generated in the target directory, with the workspace's
 /// lock file for the same dependency versions) from the same `main.rs`: cross-building the
 /// tests crate's binary would cross-build everything the tests crate depends on too, the
-/// signer and the packager included (minutes, for five small dependencies).
+/// signer and the packager included (minutes, for a few small dependencies and the test
+/// HTTP server).
 pub fn fixture_sidecar() -> &'static Path {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
     EXE.get_or_init(|| {
@@ -244,14 +245,17 @@ path = {main:?}
 
 [dependencies]
 anyhow = "1"
+base64 = "0.22"
 serde_json = "1"
 libc = "0.2"
 sha2 = "0.10"
 hex = "0.4"
+openwork-testkit = {{ path = {testkit:?} }}
 
 [workspace]
 "#,
-            main = workspace.join("tests/fixture-sidecar/main.rs")
+            main = workspace.join("tests/fixture-sidecar/main.rs"),
+            testkit = workspace.join("tests/testkit"),
         );
         write_if_changed(&package.join("Cargo.toml"), manifest.as_bytes());
         let lock = std::fs::read(workspace.join("Cargo.lock")).unwrap();
