@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use openwork_packager::constants::Constants;
 use openwork_packager::fetch;
-use openwork_packager::pack::{self, Compression, PackRequest, Versions};
+use openwork_packager::pack::Compression;
 use openwork_payload::archive::{self, ZSTD_WINDOW_LOG};
 use openwork_payload::targets;
 use openwork_payload::{Manifest, Trailer, container};
@@ -27,7 +27,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::measure::{self, Stats};
-use crate::measure::{cargo_target_dir, file_size, load_average, npm_tarball_size, progress};
+use crate::measure::{file_size, load_average, npm_tarball_size, progress};
 use crate::report::{Quantity, Report, Row, Target as Goal};
 
 /// What the benchmark does, resolved from the command line.
@@ -76,13 +76,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     let raw_size = file_size(&opencode)?;
     let npm_tarball = npm_tarball_size(&opencode);
 
-    let stub_dir = cargo_target_dir()?.join("bench-stubs");
-    progress(format_args!(
-        "building the release stub into {}",
-        stub_dir.display()
-    ));
-    let stub =
-        openwork_packager::stub::build_stub(&openwork_tests::workspace_root(), target, &stub_dir)?;
+    let stub = measure::release_stub(target)?;
     let stub_size = file_size(&stub)?;
 
     let work = measure::work_tempdir(&settings.work_dir, "run-")?;
@@ -90,24 +84,16 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         Some(given) => (measure::absolute(given)?, None),
         None => {
             let compression = Compression::release();
-            progress(format_args!(
-                "packing with zstd level {} --long={ZSTD_WINDOW_LOG}, {} threads",
-                compression.level, compression.workers
-            ));
             let artifact = work.path().join(target.artifact_name());
             let started = Instant::now();
-            let packed = pack::pack(&PackRequest {
-                stub: stub.clone(),
-                sidecars: vec![("opencode".into(), opencode.clone())],
-                out: artifact.clone(),
+            let packed = measure::pack_pinned_opencode(
+                &stub,
                 target,
-                versions: Versions {
-                    opencode: pins.opencode_version().to_string(),
-                    router: None,
-                },
+                &pins,
+                &opencode,
+                &artifact,
                 compression,
-                mtime: 0,
-            })?;
+            )?;
             let packing = Packing {
                 time: started.elapsed(),
                 compress_seconds: packed.compress_seconds,

@@ -418,6 +418,53 @@ pub fn unix_time() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The release stub of `openwork-server-v2` for `target`, built into the benchmarks' own
+/// directory of the cargo target dir.
+pub fn release_stub(
+    target: &'static openwork_payload::targets::Target,
+) -> anyhow::Result<std::path::PathBuf> {
+    let stub_dir = cargo_target_dir()?.join("bench-stubs");
+    progress(format_args!(
+        "building the release stub into {}",
+        stub_dir.display()
+    ));
+    Ok(openwork_packager::stub::build_stub(
+        &openwork_tests::workspace_root(),
+        target,
+        &stub_dir,
+    )?)
+}
+
+/// Packs the pinned opencode (and nothing else, as a release does) into `stub` at `out`.
+pub fn pack_pinned_opencode(
+    stub: &Path,
+    target: &'static openwork_payload::targets::Target,
+    pins: &openwork_packager::constants::Constants,
+    opencode: &Path,
+    out: &Path,
+    compression: openwork_packager::pack::Compression,
+) -> anyhow::Result<openwork_packager::pack::PackReport> {
+    use openwork_packager::pack::{self, PackRequest, Versions};
+    progress(format_args!(
+        "packing with zstd level {} --long={}, {} threads",
+        compression.level,
+        openwork_payload::archive::ZSTD_WINDOW_LOG,
+        compression.workers
+    ));
+    Ok(pack::pack(&PackRequest {
+        stub: stub.to_path_buf(),
+        sidecars: vec![("opencode".into(), opencode.to_path_buf())],
+        out: out.to_path_buf(),
+        target,
+        versions: Versions {
+            opencode: pins.opencode_version().to_string(),
+            router: None,
+        },
+        compression,
+        mtime: 0,
+    })?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

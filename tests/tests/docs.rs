@@ -27,13 +27,16 @@ fn table_rows(text: &str, section: &str) -> Vec<Vec<String>> {
         .skip_while(|line| !line.starts_with('|'))
         .take_while(|line| line.starts_with('|'))
         .skip(2)
-        .map(|line| {
-            line.trim()
-                .trim_matches('|')
-                .split(" | ")
-                .map(|cell| cell.trim().to_string())
-                .collect()
-        })
+        .map(cells)
+        .collect()
+}
+
+/// The cells of one Markdown table row.
+fn cells(line: &str) -> Vec<String> {
+    line.trim()
+        .trim_matches('|')
+        .split(" | ")
+        .map(|cell| cell.trim().to_string())
         .collect()
 }
 
@@ -47,13 +50,7 @@ fn table_with_header(text: &str, header: &str) -> Vec<Vec<String>> {
     lines[start + 2..]
         .iter()
         .take_while(|line| line.starts_with('|'))
-        .map(|line| {
-            line.trim()
-                .trim_matches('|')
-                .split(" | ")
-                .map(|cell| cell.trim().to_string())
-                .collect()
-        })
+        .map(|line| cells(line))
         .collect()
 }
 

@@ -7,11 +7,11 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, bail};
 use openwork_packager::constants::Constants;
 use openwork_packager::fetch::{self, FetchRequest, FetchedBinary};
-use openwork_packager::pack::{self, Compression, PackRequest, Versions};
+use openwork_packager::pack::Compression;
 use openwork_payload::targets::Target;
 use serde_json::Value;
 
-use crate::measure::{cargo_target_dir, progress};
+use crate::measure::{pack_pinned_opencode, release_stub};
 
 /// The predecessor, as published on the npm registry (one package per platform, named
 /// after the same platform names as targets/).
@@ -36,27 +36,9 @@ pub(crate) fn pack_artifact(
     work: &Path,
     compression: Compression,
 ) -> anyhow::Result<PathBuf> {
-    let stub_dir = cargo_target_dir()?.join("bench-stubs");
-    progress(format_args!("building the release stub"));
-    let stub =
-        openwork_packager::stub::build_stub(&openwork_tests::workspace_root(), target, &stub_dir)?;
-    progress(format_args!(
-        "packing with zstd level {}, {} threads",
-        compression.level, compression.workers
-    ));
+    let stub = release_stub(target)?;
     let artifact = work.join(target.artifact_name());
-    pack::pack(&PackRequest {
-        stub,
-        sidecars: vec![("opencode".into(), opencode.to_path_buf())],
-        out: artifact.clone(),
-        target,
-        versions: Versions {
-            opencode: pins.opencode_version().to_string(),
-            router: None,
-        },
-        compression,
-        mtime: 0,
-    })?;
+    pack_pinned_opencode(&stub, target, pins, opencode, &artifact, compression)?;
     Ok(artifact)
 }
 
