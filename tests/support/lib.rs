@@ -6,6 +6,7 @@ pub mod attacker;
 pub mod contract;
 pub mod fixtures;
 pub mod http;
+pub mod netns;
 pub mod release;
 pub mod server;
 pub mod sse;

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use openwork_tests::fixtures::output_of;
+use openwork_tests::netns::{self, Lan};
 use openwork_tests::server::{ServerBuilder, ServerProcess, wait_for_exit};
 use openwork_tests::tls::{closes_within, open, pinned_client};
 use serde_json::{Value, json};
@@ -487,78 +488,24 @@ fn revoking_a_device_fails_its_token_and_closes_its_event_stream_and_websocket()
     assert_eq!(status, 404, "already revoked");
 }
 
-/// Runs `script` with `sh -c`; its output.
-fn sh(script: &str) -> Output {
-    output_of(Command::new("sh").arg("-c").arg(script))
-}
-
 #[test]
 fn mdns_announces_a_remote_server_and_discover_finds_it_across_network_namespaces() {
-    #[cfg(unix)]
-    let root = unsafe { libc::geteuid() } == 0;
-    #[cfg(not(unix))]
-    let root = false;
-    let have_ip = sh("command -v ip").status.success();
-    if !root || !have_ip {
-        assert!(
-            std::env::var_os("CI").is_none() || cfg!(not(target_os = "linux")),
-            "CI runs as root with iproute2: the mDNS test must run there"
-        );
-        eprintln!(
-            "SKIPPED (loudly): the mDNS namespace test needs root and iproute2's `ip` (root: {root}, ip: {have_ip})"
-        );
+    let Some(lan) = Lan::create() else {
         return;
-    }
-    // Two namespaces joined by a veth pair, with names of this process so runs do not clash.
-    let tag = std::process::id() % 100_000;
-    let (server_ns, client_ns) = (format!("owsrv{tag}"), format!("owcli{tag}"));
-    let (veth_a, veth_b) = (format!("owa{tag}"), format!("owb{tag}"));
-    struct Cleanup(Vec<String>);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            for ns in &self.0 {
-                let _ = sh(&format!("ip netns del {ns}"));
-            }
-        }
-    }
-    let _cleanup = Cleanup(vec![server_ns.clone(), client_ns.clone()]);
-    let setup = sh(&format!(
-        "set -e
-         ip netns add {server_ns}
-         ip netns add {client_ns}
-         ip link add {veth_a} type veth peer name {veth_b}
-         ip link set {veth_a} netns {server_ns}
-         ip link set {veth_b} netns {client_ns}
-         ip -n {server_ns} addr add 10.77.0.1/24 dev {veth_a}
-         ip -n {client_ns} addr add 10.77.0.2/24 dev {veth_b}
-         ip -n {server_ns} link set lo up
-         ip -n {client_ns} link set lo up
-         ip -n {server_ns} link set {veth_a} up multicast on
-         ip -n {client_ns} link set {veth_b} up multicast on"
-    ));
-    if !setup.status.success() {
-        let why = openwork_tests::fixtures::describe(&setup);
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must be able to make network namespaces: {why}"
-        );
-        eprintln!("SKIPPED (loudly): cannot make network namespaces here: {why}");
-        return;
-    }
+    };
 
     // The server in one namespace, with mDNS (no --no-mdns).
     let dir = tempfile::tempdir().unwrap();
     let server_exe = openwork_tests::host_bin("openwork-server-v2");
-    let ip = String::from_utf8(sh("command -v ip").stdout).unwrap();
     let builder = ServerBuilder::executable(&server_exe, dir.path())
-        .wrapped(Path::new(ip.trim()), &["netns", "exec", &server_ns])
+        .wrapped(lan.ip_program(), &lan.server_wrapper())
         .arg("--sidecar")
         .arg(format!(
             "opencode={}",
             openwork_tests::host_bin("openwork-fixture-sidecar").display()
         ))
         .arg("--host")
-        .arg("10.77.0.1")
+        .arg(netns::SERVER_IP)
         .arg("--remote-access");
     let mut server = builder.start();
     let fingerprint = server.ready["tlsFingerprint"].as_str().unwrap().to_string();
@@ -566,9 +513,7 @@ fn mdns_announces_a_remote_server_and_discover_finds_it_across_network_namespace
 
     let discover = || {
         let output = output_of(
-            Command::new("ip")
-                .args(["netns", "exec", &client_ns])
-                .arg(&server_exe)
+            lan.on_peer(&server_exe)
                 .args(["discover", "--timeout", "4", "--json"]),
         );
         assert!(
@@ -584,7 +529,7 @@ fn mdns_announces_a_remote_server_and_discover_finds_it_across_network_namespace
         .find(|s| s["port"] == port)
         .unwrap_or_else(|| panic!("not discovered: {found:?}\nserver:\n{}", server.stderr()));
     assert_eq!(ours["tls"], true);
-    assert_eq!(ours["addresses"], json!(["10.77.0.1"]));
+    assert_eq!(ours["addresses"], json!([netns::SERVER_IP]));
     assert_eq!(ours["fingerprintPrefix"], &fingerprint[..16]);
     assert_eq!(ours["version"], openwork_runtime::SERVER_VERSION);
     let everything = serde_json::to_string(ours).unwrap();
