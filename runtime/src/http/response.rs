@@ -100,6 +100,8 @@ pub enum ApiError {
     UnknownDevice,
     /// The device list could not be saved; nothing was changed.
     DevicesNotSaved,
+    /// No succession statement leads from this certificate (or the server has none).
+    UnknownCertificate,
 }
 
 impl ApiError {
@@ -127,6 +129,7 @@ impl ApiError {
         ApiError::PairingRefused,
         ApiError::UnknownDevice,
         ApiError::DevicesNotSaved,
+        ApiError::UnknownCertificate,
     ];
 
     /// The stable machine-readable word a client switches over.
@@ -154,6 +157,7 @@ impl ApiError {
             ApiError::PairingRefused => "pairing_refused",
             ApiError::UnknownDevice => "unknown_device",
             ApiError::DevicesNotSaved => "devices_not_saved",
+            ApiError::UnknownCertificate => "unknown_certificate",
         }
     }
 
@@ -182,6 +186,7 @@ impl ApiError {
             ApiError::PairingRefused => StatusCode::UNAUTHORIZED,
             ApiError::UnknownDevice => StatusCode::NOT_FOUND,
             ApiError::DevicesNotSaved => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::UnknownCertificate => StatusCode::NOT_FOUND,
         }
     }
 }

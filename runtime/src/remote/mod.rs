@@ -4,7 +4,7 @@
 //!
 //! | concern | module | what it guarantees |
 //! |---|---|---|
-//! | transport | [`tls`] | TLS 1.3 on every non-loopback bind (plain HTTP there exits 16); a self-signed ECDSA P-256 certificate made on the first remote start (key 0600) and reused, rotated by `tls rotate`, or the user's PEM files; clients pin its SHA-256 |
+//! | transport | [`tls`] | TLS 1.3 on every non-loopback bind (plain HTTP there exits 16); a self-signed ECDSA P-256 certificate made on the first remote start (key 0600), valid a year and renewed while the server runs (a statement signed by the old key leads paired devices to the new one), rotated by `tls rotate`, or the user's PEM files; clients pin its SHA-256 |
 //! | pairing | [`pairing`] | a short single-use code valid 5 minutes, burned by 5 wrong guesses, issued only with the host token |
 //! | devices | [`devices`] | one token per device, stored as SHA-256 only; revoking it fails its next request and closes its connections, event streams and WebSockets |
 //! | discovery | [`mdns`] | `_openwork._tcp` advertised while the server runs with remote access (TXT: version, TLS, fingerprint prefix; never a token); `discover` lists servers |
@@ -110,11 +110,18 @@ pub struct RemoteState {
     pub devices: Arc<devices::Devices>,
     /// The bound address.
     pub local: SocketAddr,
-    /// The certificate fingerprint when the server speaks TLS.
-    pub fingerprint: Option<String>,
+    /// The certificate presented now, when the server speaks TLS.
+    pub certificate: Option<tls::LiveCertificate>,
 }
 
 impl RemoteState {
+    /// The fingerprint of the certificate presented now, when the server speaks TLS.
+    pub fn fingerprint(&self) -> Option<String> {
+        self.certificate
+            .as_ref()
+            .map(tls::LiveCertificate::fingerprint)
+    }
+
     /// The addresses a device can reach this server at, as `host:port`: the bound address,
     /// or for an unspecified one (`0.0.0.0`, `::`) every non-loopback interface address,
     /// IPv4 first (what a phone on the same Wi-Fi most likely routes).
@@ -141,9 +148,9 @@ impl RemoteState {
     /// The URL a device is given: address, port, code and fingerprint in one, for a QR code.
     pub fn pairing_url(&self, address: SocketAddr, code: &str) -> String {
         let mut url = format!("openwork://{address}/pair?code={code}");
-        if let Some(fingerprint) = &self.fingerprint {
+        if let Some(fingerprint) = self.fingerprint() {
             url.push_str("&fingerprint=");
-            url.push_str(fingerprint);
+            url.push_str(&fingerprint);
         }
         url
     }

@@ -41,7 +41,7 @@ pub(in crate::http) fn create_pairing(state: &AppState, host: bool) -> Response<
             url: state.remote.pairing_url(addresses[0], &issued.code),
             code: issued.code,
             expires_in_seconds: issued.valid_for.as_secs(),
-            fingerprint: state.remote.fingerprint.clone(),
+            fingerprint: state.remote.fingerprint(),
             addresses: addresses.iter().map(ToString::to_string).collect(),
         },
     )
@@ -54,7 +54,7 @@ pub(in crate::http) fn create_pairing(state: &AppState, host: bool) -> Response<
     request_body(content = model::PairRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Paired", body = model::Paired),
-        (status = 400, description = "`bad_request`: not `{code, deviceName}`, or an unusable name", body = model::ErrorBody),
+        (status = 400, description = "`bad_request`: not `{code, deviceName}`, or an unusable name (empty, over 64 characters, or with a control, bidirectional, zero-width or other invisible character); the message says which character and what is allowed", body = model::ErrorBody),
         (status = 401, description = "`pairing_refused`", body = model::ErrorBody),
         (status = 413, description = "`payload_too_large`: over 4 KiB", body = model::ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = model::ErrorBody),
@@ -107,7 +107,7 @@ pub(in crate::http) async fn pair(
                 },
             )
         }
-        Err(e @ crate::remote::devices::AddError::BadName) => {
+        Err(e @ crate::remote::devices::AddError::BadName(_)) => {
             response::error(ApiError::BadRequest, &e.to_string())
         }
         Err(e) => response::error(ApiError::DevicesNotSaved, &e.to_string()),
