@@ -2,7 +2,7 @@
 
 import { client } from './client.gen.js';
 import type { Client, Options as Options2, TDataShape } from './client/index.js';
-import type { ActiveWorkspaceData, ActiveWorkspaceErrors, ActiveWorkspaceResponses, CapabilitiesData, CapabilitiesErrors, CapabilitiesResponses, CreatePairingData, CreatePairingErrors, CreatePairingResponses, HealthData, HealthErrors, HealthResponses, ListDevicesData, ListDevicesErrors, ListDevicesResponses, OpenapiJsonData, OpenapiJsonErrors, OpenapiJsonResponses, OpencodeDeleteData, OpencodeDeleteErrors, OpencodeDeleteResponses, OpencodeGetData, OpencodeGetErrors, OpencodeGetResponses, OpencodeHeadData, OpencodeHeadErrors, OpencodeHeadResponses, OpencodeOptionsData, OpencodeOptionsErrors, OpencodeOptionsResponses, OpencodePatchData, OpencodePatchErrors, OpencodePatchResponses, OpencodePostData, OpencodePostErrors, OpencodePostResponses, OpencodePutData, OpencodePutErrors, OpencodePutResponses, PairData, PairErrors, PairResponses, RestartSidecarData, RestartSidecarErrors, RestartSidecarResponses, RevokeDeviceData, RevokeDeviceErrors, RevokeDeviceResponses, ShutdownData, ShutdownErrors, ShutdownResponses, SidecarLogsData, SidecarLogsErrors, SidecarLogsResponses, SwitchWorkspaceData, SwitchWorkspaceErrors, SwitchWorkspaceResponses, SystemEventsData, SystemEventsErrors, SystemEventsResponse, SystemEventsResponses, SystemHealthData, SystemHealthErrors, SystemHealthResponses, SystemRuntimeData, SystemRuntimeErrors, SystemRuntimeResponses, WorkspacesData, WorkspacesErrors, WorkspacesResponses } from './types.gen.js';
+import type { ActiveWorkspaceData, ActiveWorkspaceErrors, ActiveWorkspaceResponses, CapabilitiesData, CapabilitiesErrors, CapabilitiesResponses, CreatePairingData, CreatePairingErrors, CreatePairingResponses, HealthData, HealthErrors, HealthResponses, ListDevicesData, ListDevicesErrors, ListDevicesResponses, OpenapiJsonData, OpenapiJsonErrors, OpenapiJsonResponses, OpencodeDeleteData, OpencodeDeleteErrors, OpencodeDeleteResponses, OpencodeGetData, OpencodeGetErrors, OpencodeGetResponses, OpencodeHeadData, OpencodeHeadErrors, OpencodeHeadResponses, OpencodeOptionsData, OpencodeOptionsErrors, OpencodeOptionsResponses, OpencodePatchData, OpencodePatchErrors, OpencodePatchResponses, OpencodePostData, OpencodePostErrors, OpencodePostResponses, OpencodePutData, OpencodePutErrors, OpencodePutResponses, PairData, PairErrors, PairResponses, RestartSidecarData, RestartSidecarErrors, RestartSidecarResponses, RevokeDeviceData, RevokeDeviceErrors, RevokeDeviceResponses, ShutdownData, ShutdownErrors, ShutdownResponses, SidecarLogsData, SidecarLogsErrors, SidecarLogsResponses, SwitchWorkspaceData, SwitchWorkspaceErrors, SwitchWorkspaceResponses, SystemEventsData, SystemEventsErrors, SystemEventsResponse, SystemEventsResponses, SystemHealthData, SystemHealthErrors, SystemHealthResponses, SystemRuntimeData, SystemRuntimeErrors, SystemRuntimeResponses, TlsSuccessionData, TlsSuccessionErrors, TlsSuccessionResponses, WorkspacesData, WorkspacesErrors, WorkspacesResponses } from './types.gen.js';
 
 export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends boolean = boolean, TResponse = unknown> = Options2<TData, ThrowOnError, TResponse> & {
     /**
@@ -260,6 +260,13 @@ export const restartSidecar = <ThrowOnError extends boolean = false>(options: Op
     url: '/system/sidecars/{name}/restart',
     ...options
 });
+
+/**
+ * Statements that lead from a pinned certificate to the one presented now (no token needed)
+ *
+ * When the server replaces its generated certificate (renewal before expiry, or `tls rotate`), the old key signs a statement naming the new certificate's fingerprint. A device whose pinned fingerprint no longer matches asks for the statements over a connection that accepted the new certificate, checks every one (the SHA-256 of `oldCertificate` is what it pinned or what the previous statement named, the signature verifies with that certificate's key, the last names the certificate of this very connection), and only then pins the new fingerprint (docs/RUNTIME.md, "Following a new certificate"). The statements prove themselves and hold no secret.
+ */
+export const tlsSuccession = <ThrowOnError extends boolean = false>(options: Options<TlsSuccessionData, ThrowOnError>) => (options.client ?? client).get<TlsSuccessionResponses, TlsSuccessionErrors, ThrowOnError>({ url: '/tls/succession', ...options });
 
 /**
  * The active workspace and how to reach opencode for it

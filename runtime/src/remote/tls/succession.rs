@@ -326,16 +326,17 @@ mod tests {
 
     /// A fresh self-signed P-256 certificate (DER) and its key.
     fn identity() -> (Vec<u8>, Arc<dyn rustls::sign::SigningKey>) {
-        let pair = super::super::store::generate(
-            &["localhost".to_string()],
-            super::super::validity::Validity::starting(
-                std::time::SystemTime::now(),
-                std::time::Duration::from_secs(3600),
-            ),
-        )
-        .unwrap();
-        let certified = pair.certified().unwrap();
-        (certified.cert[0].to_vec(), certified.key.clone())
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let signing = super::super::provider()
+            .key_provider
+            .load_private_key(private)
+            .unwrap();
+        (cert.der().to_vec(), signing)
     }
 
     fn fp(der: &[u8]) -> String {
