@@ -379,6 +379,22 @@ fn a_generated_certificate_is_valid_for_about_a_year_and_names_no_link_local_add
         "{}",
         openwork_tests::fixtures::describe(&added)
     );
+    // And an IPv6 one, where the kernel has IPv6 (the assertion below covers both).
+    let added_v6 = output_of(Command::new(lan.ip_program()).args([
+        "-n",
+        &lan.server_ns,
+        "addr",
+        "add",
+        "fe80::7/64",
+        "dev",
+        "lo",
+    ]));
+    if !added_v6.status.success() {
+        eprintln!(
+            "no IPv6 link-local address in the namespace: {}",
+            openwork_tests::fixtures::describe(&added_v6)
+        );
+    }
     let link_local: IpAddr = "169.254.7.7".parse().unwrap();
     let serve = |dir: &Path, host: &str| {
         ServerBuilder::executable(&openwork_tests::host_bin("openwork-server-v2"), dir)
@@ -558,6 +574,64 @@ fn a_near_expiry_certificate_is_renewed_while_the_server_runs_and_paired_devices
         "{refused}"
     );
     eprintln!("renewed {renewed_after:?} after the start");
+}
+
+#[test]
+fn mdns_advertises_the_fingerprint_of_a_renewed_certificate() {
+    let Some(lan) = Lan::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server_exe = openwork_tests::host_bin("openwork-server-v2");
+    // Certificates valid 40 s, renewed with 25 s left: the first renewal 15 s after the
+    // start, the next 15 s later.
+    let server = ServerBuilder::executable(&server_exe, dir.path())
+        .wrapped(lan.ip_program(), &lan.server_wrapper())
+        .arg("--sidecar")
+        .arg(format!(
+            "opencode={}",
+            openwork_tests::host_bin("openwork-fixture-sidecar").display()
+        ))
+        .arg("--host")
+        .arg(netns::SERVER_IP)
+        .arg("--remote-access")
+        .arg("--tls-timings")
+        .arg("lifetime_ms=40000,renew_before_ms=25000,check_ms=100")
+        .start();
+    let first = server.ready["tlsFingerprint"].as_str().unwrap().to_string();
+    let port = server.ready["port"].as_u64().unwrap();
+    let advertised = || {
+        let output =
+            output_of(
+                lan.on_peer(&server_exe)
+                    .args(["discover", "--timeout", "4", "--json"]),
+            );
+        let found: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        found
+            .iter()
+            .find(|s| s["port"] == port)
+            .and_then(|s| s["fingerprintPrefix"].as_str().map(str::to_string))
+    };
+    assert_eq!(advertised().as_deref(), Some(&first[..16]));
+    let cert = server.data_dir.join("tls/cert.pem");
+    let on_disk = || openwork_runtime::remote::tls::fingerprint(&read_certificate(&cert).der);
+    assert!(
+        wait_until(Duration::from_secs(30), || on_disk() != first),
+        "never renewed\n{}",
+        server.stderr()
+    );
+    let renewed = on_disk();
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let mut seen = advertised();
+    while seen.as_deref() != Some(&renewed[..16]) && Instant::now() < deadline {
+        seen = advertised();
+    }
+    assert_eq!(
+        seen.as_deref(),
+        Some(&renewed[..16]),
+        "the advertisement names the old certificate\n{}",
+        server.stderr()
+    );
 }
 
 #[test]
