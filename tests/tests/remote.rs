@@ -501,10 +501,14 @@ fn a_near_expiry_certificate_is_renewed_while_the_server_runs_and_paired_devices
     );
     let renewed_after = started.elapsed();
     assert!(process_alive(remote.server.pid()), "not restarted");
-    let stderr = remote.server.stderr();
+    // Logged once the renewal is done (the new certificate is presented a moment before).
     assert!(
-        stderr.contains("renewed the TLS certificate") && stderr.contains("expires on"),
-        "{stderr}"
+        wait_until(Duration::from_secs(5), || {
+            let stderr = remote.server.stderr();
+            stderr.contains("renewed the TLS certificate") && stderr.contains("expires on")
+        }),
+        "{}",
+        remote.server.stderr()
     );
 
     // A client that only pins (as every client did before) sees its pin fail.
@@ -526,11 +530,17 @@ fn a_near_expiry_certificate_is_renewed_while_the_server_runs_and_paired_devices
     assert_eq!(runtime["tls"]["fingerprint"], pinned.as_str());
     // The stream opened before the renewal is still open.
     assert!(!closes_within(&mut events, Duration::from_millis(200)));
-    // Local commands pin what server.json names, which followed.
-    let server_file: Value =
+    // Local commands pin what server.json names, which follows.
+    let server_file = || -> Value {
         serde_json::from_slice(&std::fs::read(remote.server.data_dir.join("server.json")).unwrap())
-            .unwrap();
-    assert_eq!(server_file["fingerprint"], pinned.as_str());
+            .unwrap()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || server_file()["fingerprint"]
+            == pinned.as_str()),
+        "{}",
+        server_file()
+    );
     assert_eq!(remote.code()["fingerprint"], pinned.as_str());
 
     // What an attacker on the LAN can do with the same statements: present its own

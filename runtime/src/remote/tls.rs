@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 pub use live::{Checked, LiveCertificate, check, keep_current};
 pub use store::{Followers, Replaced};
 pub use succession::{Statement, Succession, SuccessionError, verify as verify_succession};
-pub use validity::{Timings, Validity};
+pub use validity::{Timings, Validity, Verdict};
 
 use crate::error::{Error, Result};
 use crate::trust;
@@ -126,49 +126,7 @@ pub fn load(
         }
         CertSource::DataDir => {
             let files = Files::of(data_dir);
-            let held = store::lock(&files)?;
-            store::settle(&held, &files)?;
-            let renew = |why: Option<String>| -> Result<(Pair, Succession)> {
-                let replaced = store::replace(
-                    &held,
-                    &files,
-                    names,
-                    now,
-                    timings.lifetime,
-                    Followers::Announce,
-                )?;
-                match why {
-                    None => {
-                        tracing::info!(fingerprint = %replaced.fingerprint, file = %files.cert.display(), "generated a TLS certificate for remote access")
-                    }
-                    Some(why) => tracing::info!(
-                        previous = replaced.previous.as_deref().unwrap_or_default(),
-                        fingerprint = %replaced.fingerprint,
-                        "renewed the TLS certificate ({why}); paired devices follow the signed statement"
-                    ),
-                }
-                Ok((replaced.pair, replaced.succession))
-            };
-            let (pair, succession) = match store::current(&files)? {
-                None => renew(None)?,
-                Some(pair) => {
-                    // An unusable pair is refused below, not silently replaced.
-                    let verdict =
-                        pair.leaf()
-                            .ok()
-                            .filter(|_| pair.certified().is_ok())
-                            .map(|leaf| match Validity::of(&leaf) {
-                                Ok(validity) => timings.verdict(&validity, now),
-                                Err(e) => validity::Verdict::Renew(format!(
-                                    "its validity cannot be read ({e})"
-                                )),
-                            });
-                    match verdict {
-                        Some(validity::Verdict::Renew(why)) => renew(Some(why))?,
-                        _ => (pair, Succession::read(&files.succession)?),
-                    }
-                }
-            };
+            let (pair, succession) = load_data_dir(&files, names, timings, now)?;
             (files.cert, pair, succession)
         }
     };
@@ -184,10 +142,7 @@ pub fn load(
     if let (CertSource::User { .. }, Some(when)) =
         (source, validity.and_then(|v| timings.expiring(&v, now)))
     {
-        tracing::warn!(
-            "the TLS certificate {} {when}; replace it (--tls-cert, --tls-key) and restart the server",
-            cert_file.display()
-        );
+        tracing::warn!("{}", live::user_certificate_expiring(&cert_file, &when));
     }
     let certificate = LiveCertificate::new(key, fingerprint, validity, succession);
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
@@ -201,6 +156,55 @@ pub fn load(
         certificate,
         cert_file,
     })
+}
+
+/// The data dir's pair and the statements kept: made when there is none, renewed when the
+/// policy says so. A pair that cannot be used (a key that is not the certificate's) is
+/// returned as it is, for [`load`] to refuse: replacing it would cut off every device
+/// without the user deciding so (`tls rotate --forget`).
+fn load_data_dir(
+    files: &Files,
+    names: &[String],
+    timings: &Timings,
+    now: SystemTime,
+) -> Result<(Pair, Succession)> {
+    let held = store::lock(files)?;
+    store::settle(&held, files)?;
+    let why = match store::current(files)? {
+        None => None,
+        Some(pair) => {
+            let verdict = match (pair.certified(), pair.leaf()) {
+                (Ok(_), Ok(leaf)) => match Validity::of(&leaf) {
+                    Ok(validity) => timings.verdict(&validity, now),
+                    Err(e) => Verdict::Renew(format!("its validity cannot be read ({e})")),
+                },
+                _ => Verdict::Keep,
+            };
+            match verdict {
+                Verdict::Keep => return Ok((pair, Succession::read(&files.succession)?)),
+                Verdict::Renew(why) => Some(why),
+            }
+        }
+    };
+    let replaced = store::replace(
+        &held,
+        files,
+        names,
+        now,
+        timings.lifetime,
+        Followers::Announce,
+    )?;
+    match why {
+        None => {
+            tracing::info!(fingerprint = %replaced.fingerprint, file = %files.cert.display(), "generated a TLS certificate for remote access");
+        }
+        Some(why) => tracing::info!(
+            previous = replaced.previous.as_deref().unwrap_or_default(),
+            fingerprint = %replaced.fingerprint,
+            "renewed the TLS certificate ({why}); paired devices follow the signed statement"
+        ),
+    }
+    Ok((replaced.pair, replaced.succession))
 }
 
 /// The fingerprint of the data dir's certificate, without making one; `None` when there is

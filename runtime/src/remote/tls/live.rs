@@ -135,6 +135,14 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
+/// What the log says about the user's certificate close to expiry (`when`: "expires on …").
+pub(super) fn user_certificate_expiring(cert: &std::path::Path, when: &str) -> String {
+    format!(
+        "the TLS certificate {} {when}; replace it (--tls-cert, --tls-key) and restart the server",
+        cert.display()
+    )
+}
+
 /// What one check of the certificate found and did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Checked {
@@ -178,10 +186,9 @@ pub fn check(
     if let CertSource::User { cert, .. } = source {
         return Ok(
             match presented.validity.and_then(|v| timings.expiring(&v, now)) {
-                Some(when) => Checked::UserCertificateExpiring(format!(
-                    "the TLS certificate {} {when}; replace it (--tls-cert, --tls-key) and restart the server",
-                    cert.display()
-                )),
+                Some(when) => {
+                    Checked::UserCertificateExpiring(user_certificate_expiring(cert, &when))
+                }
                 None => Checked::Current,
             },
         );

@@ -22,7 +22,6 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::pem::PemObject;
@@ -282,7 +281,7 @@ pub fn replace(
                 .map_or(0, |d| d.as_millis() as u64);
             let statement = Statement::sign(
                 certified.cert[0].as_ref(),
-                Arc::clone(&certified.key).as_ref(),
+                certified.key.as_ref(),
                 &fingerprint,
                 issued_ms,
             )
