@@ -469,6 +469,20 @@ fn every_route_answers_as_the_document_says() {
         ("GET", "/system/health".into(), Some(&token), vec![], vec![]),
         (
             "GET",
+            format!("/system/identity?nonce={}", "ab".repeat(32)),
+            None,
+            vec![],
+            vec![],
+        ),
+        (
+            "GET",
+            "/system/identity?nonce=short".into(),
+            None,
+            vec![],
+            vec![],
+        ),
+        (
+            "GET",
             "/system/runtime".into(),
             Some(&token),
             vec![],

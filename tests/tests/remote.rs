@@ -512,10 +512,11 @@ fn mdns_announces_a_remote_server_and_discover_finds_it_across_network_namespace
     let port = server.ready["port"].as_u64().unwrap();
 
     let discover = || {
-        let output = output_of(
-            lan.on_peer(&server_exe)
-                .args(["discover", "--timeout", "4", "--json"]),
-        );
+        let output =
+            output_of(
+                lan.on_peer(&server_exe)
+                    .args(["discover", "--timeout", "4", "--json"]),
+            );
         assert!(
             output.status.success(),
             "{}",

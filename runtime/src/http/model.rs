@@ -439,3 +439,16 @@ pub enum SystemEventData {
     /// Missed events.
     Lagged(Lagged),
 }
+
+/// `GET /system/identity`: the server's proof that it holds the identity key of
+/// `<data dir>/server.json` (see docs/RUNTIME.md, "Local commands").
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Identity {
+    /// The server's pid, as `server.json` names it.
+    pub pid: u32,
+    /// HMAC-SHA256 of the context `openwork-server-v2 identity v1\n` and the nonce's bytes,
+    /// under the key: 64 hex digits.
+    pub proof: String,
+}

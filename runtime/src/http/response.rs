@@ -100,6 +100,10 @@ pub enum ApiError {
     UnknownDevice,
     /// The device list could not be saved; nothing was changed.
     DevicesNotSaved,
+    /// A request body without a token did not arrive in time.
+    RequestTimeout,
+    /// Every place for an upgraded connection (WebSocket) is taken.
+    TooManyUpgrades,
 }
 
 impl ApiError {
@@ -127,6 +131,8 @@ impl ApiError {
         ApiError::PairingRefused,
         ApiError::UnknownDevice,
         ApiError::DevicesNotSaved,
+        ApiError::RequestTimeout,
+        ApiError::TooManyUpgrades,
     ];
 
     /// The stable machine-readable word a client switches over.
@@ -154,6 +160,8 @@ impl ApiError {
             ApiError::PairingRefused => "pairing_refused",
             ApiError::UnknownDevice => "unknown_device",
             ApiError::DevicesNotSaved => "devices_not_saved",
+            ApiError::RequestTimeout => "request_timeout",
+            ApiError::TooManyUpgrades => "too_many_upgrades",
         }
     }
 
@@ -182,6 +190,8 @@ impl ApiError {
             ApiError::PairingRefused => StatusCode::UNAUTHORIZED,
             ApiError::UnknownDevice => StatusCode::NOT_FOUND,
             ApiError::DevicesNotSaved => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyUpgrades => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -8,13 +8,14 @@
 //! | pairing | [`pairing`] | a short single-use code valid 5 minutes, burned by 5 wrong guesses, issued only with the host token |
 //! | devices | [`devices`] | one token per device, stored as SHA-256 only; revoking it fails its next request and closes its connections, event streams and WebSockets |
 //! | discovery | [`mdns`] | `_openwork._tcp` advertised while the server runs with remote access (TXT: version, TLS, fingerprint prefix; never a token); `discover` lists servers |
-//! | local commands | [`client`] | `pair` finds the running server through `<data dir>/server.json` and the host token, and pins the certificate it names |
+//! | local commands | [`client`], [`identity`] | `pair` finds the running server through `<data dir>/server.json` and the host token, pins the certificate it names, and sends a token only to a server that proves it holds the key that file names (a stale file names a port anyone may bind) |
 //!
 //! Loopback binds stay plain HTTP unless `--tls on` (the bench compares both): on loopback
 //! the bytes never leave the machine, and other local users are kept out by the token.
 
 pub mod client;
 pub mod devices;
+pub mod identity;
 pub mod mdns;
 pub mod pairing;
 pub mod tls;
@@ -64,6 +65,11 @@ pub struct ServerFile {
     pub url: String,
     /// The certificate fingerprint when it speaks TLS.
     pub fingerprint: Option<String>,
+    /// This server process's identity key, 64 hex digits ([`identity`]): what it proves it
+    /// holds before a local command sends it a token. Absent in files of servers older than
+    /// the proof, which local commands then refuse to talk to.
+    #[serde(default)]
+    pub identity_key: Option<String>,
 }
 
 impl ServerFile {
@@ -79,6 +85,29 @@ impl ServerFile {
         let path = data_dir.join(crate::layout::SERVER_FILE);
         if Self::read(data_dir).is_ok_and(|file| file.pid == std::process::id()) {
             let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Removes a file left by a server that no longer runs (killed, crashed): its port is
+    /// anyone's to bind now. A file that names a live process is left alone (another server
+    /// with this data dir; this one replaces the file when it is ready).
+    pub fn remove_if_stale(data_dir: &Path) -> Result<()> {
+        let path = data_dir.join(crate::layout::SERVER_FILE);
+        let stale = match Self::read(data_dir) {
+            Ok(file) if crate::process::is_alive(file.pid) => return Ok(()),
+            Ok(file) => format!("left by pid {}, which has exited", file.pid),
+            // Not ours, or a link: refused (exit 15), as everywhere in the data dir.
+            Err(e @ Error::Untrusted { .. }) => return Err(e),
+            Err(_) if !path.exists() => return Ok(()),
+            Err(_) => "unreadable".to_string(),
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), "removed a stale server.json ({stale})");
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("remove the stale {}", path.display()), e)),
         }
     }
 
@@ -104,6 +133,8 @@ impl ServerFile {
 /// What the HTTP handlers need for pairing and devices.
 #[derive(Debug)]
 pub struct RemoteState {
+    /// This process's identity key, which `GET /system/identity` proves it holds.
+    pub identity: identity::IdentityKey,
     /// The pending pairing code.
     pub pairing: pairing::Pairing,
     /// Paired devices.

@@ -2,7 +2,7 @@
 
 import { client } from './client.gen.js';
 import type { Client, Options as Options2, TDataShape } from './client/index.js';
-import type { ActiveWorkspaceData, ActiveWorkspaceErrors, ActiveWorkspaceResponses, CapabilitiesData, CapabilitiesErrors, CapabilitiesResponses, CreatePairingData, CreatePairingErrors, CreatePairingResponses, HealthData, HealthErrors, HealthResponses, ListDevicesData, ListDevicesErrors, ListDevicesResponses, OpenapiJsonData, OpenapiJsonErrors, OpenapiJsonResponses, OpencodeDeleteData, OpencodeDeleteErrors, OpencodeDeleteResponses, OpencodeGetData, OpencodeGetErrors, OpencodeGetResponses, OpencodeHeadData, OpencodeHeadErrors, OpencodeHeadResponses, OpencodeOptionsData, OpencodeOptionsErrors, OpencodeOptionsResponses, OpencodePatchData, OpencodePatchErrors, OpencodePatchResponses, OpencodePostData, OpencodePostErrors, OpencodePostResponses, OpencodePutData, OpencodePutErrors, OpencodePutResponses, PairData, PairErrors, PairResponses, RestartSidecarData, RestartSidecarErrors, RestartSidecarResponses, RevokeDeviceData, RevokeDeviceErrors, RevokeDeviceResponses, ShutdownData, ShutdownErrors, ShutdownResponses, SidecarLogsData, SidecarLogsErrors, SidecarLogsResponses, SwitchWorkspaceData, SwitchWorkspaceErrors, SwitchWorkspaceResponses, SystemEventsData, SystemEventsErrors, SystemEventsResponse, SystemEventsResponses, SystemHealthData, SystemHealthErrors, SystemHealthResponses, SystemRuntimeData, SystemRuntimeErrors, SystemRuntimeResponses, WorkspacesData, WorkspacesErrors, WorkspacesResponses } from './types.gen.js';
+import type { ActiveWorkspaceData, ActiveWorkspaceErrors, ActiveWorkspaceResponses, CapabilitiesData, CapabilitiesErrors, CapabilitiesResponses, CreatePairingData, CreatePairingErrors, CreatePairingResponses, HealthData, HealthErrors, HealthResponses, ListDevicesData, ListDevicesErrors, ListDevicesResponses, OpenapiJsonData, OpenapiJsonErrors, OpenapiJsonResponses, OpencodeDeleteData, OpencodeDeleteErrors, OpencodeDeleteResponses, OpencodeGetData, OpencodeGetErrors, OpencodeGetResponses, OpencodeHeadData, OpencodeHeadErrors, OpencodeHeadResponses, OpencodeOptionsData, OpencodeOptionsErrors, OpencodeOptionsResponses, OpencodePatchData, OpencodePatchErrors, OpencodePatchResponses, OpencodePostData, OpencodePostErrors, OpencodePostResponses, OpencodePutData, OpencodePutErrors, OpencodePutResponses, PairData, PairErrors, PairResponses, RestartSidecarData, RestartSidecarErrors, RestartSidecarResponses, RevokeDeviceData, RevokeDeviceErrors, RevokeDeviceResponses, ShutdownData, ShutdownErrors, ShutdownResponses, SidecarLogsData, SidecarLogsErrors, SidecarLogsResponses, SwitchWorkspaceData, SwitchWorkspaceErrors, SwitchWorkspaceResponses, SystemEventsData, SystemEventsErrors, SystemEventsResponse, SystemEventsResponses, SystemHealthData, SystemHealthErrors, SystemHealthResponses, SystemIdentityData, SystemIdentityErrors, SystemIdentityResponses, SystemRuntimeData, SystemRuntimeErrors, SystemRuntimeResponses, WorkspacesData, WorkspacesErrors, WorkspacesResponses } from './types.gen.js';
 
 export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends boolean = boolean, TResponse = unknown> = Options2<TData, ThrowOnError, TResponse> & {
     /**
@@ -205,6 +205,13 @@ export const systemHealth = <ThrowOnError extends boolean = false>(options?: Opt
     url: '/system/health',
     ...options
 });
+
+/**
+ * Prove this is the server that wrote `server.json`, before a local command sends it a token
+ *
+ * The answer's `proof` is the HMAC-SHA256, under the identity key that this server process wrote into `<data dir>/server.json` (`identityKey`, 64 hex digits, a new one every start), of the bytes `openwork-server-v2 identity v1\n` followed by the nonce's 32 bytes. A local command (`openwork-server-v2 pair`) sends a random nonce and sends its token (on the same connection) only when the proof verifies: a stale `server.json` names a port anyone may bind once the server is gone.
+ */
+export const systemIdentity = <ThrowOnError extends boolean = false>(options: Options<SystemIdentityData, ThrowOnError>) => (options.client ?? client).get<SystemIdentityResponses, SystemIdentityErrors, ThrowOnError>({ url: '/system/identity', ...options });
 
 /**
  * A pairing code for one new device (host token)

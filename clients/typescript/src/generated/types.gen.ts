@@ -161,7 +161,7 @@ export type ErrorBody = {
     /**
      * A stable word (one of the codes the API documents): what went wrong, for a program.
      */
-    error: 'bad_request' | 'unauthorized' | 'host_token_required' | 'not_found' | 'unknown_sidecar' | 'method_not_allowed' | 'payload_too_large' | 'unsupported_media_type' | 'misdirected_request' | 'headers_too_large' | 'workspace_not_absolute' | 'workspace_not_found' | 'workspace_not_a_directory' | 'workspace_not_saved' | 'internal_error' | 'opencode_unavailable' | 'opencode_timeout' | 'bad_gateway' | 'opencode_unauthorized' | 'pairing_refused' | 'unknown_device' | 'devices_not_saved';
+    error: 'bad_request' | 'unauthorized' | 'host_token_required' | 'not_found' | 'unknown_sidecar' | 'method_not_allowed' | 'payload_too_large' | 'unsupported_media_type' | 'misdirected_request' | 'headers_too_large' | 'workspace_not_absolute' | 'workspace_not_found' | 'workspace_not_a_directory' | 'workspace_not_saved' | 'internal_error' | 'opencode_unavailable' | 'opencode_timeout' | 'bad_gateway' | 'opencode_unauthorized' | 'pairing_refused' | 'unknown_device' | 'devices_not_saved' | 'request_timeout' | 'too_many_upgrades';
     /**
      * What happened and what to do, in words.
      */
@@ -317,6 +317,22 @@ export type HealthPanel = {
      * Milliseconds since the server started.
      */
     uptimeMs: number;
+};
+
+/**
+ * `GET /system/identity`: the server's proof that it holds the identity key of
+ * `<data dir>/server.json` (see docs/RUNTIME.md, "Local commands").
+ */
+export type Identity = {
+    /**
+     * The server's pid, as `server.json` names it.
+     */
+    pid: number;
+    /**
+     * HMAC-SHA256 of the context `openwork-server-v2 identity v1\n` and the nonce's bytes,
+     * under the key: 64 hex digits.
+     */
+    proof: string;
 };
 
 /**
@@ -869,7 +885,7 @@ export type OpencodeDeleteErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed
+     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
      */
     503: ErrorBody;
     /**
@@ -921,7 +937,7 @@ export type OpencodeGetErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed
+     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
      */
     503: ErrorBody;
     /**
@@ -973,7 +989,7 @@ export type OpencodeHeadErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed
+     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
      */
     503: ErrorBody;
     /**
@@ -1025,7 +1041,7 @@ export type OpencodeOptionsErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed
+     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
      */
     503: ErrorBody;
     /**
@@ -1077,7 +1093,7 @@ export type OpencodePatchErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed
+     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
      */
     503: ErrorBody;
     /**
@@ -1129,7 +1145,7 @@ export type OpencodePostErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed
+     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
      */
     503: ErrorBody;
     /**
@@ -1181,7 +1197,7 @@ export type OpencodePutErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed
+     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
      */
     503: ErrorBody;
     /**
@@ -1402,6 +1418,44 @@ export type SystemHealthResponses = {
 };
 
 export type SystemHealthResponse = SystemHealthResponses[keyof SystemHealthResponses];
+
+export type SystemIdentityData = {
+    body?: never;
+    path?: never;
+    query: {
+        /**
+         * 32 random bytes as 64 hex digits
+         */
+        nonce: string;
+    };
+    url: '/system/identity';
+};
+
+export type SystemIdentityErrors = {
+    /**
+     * `bad_request`: the nonce is not 64 hex digits
+     */
+    400: ErrorBody;
+    /**
+     * `misdirected_request`: on a loopback bind, a Host that is not a loopback name or an --allow-host name (DNS rebinding)
+     */
+    421: ErrorBody;
+    /**
+     * `headers_too_large`: request line and headers over 64 KiB
+     */
+    431: ErrorBody;
+};
+
+export type SystemIdentityError = SystemIdentityErrors[keyof SystemIdentityErrors];
+
+export type SystemIdentityResponses = {
+    /**
+     * The proof
+     */
+    200: Identity;
+};
+
+export type SystemIdentityResponse = SystemIdentityResponses[keyof SystemIdentityResponses];
 
 export type CreatePairingData = {
     body?: never;
@@ -1693,6 +1747,10 @@ export type SwitchWorkspaceErrors = {
      * `host_token_required`
      */
     403: ErrorBody;
+    /**
+     * `request_timeout`: the body did not arrive within 10 s
+     */
+    408: ErrorBody;
     /**
      * `payload_too_large`: over 64 KiB
      */

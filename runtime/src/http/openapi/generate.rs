@@ -21,6 +21,7 @@ use crate::supervisor;
         api::health,
         api::openapi_json,
         api::system_health,
+        api::system_identity,
         api::system_runtime,
         api::system_events,
         api::shutdown,
