@@ -705,12 +705,29 @@ fn every_route_answers_as_the_document_says() {
     let start_body = |msg_a: &[u8]| json!({"pake": BASE64.encode(msg_a)}).to_string();
     let (_, msg_a) = ClientStart::new(&code, None);
     assert_eq!(
-        call("POST", "/pair/start", None, &[], start_body(&msg_a).as_bytes()).status,
+        call(
+            "POST",
+            "/pair/start",
+            None,
+            &[],
+            start_body(&msg_a).as_bytes()
+        )
+        .status,
         415
     );
-    assert_eq!(call("POST", "/pair/start", None, &json_type, b"{}").status, 400);
     assert_eq!(
-        call("POST", "/pair/start", None, &json_type, &vec![b' '; 8 * 1024]).status,
+        call("POST", "/pair/start", None, &json_type, b"{}").status,
+        400
+    );
+    assert_eq!(
+        call(
+            "POST",
+            "/pair/start",
+            None,
+            &json_type,
+            &vec![b' '; 8 * 1024]
+        )
+        .status,
         413
     );
     assert_eq!(call("GET", "/pair/start", None, &[], b"").status, 405);
@@ -781,7 +798,9 @@ fn every_route_answers_as_the_document_says() {
         finish_body(&session, "contract", &confirm).as_bytes(),
     );
     assert_eq!(paired.status, 201, "{}", paired.text());
-    let proof = BASE64.decode(paired.json()["confirm"].as_str().unwrap()).unwrap();
+    let proof = BASE64
+        .decode(paired.json()["confirm"].as_str().unwrap())
+        .unwrap();
     assert!(transcript.verify_server(&proof));
     let device = paired.json()["deviceId"].as_str().unwrap().to_string();
     assert_eq!(
@@ -803,7 +822,9 @@ fn every_route_answers_as_the_document_says() {
     assert_eq!(call("DELETE", &revoke, Some(&host), &[], b"").status, 404);
 
     // The errors the document promises were really met, not just allowed.
-    for status in [200, 201, 202, 400, 401, 403, 404, 405, 410, 413, 415, 421, 422] {
+    for status in [
+        200, 201, 202, 400, 401, 403, 404, 405, 410, 413, 415, 421, 422,
+    ] {
         assert!(
             statuses.contains(&status),
             "no call got {status}: {statuses:?}"

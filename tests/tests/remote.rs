@@ -125,7 +125,13 @@ impl Remote {
     /// Pairs a device the way a person on a second computer does (`join` with the code the
     /// host's `pair` printed): its id and token.
     fn paired(&self, name: &str) -> (String, String) {
-        let joined = joined(&join(&[&self.loopback(), "--code", &self.code_text(), "--name", name]));
+        let joined = joined(&join(&[
+            &self.loopback(),
+            "--code",
+            &self.code_text(),
+            "--name",
+            name,
+        ]));
         assert_eq!(joined["fingerprint"], self.fingerprint.as_str(), "{joined}");
         (
             joined["deviceId"].as_str().unwrap().to_string(),
@@ -135,7 +141,7 @@ impl Remote {
 
     /// `POST /pair/start` with the code (`msgA` made by the server's own client code, for
     /// the certificate this server shows): the client side, the session and `msgB`.
-    fn start(&self, code: &str) -> (ClientStart, String, Vec<u8>) {
+    fn pair_start(&self, code: &str) -> (ClientStart, String, Vec<u8>) {
         let (client, msg_a) = ClientStart::new(code, Some(&self.fingerprint));
         let (status, started) = self.call(
             "POST",
@@ -145,12 +151,21 @@ impl Remote {
         );
         assert_eq!(status, 201, "{started}");
         let msg_b = BASE64.decode(started["pake"].as_str().unwrap()).unwrap();
-        (client, started["session"].as_str().unwrap().to_string(), msg_b)
+        (
+            client,
+            started["session"].as_str().unwrap().to_string(),
+            msg_b,
+        )
     }
 
     /// The names of the paired devices (host token).
     fn device_names(&self) -> Vec<String> {
-        let (status, devices) = self.call("GET", "/system/devices", Some(&self.server.host_token), None);
+        let (status, devices) = self.call(
+            "GET",
+            "/system/devices",
+            Some(&self.server.host_token),
+            None,
+        );
         assert_eq!(status, 200, "{devices}");
         devices["items"]
             .as_array()
@@ -381,8 +396,19 @@ fn pairing_gives_a_device_its_own_token_and_a_code_works_once() {
     assert_eq!(paired["fingerprint"], remote.fingerprint.as_str());
     assert_eq!(paired["name"], "Ana's phone");
     let token = paired["token"].as_str().unwrap().to_string();
-    let again = join(&[&remote.loopback(), "--code", &code, "--name", "someone else"]);
-    assert_eq!(again.status.code(), Some(10), "a used code: {}", describe(&again));
+    let again = join(&[
+        &remote.loopback(),
+        "--code",
+        &code,
+        "--name",
+        "someone else",
+    ]);
+    assert_eq!(
+        again.status.code(),
+        Some(10),
+        "a used code: {}",
+        describe(&again)
+    );
     let text = String::from_utf8_lossy(&again.stderr);
     assert!(text.contains("refused the pairing"), "{text}");
 
@@ -507,7 +533,7 @@ fn input_errors_never_spend_a_guess() {
             json!({"pake": BASE64.encode(msg_a), "extra": 1}),
         );
     }
-    let (client, live, msg_b) = remote.start(&code);
+    let (client, live, msg_b) = remote.pair_start(&code);
     let transcript = client.finish(&msg_b).unwrap();
     let confirm = BASE64.encode(transcript.client_confirm());
     let finish = |session: &str, name: &str, confirm: &str| {
@@ -523,7 +549,10 @@ fn input_errors_never_spend_a_guess() {
         for name in ["", "   ", "tab\there", &"x".repeat(65)] {
             let (status, answer) = finish(&live, name, &confirm);
             assert_eq!(status, 400, "{name:?}: {answer}");
-            assert!(answer["message"].as_str().unwrap().contains("deviceName"), "{answer}");
+            assert!(
+                answer["message"].as_str().unwrap().contains("deviceName"),
+                "{answer}"
+            );
         }
         // Confirmations that are not 32 bytes of base64.
         bad_request(
@@ -543,7 +572,10 @@ fn input_errors_never_spend_a_guess() {
     let (status, paired) = finish(&live, "tablet", &confirm);
     assert_eq!(status, 201, "{paired}");
     let proof = BASE64.decode(paired["confirm"].as_str().unwrap()).unwrap();
-    assert!(transcript.verify_server(&proof), "the server proves the code too");
+    assert!(
+        transcript.verify_server(&proof),
+        "the server proves the code too"
+    );
     assert_eq!(paired["fingerprint"], remote.fingerprint.as_str());
     assert_eq!(remote.device_names(), ["tablet"]);
     assert!(
@@ -649,9 +681,10 @@ fn relay_connection(
         reader.read_exact(&mut body)?;
         let mut parts = request_line.split_whitespace();
         let (method, path) = (parts.next().unwrap_or("GET"), parts.next().unwrap_or("/"));
-        seen.lock()
-            .unwrap()
-            .push(format!("{method} {path} {}", String::from_utf8_lossy(&body)));
+        seen.lock().unwrap().push(format!(
+            "{method} {path} {}",
+            String::from_utf8_lossy(&body)
+        ));
         let answer = upstream
             .request(
                 method.parse().map_err(std::io::Error::other)?,
@@ -712,13 +745,17 @@ fn a_relay_with_its_own_certificate_cannot_pair_and_never_sees_a_token() {
     assert!(relayed.stdout.is_empty(), "nothing printed, no token kept");
     let said = String::from_utf8_lossy(&relayed.stderr);
     assert!(said.contains("refused the pairing"), "{said}");
-    assert!(said.contains(&relay.fingerprint), "names what it saw: {said}");
+    assert!(
+        said.contains(&relay.fingerprint),
+        "names what it saw: {said}"
+    );
 
     // Nothing was paired, and the relay saw no token on the way.
     assert!(remote.device_names().is_empty());
     let seen = relay.seen();
     assert!(
-        seen.iter().any(|line| line.starts_with("POST /pair/finish")),
+        seen.iter()
+            .any(|line| line.starts_with("POST /pair/finish")),
         "the exchange went through the relay: {seen:?}"
     );
     assert!(
@@ -732,11 +769,20 @@ fn a_relay_with_its_own_certificate_cannot_pair_and_never_sees_a_token() {
         stderr.contains("127.0.0.2") && stderr.contains("4 more wrong guesses"),
         "{stderr}"
     );
-    let direct = joined(&join(&[&remote.loopback(), "--code", &code, "--name", "Ana's laptop"]));
+    let direct = joined(&join(&[
+        &remote.loopback(),
+        "--code",
+        &code,
+        "--name",
+        "Ana's laptop",
+    ]));
     assert_eq!(direct["fingerprint"], remote.fingerprint.as_str());
     assert_eq!(remote.device_names(), ["Ana's laptop"]);
     let token = direct["token"].as_str().unwrap();
-    assert_eq!(remote.call("GET", "/system/runtime", Some(token), None).0, 200);
+    assert_eq!(
+        remote.call("GET", "/system/runtime", Some(token), None).0,
+        200
+    );
 }
 
 #[test]
@@ -774,10 +820,13 @@ fn one_peer_on_the_lan_cannot_burn_the_code_for_others() {
     // The peer guesses many times, then tries the right code: refused after its budget.
     let on_lan = format!("{}:{port}", netns::SERVER_IP);
     let peer_join = |code: &str| {
-        output_of(
-            join_command(lan.on_peer(&server_exe))
-                .args([on_lan.as_str(), "--code", code, "--name", "guesser"]),
-        )
+        output_of(join_command(lan.on_peer(&server_exe)).args([
+            on_lan.as_str(),
+            "--code",
+            code,
+            "--name",
+            "guesser",
+        ]))
     };
     for _ in 0..12 {
         let guess = peer_join(wrong_code(&code));
@@ -792,21 +841,23 @@ fn one_peer_on_the_lan_cannot_burn_the_code_for_others() {
             .filter(|line| line.contains(netns::PEER_IP) && line.contains(what))
             .count()
     };
-    assert_eq!(refused_peer("more wrong guesses from this address"), 4, "{stderr}");
+    assert_eq!(
+        refused_peer("more wrong guesses from this address"),
+        4,
+        "{stderr}"
+    );
     assert_eq!(refused_peer("last of 5 wrong guesses"), 1, "{stderr}");
     assert_eq!(refused_peer("has used its 5 wrong guesses"), 8, "{stderr}");
     assert!(!stderr.contains("pairing code burned"), "{stderr}");
 
     // Another address pairs with the same code.
-    let other = joined(&output_of(
-        join_command(lan.on_server(&server_exe)).args([
-            &format!("127.0.0.1:{port}"),
-            "--code",
-            &code,
-            "--name",
-            "Ana's laptop",
-        ]),
-    ));
+    let other = joined(&output_of(join_command(lan.on_server(&server_exe)).args([
+        &format!("127.0.0.1:{port}"),
+        "--code",
+        &code,
+        "--name",
+        "Ana's laptop",
+    ])));
     assert_eq!(other["name"], "Ana's laptop");
     assert_eq!(
         other["fingerprint"], server.ready["tlsFingerprint"],
@@ -832,11 +883,12 @@ fn a_python_client_written_from_the_docs_pairs() {
     let remote = Remote::start(remote(dir.path()));
     let script = openwork_tests::workspace_root().join("tests/python/pair.py");
     let python = |code: &str, name: &str| {
-        output_of(
-            Command::new("python3")
-                .arg(&script)
-                .args(["127.0.0.1", &remote.port.to_string(), code, name]),
-        )
+        output_of(Command::new("python3").arg(&script).args([
+            "127.0.0.1",
+            &remote.port.to_string(),
+            code,
+            name,
+        ]))
     };
     // A wrong code fails there too (and costs one guess).
     let code = remote.code_text();
@@ -847,7 +899,10 @@ fn a_python_client_written_from_the_docs_pairs() {
     assert_eq!(paired["fingerprint"], remote.fingerprint.as_str());
     assert_eq!(paired["name"], "python");
     let token = paired["token"].as_str().unwrap();
-    assert_eq!(remote.call("GET", "/system/runtime", Some(token), None).0, 200);
+    assert_eq!(
+        remote.call("GET", "/system/runtime", Some(token), None).0,
+        200
+    );
     assert_eq!(remote.device_names(), ["python"]);
 }
 
@@ -949,10 +1004,11 @@ fn mdns_announces_a_remote_server_and_discover_finds_it_across_network_namespace
     let port = server.ready["port"].as_u64().unwrap();
 
     let discover = || {
-        let output = output_of(
-            lan.on_peer(&server_exe)
-                .args(["discover", "--timeout", "4", "--json"]),
-        );
+        let output =
+            output_of(
+                lan.on_peer(&server_exe)
+                    .args(["discover", "--timeout", "4", "--json"]),
+            );
         assert!(
             output.status.success(),
             "{}",

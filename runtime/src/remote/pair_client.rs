@@ -64,7 +64,9 @@ impl std::fmt::Debug for Joined {
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
     /// No address answered over TLS (or the pinned certificate was not the one shown).
-    #[error("cannot reach the server over TLS: {0}; is it running with --remote-access, and is the address right?")]
+    #[error(
+        "cannot reach the server over TLS: {0}; is it running with --remote-access, and is the address right?"
+    )]
     Unreachable(String),
     /// The server refused the exchange: the code is wrong, expired or used, this address
     /// has used its guesses, or something between this computer and the server answered
@@ -279,6 +281,14 @@ async fn post(
     sender.ready().await.map_err(lost)?;
     let response = sender.send_request(request).await.map_err(lost)?;
     let status = response.status();
-    let bytes = response.into_body().collect().await.map_err(lost)?.to_bytes();
-    Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(lost)?
+        .to_bytes();
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
 }

@@ -117,7 +117,7 @@ pub struct Pairing {
 }
 
 struct Pending {
-    /// Normalised (see [`normalize`]): the SPAKE2 password.
+    /// Normalised (see [`pake::normalize`]): the SPAKE2 password.
     code: String,
     expires: Instant,
     wrong_total: u32,
@@ -376,16 +376,6 @@ fn live(pending: &mut Option<Pending>) -> Result<&mut Pending, Refusal> {
     }
 }
 
-/// What a person typed, as the code it means: upper case, without spaces and dashes. This
-/// is the SPAKE2 password.
-pub fn normalize(typed: &str) -> String {
-    typed
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '-')
-        .map(|c| c.to_ascii_uppercase())
-        .collect()
-}
-
 fn random_code() -> String {
     use rand::TryRngCore;
     let mut bytes = [0u8; CODE_LEN];
@@ -513,9 +503,13 @@ fn check_address(address: &str) -> Result<(), String> {
     };
     let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
     let host_ok = if let Some(inner) = host.strip_prefix('[') {
-        inner
-            .strip_suffix(']')
-            .is_some_and(|ip| ip.split('%').next().unwrap_or_default().parse::<Ipv6Addr>().is_ok())
+        inner.strip_suffix(']').is_some_and(|ip| {
+            ip.split('%')
+                .next()
+                .unwrap_or_default()
+                .parse::<Ipv6Addr>()
+                .is_ok()
+        })
     } else {
         !host.is_empty()
             && host
@@ -549,12 +543,10 @@ mod tests {
             StartError::BadMessage(e) => panic!("{e}"),
         })?;
         let transcript = client.finish(&started.msg_b).unwrap();
-        let ((), server) = pairing.finish(
-            from,
-            &started.session,
-            &transcript.client_confirm(),
-            || Ok::<(), ()>(()),
-        )?;
+        let ((), server) =
+            pairing.finish(from, &started.session, &transcript.client_confirm(), || {
+                Ok::<(), ()>(())
+            })?;
         assert!(transcript.verify_server(&server));
         Ok(())
     }
@@ -606,9 +598,16 @@ mod tests {
         let v6 = source("2001:db8:1:2::10");
         assert_eq!(v6, source("2001:db8:1:2:ffff::1"));
         assert_ne!(v6, source("2001:db8:1:3::10"));
-        assert_eq!(source("::ffff:192.0.2.66"), guesser, "IPv4 mapped into IPv6");
+        assert_eq!(
+            source("::ffff:192.0.2.66"),
+            guesser,
+            "IPv4 mapped into IPv6"
+        );
         assert_eq!(v6.to_string(), "2001:db8:1:2::/64");
-        assert_eq!(exchange(&pairing, source("192.0.2.7"), &issued.code), Ok(()));
+        assert_eq!(
+            exchange(&pairing, source("192.0.2.7"), &issued.code),
+            Ok(())
+        );
     }
 
     #[test]
@@ -679,7 +678,9 @@ mod tests {
         );
         // The right confirmation, but the device could not be saved: the code stays.
         assert_eq!(
-            pairing.finish(ana, &started.session, &confirm, || Err::<(), _>("disk full")),
+            pairing.finish(ana, &started.session, &confirm, || Err::<(), _>(
+                "disk full"
+            )),
             Err(FinishError::NotPaired("disk full"))
         );
         assert_eq!(
@@ -709,7 +710,11 @@ mod tests {
             (started.session, confirm)
         };
         let ok = || Ok::<(), ()>(());
-        let (a, b, c) = (source("192.0.2.1"), source("192.0.2.2"), source("192.0.2.3"));
+        let (a, b, c) = (
+            source("192.0.2.1"),
+            source("192.0.2.2"),
+            source("192.0.2.3"),
+        );
         let a1 = start(a);
         let a2 = start(a);
         let _a3 = start(a);
@@ -778,7 +783,14 @@ mod tests {
         let bare: PairingUrl = "myhost.local:43117".parse().unwrap();
         assert_eq!(bare.addresses, ["myhost.local:43117"]);
         assert_eq!(bare.code, None);
-        for bad in ["", "host", "host:0", "host:port", "openwork://[zz]:1/pair", "a b:1"] {
+        for bad in [
+            "",
+            "host",
+            "host:0",
+            "host:port",
+            "openwork://[zz]:1/pair",
+            "a b:1",
+        ] {
             let err = bad.parse::<PairingUrl>().unwrap_err();
             assert!(err.contains("host:port"), "{bad}: {err}");
         }

@@ -97,12 +97,18 @@ impl Transcript {
 
     /// The device's confirmation: `HMAC-SHA256(K, CLIENT_CONFIRM_LABEL ‖ msgA ‖ msgB)`.
     pub fn client_confirm(&self) -> Confirm {
-        self.mac(CLIENT_CONFIRM_LABEL).finalize().into_bytes().into()
+        self.mac(CLIENT_CONFIRM_LABEL)
+            .finalize()
+            .into_bytes()
+            .into()
     }
 
     /// The server's confirmation: `HMAC-SHA256(K, SERVER_CONFIRM_LABEL ‖ msgA ‖ msgB)`.
     pub fn server_confirm(&self) -> Confirm {
-        self.mac(SERVER_CONFIRM_LABEL).finalize().into_bytes().into()
+        self.mac(SERVER_CONFIRM_LABEL)
+            .finalize()
+            .into_bytes()
+            .into()
     }
 
     /// Whether `confirm` is the device's confirmation (constant time).
@@ -152,7 +158,7 @@ impl ClientStart {
     /// this device saw in its TLS handshake (`None` over plain HTTP). Returns `msgA` to send.
     pub fn new(code: &str, seen_fingerprint: Option<&str>) -> (ClientStart, Message) {
         let (state, msg_a) = Spake2::<Ed25519Group>::start_a(
-            &Password::new(super::pairing::normalize(code).as_bytes()),
+            &Password::new(normalize(code).as_bytes()),
             &Identity::new(CLIENT_ID),
             &Identity::new(&server_id(seen_fingerprint)),
         );
@@ -174,6 +180,16 @@ impl ClientStart {
             msg_b: msg_b.try_into().expect("checked above"),
         })
     }
+}
+
+/// What a person typed, as the code it means: upper case, without whitespace and dashes.
+/// This is the SPAKE2 password.
+pub fn normalize(typed: &str) -> String {
+    typed
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
 }
 
 /// Length and side byte: what can be said about a message before any arithmetic.
@@ -216,7 +232,10 @@ mod tests {
         let (client, msg_a) = ClientStart::new("7KQ4-M2XJ", Some(FINGERPRINT));
         let (server, msg_b) = respond("7KQ4M2XH", Some(FINGERPRINT), &msg_a).unwrap();
         let client = client.finish(&msg_b).unwrap();
-        assert!(!server.verify_client(&client.client_confirm()), "wrong code");
+        assert!(
+            !server.verify_client(&client.client_confirm()),
+            "wrong code"
+        );
         assert!(!client.verify_server(&server.server_confirm()));
     }
 

@@ -120,7 +120,9 @@ pub(in crate::http) async fn pair_start(
         ),
         Err(StartError::BadMessage(e)) => response::error(
             ApiError::BadRequest,
-            &format!("pake: {e}; send SPAKE2 side A's message over the code (see the Pairing section of docs/RUNTIME.md)"),
+            &format!(
+                "pake: {e}; send SPAKE2 side A's message over the code (see the Pairing section of docs/RUNTIME.md)"
+            ),
         ),
         Err(StartError::Refused(refusal)) => refused(state, peer, refusal),
     }
