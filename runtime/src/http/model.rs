@@ -173,8 +173,8 @@ pub struct PairingCode {
     pub code: String,
     /// Seconds until it expires (300 unless changed for tests).
     pub expires_in_seconds: u64,
-    /// `openwork://<address>:<port>/pair?code=…&fingerprint=…`: everything a device needs,
-    /// for a QR code.
+    /// `openwork://<ip>:<port>/pair?code=…&fingerprint=<64 hex>[&also=<ip>:<port>…]`:
+    /// everything a device needs, for a QR code (IP literals; `also` names other addresses).
     pub url: String,
     /// The certificate fingerprint to pin (as in `GET /system/runtime`); null on plain HTTP.
     pub fingerprint: Option<String>,

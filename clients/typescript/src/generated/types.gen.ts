@@ -498,8 +498,8 @@ export type PairingCode = {
      */
     fingerprint?: string | null;
     /**
-     * `openwork://<address>:<port>/pair?code=…&fingerprint=…`: everything a device needs,
-     * for a QR code.
+     * `openwork://<ip>:<port>/pair?code=…&fingerprint=<64 hex>[&also=<ip>:<port>…]`:
+     * everything a device needs, for a QR code (IP literals; `also` names other addresses).
      */
     url: string;
 };
