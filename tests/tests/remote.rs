@@ -388,11 +388,18 @@ fn pairing_gives_a_device_its_own_token_and_a_code_works_once() {
         "names the new endpoints: {retired}"
     );
 
-    // Joined with the URL (address, pinned fingerprint) and the code typed in lower case
-    // with a space: still the code. Once.
+    // Joined with the URL (addresses, pinned fingerprint) and the code typed in lower case
+    // with a space: still the code. Once. The URL's first address is made one that does
+    // not answer: the device goes on to the next (`also`).
     let typed = code.to_ascii_lowercase().replace('-', " ");
     let url = issued["url"].as_str().unwrap();
-    let paired = joined(&join(&[url, "--code", &typed, "--name", "Ana's phone"]));
+    let first = issued["addresses"][0].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("openwork://{first}/pair?")),
+        "{url}"
+    );
+    let url = format!("{}&also={first}", url.replacen(first, "127.0.0.1:1", 1));
+    let paired = joined(&join(&[&url, "--code", &typed, "--name", "Ana's phone"]));
     assert_eq!(paired["fingerprint"], remote.fingerprint.as_str());
     assert_eq!(paired["name"], "Ana's phone");
     let token = paired["token"].as_str().unwrap().to_string();
