@@ -282,9 +282,16 @@ async fn route(
                 system_identity(state, request.uri().query())
             });
         }
-        "/pair" => {
+        "/pair" => return only(&method, &[Method::POST], devices::retired_pair),
+        "/pair/start" => {
             return match method {
-                Method::POST => devices::pair(request, state, peer).await,
+                Method::POST => devices::pair_start(request, state, peer).await,
+                _ => method_not_allowed(&[Method::POST]),
+            };
+        }
+        "/pair/finish" => {
+            return match method {
+                Method::POST => devices::pair_finish(request, state, peer).await,
                 _ => method_not_allowed(&[Method::POST]),
             };
         }

@@ -145,13 +145,7 @@ impl Devices {
     /// Pairs a new device: its entry is written before its token is returned, so a token
     /// that was handed out always works after a restart.
     pub fn add(&self, name: &str) -> std::result::Result<(model::Device, String), AddError> {
-        let name = name.trim();
-        if name.is_empty()
-            || name.chars().count() > MAX_NAME_CHARS
-            || name.chars().any(char::is_control)
-        {
-            return Err(AddError::BadName);
-        }
+        let name = check_name(name)?;
         let token = crate::supervisor::random_secret();
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let stored = StoredDevice {
@@ -268,6 +262,19 @@ impl Devices {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Device>> {
         self.devices.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A device name as it would be kept (trimmed), or [`AddError::BadName`]: pairing checks it
+/// before the code, so a bad name never costs a guess.
+pub fn check_name(name: &str) -> std::result::Result<&str, AddError> {
+    let name = name.trim();
+    if name.is_empty()
+        || name.chars().count() > MAX_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
+        return Err(AddError::BadName);
+    }
+    Ok(name)
 }
 
 fn public(stored: &StoredDevice) -> model::Device {

@@ -5,7 +5,8 @@
 //! | concern | module | what it guarantees |
 //! |---|---|---|
 //! | transport | [`tls`] | TLS 1.3 on every non-loopback bind (plain HTTP there exits 16); a self-signed ECDSA P-256 certificate made on the first remote start (key 0600) and reused, rotated by `tls rotate`, or the user's PEM files; clients pin its SHA-256 |
-//! | pairing | [`pairing`] | a short single-use code valid 5 minutes, burned by 5 wrong guesses, issued only with the host token |
+//! | pairing | [`pairing`], [`pake`] | a short single-use code valid 5 minutes, issued only with the host token, never sent: SPAKE2 over it binds the certificate fingerprint the device saw, so a relay cannot pair in the device's place; 5 wrong guesses per source (IPv4 address, IPv6 /64), 4,096 in all |
+//! | joining | [`pair_client`] | the device's side (`openwork-server-v2 join`): learns or pins the certificate, runs the exchange, keeps the token only when the server has proven the code |
 //! | devices | [`devices`] | one token per device, stored as SHA-256 only; revoking it fails its next request and closes its connections, event streams and WebSockets |
 //! | discovery | [`mdns`] | `_openwork._tcp` advertised while the server runs with remote access (TXT: version, TLS, fingerprint prefix; never a token); `discover` lists servers |
 //! | local commands | [`client`], [`identity`] | `pair` finds the running server through `<data dir>/server.json` and the host token, pins the certificate it names, and sends a token only to a server that proves it holds the key that file names (a stale file names a port anyone may bind) |
@@ -17,7 +18,9 @@ pub mod client;
 pub mod devices;
 pub mod identity;
 pub mod mdns;
+pub mod pair_client;
 pub mod pairing;
+pub mod pake;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
@@ -169,14 +172,15 @@ impl RemoteState {
             .collect()
     }
 
-    /// The URL a device is given: address, port, code and fingerprint in one, for a QR code.
-    pub fn pairing_url(&self, address: SocketAddr, code: &str) -> String {
-        let mut url = format!("openwork://{address}/pair?code={code}");
-        if let Some(fingerprint) = &self.fingerprint {
-            url.push_str("&fingerprint=");
-            url.push_str(fingerprint);
+    /// The URL a device is given, for a QR code: the addresses (IP literals, the first
+    /// preferred), the code and the full fingerprint ([`pairing::PairingUrl`]).
+    pub fn pairing_url(&self, addresses: &[SocketAddr], code: &str) -> String {
+        pairing::PairingUrl {
+            addresses: addresses.iter().map(ToString::to_string).collect(),
+            code: Some(code.to_string()),
+            fingerprint: self.fingerprint.clone(),
         }
-        url
+        .to_string()
     }
 }
 
