@@ -104,6 +104,10 @@ pub enum Error {
     /// Remote access without TLS, or a TLS certificate or key that cannot be used.
     #[error("{0}")]
     InsecureTransport(String),
+    /// What answers at the address `server.json` names could not prove it is the server
+    /// that wrote the file; no token was sent to it.
+    #[error("{0}")]
+    UnverifiedServer(String),
     /// No platform data directory could be determined.
     #[error(
         "cannot determine a data directory for this user; pass --data-dir or set OPENWORK_DATA_DIR"
@@ -134,6 +138,7 @@ impl Error {
             Error::SidecarFailed(_) => ExitCode::SidecarFailed,
             Error::Untrusted { .. } => ExitCode::Untrusted,
             Error::InsecureTransport(_) => ExitCode::InsecureTransport,
+            Error::UnverifiedServer(_) => ExitCode::UnverifiedServer,
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::fixtures::describe;
 pub const ATTACKER_ID: u32 = 65534;
 
 /// The Python that every user can run.
-const PYTHON: &str = "/usr/bin/python3";
+pub const PYTHON: &str = "/usr/bin/python3";
 
 /// Whether this test can act as another user: it runs as root and has `setpriv` and a system
 /// Python. When not, says why on stderr (the test then has nothing to prove here).
@@ -80,10 +80,23 @@ impl Drop for Attacker {
 
 /// Starts `script` (Python) as the attacker, from `dir` (see [`attacker_dir`]), with `args`.
 pub fn spawn_python(dir: &Path, name: &str, script: &str, args: &[String]) -> Attacker {
+    spawn_script(as_attacker(PYTHON), dir, name, script, args)
+}
+
+/// Starts `script` with `launcher` (a Python, run as someone: [`as_attacker`], or a LAN
+/// peer's `ip netns exec … python3`), from `dir`, with `args`; its stderr goes to
+/// `<dir>/<name>.stderr`.
+pub fn spawn_script(
+    mut launcher: Command,
+    dir: &Path,
+    name: &str,
+    script: &str,
+    args: &[String],
+) -> Attacker {
     let path = dir.join(name);
     std::fs::write(&path, script).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let child = as_attacker(PYTHON)
+    let child = launcher
         .arg(&path)
         .args(args)
         .current_dir(dir)

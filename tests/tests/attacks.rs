@@ -5,6 +5,12 @@
 
 #![cfg(unix)]
 
+// A test binary's root takes its modules from beside it; these live in `attacks/`.
+#[path = "attacks/holding.rs"]
+mod holding;
+#[path = "attacks/stale_record.rs"]
+mod stale_record;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

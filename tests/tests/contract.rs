@@ -9,6 +9,9 @@ use std::io::BufRead;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use openwork_runtime::remote::pake::ClientStart;
 use openwork_tests::contract::{self, Contract};
 use openwork_tests::http::{self, HttpResponse};
 use openwork_tests::server::{ServerBuilder, ServerProcess, wait_until};
@@ -469,6 +472,20 @@ fn every_route_answers_as_the_document_says() {
         ("GET", "/system/health".into(), Some(&token), vec![], vec![]),
         (
             "GET",
+            format!("/system/identity?nonce={}", "ab".repeat(32)),
+            None,
+            vec![],
+            vec![],
+        ),
+        (
+            "GET",
+            "/system/identity?nonce=short".into(),
+            None,
+            vec![],
+            vec![],
+        ),
+        (
+            "GET",
             "/system/runtime".into(),
             Some(&token),
             vec![],
@@ -705,36 +722,114 @@ fn every_route_answers_as_the_document_says() {
     let issued = call("POST", "/system/pairing", Some(&host), &[], b"");
     assert_eq!(issued.status, 201, "{}", issued.text());
     let code = issued.json()["code"].as_str().unwrap().to_string();
-    let pair_body = |code: &str| json!({"code": code, "deviceName": "contract"}).to_string();
+    // The retired protocol: 410 whatever it carries.
+    let retired = json!({"code": code, "deviceName": "contract"}).to_string();
     assert_eq!(
-        call("POST", "/pair", None, &[], pair_body(&code).as_bytes()).status,
-        415
-    );
-    assert_eq!(call("POST", "/pair", None, &json_type, b"{}").status, 400);
-    assert_eq!(
-        call("POST", "/pair", None, &json_type, &vec![b' '; 8 * 1024]).status,
-        413
+        call("POST", "/pair", None, &json_type, retired.as_bytes()).status,
+        410
     );
     assert_eq!(call("GET", "/pair", None, &[], b"").status, 405);
+    // The exchange (plain HTTP here: no certificate, so none in the server's identity).
+    let start_body = |msg_a: &[u8]| json!({"pake": BASE64.encode(msg_a)}).to_string();
+    let (_, msg_a) = ClientStart::new(&code, None);
     assert_eq!(
         call(
             "POST",
-            "/pair",
+            "/pair/start",
+            None,
+            &[],
+            start_body(&msg_a).as_bytes()
+        )
+        .status,
+        415
+    );
+    assert_eq!(
+        call("POST", "/pair/start", None, &json_type, b"{}").status,
+        400
+    );
+    assert_eq!(
+        call(
+            "POST",
+            "/pair/start",
             None,
             &json_type,
-            pair_body("2222-2222").as_bytes()
+            &vec![b' '; 8 * 1024]
+        )
+        .status,
+        413
+    );
+    assert_eq!(call("GET", "/pair/start", None, &[], b"").status, 405);
+    assert_eq!(call("GET", "/pair/finish", None, &[], b"").status, 405);
+    let mut start = || {
+        let (client, msg_a) = ClientStart::new(&code, None);
+        let started = call(
+            "POST",
+            "/pair/start",
+            None,
+            &json_type,
+            start_body(&msg_a).as_bytes(),
+        );
+        assert_eq!(started.status, 201, "{}", started.text());
+        let started = started.json();
+        let msg_b = BASE64.decode(started["pake"].as_str().unwrap()).unwrap();
+        (
+            started["session"].as_str().unwrap().to_string(),
+            client.finish(&msg_b).unwrap(),
+        )
+    };
+    let (wrong_session, _) = start();
+    let (session, transcript) = start();
+    let finish_body = |session: &str, name: &str, confirm: &[u8]| {
+        json!({"session": session, "deviceName": name, "confirm": BASE64.encode(confirm)})
+            .to_string()
+    };
+    let confirm = transcript.client_confirm();
+    assert_eq!(
+        call(
+            "POST",
+            "/pair/finish",
+            None,
+            &json_type,
+            finish_body(&session, "", &confirm).as_bytes()
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        call(
+            "POST",
+            "/pair/finish",
+            None,
+            &json_type,
+            finish_body(&wrong_session, "contract", &[0u8; 32]).as_bytes()
         )
         .status,
         401
     );
+    assert_eq!(
+        call(
+            "POST",
+            "/pair/finish",
+            None,
+            &json_type,
+            finish_body(&wrong_session, "contract", &[0u8; 32]).as_bytes()
+        )
+        .status,
+        404,
+        "one confirmation per session"
+    );
     let paired = call(
         "POST",
-        "/pair",
+        "/pair/finish",
         None,
         &json_type,
-        pair_body(&code).as_bytes(),
+        finish_body(&session, "contract", &confirm).as_bytes(),
     );
     assert_eq!(paired.status, 201, "{}", paired.text());
+    let proof = BASE64
+        .decode(paired.json()["confirm"].as_str().unwrap())
+        .unwrap();
+    assert!(transcript.verify_server(&proof));
     let device = paired.json()["deviceId"].as_str().unwrap().to_string();
     assert_eq!(
         call("GET", "/system/devices", Some(&token), &[], b"").status,
@@ -755,7 +850,9 @@ fn every_route_answers_as_the_document_says() {
     assert_eq!(call("DELETE", &revoke, Some(&host), &[], b"").status, 404);
 
     // The errors the document promises were really met, not just allowed.
-    for status in [200, 201, 202, 400, 401, 403, 404, 405, 413, 415, 421, 422] {
+    for status in [
+        200, 201, 202, 400, 401, 403, 404, 405, 410, 413, 415, 421, 422,
+    ] {
         assert!(
             statuses.contains(&status),
             "no call got {status}: {statuses:?}"

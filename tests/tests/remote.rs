@@ -1,24 +1,29 @@
 //! Remote access, end to end on the real binary: TLS with pinned and CA-checked clients,
 //! plain HTTP refused off loopback, the certificate's validity, names and renewal (paired
-//! devices following the signed succession), pairing (happy path, expiry, reuse, brute
-//! force, device names), device tokens and their revocation closing live streams, and mDNS
-//! between network namespaces.
+//! devices following the signed succession), pairing (happy path, expiry, reuse, guess
+//! budgets per address, input errors, device names, a relay in the middle, a second
+//! implementation of the protocol), device tokens and their revocation closing live
+//! streams, and mDNS between network namespaces.
 
-use std::io::{BufReader, Write};
-use std::net::IpAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use openwork_runtime::remote::pake::ClientStart;
 use openwork_runtime::remote::tls::{Statement, Succession, Validity, store, verify_succession};
 use openwork_tests::contract::{Contract, checked_in_document};
-use openwork_tests::fixtures::output_of;
+use openwork_tests::fixtures::{describe, output_of};
 use openwork_tests::netns::{self, Lan};
 use openwork_tests::server::{
     ServerBuilder, ServerProcess, process_alive, wait_for_exit, wait_until,
 };
 use openwork_tests::tls::{
-    closes_within, connect_presented, open, pinned_client, presented_fingerprint,
+    closes_within, connect_presented, open, pinned_client, pinned_config, presented_fingerprint,
 };
 use serde_json::{Value, json};
 
@@ -110,28 +115,102 @@ impl Remote {
 
     fn code(&self) -> Value {
         let output = self.pair_command(true);
-        assert!(
-            output.status.success(),
-            "{}",
-            openwork_tests::fixtures::describe(&output)
-        );
+        assert!(output.status.success(), "{}", describe(&output));
         serde_json::from_slice(&output.stdout).unwrap()
     }
 
-    /// Pairs a device: its id and token.
+    /// The pending code, as shown (`ABCD-EFGH`).
+    fn code_text(&self) -> String {
+        self.code()["code"].as_str().unwrap().to_string()
+    }
+
+    /// `127.0.0.1:<port>`: where `join` reaches this server from here.
+    fn loopback(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Pairs a device the way a person on a second computer does (`join` with the code the
+    /// host's `pair` printed): its id and token.
     fn paired(&self, name: &str) -> (String, String) {
-        let code = self.code();
-        let (status, body) = self.call(
-            "POST",
-            "/pair",
-            None,
-            Some(json!({"code": code["code"], "deviceName": name})),
-        );
-        assert_eq!(status, 201, "{body}");
+        let joined = joined(&join(&[
+            &self.loopback(),
+            "--code",
+            &self.code_text(),
+            "--name",
+            name,
+        ]));
+        assert_eq!(joined["fingerprint"], self.fingerprint.as_str(), "{joined}");
         (
-            body["deviceId"].as_str().unwrap().to_string(),
-            body["token"].as_str().unwrap().to_string(),
+            joined["deviceId"].as_str().unwrap().to_string(),
+            joined["token"].as_str().unwrap().to_string(),
         )
+    }
+
+    /// `POST /pair/start` with the code (`msgA` made by the server's own client code, for
+    /// the certificate this server shows): the client side, the session and `msgB`.
+    fn pair_start(&self, code: &str) -> (ClientStart, String, Vec<u8>) {
+        let (client, msg_a) = ClientStart::new(code, Some(&self.fingerprint));
+        let (status, started) = self.call(
+            "POST",
+            "/pair/start",
+            None,
+            Some(json!({"pake": BASE64.encode(msg_a)})),
+        );
+        assert_eq!(status, 201, "{started}");
+        let msg_b = BASE64.decode(started["pake"].as_str().unwrap()).unwrap();
+        (
+            client,
+            started["session"].as_str().unwrap().to_string(),
+            msg_b,
+        )
+    }
+
+    /// The names of the paired devices (host token).
+    fn device_names(&self) -> Vec<String> {
+        let (status, devices) = self.call(
+            "GET",
+            "/system/devices",
+            Some(&self.server.host_token),
+            None,
+        );
+        assert_eq!(status, 200, "{devices}");
+        devices["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// `openwork-server-v2 join ARGS… --json` (the device's side), from this machine.
+fn join(args: &[&str]) -> Output {
+    output_of(join_command(Command::new(openwork_tests::host_bin("openwork-server-v2"))).args(args))
+}
+
+/// `command` (the server's executable, perhaps behind `ip netns exec`) made into `join
+/// --json`, with nothing on standard input.
+fn join_command(mut command: Command) -> Command {
+    command
+        .arg("join")
+        .arg("--json")
+        .stdin(Stdio::null())
+        .env_remove("OPENWORK_DATA_DIR");
+    command
+}
+
+/// What a successful `join --json` printed.
+fn joined(output: &Output) -> Value {
+    assert!(output.status.success(), "{}", describe(output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// A code that is surely not `code`.
+fn wrong_code(code: &str) -> &'static str {
+    if code.starts_with('2') {
+        "3333-3333"
+    } else {
+        "2222-2222"
     }
 }
 
@@ -752,6 +831,17 @@ fn tls_rotate_writes_a_statement_a_running_server_presents_it_and_forget_writes_
 fn device_names_with_bidi_or_invisible_characters_are_refused_with_400_saying_what_is_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let remote = Remote::start(remote(dir.path()));
+    // A pairing session with the right code and confirmation: only the name is wrong.
+    let (client, session, msg_b) = remote.pair_start(&remote.code_text());
+    let confirm = BASE64.encode(client.finish(&msg_b).unwrap().client_confirm());
+    let finish = |name: &str| {
+        remote.call(
+            "POST",
+            "/pair/finish",
+            None,
+            Some(json!({"session": session, "deviceName": name, "confirm": confirm})),
+        )
+    };
     for (name, code_point) in [
         ("phone\u{202E}gnp.exe", "U+202E"),
         ("\u{2066}Ana", "U+2066"),
@@ -760,14 +850,7 @@ fn device_names_with_bidi_or_invisible_characters_are_refused_with_400_saying_wh
         ("phone\u{E0041}", "U+E0041"),
         ("a\u{2028}b", "U+2028"),
     ] {
-        // A fresh code each time: a refused name must not depend on the code surviving.
-        let code = remote.code();
-        let (status, body) = remote.call(
-            "POST",
-            "/pair",
-            None,
-            Some(json!({"code": code["code"], "deviceName": name})),
-        );
+        let (status, body) = finish(name);
         assert_eq!(status, 400, "{name:?} was paired: {body}");
         assert_eq!(body["error"], "bad_request");
         let message = body["message"].as_str().unwrap();
@@ -777,27 +860,9 @@ fn device_names_with_bidi_or_invisible_characters_are_refused_with_400_saying_wh
         );
         assert!(!message.contains(name), "never echoes the name: {message}");
     }
-    let code = remote.code();
-    let (status, paired) = remote.call(
-        "POST",
-        "/pair",
-        None,
-        Some(json!({"code": code["code"], "deviceName": "Ana’s \u{2764}\u{FE0F} phone"})),
-    );
+    let (status, paired) = finish("Ana’s \u{2764}\u{FE0F} phone");
     assert_eq!(status, 201, "{paired}");
-    let (_, devices) = remote.call(
-        "GET",
-        "/system/devices",
-        Some(&remote.server.host_token),
-        None,
-    );
-    let names: Vec<&str> = devices["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["Ana’s \u{2764}\u{FE0F} phone"]);
+    assert_eq!(remote.device_names(), ["Ana’s \u{2764}\u{FE0F} phone"]);
 }
 
 #[test]
@@ -834,24 +899,51 @@ fn pairing_gives_a_device_its_own_token_and_a_code_works_once() {
     assert_eq!(issued["fingerprint"], remote.fingerprint.as_str());
     let code = issued["code"].as_str().unwrap().to_string();
 
-    // Typed in lower case with a space: still the code. Once.
+    // The retired protocol, which sent the code itself, is refused whatever it carries,
+    // and spends nothing.
+    let (status, retired) = remote.call(
+        "POST",
+        "/pair",
+        None,
+        Some(json!({"code": code, "deviceName": "old client"})),
+    );
+    assert_eq!(status, 410, "{retired}");
+    assert_eq!(retired["error"], "pake_required");
+    assert!(
+        retired["message"].as_str().unwrap().contains("/pair/start"),
+        "names the new endpoints: {retired}"
+    );
+
+    // Joined with the URL (addresses, pinned fingerprint) and the code typed in lower case
+    // with a space: still the code. Once. The URL's first address is made one that does
+    // not answer: the device goes on to the next (`also`).
     let typed = code.to_ascii_lowercase().replace('-', " ");
-    let (status, paired) = remote.call(
-        "POST",
-        "/pair",
-        None,
-        Some(json!({"code": typed, "deviceName": "Ana's phone"})),
+    let url = issued["url"].as_str().unwrap();
+    let first = issued["addresses"][0].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("openwork://{first}/pair?")),
+        "{url}"
     );
-    assert_eq!(status, 201, "{paired}");
+    let url = format!("{}&also={first}", url.replacen(first, "127.0.0.1:1", 1));
+    let paired = joined(&join(&[&url, "--code", &typed, "--name", "Ana's phone"]));
+    assert_eq!(paired["fingerprint"], remote.fingerprint.as_str());
+    assert_eq!(paired["name"], "Ana's phone");
     let token = paired["token"].as_str().unwrap().to_string();
-    let (status, again) = remote.call(
-        "POST",
-        "/pair",
-        None,
-        Some(json!({"code": code, "deviceName": "someone else"})),
+    let again = join(&[
+        &remote.loopback(),
+        "--code",
+        &code,
+        "--name",
+        "someone else",
+    ]);
+    assert_eq!(
+        again.status.code(),
+        Some(10),
+        "a used code: {}",
+        describe(&again)
     );
-    assert_eq!(status, 401, "a used code: {again}");
-    assert_eq!(again["error"], "pairing_refused");
+    let text = String::from_utf8_lossy(&again.stderr);
+    assert!(text.contains("refused the pairing"), "{text}");
 
     // The device's token works like the client token (not the host's), and the client token
     // keeps working.
@@ -908,52 +1000,454 @@ fn pairing_gives_a_device_its_own_token_and_a_code_works_once() {
 fn a_pairing_code_expires() {
     let dir = tempfile::tempdir().unwrap();
     let remote = Remote::start(remote(dir.path()).env("OPENWORK_SERVER_V2_PAIRING_TTL_MS", "300"));
-    let code = remote.code();
+    let code = remote.code_text();
     std::thread::sleep(Duration::from_millis(600));
-    let (status, body) = remote.call(
-        "POST",
-        "/pair",
-        None,
-        Some(json!({"code": code["code"], "deviceName": "late"})),
-    );
-    assert_eq!(status, 401, "{body}");
+    let late = join(&[&remote.loopback(), "--code", &code, "--name", "late"]);
+    assert_eq!(late.status.code(), Some(10), "{}", describe(&late));
     assert!(remote.server.stderr().contains("the pairing code expired"));
 }
 
 #[test]
-fn wrong_guesses_burn_the_code_and_are_logged() {
+fn wrong_guesses_are_counted_per_address_and_logged_without_the_code() {
     let dir = tempfile::tempdir().unwrap();
     let remote = Remote::start(remote(dir.path()));
-    let code = remote.code()["code"].as_str().unwrap().to_string();
-    // Wrong codes that differ from the real one.
-    let wrong = if code.starts_with('2') {
-        "3333-3333"
-    } else {
-        "2222-2222"
-    };
+    let code = remote.code_text();
+    let wrong = wrong_code(&code);
     for _ in 0..5 {
-        let (status, _) = remote.call(
-            "POST",
-            "/pair",
-            None,
-            Some(json!({"code": wrong, "deviceName": "guesser"})),
-        );
-        assert_eq!(status, 401);
+        let guess = join(&[&remote.loopback(), "--code", wrong, "--name", "guesser"]);
+        assert_eq!(guess.status.code(), Some(10), "{}", describe(&guess));
     }
-    let (status, body) = remote.call(
-        "POST",
-        "/pair",
-        None,
-        Some(json!({"code": code, "deviceName": "too late"})),
-    );
-    assert_eq!(status, 401, "the right code after five wrong ones: {body}");
+    // Out of guesses: this address is refused even with the right code.
+    let right = join(&[&remote.loopback(), "--code", &code, "--name", "too late"]);
+    assert_eq!(right.status.code(), Some(10), "{}", describe(&right));
+    assert!(remote.device_names().is_empty());
     let stderr = remote.server.stderr();
-    assert!(stderr.contains("pairing code burned"), "{stderr}");
+    assert!(
+        stderr.contains("that was this address's last of 5 wrong guesses"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("this address has used its 5 wrong guesses"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("127.0.0.1"),
         "the guesser's address is logged: {stderr}"
     );
     assert!(!stderr.contains(&code), "the code is never logged");
+    assert!(
+        !stderr.contains(&code.replace('-', "")),
+        "the code is never logged"
+    );
+}
+
+#[test]
+fn input_errors_never_spend_a_guess() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::start(remote(dir.path()));
+    let code = remote.code_text();
+    let bad_request = |path: &str, body: Value| {
+        let (status, answer) = remote.call("POST", path, None, Some(body));
+        assert_eq!(status, 400, "{path}: {answer}");
+        assert_eq!(answer["error"], "bad_request", "{answer}");
+    };
+    let (_, msg_a) = ClientStart::new(&code, Some(&remote.fingerprint));
+    let mut reflected = msg_a;
+    reflected[0] = b'B';
+    // Far more input errors than the five wrong guesses this address has, each with the
+    // right code where a code is involved.
+    for _ in 0..10 {
+        bad_request("/pair/start", json!({"pake": "not base64!"}));
+        bad_request("/pair/start", json!({"pake": BASE64.encode(&msg_a[..32])}));
+        bad_request("/pair/start", json!({"pake": BASE64.encode(reflected)}));
+        bad_request("/pair/start", json!({"spake": BASE64.encode(msg_a)}));
+        bad_request(
+            "/pair/start",
+            json!({"pake": BASE64.encode(msg_a), "extra": 1}),
+        );
+    }
+    let (client, live, msg_b) = remote.pair_start(&code);
+    let transcript = client.finish(&msg_b).unwrap();
+    let confirm = BASE64.encode(transcript.client_confirm());
+    let finish = |session: &str, name: &str, confirm: &str| {
+        remote.call(
+            "POST",
+            "/pair/finish",
+            None,
+            Some(json!({"session": session, "deviceName": name, "confirm": confirm})),
+        )
+    };
+    for _ in 0..10 {
+        // The right confirmation with unusable names (finding 7: these burned the code).
+        for name in ["", "   ", "tab\there", &"x".repeat(65)] {
+            let (status, answer) = finish(&live, name, &confirm);
+            assert_eq!(status, 400, "{name:?}: {answer}");
+            assert!(
+                answer["message"].as_str().unwrap().contains("deviceName"),
+                "{answer}"
+            );
+        }
+        // Confirmations that are not 32 bytes of base64.
+        bad_request(
+            "/pair/finish",
+            json!({"session": live, "deviceName": "tablet", "confirm": "%%%"}),
+        );
+        bad_request(
+            "/pair/finish",
+            json!({"session": live, "deviceName": "tablet", "confirm": BASE64.encode([0u8; 31])}),
+        );
+        // Sessions that do not exist.
+        let (status, answer) = finish(&"0".repeat(32), "tablet", &confirm);
+        assert_eq!(status, 404, "{answer}");
+        assert_eq!(answer["error"], "unknown_pairing_session");
+    }
+    // The session was kept through all of the above.
+    let (status, paired) = finish(&live, "tablet", &confirm);
+    assert_eq!(status, 201, "{paired}");
+    let proof = BASE64.decode(paired["confirm"].as_str().unwrap()).unwrap();
+    assert!(
+        transcript.verify_server(&proof),
+        "the server proves the code too"
+    );
+    assert_eq!(paired["fingerprint"], remote.fingerprint.as_str());
+    assert_eq!(remote.device_names(), ["tablet"]);
+    assert!(
+        !remote.server.stderr().contains("pairing refused"),
+        "nothing was refused as a guess:\n{}",
+        remote.server.stderr()
+    );
+}
+
+/// A LAN attacker's relay: it answers TLS with a certificate of its own, and passes each
+/// HTTP request on to the real server (pinned: the attacker can see its certificate) from
+/// an address of its own, 127.0.0.2, recording everything it sees.
+struct Relay {
+    port: u16,
+    fingerprint: String,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Relay {
+    fn start(dir: &Path, server_port: u16, server_fingerprint: &str) -> Relay {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let names = ["localhost".to_string(), "127.0.0.1".to_string()];
+        let fingerprint = openwork_runtime::remote::tls::rotate(
+            dir,
+            &names,
+            openwork_runtime::remote::tls::Followers::Forget,
+        )
+        .unwrap()
+        .fingerprint;
+        let (cert, key) = openwork_runtime::remote::tls::data_dir_files(dir);
+        let certs = CertificateDer::pem_file_iter(&cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+        );
+        let upstream = reqwest::blocking::Client::builder()
+            .use_preconfigured_tls(pinned_config(server_fingerprint))
+            .local_address(IpAddr::from([127, 0, 0, 2]))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming().flatten() {
+                let (config, upstream, record) = (config.clone(), upstream.clone(), record.clone());
+                std::thread::spawn(move || {
+                    let _ = relay_connection(tcp, config, &upstream, server_port, &record);
+                });
+            }
+        });
+        Relay {
+            port,
+            fingerprint,
+            seen,
+        }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Relays one client connection, request by request, until the client closes it.
+fn relay_connection(
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    upstream: &reqwest::blocking::Client,
+    server_port: u16,
+    seen: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    let tls = rustls::StreamOwned::new(
+        rustls::ServerConnection::new(config).map_err(std::io::Error::other)?,
+        tcp,
+    );
+    let mut reader = BufReader::new(tls);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            if line.trim_end().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body)?;
+        let mut parts = request_line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or("GET"), parts.next().unwrap_or("/"));
+        seen.lock().unwrap().push(format!(
+            "{method} {path} {}",
+            String::from_utf8_lossy(&body)
+        ));
+        let answer = upstream
+            .request(
+                method.parse().map_err(std::io::Error::other)?,
+                format!("https://127.0.0.1:{server_port}{path}"),
+            )
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .map_err(std::io::Error::other)?;
+        let status = answer.status().as_u16();
+        let text = answer.text().map_err(std::io::Error::other)?;
+        seen.lock().unwrap().push(format!("{status} {text}"));
+        let out = reader.get_mut();
+        write!(
+            out,
+            "HTTP/1.1 {status} Relayed\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        )?;
+        out.flush()?;
+    }
+}
+
+#[test]
+fn a_relay_with_its_own_certificate_cannot_pair_and_never_sees_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::start(remote(dir.path()));
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(relay_dir.path(), remote.port, &remote.fingerprint);
+    assert_ne!(relay.fingerprint, remote.fingerprint);
+    let code = remote.code_text();
+    let through_relay = format!("127.0.0.1:{}", relay.port);
+
+    // A client that trusts the first certificate it sees and sends the code itself (the
+    // protocol before this one): the relay would pair in its place. Refused outright.
+    let trusting = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let old = trusting
+        .post(format!("https://{through_relay}/pair"))
+        .header("content-type", "application/json")
+        .body(json!({"code": code, "deviceName": "victim"}).to_string())
+        .send()
+        .unwrap();
+    let old_status = old.status().as_u16();
+    let old_body = old.text().unwrap();
+    assert!(
+        !old_body.contains("\"token\""),
+        "the relay was handed a device token: {old_body}"
+    );
+    assert_eq!(old_status, 410, "{old_body}");
+
+    // The device types the right code, but talks to the relay: the exchange fails on the
+    // device, which keeps nothing and says which certificate it saw.
+    let relayed = join(&[&through_relay, "--code", &code, "--name", "victim"]);
+    assert_eq!(relayed.status.code(), Some(10), "{}", describe(&relayed));
+    assert!(relayed.stdout.is_empty(), "nothing printed, no token kept");
+    let said = String::from_utf8_lossy(&relayed.stderr);
+    assert!(said.contains("refused the pairing"), "{said}");
+    assert!(
+        said.contains(&relay.fingerprint),
+        "names what it saw: {said}"
+    );
+
+    // Nothing was paired, and the relay saw no token on the way.
+    assert!(remote.device_names().is_empty());
+    let seen = relay.seen();
+    assert!(
+        seen.iter()
+            .any(|line| line.starts_with("POST /pair/finish")),
+        "the exchange went through the relay: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|line| !line.contains("\"token\"")),
+        "the relay saw a device token: {seen:?}"
+    );
+
+    // It cost the relay's address one guess; the code still works directly.
+    let stderr = remote.server.stderr();
+    assert!(
+        stderr.contains("127.0.0.2") && stderr.contains("4 more wrong guesses"),
+        "{stderr}"
+    );
+    let direct = joined(&join(&[
+        &remote.loopback(),
+        "--code",
+        &code,
+        "--name",
+        "Ana's laptop",
+    ]));
+    assert_eq!(direct["fingerprint"], remote.fingerprint.as_str());
+    assert_eq!(remote.device_names(), ["Ana's laptop"]);
+    let token = direct["token"].as_str().unwrap();
+    assert_eq!(
+        remote.call("GET", "/system/runtime", Some(token), None).0,
+        200
+    );
+}
+
+#[test]
+fn one_peer_on_the_lan_cannot_burn_the_code_for_others() {
+    let Some(lan) = Lan::create() else {
+        return;
+    };
+    // The server in its namespace, on every address: the peer reaches it over the veth
+    // pair, a client in the server's namespace over loopback (another source).
+    let dir = tempfile::tempdir().unwrap();
+    let server_exe = openwork_tests::host_bin("openwork-server-v2");
+    let server = ServerBuilder::executable(&server_exe, dir.path())
+        .wrapped(lan.ip_program(), &lan.server_wrapper())
+        .arg("--sidecar")
+        .arg(format!(
+            "opencode={}",
+            openwork_tests::host_bin("openwork-fixture-sidecar").display()
+        ))
+        .arg("--host")
+        .arg("0.0.0.0")
+        .arg("--remote-access")
+        .arg("--no-mdns")
+        .start();
+    let port = server.ready["port"].as_u64().unwrap();
+    let issued = output_of(
+        lan.on_server(&server_exe)
+            .args(["pair", "--json", "--data-dir"])
+            .arg(&server.data_dir)
+            .env_remove("OPENWORK_HOST_TOKEN")
+            .env_remove("OPENWORK_DATA_DIR"),
+    );
+    let issued: Value = joined(&issued);
+    let code = issued["code"].as_str().unwrap().to_string();
+
+    // The peer guesses many times, then tries the right code: refused after its budget.
+    let on_lan = format!("{}:{port}", netns::SERVER_IP);
+    let peer_join = |code: &str| {
+        output_of(join_command(lan.on_peer(&server_exe)).args([
+            on_lan.as_str(),
+            "--code",
+            code,
+            "--name",
+            "guesser",
+        ]))
+    };
+    for _ in 0..12 {
+        let guess = peer_join(wrong_code(&code));
+        assert_eq!(guess.status.code(), Some(10), "{}", describe(&guess));
+    }
+    let right = peer_join(&code);
+    assert_eq!(right.status.code(), Some(10), "{}", describe(&right));
+    let stderr = server.stderr();
+    let refused_peer = |what: &str| {
+        stderr
+            .lines()
+            .filter(|line| line.contains(netns::PEER_IP) && line.contains(what))
+            .count()
+    };
+    assert_eq!(
+        refused_peer("more wrong guesses from this address"),
+        4,
+        "{stderr}"
+    );
+    assert_eq!(refused_peer("last of 5 wrong guesses"), 1, "{stderr}");
+    // Eight refusals of the same kind in about a second: the first five are logged one by
+    // one, the rest are counted (http::log_limit).
+    assert!(
+        refused_peer("has used its 5 wrong guesses") >= 5,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("pairing code burned"), "{stderr}");
+
+    // Another address pairs with the same code.
+    let other = joined(&output_of(join_command(lan.on_server(&server_exe)).args([
+        &format!("127.0.0.1:{port}"),
+        "--code",
+        &code,
+        "--name",
+        "Ana's laptop",
+    ])));
+    assert_eq!(other["name"], "Ana's laptop");
+    assert_eq!(
+        other["fingerprint"], server.ready["tlsFingerprint"],
+        "{other}"
+    );
+}
+
+#[test]
+fn a_python_client_written_from_the_docs_pairs() {
+    // A second implementation of the protocol (PyPI's spake2; scripts/test installs it):
+    // what docs/RUNTIME.md specifies is what the server speaks.
+    let probe = output_of(Command::new("python3").args(["-c", "import spake2"]));
+    if !probe.status.success() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 with PyPI's spake2 is needed (scripts/test installs it): {}",
+            describe(&probe)
+        );
+        eprintln!("SKIPPED (loudly): python3 -m pip install spake2==0.9 to run this test");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::start(remote(dir.path()));
+    let script = openwork_tests::workspace_root().join("tests/python/pair.py");
+    let python = |code: &str, name: &str| {
+        output_of(Command::new("python3").arg(&script).args([
+            "127.0.0.1",
+            &remote.port.to_string(),
+            code,
+            name,
+        ]))
+    };
+    // A wrong code fails there too (and costs one guess).
+    let code = remote.code_text();
+    let wrong = python(wrong_code(&code), "python");
+    assert!(!wrong.status.success(), "{}", describe(&wrong));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("pairing_refused"));
+    let paired = joined(&python(&code.to_ascii_lowercase(), "python"));
+    assert_eq!(paired["fingerprint"], remote.fingerprint.as_str());
+    assert_eq!(paired["name"], "python");
+    let token = paired["token"].as_str().unwrap();
+    assert_eq!(
+        remote.call("GET", "/system/runtime", Some(token), None).0,
+        200
+    );
+    assert_eq!(remote.device_names(), ["python"]);
 }
 
 #[test]

@@ -49,6 +49,10 @@ pub enum ExitCode {
     /// Plain HTTP was asked for on an address other machines can reach, or the TLS
     /// certificate or key cannot be used (server).
     InsecureTransport = 16,
+    /// What answers at the address a local command was given (`server.json`) could not
+    /// prove it is the server that wrote it: a stale record whose port another program
+    /// holds, or an impostor. Nothing was sent to it (server).
+    UnverifiedServer = 17,
 }
 
 impl ExitCode {
@@ -72,6 +76,7 @@ impl ExitCode {
         ExitCode::Credentials,
         ExitCode::Untrusted,
         ExitCode::InsecureTransport,
+        ExitCode::UnverifiedServer,
     ];
 
     /// The numeric code.
@@ -99,6 +104,7 @@ impl ExitCode {
             ExitCode::Credentials => "credentials",
             ExitCode::Untrusted => "untrusted files",
             ExitCode::InsecureTransport => "insecure transport",
+            ExitCode::UnverifiedServer => "unverified server",
         }
     }
 }

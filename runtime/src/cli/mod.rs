@@ -284,6 +284,32 @@ pub enum Command {
     Pair(JsonFlag),
     /// List openwork servers advertised on the LAN (mDNS)
     Discover(DiscoverArgs),
+    /// Pair this computer with a server as a device, with the code its host shows; print
+    /// this device's token and the server's proven certificate fingerprint
+    Join(JoinArgs),
+}
+
+/// `join` flags.
+#[derive(Debug, clap::Args)]
+pub struct JoinArgs {
+    /// The server: the URL `pair` prints on the host (openwork://…/pair?code=…), or
+    /// host:port
+    #[arg(value_name = "URL|HOST:PORT")]
+    pub target: String,
+    /// The pairing code [default: the URL's, else read from standard input]. On a command
+    /// line other users of this computer can read it until it is used
+    #[arg(long, value_name = "CODE")]
+    pub code: Option<String>,
+    /// What the host's device list will call this computer
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// Pin this certificate fingerprint (64 hex digits of SHA-256) [default: the URL's,
+    /// else the one the server shows, which the code then proves]
+    #[arg(long, value_name = "SHA256")]
+    pub fingerprint: Option<String>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `tls …` subcommands.
@@ -517,6 +543,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Tls(command)) => remote_cmd::tls(command, &settings),
         Some(Command::Pair(flags)) => remote_cmd::pair(flags.json, &settings),
         Some(Command::Discover(args)) => remote_cmd::discover(args.timeout, args.json),
+        Some(Command::Join(args)) => remote_cmd::join(args),
         Some(Command::Serve(args)) => serve(args, settings),
         None => serve(cli.serve, settings),
     }

@@ -1,15 +1,16 @@
-//! `openwork-server-v2 tls rotate | show`, `pair` and `discover`.
+//! `openwork-server-v2 tls rotate | show`, `pair`, `discover` and `join`.
 
 use std::io::Read;
 use std::time::Duration;
 
 use openwork_runtime::layout::{self, DataLayout};
-use openwork_runtime::remote::{ServerFile, client, mdns, tls};
+use openwork_runtime::remote::pairing::PairingUrl;
+use openwork_runtime::remote::{ServerFile, client, mdns, pair_client, tls};
 use openwork_runtime::{Error, ExitCode, Result, env_vars, trust};
 use serde_json::{Value, json};
 
 use super::runtime_cmd::print_out;
-use super::{Settings, TlsCommand};
+use super::{JoinArgs, Settings, TlsCommand};
 
 pub fn tls(command: TlsCommand, settings: &Settings) -> Result<ExitCode> {
     let layout = DataLayout::resolve(settings.data_dir.clone())?;
@@ -175,6 +176,71 @@ pub fn discover(timeout: u64, json_out: bool) -> Result<ExitCode> {
         ));
     }
     Ok(ExitCode::Ok)
+}
+
+pub fn join(args: JoinArgs) -> Result<ExitCode> {
+    // Destructured whole: a new flag nobody handles does not compile.
+    let JoinArgs {
+        target,
+        code,
+        name,
+        fingerprint,
+        json: json_out,
+    } = args;
+    let mut target: PairingUrl = target.parse().map_err(Error::Usage)?;
+    if fingerprint.is_some() {
+        target.fingerprint = fingerprint;
+    }
+    let code = match code.or_else(|| target.code.clone()) {
+        Some(code) => code,
+        None => read_code()?,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("start the async runtime", e))?;
+    let joined = runtime.block_on(pair_client::join(&target, &code, &name))?;
+    if json_out {
+        let out = json!({
+            "address": joined.address,
+            "deviceId": joined.device_id,
+            "name": joined.name,
+            "token": joined.token,
+            "fingerprint": joined.fingerprint,
+        });
+        print_out(&format!("{out}\n"));
+    } else {
+        print_out(&format!(
+            "Paired with:   {} as {:?} (device {})\nCertificate:   SHA-256 {} (proven by the code: pin it)\nToken:         {}\n\nSend it as `Authorization: Bearer <token>` to https://{}; it is shown only this once.\n",
+            joined.address,
+            joined.name,
+            joined.device_id,
+            joined.fingerprint,
+            joined.token,
+            joined.address,
+        ));
+    }
+    Ok(ExitCode::Ok)
+}
+
+/// The code from standard input (a prompt on stderr when it is a terminal): off the command
+/// line, where other users could read it.
+fn read_code() -> Result<String> {
+    let stdin = std::io::stdin();
+    if std::io::IsTerminal::is_terminal(&stdin) {
+        eprint!("Pairing code: ");
+    }
+    let mut line = String::new();
+    stdin
+        .read_line(&mut line)
+        .map_err(|e| Error::io("read the pairing code from standard input", e))?;
+    let code = line.trim().to_string();
+    if code.is_empty() {
+        return Err(Error::Usage(
+            "no pairing code: give the URL that `openwork-server-v2 pair` prints on the host, or --code, or type the code on standard input".into(),
+        ));
+    }
+    Ok(code)
 }
 
 /// The host token: `OPENWORK_HOST_TOKEN`, else the data dir's `host-token` (never made

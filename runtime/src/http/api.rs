@@ -198,6 +198,7 @@ async fn handle_inner(
     let origin = allowed_origin(&state, request.headers());
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let mut access = Access::None;
     let mut response = if !state.host_check.allows(request.headers().get(header::HOST)) {
         response::error(
             ApiError::MisdirectedRequest,
@@ -212,7 +213,9 @@ async fn handle_inner(
     } else if method == Method::OPTIONS && origin.is_some() {
         preflight()
     } else {
-        route(request, &state, peer).await
+        let caller = state.tokens.authenticate(request.headers());
+        access = caller.access;
+        route(request, &state, peer, caller).await
     };
     if let Some(origin) = origin {
         let headers = response.headers_mut();
@@ -225,13 +228,20 @@ async fn handle_inner(
         );
     }
     // Only the path: a query may carry a token (EventSource cannot set headers).
-    tracing::info!(
-        %method,
-        path = %path,
-        status = response.status().as_u16(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "request"
-    );
+    let status = response.status().as_u16();
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    if access == Access::None && status >= 400 {
+        // Refused without a token: a flood of these must not flood the log.
+        if let Some(untold) = state.failures.log.admit(("refused request", status)) {
+            if untold > 0 {
+                tracing::info!(%method, path = %path, status, elapsed_ms, untold, "request (and {untold} more refused with this status since the last such line)");
+            } else {
+                tracing::info!(%method, path = %path, status, elapsed_ms, "request");
+            }
+        }
+    } else {
+        tracing::info!(%method, path = %path, status, elapsed_ms, "request");
+    }
     response
 }
 
@@ -239,11 +249,12 @@ async fn route(
     request: Request<Incoming>,
     state: &Arc<AppState>,
     peer: SocketAddr,
+    caller: Caller,
 ) -> Response<ResponseBody> {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
 
-    let Caller { access, device } = state.tokens.authenticate(request.headers());
+    let Caller { access, device } = caller;
     let mut request = request;
     if access != Access::None
         && let Some(ticket) = request.extensions().get::<Arc<ConnectionTicket>>()
@@ -269,9 +280,21 @@ async fn route(
         "/system/health" => {
             return only(&method, &[Method::GET], || system_health(state, access));
         }
-        "/pair" => {
+        "/system/identity" => {
+            return only(&method, &[Method::GET], || {
+                system_identity(state, request.uri().query())
+            });
+        }
+        "/pair" => return only(&method, &[Method::POST], devices::retired_pair),
+        "/pair/start" => {
             return match method {
-                Method::POST => devices::pair(request, state, peer).await,
+                Method::POST => devices::pair_start(request, state, peer).await,
+                _ => method_not_allowed(&[Method::POST]),
+            };
+        }
+        "/pair/finish" => {
+            return match method {
+                Method::POST => devices::pair_finish(request, state, peer).await,
                 _ => method_not_allowed(&[Method::POST]),
             };
         }
@@ -562,6 +585,38 @@ pub(super) fn system_health(state: &AppState, access: Access) -> Response<Respon
     )
 }
 
+/// The proof a local command asks for before it sends a token (see
+/// [`crate::remote::identity`]): no token needed, since it is asked before one is sent.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/system/identity", tag = "system",
+    summary = "Prove this is the server that wrote `server.json`, before a local command sends it a token",
+    description = "The answer's `proof` is the HMAC-SHA256, under the identity key that this server process wrote into `<data dir>/server.json` (`identityKey`, 64 hex digits, a new one every start), of the bytes `openwork-server-v2 identity v1\\n` followed by the nonce's 32 bytes. A local command (`openwork-server-v2 pair`) sends a random nonce and sends its token (on the same connection) only when the proof verifies: a stale `server.json` names a port anyone may bind once the server is gone.",
+    params(("nonce" = String, Query, description = "32 random bytes as 64 hex digits", pattern = "^[0-9a-fA-F]{64}$")),
+    responses(
+        (status = 200, description = "The proof", body = model::Identity),
+        (status = 400, description = "`bad_request`: the nonce is not 64 hex digits", body = model::ErrorBody),
+    ),
+    security(()),
+))]
+pub(super) fn system_identity(state: &AppState, query: Option<&str>) -> Response<ResponseBody> {
+    let nonce = query_value(query, "nonce")
+        .and_then(|n| hex::decode(n).ok())
+        .filter(|n| n.len() == crate::remote::identity::LEN);
+    let Some(nonce) = nonce else {
+        return response::error(
+            ApiError::BadRequest,
+            "send ?nonce= with 32 random bytes as 64 hex digits",
+        );
+    };
+    response::json(
+        StatusCode::OK,
+        &model::Identity {
+            pid: std::process::id(),
+            proof: hex::encode(state.remote.identity.prove(&nonce)),
+        },
+    )
+}
+
 /// "Seen recently" on the health panel: the last 15 minutes.
 const RECENTLY_MS: u64 = 15 * 60 * 1000;
 
@@ -701,18 +756,34 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
             &format!("send the body as Content-Type: application/json, e.g. {example}"),
         ));
     }
-    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let too_large = || {
+        response::error(
+            ApiError::PayloadTooLarge,
+            &format!("the body exceeds {} KiB", limit / 1024),
+        )
+    };
+    // A `Content-Length` over the limit is refused before a byte of the body is read (and
+    // before hyper answers an `Expect: 100-continue`).
+    if http_body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(too_large());
+    }
+    let collect = http_body_util::Limited::new(body, limit).collect();
+    let bytes = match tokio::time::timeout(super::BODY_TIMEOUT, collect).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Ok(Err(_)) => {
             return Err(response::error(
-                ApiError::PayloadTooLarge,
-                &format!("the body exceeds {} KiB", limit / 1024),
+                ApiError::BadRequest,
+                "the request body could not be read",
             ));
         }
         Err(_) => {
             return Err(response::error(
-                ApiError::BadRequest,
-                "the request body could not be read",
+                ApiError::RequestTimeout,
+                &format!(
+                    "the request body did not arrive within {} s; send it with the head",
+                    super::BODY_TIMEOUT.as_secs()
+                ),
             ));
         }
     };
@@ -735,6 +806,7 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
         (status = 200, description = "The workspace now active", body = model::ActiveWorkspaceBody),
         (status = 400, description = "`bad_request`: the body is not `{\"directory\": string}`", body = model::ErrorBody),
         (status = 403, description = "`host_token_required`", body = model::ErrorBody),
+        (status = 408, description = "`request_timeout`: the body did not arrive within 10 s", body = model::ErrorBody),
         (status = 413, description = "`payload_too_large`: over 64 KiB", body = model::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`", body = model::ErrorBody),
         (status = 422, description = "`workspace_not_absolute`, `workspace_not_found` or `workspace_not_a_directory`", body = model::ErrorBody),
@@ -847,8 +919,8 @@ pub(super) fn capabilities(state: &AppState) -> Response<ResponseBody> {
     responses(
         (status = "default", description = "opencode's answer, unchanged"),
         (status = 413, description = "`payload_too_large`: a request body over 64 MiB", body = model::ErrorBody),
+        (status = 503, description = "`opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken", body = model::ErrorBody),
         (status = 502, description = "`bad_gateway` (opencode failed the request) or `opencode_unauthorized` (opencode refused its own password)", body = model::ErrorBody),
-        (status = 503, description = "`opencode_unavailable`: opencode is starting, restarting or failed", body = model::ErrorBody),
         (status = 504, description = "`opencode_timeout`: no answer in time", body = model::ErrorBody),
     ),
     security(("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
@@ -894,6 +966,27 @@ pub(super) async fn proxy_to_opencode(
         }
     }
     request.extensions_mut().insert(proxy::ClientAddr(peer));
+    if proxy::is_upgrade(request.headers()) {
+        // An upgraded connection holds its place (and two descriptors) for as long as it
+        // lives: there are only so many places for them (see `super::connections`).
+        let reservation = request
+            .extensions()
+            .get::<Arc<ConnectionTicket>>()
+            .map(ConnectionTicket::reserve_upgrade);
+        match reservation {
+            Some(Some(reservation)) => {
+                request.extensions_mut().insert(reservation);
+            }
+            Some(None) => {
+                return response::error(
+                    ApiError::TooManyUpgrades,
+                    "every place for a WebSocket (or other upgraded connection) is taken; close one and retry, or raise the server's open-file limit",
+                );
+            }
+            // Not from the front door's accept loop (a test calling the handler): no bound.
+            None => {}
+        }
+    }
     state
         .proxy
         .forward(request, &upstream, path_and_query)

@@ -3,6 +3,7 @@
 //!
 //! - [`server`]: the accept loop.
 //! - [`connections`]: connection standing, limits and failure counts.
+//! - [`log_limit`]: log lines about refused requests, limited in rate.
 //! - [`api`]: routing and handlers.
 //! - [`model`]: the request and response bodies, which the OpenAPI document describes.
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers and the bodies.
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod auth;
 pub mod connections;
+pub mod log_limit;
 pub mod model;
 pub mod openapi;
 pub mod proxy;
@@ -27,6 +29,11 @@ use std::time::Duration;
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// A client must send its request head within this time.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A body the server reads itself (a pairing message, a workspace switch: a few KiB at
+/// most) must arrive whole within this time, or the request gets 408. Without it, a
+/// complete head and a body that never comes held a connection for as long as the peer
+/// liked.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The path prefix under which opencode's own API is passed through (`/opencode/…`).
 pub const OPENCODE_PREFIX: &str = "/opencode";

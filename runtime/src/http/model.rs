@@ -173,8 +173,8 @@ pub struct PairingCode {
     pub code: String,
     /// Seconds until it expires (300 unless changed for tests).
     pub expires_in_seconds: u64,
-    /// `openwork://<address>:<port>/pair?code=…&fingerprint=…`: everything a device needs,
-    /// for a QR code.
+    /// `openwork://<ip>:<port>/pair?code=…&fingerprint=<64 hex>[&also=<ip>:<port>…]`:
+    /// everything a device needs, for a QR code (IP literals; `also` names other addresses).
     pub url: String,
     /// The certificate fingerprint to pin (as in `GET /system/runtime`); null on plain HTTP.
     pub fingerprint: Option<String>,
@@ -182,19 +182,49 @@ pub struct PairingCode {
     pub addresses: Vec<String>,
 }
 
-/// `POST /pair`.
+/// `POST /pair/start`: the device's first SPAKE2 message.
 #[derive(Debug, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 #[serde(deny_unknown_fields)]
-pub struct PairRequest {
-    /// The code the host showed.
-    pub code: String,
-    /// What to call this device in `GET /system/devices` (1 to 64 characters).
-    pub device_name: String,
+pub struct PairStart {
+    /// `msgA`: SPAKE2 side A over the code (see docs/RUNTIME.md), 33 bytes in standard
+    /// base64 with padding (44 characters).
+    #[cfg_attr(feature = "openapi", schema(min_length = 44, max_length = 44))]
+    pub pake: String,
 }
 
-/// `POST /pair`: the device's own token.
+/// `POST /pair/start`: the server's answer. Nothing in it depends on the key yet.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct PairStarted {
+    /// Names this exchange in `POST /pair/finish` (32 hex digits); valid for 60 s, from
+    /// the same address only.
+    pub session: String,
+    /// `msgB`: SPAKE2 side B, 33 bytes in standard base64 with padding.
+    pub pake: String,
+}
+
+/// `POST /pair/finish`: the device proves it holds the code (and saw this server's
+/// certificate).
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct PairFinish {
+    /// The `session` of `POST /pair/start`.
+    pub session: String,
+    /// What to call this device in `GET /system/devices` (1 to 64 characters).
+    pub device_name: String,
+    /// `HMAC-SHA256(K, "openwork-pair-v1 client confirm" ‖ msgA ‖ msgB)`, 32 bytes in
+    /// standard base64 with padding.
+    #[cfg_attr(feature = "openapi", schema(min_length = 44, max_length = 44))]
+    pub confirm: String,
+}
+
+/// `POST /pair/finish`: the device's own token, and the server's proof.
 #[derive(Debug, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
@@ -205,8 +235,14 @@ pub struct Paired {
     /// Its name.
     pub name: String,
     /// Its token: send it as `Authorization: Bearer <token>`. Shown once; the server keeps
-    /// only its SHA-256.
+    /// only its SHA-256. Keep it only after `confirm` checks out.
     pub token: String,
+    /// The server's certificate fingerprint (SHA-256, 64 hex digits; null without TLS):
+    /// the one the device saw, now proven. Pin it from now on.
+    pub fingerprint: Option<String>,
+    /// `HMAC-SHA256(K, "openwork-pair-v1 server confirm" ‖ msgA ‖ msgB)`, standard base64:
+    /// the server's proof that it holds the code.
+    pub confirm: String,
 }
 
 /// One paired device.
@@ -438,4 +474,17 @@ pub enum SystemEventData {
     Snapshot(Snapshot),
     /// Missed events.
     Lagged(Lagged),
+}
+
+/// `GET /system/identity`: the server's proof that it holds the identity key of
+/// `<data dir>/server.json` (see docs/RUNTIME.md, "Local commands").
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Identity {
+    /// The server's pid, as `server.json` names it.
+    pub pid: u32,
+    /// HMAC-SHA256 of the context `openwork-server-v2 identity v1\n` and the nonce's bytes,
+    /// under the key: 64 hex digits.
+    pub proof: String,
 }

@@ -58,6 +58,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::OPENCODE_PREFIX;
+use super::connections::UpgradeReservation;
 use super::response::{self, ApiError, BoxError, ResponseBody};
 
 /// The header that carries our token in clients that cannot set `Authorization`. It is ours
@@ -278,6 +279,8 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let client_addr = parts.extensions.get::<ClientAddr>().copied();
         let revocation = parts.extensions.remove::<Revocation>();
+        // The upgraded connection's place, held until its splice ends.
+        let reservation = parts.extensions.remove::<UpgradeReservation>();
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
                 .uri
@@ -303,7 +306,11 @@ impl Proxy {
         match client_upgrade {
             Some(client_upgrade) => {
                 *upstream_req.uri_mut() = path_and_query.into();
-                exchange_upgrade(upstream_req, client_upgrade, upstream, options, revocation).await
+                let held = Held {
+                    revocation,
+                    _reservation: reservation,
+                };
+                exchange_upgrade(upstream_req, client_upgrade, upstream, options, held).await
             }
             None => {
                 *upstream_req.uri_mut() = Uri::builder()
@@ -364,7 +371,7 @@ async fn exchange_upgrade(
     client_upgrade: hyper::upgrade::OnUpgrade,
     upstream: &Upstream,
     options: &ProxyOptions,
-    revocation: Option<Revocation>,
+    held: Held,
 ) -> Result<Response<ResponseBody>, Failure> {
     let stream = match tokio::time::timeout(
         options.connect_timeout,
@@ -405,7 +412,7 @@ async fn exchange_upgrade(
         rewrite_response_headers(&mut parts.headers, true);
         // The connection task is what hands the socket over to `upstream_upgrade`.
         abort.disarm();
-        tokio::spawn(splice(client_upgrade, upstream_upgrade, revocation));
+        tokio::spawn(splice(client_upgrade, upstream_upgrade, held));
         return Ok(Response::from_parts(parts, response::empty()));
     }
 
@@ -490,13 +497,24 @@ impl StdError for RequestBodyError {
     }
 }
 
+/// What an upgraded connection's splice holds for as long as it runs: the device's
+/// revocation to listen to, and the connection's place among the open ones.
+struct Held {
+    revocation: Option<Revocation>,
+    _reservation: Option<UpgradeReservation>,
+}
+
 /// Copies bytes both ways between the client and opencode once both sides have upgraded.
 /// With a [`Revocation`], stops (closing both) when it turns true.
 async fn splice(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    revocation: Option<Revocation>,
+    held: Held,
 ) {
+    let Held {
+        revocation,
+        _reservation,
+    } = held;
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(error) => {
@@ -642,7 +660,7 @@ fn usize_limit(limit: u64) -> usize {
 }
 
 /// `Connection: upgrade` together with an `Upgrade` header (RFC 9110 §7.8).
-fn is_upgrade(headers: &HeaderMap) -> bool {
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && connection_tokens(headers).any(|token| token.eq_ignore_ascii_case("upgrade"))
 }

@@ -96,10 +96,18 @@ pub enum ApiError {
     OpencodeUnauthorized,
     /// The pairing code is wrong, expired or used.
     PairingRefused,
+    /// No such pairing session from this address: start again.
+    UnknownPairingSession,
+    /// `POST /pair` with a bare code is retired: pair with `/pair/start` and `/pair/finish`.
+    PakeRequired,
     /// No paired device has this id.
     UnknownDevice,
     /// The device list could not be saved; nothing was changed.
     DevicesNotSaved,
+    /// A request body without a token did not arrive in time.
+    RequestTimeout,
+    /// Every place for an upgraded connection (WebSocket) is taken.
+    TooManyUpgrades,
     /// No succession statement leads from this certificate (or the server has none).
     UnknownCertificate,
 }
@@ -127,8 +135,12 @@ impl ApiError {
         ApiError::BadGateway,
         ApiError::OpencodeUnauthorized,
         ApiError::PairingRefused,
+        ApiError::UnknownPairingSession,
+        ApiError::PakeRequired,
         ApiError::UnknownDevice,
         ApiError::DevicesNotSaved,
+        ApiError::RequestTimeout,
+        ApiError::TooManyUpgrades,
         ApiError::UnknownCertificate,
     ];
 
@@ -155,8 +167,12 @@ impl ApiError {
             ApiError::BadGateway => "bad_gateway",
             ApiError::OpencodeUnauthorized => "opencode_unauthorized",
             ApiError::PairingRefused => "pairing_refused",
+            ApiError::UnknownPairingSession => "unknown_pairing_session",
+            ApiError::PakeRequired => "pake_required",
             ApiError::UnknownDevice => "unknown_device",
             ApiError::DevicesNotSaved => "devices_not_saved",
+            ApiError::RequestTimeout => "request_timeout",
+            ApiError::TooManyUpgrades => "too_many_upgrades",
             ApiError::UnknownCertificate => "unknown_certificate",
         }
     }
@@ -184,8 +200,12 @@ impl ApiError {
             ApiError::BadGateway => StatusCode::BAD_GATEWAY,
             ApiError::OpencodeUnauthorized => StatusCode::BAD_GATEWAY,
             ApiError::PairingRefused => StatusCode::UNAUTHORIZED,
+            ApiError::UnknownPairingSession => StatusCode::NOT_FOUND,
+            ApiError::PakeRequired => StatusCode::GONE,
             ApiError::UnknownDevice => StatusCode::NOT_FOUND,
             ApiError::DevicesNotSaved => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyUpgrades => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UnknownCertificate => StatusCode::NOT_FOUND,
         }
     }

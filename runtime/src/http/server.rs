@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use super::api::{AppState, handle};
 use super::connections::{ConnectionLimits, ConnectionTicket, Connections};
+use super::response::ResponseBody;
 use super::{HEAD_TIMEOUT, MAX_HEAD_BYTES};
 
 /// Connections the kernel may hold for us before we accept them. std's 128 fills up under a
@@ -135,7 +136,10 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let connections = Arc::new(Connections::new(limits));
+    let connections = Connections::new(limits);
+    // The counts of refusals left out of the log, told every few seconds.
+    let flush = tokio::spawn(tell_untold_refusals(state.clone(), Duration::from_secs(5)));
+    let _flush = AbortOnDrop(flush);
     let mut accept_failed = Throttled::new("accept failed");
     let mut refused =
         Throttled::new("connection refused: every connection is busy or authenticated");
@@ -152,10 +156,16 @@ pub async fn serve(
             },
             _ = super::stopping(&mut shutdown) => return,
         };
+        // While every place is held by a connection that keeps it a moment longer, this
+        // waits, and so newcomers wait in the kernel's backlog (see `super::connections`).
+        let admitted = tokio::select! {
+            admitted = connections.admit(peer.ip()) => admitted,
+            _ = super::stopping(&mut shutdown) => return,
+        };
         // A client whose request is already waiting is no flood's idle connection: it is not
         // evicted as a silent one while its task waits for its turn to read.
         let spoken = has_pending_data(&stream);
-        let Some(ticket) = connections.admit() else {
+        let Some(ticket) = admitted else {
             state
                 .failures
                 .refused_connections
@@ -168,21 +178,29 @@ pub async fn serve(
             ticket.spoken.store(true, Ordering::Relaxed);
         }
         let _ = stream.set_nodelay(true);
+        // Every byte the client sends, TLS handshake included, tells its ticket it spoke.
+        let stream = Watched {
+            stream,
+            ticket: ticket.clone(),
+        };
         let state = state.clone();
-        let connections = connections.clone();
         let tls = tls.clone();
+        // The task holds the ticket: the connection keeps its place until the task ends (or,
+        // for an upgraded connection, until the task that copies its bytes ends).
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(stream, peer, state, ticket.clone(), limits).await,
+                None => serve_connection(stream, peer, state, ticket, limits).await,
                 Some(acceptor) => {
+                    ticket.handshaking.store(true, Ordering::Relaxed);
                     let handshake = tokio::select! {
                         done = acceptor.accept(stream) => Some(done),
                         _ = ticket.evict.notified() => None,
                         _ = tokio::time::sleep(limits.unauthenticated_idle) => None,
                     };
+                    ticket.handshaking.store(false, Ordering::Relaxed);
                     match handshake {
                         Some(Ok(stream)) => {
-                            serve_connection(stream, peer, state, ticket.clone(), limits).await;
+                            serve_connection(stream, peer, state, ticket, limits).await;
                         }
                         Some(Err(e)) => {
                             // Never a secret here: rustls names the alert or the protocol error.
@@ -196,7 +214,6 @@ pub async fn serve(
                     }
                 }
             }
-            connections.close(&ticket);
         });
         // Let the new connection read its request (and an evicted one close) before the next
         // accept: in a burst of accepts, a client's request would otherwise wait behind a
@@ -205,10 +222,83 @@ pub async fn serve(
     }
 }
 
+/// Logs the refusals left out of the log ([`super::log_limit`]) every `every`.
+async fn tell_untold_refusals(state: Arc<AppState>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        for ((what, status), count) in state.failures.log.flush() {
+            tracing::info!(
+                status,
+                count,
+                "{what}: {count} more refused in the last {} s (at most {} a second are logged one by one)",
+                every.as_secs(),
+                super::log_limit::BURST
+            );
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Whether bytes from the client are waiting on `stream` (a non-blocking peek).
 fn has_pending_data(stream: &tokio::net::TcpStream) -> bool {
     let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
     matches!(socket2::SockRef::from(stream).peek(&mut byte), Ok(n) if n > 0)
+}
+
+/// A response body that tells its connection's ticket when it has ended (sent whole, or
+/// dropped with the connection): until then the connection is busy, so an event stream is
+/// never taken for an idle connection.
+struct Tracked {
+    body: ResponseBody,
+    ticket: Option<Arc<ConnectionTicket>>,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = super::response::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.finish();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Tracked {
+    fn finish(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            ticket.end();
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 async fn serve_connection<S>(
@@ -228,25 +318,23 @@ async fn serve_connection<S>(
             ticket.begin();
             request.extensions_mut().insert(ticket.clone());
             let response = handle(request, state, peer).await;
-            ticket.end();
-            Ok::<_, Infallible>(response)
+            Ok::<_, Infallible>(response.map(|body| {
+                super::response::boxed(Tracked {
+                    body,
+                    ticket: Some(ticket),
+                })
+            }))
         }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .max_buf_size(MAX_HEAD_BYTES)
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
-        .serve_connection(
-            TokioIo::new(Watched {
-                stream,
-                ticket: ticket.clone(),
-            }),
-            service,
-        )
+        .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
-    // Dropping the connection future closes the socket: that is how an evicted or idle
-    // unauthenticated connection ends.
+    // Dropping the connection future closes the socket: that is how an evicted connection,
+    // or an unauthenticated one that idles or takes too long over a request, ends.
     let mut check = limits.unauthenticated_idle;
     loop {
         tokio::select! {
@@ -257,7 +345,7 @@ async fn serve_connection<S>(
                 return;
             }
             _ = ticket.evict.notified() => {
-                tracing::debug!(%peer, "closed a connection: idle and unauthenticated when room was needed, or a revoked device's");
+                tracing::debug!(%peer, "closed a connection: unauthenticated when room was needed, or a revoked device's");
                 return;
             }
             _ = tokio::time::sleep(check), if !ticket.is_authenticated() => {
@@ -265,12 +353,20 @@ async fn serve_connection<S>(
                 if ticket.is_authenticated() {
                     continue;
                 }
-                let idle = ticket.idle_for();
-                if ticket.is_idle() && idle >= limits.unauthenticated_idle {
-                    tracing::debug!(%peer, "closed an unauthenticated connection idle for {} s", idle.as_secs());
+                // Idle, or busy with one request: a peer without a token gets the idle time
+                // for nothing, and the head time (a body has less: see `super::BODY_TIMEOUT`)
+                // for a request.
+                let (limit, what) = if ticket.is_idle() {
+                    (limits.unauthenticated_idle, "idle")
+                } else {
+                    (HEAD_TIMEOUT, "over one request")
+                };
+                let spent = ticket.idle_for();
+                if spent >= limit {
+                    tracing::debug!(%peer, "closed an unauthenticated connection {what} for {} s", spent.as_secs());
                     return;
                 }
-                check = limits.unauthenticated_idle.saturating_sub(idle).max(Duration::from_millis(100));
+                check = limit.saturating_sub(spent).max(Duration::from_millis(100));
             }
         }
     }

@@ -5,18 +5,22 @@
 //! | concern | module | what it guarantees |
 //! |---|---|---|
 //! | transport | [`tls`] | TLS 1.3 on every non-loopback bind (plain HTTP there exits 16); a self-signed ECDSA P-256 certificate made on the first remote start (key 0600), valid a year and renewed while the server runs (a statement signed by the old key leads paired devices to the new one), rotated by `tls rotate`, or the user's PEM files; clients pin its SHA-256 |
-//! | pairing | [`pairing`] | a short single-use code valid 5 minutes, burned by 5 wrong guesses, issued only with the host token |
+//! | pairing | [`pairing`], [`pake`] | a short single-use code valid 5 minutes, issued only with the host token, never sent: SPAKE2 over it binds the certificate fingerprint the device saw, so a relay cannot pair in the device's place; 5 wrong guesses per source (IPv4 address, IPv6 /64), 4,096 in all |
+//! | joining | [`pair_client`] | the device's side (`openwork-server-v2 join`): learns or pins the certificate, runs the exchange, keeps the token only when the server has proven the code |
 //! | devices | [`devices`] | one token per device, stored as SHA-256 only; revoking it fails its next request and closes its connections, event streams and WebSockets |
 //! | discovery | [`mdns`] | `_openwork._tcp` advertised while the server runs with remote access (TXT: version, TLS, fingerprint prefix; never a token); `discover` lists servers |
-//! | local commands | [`client`] | `pair` finds the running server through `<data dir>/server.json` and the host token, and pins the certificate it names |
+//! | local commands | [`client`], [`identity`] | `pair` finds the running server through `<data dir>/server.json` and the host token, pins the certificate it names, and sends a token only to a server that proves it holds the key that file names (a stale file names a port anyone may bind) |
 //!
 //! Loopback binds stay plain HTTP unless `--tls on` (the bench compares both): on loopback
 //! the bytes never leave the machine, and other local users are kept out by the token.
 
 pub mod client;
 pub mod devices;
+pub mod identity;
 pub mod mdns;
+pub mod pair_client;
 pub mod pairing;
+pub mod pake;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
@@ -64,6 +68,11 @@ pub struct ServerFile {
     pub url: String,
     /// The certificate fingerprint when it speaks TLS.
     pub fingerprint: Option<String>,
+    /// This server process's identity key, 64 hex digits ([`identity`]): what it proves it
+    /// holds before a local command sends it a token. Absent in files of servers older than
+    /// the proof, which local commands then refuse to talk to.
+    #[serde(default)]
+    pub identity_key: Option<String>,
 }
 
 impl ServerFile {
@@ -79,6 +88,29 @@ impl ServerFile {
         let path = data_dir.join(crate::layout::SERVER_FILE);
         if Self::read(data_dir).is_ok_and(|file| file.pid == std::process::id()) {
             let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Removes a file left by a server that no longer runs (killed, crashed): its port is
+    /// anyone's to bind now. A file that names a live process is left alone (another server
+    /// with this data dir; this one replaces the file when it is ready).
+    pub fn remove_if_stale(data_dir: &Path) -> Result<()> {
+        let path = data_dir.join(crate::layout::SERVER_FILE);
+        let stale = match Self::read(data_dir) {
+            Ok(file) if crate::process::is_alive(file.pid) => return Ok(()),
+            Ok(file) => format!("left by pid {}, which has exited", file.pid),
+            // Not ours, or a link: refused (exit 15), as everywhere in the data dir.
+            Err(e @ Error::Untrusted { .. }) => return Err(e),
+            Err(_) if !path.exists() => return Ok(()),
+            Err(_) => "unreadable".to_string(),
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), "removed a stale server.json ({stale})");
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("remove the stale {}", path.display()), e)),
         }
     }
 
@@ -104,6 +136,8 @@ impl ServerFile {
 /// What the HTTP handlers need for pairing and devices.
 #[derive(Debug)]
 pub struct RemoteState {
+    /// This process's identity key, which `GET /system/identity` proves it holds.
+    pub identity: identity::IdentityKey,
     /// The pending pairing code.
     pub pairing: pairing::Pairing,
     /// Paired devices.
@@ -145,14 +179,15 @@ impl RemoteState {
             .collect()
     }
 
-    /// The URL a device is given: address, port, code and fingerprint in one, for a QR code.
-    pub fn pairing_url(&self, address: SocketAddr, code: &str) -> String {
-        let mut url = format!("openwork://{address}/pair?code={code}");
-        if let Some(fingerprint) = self.fingerprint() {
-            url.push_str("&fingerprint=");
-            url.push_str(&fingerprint);
+    /// The URL a device is given, for a QR code: the addresses (IP literals, the first
+    /// preferred), the code and the full fingerprint ([`pairing::PairingUrl`]).
+    pub fn pairing_url(&self, addresses: &[SocketAddr], code: &str) -> String {
+        pairing::PairingUrl {
+            addresses: addresses.iter().map(ToString::to_string).collect(),
+            code: Some(code.to_string()),
+            fingerprint: self.fingerprint(),
         }
-        url
+        .to_string()
     }
 }
 

@@ -323,6 +323,18 @@ pub fn pinned_client_config(fingerprint: &str) -> Result<rustls::ClientConfig> {
                 "{fingerprint:?} is not a certificate fingerprint (64 hex digits of SHA-256)"
             ))
         })?;
+    client_config(Some(expected))
+}
+
+/// A client configuration that accepts any server certificate, for the pairing client
+/// alone: it learns the certificate's fingerprint from the handshake, and the pairing
+/// exchange ([`super::pake`]) authenticates that fingerprint with the code, which TLS
+/// could not. Signatures are still verified, so the server holds the key of what it shows.
+pub fn first_sight_client_config() -> rustls::ClientConfig {
+    client_config(None).expect("TLS 1.3 with the ring provider is a valid setting")
+}
+
+fn client_config(expected: Option<Vec<u8>>) -> Result<rustls::ClientConfig> {
     let provider = provider();
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -334,10 +346,11 @@ pub fn pinned_client_config(fingerprint: &str) -> Result<rustls::ClientConfig> {
     Ok(config)
 }
 
-/// Accepts the one certificate whose SHA-256 is `expected` (see [`pinned_client_config`]).
+/// Accepts the one certificate whose SHA-256 is `expected` (see [`pinned_client_config`]),
+/// or with no `expected`, any ([`first_sight_client_config`]).
 #[derive(Debug)]
 pub struct PinnedCertificate {
-    expected: Vec<u8>,
+    expected: Option<Vec<u8>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -350,10 +363,13 @@ impl ServerCertVerifier for PinnedCertificate {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let Some(expected) = &self.expected else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let digest = Sha256::digest(end_entity.as_ref());
         if bool::from(subtle::ConstantTimeEq::ct_eq(
             digest.as_slice(),
-            self.expected.as_slice(),
+            expected.as_slice(),
         )) {
             Ok(ServerCertVerified::assertion())
         } else {

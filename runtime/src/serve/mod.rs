@@ -103,6 +103,9 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
     let (workspace, origin) =
         crate::workspace::resolve_at_start(options.workspace.as_deref(), &workspace_file)?;
     tracing::debug!(workspace = %workspace.display(), ?origin, "workspace");
+    // A killed server's record names a port anyone may bind now: gone before anything
+    // reads it (local commands also check, see remote::identity).
+    ServerFile::remove_if_stale(&layout.data_dir)?;
     // No orphans: stop what a previous, killed server left running, before anything below
     // (preparing the runtime collects garbage) can remove the runtime it runs from.
     crate::gc::stop_leftovers(&layout);
@@ -209,10 +212,12 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
         "pid": std::process::id(),
         "tlsFingerprint": fingerprint,
     });
+    let identity = crate::remote::identity::IdentityKey::generate();
     let server_file = ServerFile {
         pid: std::process::id(),
         url: base_url.clone(),
         fingerprint: fingerprint.clone(),
+        identity_key: Some(identity.to_hex()),
     };
     let advertise = options.mdns && !local.ip().is_loopback();
     let workspace = Arc::new(ActiveWorkspace::new(workspace, workspace_file));
@@ -250,6 +255,7 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
                 ..ProxyOptions::default()
             }),
             remote: RemoteState {
+                identity,
                 pairing: Pairing::new(pairing_ttl),
                 devices: devices.clone(),
                 local,

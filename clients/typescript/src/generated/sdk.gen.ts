@@ -2,7 +2,7 @@
 
 import { client } from './client.gen.js';
 import type { Client, Options as Options2, TDataShape } from './client/index.js';
-import type { ActiveWorkspaceData, ActiveWorkspaceErrors, ActiveWorkspaceResponses, CapabilitiesData, CapabilitiesErrors, CapabilitiesResponses, CreatePairingData, CreatePairingErrors, CreatePairingResponses, HealthData, HealthErrors, HealthResponses, ListDevicesData, ListDevicesErrors, ListDevicesResponses, OpenapiJsonData, OpenapiJsonErrors, OpenapiJsonResponses, OpencodeDeleteData, OpencodeDeleteErrors, OpencodeDeleteResponses, OpencodeGetData, OpencodeGetErrors, OpencodeGetResponses, OpencodeHeadData, OpencodeHeadErrors, OpencodeHeadResponses, OpencodeOptionsData, OpencodeOptionsErrors, OpencodeOptionsResponses, OpencodePatchData, OpencodePatchErrors, OpencodePatchResponses, OpencodePostData, OpencodePostErrors, OpencodePostResponses, OpencodePutData, OpencodePutErrors, OpencodePutResponses, PairData, PairErrors, PairResponses, RestartSidecarData, RestartSidecarErrors, RestartSidecarResponses, RevokeDeviceData, RevokeDeviceErrors, RevokeDeviceResponses, ShutdownData, ShutdownErrors, ShutdownResponses, SidecarLogsData, SidecarLogsErrors, SidecarLogsResponses, SwitchWorkspaceData, SwitchWorkspaceErrors, SwitchWorkspaceResponses, SystemEventsData, SystemEventsErrors, SystemEventsResponse, SystemEventsResponses, SystemHealthData, SystemHealthErrors, SystemHealthResponses, SystemRuntimeData, SystemRuntimeErrors, SystemRuntimeResponses, TlsSuccessionData, TlsSuccessionErrors, TlsSuccessionResponses, WorkspacesData, WorkspacesErrors, WorkspacesResponses } from './types.gen.js';
+import type { ActiveWorkspaceData, ActiveWorkspaceErrors, ActiveWorkspaceResponses, CapabilitiesData, CapabilitiesErrors, CapabilitiesResponses, CreatePairingData, CreatePairingErrors, CreatePairingResponses, HealthData, HealthErrors, HealthResponses, ListDevicesData, ListDevicesErrors, ListDevicesResponses, OpenapiJsonData, OpenapiJsonErrors, OpenapiJsonResponses, OpencodeDeleteData, OpencodeDeleteErrors, OpencodeDeleteResponses, OpencodeGetData, OpencodeGetErrors, OpencodeGetResponses, OpencodeHeadData, OpencodeHeadErrors, OpencodeHeadResponses, OpencodeOptionsData, OpencodeOptionsErrors, OpencodeOptionsResponses, OpencodePatchData, OpencodePatchErrors, OpencodePatchResponses, OpencodePostData, OpencodePostErrors, OpencodePostResponses, OpencodePutData, OpencodePutErrors, OpencodePutResponses, PairFinishData, PairFinishErrors, PairFinishResponses, PairStartData, PairStartErrors, PairStartResponses, RestartSidecarData, RestartSidecarErrors, RestartSidecarResponses, RetiredPairData, RetiredPairErrors, RevokeDeviceData, RevokeDeviceErrors, RevokeDeviceResponses, ShutdownData, ShutdownErrors, ShutdownResponses, SidecarLogsData, SidecarLogsErrors, SidecarLogsResponses, SwitchWorkspaceData, SwitchWorkspaceErrors, SwitchWorkspaceResponses, SystemEventsData, SystemEventsErrors, SystemEventsResponse, SystemEventsResponses, SystemHealthData, SystemHealthErrors, SystemHealthResponses, SystemIdentityData, SystemIdentityErrors, SystemIdentityResponses, SystemRuntimeData, SystemRuntimeErrors, SystemRuntimeResponses, TlsSuccessionData, TlsSuccessionErrors, TlsSuccessionResponses, WorkspacesData, WorkspacesErrors, WorkspacesResponses } from './types.gen.js';
 
 export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends boolean = boolean, TResponse = unknown> = Options2<TData, ThrowOnError, TResponse> & {
     /**
@@ -147,12 +147,33 @@ export const opencodePut = <ThrowOnError extends boolean = false>(options: Optio
 });
 
 /**
- * Pair this device with a code the host showed: its own token (no token needed)
+ * Retired: pairing by sending the code (410 `pake_required`)
  *
- * Every refusal is the same 401 `pairing_refused` (wrong, expired, used or burned code), so a guesser learns nothing; the server's log says which, with the caller's address. Store the token: it is shown once.
+ * Sending the code itself let a relay on the network (a LAN attacker answering with its own certificate) pair in the device's place. Every request here gets 410 `pake_required`, whatever its body, and spends nothing: pair with `POST /pair/start` and `POST /pair/finish`.
  */
-export const pair = <ThrowOnError extends boolean = false>(options: Options<PairData, ThrowOnError>) => (options.client ?? client).post<PairResponses, PairErrors, ThrowOnError>({
-    url: '/pair',
+export const retiredPair = <ThrowOnError extends boolean = false>(options?: Options<RetiredPairData, ThrowOnError>) => (options?.client ?? client).post<unknown, RetiredPairErrors, ThrowOnError>({ url: '/pair', ...options });
+
+/**
+ * Pairing, step 2: the device's proof; its own token and the server's proof in return (no token needed)
+ *
+ * The name is checked first (400, nothing spent, the session kept). Then the confirmation, in constant time: a wrong one is one wrong guess for this address (401 `pairing_refused`, whatever the reason: wrong code, another certificate seen, out of guesses, expired or used code; the server's log says which, with the address, never the code). A right one pairs the device. The device must check `confirm` before keeping the token, then pin `fingerprint`. Each session takes one confirmation.
+ */
+export const pairFinish = <ThrowOnError extends boolean = false>(options: Options<PairFinishData, ThrowOnError>) => (options.client ?? client).post<PairFinishResponses, PairFinishErrors, ThrowOnError>({
+    url: '/pair/finish',
+    ...options,
+    headers: {
+        'Content-Type': 'application/json',
+        ...options.headers
+    }
+});
+
+/**
+ * Pairing, step 1: the device's SPAKE2 message over the code; the server's in return (no token needed)
+ *
+ * `pake` is SPAKE2 side A (Ed25519 group) with password = the code (upper case, without dashes or spaces), idA = `openwork-pair-v1 client`, idB = `openwork-pair-v1 server ` + the SHA-256 of the certificate the device saw in its TLS handshake (64 lowercase hex digits). The answer carries side B's message and a session id; nothing in it depends on the key, so it lets no one test a guess. Costs no guess. Refused (401 `pairing_refused`, the same for every reason) when no code is pending, it expired, or this address has used its wrong guesses for it.
+ */
+export const pairStart = <ThrowOnError extends boolean = false>(options: Options<PairStartData, ThrowOnError>) => (options.client ?? client).post<PairStartResponses, PairStartErrors, ThrowOnError>({
+    url: '/pair/start',
     ...options,
     headers: {
         'Content-Type': 'application/json',
@@ -207,9 +228,16 @@ export const systemHealth = <ThrowOnError extends boolean = false>(options?: Opt
 });
 
 /**
+ * Prove this is the server that wrote `server.json`, before a local command sends it a token
+ *
+ * The answer's `proof` is the HMAC-SHA256, under the identity key that this server process wrote into `<data dir>/server.json` (`identityKey`, 64 hex digits, a new one every start), of the bytes `openwork-server-v2 identity v1\n` followed by the nonce's 32 bytes. A local command (`openwork-server-v2 pair`) sends a random nonce and sends its token (on the same connection) only when the proof verifies: a stale `server.json` names a port anyone may bind once the server is gone.
+ */
+export const systemIdentity = <ThrowOnError extends boolean = false>(options: Options<SystemIdentityData, ThrowOnError>) => (options.client ?? client).get<SystemIdentityResponses, SystemIdentityErrors, ThrowOnError>({ url: '/system/identity', ...options });
+
+/**
  * A pairing code for one new device (host token)
  *
- * The code is single use, valid for 5 minutes, and burned by 5 wrong guesses; asking again replaces it. `url` carries address, port, code and certificate fingerprint (for a QR code); `openwork-server-v2 pair` asks for one and prints all three.
+ * The code is single use and valid for 5 minutes; each address (IPv4, or IPv6 /64) may guess wrong 5 times and is then refused for it, and 4,096 wrong guesses in all burn it; asking again replaces it. `url` carries the addresses (IP literals), the code and the full certificate fingerprint (for a QR code); `openwork-server-v2 pair` asks for one and prints all three.
  */
 export const createPairing = <ThrowOnError extends boolean = false>(options?: Options<CreatePairingData, ThrowOnError>) => (options?.client ?? client).post<CreatePairingResponses, CreatePairingErrors, ThrowOnError>({
     security: [{ scheme: 'bearer', type: 'http' }],

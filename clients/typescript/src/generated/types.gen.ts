@@ -161,7 +161,7 @@ export type ErrorBody = {
     /**
      * A stable word (one of the codes the API documents): what went wrong, for a program.
      */
-    error: 'bad_request' | 'unauthorized' | 'host_token_required' | 'not_found' | 'unknown_sidecar' | 'method_not_allowed' | 'payload_too_large' | 'unsupported_media_type' | 'misdirected_request' | 'headers_too_large' | 'workspace_not_absolute' | 'workspace_not_found' | 'workspace_not_a_directory' | 'workspace_not_saved' | 'internal_error' | 'opencode_unavailable' | 'opencode_timeout' | 'bad_gateway' | 'opencode_unauthorized' | 'pairing_refused' | 'unknown_device' | 'devices_not_saved' | 'unknown_certificate';
+    error: 'bad_request' | 'unauthorized' | 'host_token_required' | 'not_found' | 'unknown_sidecar' | 'method_not_allowed' | 'payload_too_large' | 'unsupported_media_type' | 'misdirected_request' | 'headers_too_large' | 'workspace_not_absolute' | 'workspace_not_found' | 'workspace_not_a_directory' | 'workspace_not_saved' | 'internal_error' | 'opencode_unavailable' | 'opencode_timeout' | 'bad_gateway' | 'opencode_unauthorized' | 'pairing_refused' | 'unknown_pairing_session' | 'pake_required' | 'unknown_device' | 'devices_not_saved' | 'request_timeout' | 'too_many_upgrades' | 'unknown_certificate';
     /**
      * What happened and what to do, in words.
      */
@@ -320,6 +320,22 @@ export type HealthPanel = {
 };
 
 /**
+ * `GET /system/identity`: the server's proof that it holds the identity key of
+ * `<data dir>/server.json` (see docs/RUNTIME.md, "Local commands").
+ */
+export type Identity = {
+    /**
+     * The server's pid, as `server.json` names it.
+     */
+    pid: number;
+    /**
+     * HMAC-SHA256 of the context `openwork-server-v2 identity v1\n` and the nonce's bytes,
+     * under the key: 64 hex digits.
+     */
+    proof: string;
+};
+
+/**
  * The `data:` of a `lagged` frame: the reader was too slow and missed events.
  */
 export type Lagged = {
@@ -403,34 +419,76 @@ export type OpencodeTarget = {
 };
 
 /**
- * `POST /pair`.
+ * `POST /pair/finish`: the device proves it holds the code (and saw this server's
+ * certificate).
  */
-export type PairRequest = {
+export type PairFinish = {
     /**
-     * The code the host showed.
+     * `HMAC-SHA256(K, "openwork-pair-v1 client confirm" ‖ msgA ‖ msgB)`, 32 bytes in
+     * standard base64 with padding.
      */
-    code: string;
+    confirm: string;
     /**
      * What to call this device in `GET /system/devices` (1 to 64 characters).
      */
     deviceName: string;
+    /**
+     * The `session` of `POST /pair/start`.
+     */
+    session: string;
 };
 
 /**
- * `POST /pair`: the device's own token.
+ * `POST /pair/start`: the device's first SPAKE2 message.
+ */
+export type PairStart = {
+    /**
+     * `msgA`: SPAKE2 side A over the code (see docs/RUNTIME.md), 33 bytes in standard
+     * base64 with padding (44 characters).
+     */
+    pake: string;
+};
+
+/**
+ * `POST /pair/start`: the server's answer. Nothing in it depends on the key yet.
+ */
+export type PairStarted = {
+    /**
+     * `msgB`: SPAKE2 side B, 33 bytes in standard base64 with padding.
+     */
+    pake: string;
+    /**
+     * Names this exchange in `POST /pair/finish` (32 hex digits); valid for 60 s, from
+     * the same address only.
+     */
+    session: string;
+};
+
+/**
+ * `POST /pair/finish`: the device's own token, and the server's proof.
  */
 export type Paired = {
+    /**
+     * `HMAC-SHA256(K, "openwork-pair-v1 server confirm" ‖ msgA ‖ msgB)`, standard base64:
+     * the server's proof that it holds the code.
+     */
+    confirm: string;
     /**
      * The device's id (for `DELETE /system/devices/{id}`).
      */
     deviceId: string;
+    /**
+     * The server's certificate fingerprint (SHA-256, 64 hex digits; null without TLS):
+     * the one the device saw, now proven. Pin it from now on.
+     */
+    fingerprint?: string | null;
     /**
      * Its name.
      */
     name: string;
     /**
      * Its token: send it as `Authorization: Bearer <token>`. Shown once; the server keeps
-     * only its SHA-256.
+     * only its SHA-256. Keep it only after `confirm` checks out.
      */
     token: string;
 };
@@ -456,8 +514,8 @@ export type PairingCode = {
      */
     fingerprint?: string | null;
     /**
-     * `openwork://<address>:<port>/pair?code=…&fingerprint=…`: everything a device needs,
-     * for a QR code.
+     * `openwork://<ip>:<port>/pair?code=…&fingerprint=<64 hex>[&also=<ip>:<port>…]`:
+     * everything a device needs, for a QR code (IP literals; `also` names other addresses).
      */
     url: string;
 };
@@ -908,7 +966,7 @@ export type OpencodeDeleteErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed
+     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
      */
     503: ErrorBody;
     /**
@@ -960,7 +1018,7 @@ export type OpencodeGetErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed
+     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
      */
     503: ErrorBody;
     /**
@@ -1012,7 +1070,7 @@ export type OpencodeHeadErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed
+     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
      */
     503: ErrorBody;
     /**
@@ -1064,7 +1122,7 @@ export type OpencodeOptionsErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed
+     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
      */
     503: ErrorBody;
     /**
@@ -1116,7 +1174,7 @@ export type OpencodePatchErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed
+     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
      */
     503: ErrorBody;
     /**
@@ -1168,7 +1226,7 @@ export type OpencodePostErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed
+     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
      */
     503: ErrorBody;
     /**
@@ -1220,7 +1278,7 @@ export type OpencodePutErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed
+     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
      */
     503: ErrorBody;
     /**
@@ -1238,22 +1296,54 @@ export type OpencodePutResponses = {
     default: unknown;
 };
 
-export type PairData = {
-    body: PairRequest;
+export type RetiredPairData = {
+    body?: never;
     path?: never;
     query?: never;
     url: '/pair';
 };
 
-export type PairErrors = {
+export type RetiredPairErrors = {
     /**
-     * `bad_request`: not `{code, deviceName}`, or an unusable name (empty, over 64 characters, or with a control, bidirectional, zero-width or other invisible character); the message says which character and what is allowed
+     * `pake_required`: use `/pair/start` and `/pair/finish`
+     */
+    410: ErrorBody;
+    /**
+     * `misdirected_request`: on a loopback bind, a Host that is not a loopback name or an --allow-host name (DNS rebinding)
+     */
+    421: ErrorBody;
+    /**
+     * `headers_too_large`: request line and headers over 64 KiB
+     */
+    431: ErrorBody;
+};
+
+export type RetiredPairError = RetiredPairErrors[keyof RetiredPairErrors];
+
+export type PairFinishData = {
+    body: PairFinish;
+    path?: never;
+    query?: never;
+    url: '/pair/finish';
+};
+
+export type PairFinishErrors = {
+    /**
+     * `bad_request`: not `{session, deviceName, confirm}`, an unusable name, or a confirmation that is not 32 bytes of base64
      */
     400: ErrorBody;
     /**
      * `pairing_refused`
      */
     401: ErrorBody;
+    /**
+     * `unknown_pairing_session`: no such session from this address (expired after 60 s, already confirmed, or its code was used or replaced): start again
+     */
+    404: ErrorBody;
+    /**
+     * `request_timeout`: the body did not arrive within 10 s
+     */
+    408: ErrorBody;
     /**
      * `payload_too_large`: over 4 KiB
      */
@@ -1271,21 +1361,70 @@ export type PairErrors = {
      */
     431: ErrorBody;
     /**
-     * `devices_not_saved`: nothing was paired (the code is used up)
+     * `devices_not_saved`: nothing was paired; the code still works
      */
     500: ErrorBody;
 };
 
-export type PairError = PairErrors[keyof PairErrors];
+export type PairFinishError = PairFinishErrors[keyof PairFinishErrors];
 
-export type PairResponses = {
+export type PairFinishResponses = {
     /**
      * Paired
      */
     201: Paired;
 };
 
-export type PairResponse = PairResponses[keyof PairResponses];
+export type PairFinishResponse = PairFinishResponses[keyof PairFinishResponses];
+
+export type PairStartData = {
+    body: PairStart;
+    path?: never;
+    query?: never;
+    url: '/pair/start';
+};
+
+export type PairStartErrors = {
+    /**
+     * `bad_request`: not `{pake}`, not base64, or not a SPAKE2 side A message
+     */
+    400: ErrorBody;
+    /**
+     * `pairing_refused`
+     */
+    401: ErrorBody;
+    /**
+     * `request_timeout`: the body did not arrive within 10 s
+     */
+    408: ErrorBody;
+    /**
+     * `payload_too_large`: over 4 KiB
+     */
+    413: ErrorBody;
+    /**
+     * `unsupported_media_type`
+     */
+    415: ErrorBody;
+    /**
+     * `misdirected_request`: on a loopback bind, a Host that is not a loopback name or an --allow-host name (DNS rebinding)
+     */
+    421: ErrorBody;
+    /**
+     * `headers_too_large`: request line and headers over 64 KiB
+     */
+    431: ErrorBody;
+};
+
+export type PairStartError = PairStartErrors[keyof PairStartErrors];
+
+export type PairStartResponses = {
+    /**
+     * The exchange is under way
+     */
+    201: PairStarted;
+};
+
+export type PairStartResponse = PairStartResponses[keyof PairStartResponses];
 
 export type ListDevicesData = {
     body?: never;
@@ -1441,6 +1580,44 @@ export type SystemHealthResponses = {
 };
 
 export type SystemHealthResponse = SystemHealthResponses[keyof SystemHealthResponses];
+
+export type SystemIdentityData = {
+    body?: never;
+    path?: never;
+    query: {
+        /**
+         * 32 random bytes as 64 hex digits
+         */
+        nonce: string;
+    };
+    url: '/system/identity';
+};
+
+export type SystemIdentityErrors = {
+    /**
+     * `bad_request`: the nonce is not 64 hex digits
+     */
+    400: ErrorBody;
+    /**
+     * `misdirected_request`: on a loopback bind, a Host that is not a loopback name or an --allow-host name (DNS rebinding)
+     */
+    421: ErrorBody;
+    /**
+     * `headers_too_large`: request line and headers over 64 KiB
+     */
+    431: ErrorBody;
+};
+
+export type SystemIdentityError = SystemIdentityErrors[keyof SystemIdentityErrors];
+
+export type SystemIdentityResponses = {
+    /**
+     * The proof
+     */
+    200: Identity;
+};
+
+export type SystemIdentityResponse = SystemIdentityResponses[keyof SystemIdentityResponses];
 
 export type CreatePairingData = {
     body?: never;
@@ -1774,6 +1951,10 @@ export type SwitchWorkspaceErrors = {
      * `host_token_required`
      */
     403: ErrorBody;
+    /**
+     * `request_timeout`: the body did not arrive within 10 s
+     */
+    408: ErrorBody;
     /**
      * `payload_too_large`: over 64 KiB
      */
