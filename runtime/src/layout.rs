@@ -18,6 +18,8 @@
 //!   host-token                        the generated host token (0600), if none was given
 //!   opencode-router.json              present = run opencode-router (its settings)
 //!   tls/cert.pem, tls/key.pem         the self-signed certificate of remote access (key 0600)
+//!   tls/succession.json               statements leading paired devices to a renewed certificate
+//!   tls/next.json, tls/.lock          a replacement in progress; held while replacing
 //!   devices.json                      paired devices: name, times, SHA-256 of their token (0600)
 //!   server.json                       the running server's URL and certificate fingerprint,
 //!                                     for local commands (`pair`); removed at stop (0600)
@@ -63,6 +65,14 @@ pub const TLS_DIR: &str = "tls";
 pub const TLS_CERT_FILE: &str = "cert.pem";
 /// The generated certificate's private key (PEM, 0600), in [`TLS_DIR`].
 pub const TLS_KEY_FILE: &str = "key.pem";
+/// Statements signed by replaced certificates' keys, leading paired devices to the new one
+/// (JSON), in [`TLS_DIR`].
+pub const TLS_SUCCESSION_FILE: &str = "succession.json";
+/// A replacement of the certificate and key that is decided but not yet in place (a crash
+/// left it; JSON, 0600), in [`TLS_DIR`].
+pub const TLS_NEXT_FILE: &str = "next.json";
+/// Held while the certificate is replaced, in [`TLS_DIR`].
+pub const TLS_LOCK_FILE: &str = ".lock";
 /// Paired devices (never their tokens: SHA-256 digests only).
 pub const DEVICES_FILE: &str = "devices.json";
 /// Where the running server says how local commands reach it.

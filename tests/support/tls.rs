@@ -1,6 +1,8 @@
 //! Talking to a server over TLS the way a paired device does: pinning the certificate by its
-//! SHA-256, whatever name or CA it claims. The verifier is written here again, apart from
-//! the server's own (`openwork_runtime::remote::tls`), so a bug there cannot hide here.
+//! SHA-256, whatever name or CA it claims, and taking note of a renewed one. The pinning
+//! verifier is written here again, apart from the server's own
+//! (`openwork_runtime::remote::tls`), so a bug there cannot hide here; succession statements
+//! are checked with the runtime's `verify_succession`, the one verifier of that format.
 
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
@@ -77,6 +79,93 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
+/// Accepts whatever certificate the server presents and keeps it (the handshake's
+/// signature is still verified, so the server holds that certificate's key): the second
+/// connection of a device whose pin failed, which then follows the server's succession
+/// statements to the certificate kept here, or refuses it.
+#[derive(Debug)]
+struct Presented {
+    seen: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Presented {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.seen.lock().unwrap() = Some(end_entity.to_vec());
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A TLS connection to `127.0.0.1:port` that accepted whatever certificate the server
+/// presented, and that certificate (DER).
+pub fn connect_presented(port: u16) -> std::io::Result<(TlsStream, Vec<u8>)> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Presented {
+            seen: seen.clone(),
+            provider,
+        }))
+        .with_no_client_auth();
+    let stream = handshake(port, config)?;
+    let presented = seen
+        .lock()
+        .unwrap()
+        .take()
+        .expect("a certificate was presented");
+    Ok((stream, presented))
+}
+
+/// The SHA-256 (hex) of the certificate the server at `127.0.0.1:port` presents now.
+pub fn presented_fingerprint(port: u16) -> String {
+    let (_, der) = connect_presented(port).unwrap();
+    hex::encode(Sha256::digest(der))
+}
+
 /// A client configuration that accepts only the certificate with this SHA-256 (hex).
 pub fn pinned_config(sha256: &str) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -103,14 +192,16 @@ pub fn pinned_client(sha256: &str) -> reqwest::blocking::Client {
 /// A TLS connection to `127.0.0.1:port`, the handshake done; errors when the certificate is
 /// not the pinned one.
 pub fn connect(port: u16, sha256: &str) -> std::io::Result<TlsStream> {
+    handshake(port, pinned_config(sha256))
+}
+
+fn handshake(port: u16, config: rustls::ClientConfig) -> std::io::Result<TlsStream> {
     let tcp = TcpStream::connect(("127.0.0.1", port))?;
     tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
     tcp.set_nodelay(true)?;
-    let connection = ClientConnection::new(
-        Arc::new(pinned_config(sha256)),
-        ServerName::try_from("localhost").unwrap(),
-    )
-    .map_err(std::io::Error::other)?;
+    let connection =
+        ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+            .map_err(std::io::Error::other)?;
     let mut stream = StreamOwned::new(connection, tcp);
     while stream.conn.is_handshaking() {
         stream

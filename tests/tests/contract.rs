@@ -672,6 +672,20 @@ fn every_route_answers_as_the_document_says() {
             vec![],
         ),
     ];
+    // The certificate's succession (tests/tests/remote.rs follows one over TLS): on this
+    // plain HTTP server there is none.
+    let mut calls = calls;
+    calls.extend([
+        ("GET", "/tls/succession".into(), None, vec![], vec![]),
+        (
+            "GET",
+            format!("/tls/succession?from={}", "ab".repeat(32)),
+            None,
+            vec![],
+            vec![],
+        ),
+        ("POST", "/tls/succession".into(), None, vec![], vec![]),
+    ]);
     let mut statuses = std::collections::BTreeSet::new();
     for (method, path, token, extra, body) in &calls {
         let auth = token.map(|t| format!("Bearer {t}"));

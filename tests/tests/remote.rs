@@ -1,23 +1,30 @@
 //! Remote access, end to end on the real binary: TLS with pinned and CA-checked clients,
-//! plain HTTP refused off loopback, pairing (happy path, expiry, reuse, guess budgets per
-//! address, input errors, a relay in the middle, a second implementation of the protocol),
-//! device tokens and their revocation closing live streams, and mDNS between network
-//! namespaces.
+//! plain HTTP refused off loopback, the certificate's validity, names and renewal (paired
+//! devices following the signed succession), pairing (happy path, expiry, reuse, guess
+//! budgets per address, input errors, device names, a relay in the middle, a second
+//! implementation of the protocol), device tokens and their revocation closing live
+//! streams, and mDNS between network namespaces.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use openwork_runtime::remote::pake::ClientStart;
+use openwork_runtime::remote::tls::{Statement, Succession, Validity, store, verify_succession};
+use openwork_tests::contract::{Contract, checked_in_document};
 use openwork_tests::fixtures::{describe, output_of};
 use openwork_tests::netns::{self, Lan};
-use openwork_tests::server::{ServerBuilder, ServerProcess, wait_for_exit};
-use openwork_tests::tls::{closes_within, open, pinned_client, pinned_config};
+use openwork_tests::server::{
+    ServerBuilder, ServerProcess, process_alive, wait_for_exit, wait_until,
+};
+use openwork_tests::tls::{
+    closes_within, connect_presented, open, pinned_client, pinned_config, presented_fingerprint,
+};
 use serde_json::{Value, json};
 
 /// A server with remote access on every address (`0.0.0.0`: not loopback, so TLS), without
@@ -339,6 +346,525 @@ fn plain_http_on_a_non_loopback_address_is_refused_with_exit_16() {
     );
 }
 
+/// A certificate file read with x509-parser (not the server's own parser): its validity in
+/// Unix seconds and the names it covers.
+struct Certificate {
+    der: Vec<u8>,
+    not_before: i64,
+    not_after: i64,
+    dns: Vec<String>,
+    ips: Vec<IpAddr>,
+}
+
+fn read_certificate(path: &Path) -> Certificate {
+    use x509_parser::extensions::GeneralName;
+    let text = std::fs::read(path).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&text).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let (mut dns, mut ips) = (Vec::new(), Vec::new());
+    if let Ok(Some(names)) = cert.subject_alternative_name() {
+        for name in &names.value.general_names {
+            match name {
+                GeneralName::DNSName(name) => dns.push(name.to_string()),
+                GeneralName::IPAddress(bytes) => ips.push(match bytes.len() {
+                    4 => IpAddr::from(<[u8; 4]>::try_from(*bytes).unwrap()),
+                    _ => IpAddr::from(<[u8; 16]>::try_from(*bytes).unwrap()),
+                }),
+                _ => {}
+            }
+        }
+    }
+    Certificate {
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        der: pem.contents.clone(),
+        dns,
+        ips,
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+const DAY: i64 = 24 * 60 * 60;
+
+/// What a paired device does when its pin fails: connect again accepting whatever is
+/// presented, ask for the statements leading from its pin over that very connection, check
+/// the answer against the contract, and follow them with the runtime's verifier. The
+/// fingerprint to pin from now on, or why not.
+fn follow(port: u16, pinned: &str) -> Result<String, String> {
+    let (mut stream, presented) = connect_presented(port).map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET /tls/succession?from={pinned} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    stream.flush().unwrap();
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = openwork_tests::http::read_head(&mut reader).unwrap();
+    let body = openwork_tests::http::read_body(&mut reader, "GET", status, &headers).unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    if status != 200 {
+        return Err(format!("{status} {body}"));
+    }
+    Contract::new(checked_in_document())
+        .validate_component("TlsSuccession", &body)
+        .unwrap_or_else(|problem| panic!("{body} does not conform: {problem}"));
+    let succession: Succession = serde_json::from_value(body).unwrap();
+    verify_succession(pinned, &presented, &succession).map_err(|e| e.to_string())
+}
+
+/// An attacker's certificate and key: made by `tls rotate` in a data dir of its own.
+fn attacker_identity(dir: &Path) -> store::Pair {
+    let data = dir.join("attacker");
+    let output = output_of(
+        Command::new(openwork_tests::host_bin("openwork-server-v2"))
+            .args(["tls", "rotate", "--data-dir"])
+            .arg(&data),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        openwork_tests::fixtures::describe(&output)
+    );
+    store::Pair {
+        certificate: std::fs::read_to_string(data.join("tls/cert.pem")).unwrap(),
+        key: std::fs::read_to_string(data.join("tls/key.pem")).unwrap(),
+    }
+}
+
+#[test]
+fn a_generated_certificate_is_valid_for_about_a_year_and_names_no_link_local_address_unless_bound()
+{
+    let Some(lan) = Lan::create() else {
+        return;
+    };
+    // The server's machine also has a link-local address (an interface without DHCP).
+    let added = output_of(Command::new(lan.ip_program()).args([
+        "-n",
+        &lan.server_ns,
+        "addr",
+        "add",
+        "169.254.7.7/16",
+        "dev",
+        "lo",
+    ]));
+    assert!(
+        added.status.success(),
+        "{}",
+        openwork_tests::fixtures::describe(&added)
+    );
+    // And an IPv6 one, where the kernel has IPv6 (the assertion below covers both).
+    let added_v6 = output_of(Command::new(lan.ip_program()).args([
+        "-n",
+        &lan.server_ns,
+        "addr",
+        "add",
+        "fe80::7/64",
+        "dev",
+        "lo",
+    ]));
+    if !added_v6.status.success() {
+        eprintln!(
+            "no IPv6 link-local address in the namespace: {}",
+            openwork_tests::fixtures::describe(&added_v6)
+        );
+    }
+    let link_local: IpAddr = "169.254.7.7".parse().unwrap();
+    let serve = |dir: &Path, host: &str| {
+        ServerBuilder::executable(&openwork_tests::host_bin("openwork-server-v2"), dir)
+            .wrapped(lan.ip_program(), &lan.server_wrapper())
+            .arg("--sidecar")
+            .arg(format!(
+                "opencode={}",
+                openwork_tests::host_bin("openwork-fixture-sidecar").display()
+            ))
+            .arg("--host")
+            .arg(host)
+            .arg("--remote-access")
+            .arg("--no-mdns")
+            .start()
+    };
+
+    // On every address: valid from a day ago for a year, naming the LAN address and
+    // loopback, and neither the link-local address nor any fe80:: one.
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(dir.path(), "0.0.0.0");
+    let cert = read_certificate(&server.data_dir.join("tls/cert.pem"));
+    let now = unix_now();
+    assert!(
+        (cert.not_before - (now - DAY)).abs() < 120,
+        "valid from a day before it was made: {} vs now {now}",
+        cert.not_before
+    );
+    assert!(
+        (cert.not_after - (now + 365 * DAY)).abs() < 120,
+        "valid for a year: until {} (now {now}, {} days)",
+        cert.not_after,
+        (cert.not_after - now) / DAY
+    );
+    let server_ip: IpAddr = netns::SERVER_IP.parse().unwrap();
+    for expected in [
+        server_ip,
+        "127.0.0.1".parse().unwrap(),
+        "::1".parse().unwrap(),
+    ] {
+        assert!(
+            cert.ips.contains(&expected),
+            "{expected} missing: {:?}",
+            cert.ips
+        );
+    }
+    assert!(
+        cert.dns.contains(&"localhost".to_string()),
+        "{:?}",
+        cert.dns
+    );
+    let is_link_local = |ip: &IpAddr| match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    assert!(
+        !cert.ips.iter().any(is_link_local),
+        "a link-local address is named: {:?}",
+        cert.ips
+    );
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+
+    // Bound to the link-local address itself: that address is named (and the LAN one is not).
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), "169.254.7.7");
+    let cert = read_certificate(&server.data_dir.join("tls/cert.pem"));
+    assert!(cert.ips.contains(&link_local), "{:?}", cert.ips);
+    assert!(!cert.ips.contains(&server_ip), "{:?}", cert.ips);
+}
+
+#[test]
+fn a_near_expiry_certificate_is_renewed_while_the_server_runs_and_paired_devices_follow_the_signed_statement()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    // Certificates valid 30 s, renewed with 20 s left, checked every 100 ms: the first is
+    // renewed 10 s after the start, and each renewal leaves 10 s before the next.
+    let started = Instant::now();
+    let remote = Remote::start(
+        remote(dir.path())
+            .arg("--tls-timings")
+            .arg("lifetime_ms=30000,renew_before_ms=20000,check_ms=100"),
+    );
+    let first = remote.fingerprint.clone();
+    let first_der = read_certificate(&remote.server.data_dir.join("tls/cert.pem")).der;
+    let (_, token) = remote.paired("phone");
+    // A stream the device opened before the renewal.
+    let (status, _, mut events) = open(
+        remote.port,
+        &first,
+        &format!(
+            "GET /system/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n"
+        ),
+        b"",
+    );
+    assert_eq!(status, 200);
+
+    // Renewed while it runs: new connections get another certificate, from the same process.
+    assert!(
+        wait_until(Duration::from_secs(40), || presented_fingerprint(
+            remote.port
+        ) != first),
+        "never renewed\n{}",
+        remote.server.stderr()
+    );
+    let renewed_after = started.elapsed();
+    assert!(process_alive(remote.server.pid()), "not restarted");
+    // Logged once the renewal is done (the new certificate is presented a moment before).
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let stderr = remote.server.stderr();
+            stderr.contains("renewed the TLS certificate") && stderr.contains("expires on")
+        }),
+        "{}",
+        remote.server.stderr()
+    );
+
+    // A client that only pins (as every client did before) sees its pin fail.
+    let refused = pinned_client(&first)
+        .get(remote.url("/health"))
+        .send()
+        .expect_err("the old pin no longer matches");
+    assert!(refused.is_connect(), "{refused:?}");
+    // The device follows the statement signed by the old key, re-pins, and its token works.
+    let pinned = follow(remote.port, &first).unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(pinned, first);
+    let response = pinned_client(&pinned)
+        .get(remote.url("/system/runtime"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let runtime: Value = response.json().unwrap();
+    assert_eq!(runtime["tls"]["fingerprint"], pinned.as_str());
+    // The stream opened before the renewal is still open.
+    assert!(!closes_within(&mut events, Duration::from_millis(200)));
+    // Local commands pin what server.json names, which follows.
+    let server_file = || -> Value {
+        serde_json::from_slice(&std::fs::read(remote.server.data_dir.join("server.json")).unwrap())
+            .unwrap()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || server_file()["fingerprint"]
+            == pinned.as_str()),
+        "{}",
+        server_file()
+    );
+    assert_eq!(remote.code()["fingerprint"], pinned.as_str());
+
+    // What an attacker on the LAN can do with the same statements: present its own
+    // certificate and relay them (they lead elsewhere), or sign one from the pinned
+    // certificate with its own key (not the pinned certificate's). Both are refused.
+    let attacker = attacker_identity(dir.path());
+    let attacker_der = attacker.leaf().unwrap().to_vec();
+    let attacker_fp = openwork_runtime::remote::tls::fingerprint(&attacker_der);
+    let (mut stream, _) = connect_presented(remote.port).unwrap();
+    write!(
+        stream,
+        "GET /tls/succession?from={first} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = openwork_tests::http::read_head(&mut reader).unwrap();
+    assert_eq!(status, 200);
+    let relayed: Succession = serde_json::from_slice(
+        &openwork_tests::http::read_body(&mut reader, "GET", status, &headers).unwrap(),
+    )
+    .unwrap();
+    let refused = verify_succession(&first, &attacker_der, &relayed).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("not to the certificate this connection presents"),
+        "{refused}"
+    );
+    let attacker_key = attacker.certified().unwrap().key;
+    let forged = Succession {
+        statements: vec![
+            Statement::sign(&first_der, attacker_key.as_ref(), &attacker_fp, 1).unwrap(),
+        ],
+        ..Succession::default()
+    };
+    let refused = verify_succession(&first, &attacker_der, &forged).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("not signed by that certificate's key"),
+        "{refused}"
+    );
+    eprintln!("renewed {renewed_after:?} after the start");
+}
+
+#[test]
+fn mdns_advertises_the_fingerprint_of_a_renewed_certificate() {
+    let Some(lan) = Lan::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server_exe = openwork_tests::host_bin("openwork-server-v2");
+    // Certificates valid 40 s, renewed with 25 s left: the first renewal 15 s after the
+    // start, the next 15 s later.
+    let server = ServerBuilder::executable(&server_exe, dir.path())
+        .wrapped(lan.ip_program(), &lan.server_wrapper())
+        .arg("--sidecar")
+        .arg(format!(
+            "opencode={}",
+            openwork_tests::host_bin("openwork-fixture-sidecar").display()
+        ))
+        .arg("--host")
+        .arg(netns::SERVER_IP)
+        .arg("--remote-access")
+        .arg("--tls-timings")
+        .arg("lifetime_ms=40000,renew_before_ms=25000,check_ms=100")
+        .start();
+    let first = server.ready["tlsFingerprint"].as_str().unwrap().to_string();
+    let port = server.ready["port"].as_u64().unwrap();
+    let advertised = || {
+        let output =
+            output_of(
+                lan.on_peer(&server_exe)
+                    .args(["discover", "--timeout", "4", "--json"]),
+            );
+        let found: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        found
+            .iter()
+            .find(|s| s["port"] == port)
+            .and_then(|s| s["fingerprintPrefix"].as_str().map(str::to_string))
+    };
+    assert_eq!(advertised().as_deref(), Some(&first[..16]));
+    let cert = server.data_dir.join("tls/cert.pem");
+    let on_disk = || openwork_runtime::remote::tls::fingerprint(&read_certificate(&cert).der);
+    assert!(
+        wait_until(Duration::from_secs(30), || on_disk() != first),
+        "never renewed\n{}",
+        server.stderr()
+    );
+    let renewed = on_disk();
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let mut seen = advertised();
+    while seen.as_deref() != Some(&renewed[..16]) && Instant::now() < deadline {
+        seen = advertised();
+    }
+    assert_eq!(
+        seen.as_deref(),
+        Some(&renewed[..16]),
+        "the advertisement names the old certificate\n{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn an_old_certificate_valid_from_1975_to_4096_is_renewed_at_start_with_a_statement() {
+    let dir = tempfile::tempdir().unwrap();
+    let builder = remote(dir.path());
+    // What every generated certificate was before: rcgen's defaults.
+    let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+    let legacy = store::generate(
+        &["localhost".to_string(), "127.0.0.1".to_string()],
+        Validity {
+            not_before: at(157_766_400),   // 1975-01-01
+            not_after: at(67_090_118_400), // 4096-01-01
+        },
+    )
+    .unwrap();
+    let legacy_fp = legacy.fingerprint().unwrap();
+    let tls_dir = dir.path().join("data/tls");
+    std::fs::create_dir(&tls_dir).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tls_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        for (name, text) in [("cert.pem", &legacy.certificate), ("key.pem", &legacy.key)] {
+            std::fs::write(tls_dir.join(name), text).unwrap();
+            std::fs::set_permissions(tls_dir.join(name), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+        }
+    }
+
+    let remote = Remote::start(builder);
+    assert_ne!(
+        remote.fingerprint, legacy_fp,
+        "the 1975-4096 certificate is still served"
+    );
+    let cert = read_certificate(&tls_dir.join("cert.pem"));
+    assert!((cert.not_after - (unix_now() + 365 * DAY)).abs() < 120);
+    let stderr = remote.server.stderr();
+    assert!(
+        stderr.contains("renewed the TLS certificate")
+            && stderr.contains("1975-01-01")
+            && stderr.contains("4096-01-01"),
+        "says why: {stderr}"
+    );
+    // A device that pinned the old certificate follows.
+    assert_eq!(
+        follow(remote.port, &legacy_fp),
+        Ok(remote.fingerprint.clone())
+    );
+}
+
+#[test]
+fn tls_rotate_writes_a_statement_a_running_server_presents_it_and_forget_writes_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::start(remote(dir.path()).arg("--tls-timings").arg("check_ms=100"));
+    let first = remote.fingerprint.clone();
+    let (_, token) = remote.paired("laptop");
+    let rotate = |extra: &[&str]| -> Value {
+        let output = output_of(
+            Command::new(openwork_tests::host_bin("openwork-server-v2"))
+                .args(["tls", "rotate", "--json", "--data-dir"])
+                .arg(&remote.server.data_dir)
+                .args(extra),
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            openwork_tests::fixtures::describe(&output)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let presents = |fingerprint: &str| {
+        wait_until(Duration::from_secs(10), || {
+            presented_fingerprint(remote.port) == fingerprint
+        })
+    };
+
+    let rotated = rotate(&[]);
+    let second = rotated["fingerprint"].as_str().unwrap().to_string();
+    assert_eq!(rotated["previous"], first.as_str());
+    assert_eq!(rotated["announced"], true);
+    assert!(presents(&second), "the running server never presented it");
+    assert_eq!(follow(remote.port, &first), Ok(second.clone()));
+    let response = pinned_client(&second)
+        .get(remote.url("/system/runtime"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // A key that may be stolen: no statement, and the old ones are dropped.
+    let forgotten = rotate(&["--forget"]);
+    let third = forgotten["fingerprint"].as_str().unwrap().to_string();
+    assert_eq!(forgotten["announced"], false);
+    assert!(presents(&third));
+    for pinned in [&first, &second] {
+        let refused = follow(remote.port, pinned).unwrap_err();
+        assert!(
+            refused.contains("404") && refused.contains("unknown_certificate"),
+            "{refused}"
+        );
+    }
+    // The device pairs again.
+    let code = remote.code();
+    assert_eq!(code["fingerprint"], third.as_str());
+}
+
+#[test]
+fn device_names_with_bidi_or_invisible_characters_are_refused_with_400_saying_what_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Remote::start(remote(dir.path()));
+    // A pairing session with the right code and confirmation: only the name is wrong.
+    let (client, session, msg_b) = remote.pair_start(&remote.code_text());
+    let confirm = BASE64.encode(client.finish(&msg_b).unwrap().client_confirm());
+    let finish = |name: &str| {
+        remote.call(
+            "POST",
+            "/pair/finish",
+            None,
+            Some(json!({"session": session, "deviceName": name, "confirm": confirm})),
+        )
+    };
+    for (name, code_point) in [
+        ("phone\u{202E}gnp.exe", "U+202E"),
+        ("\u{2066}Ana", "U+2066"),
+        ("Ana\u{200B}phone", "U+200B"),
+        ("\u{3164}", "U+3164"),
+        ("phone\u{E0041}", "U+E0041"),
+        ("a\u{2028}b", "U+2028"),
+    ] {
+        let (status, body) = finish(name);
+        assert_eq!(status, 400, "{name:?} was paired: {body}");
+        assert_eq!(body["error"], "bad_request");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains(code_point) && message.contains("printable"),
+            "says what is wrong and what is allowed: {message}"
+        );
+        assert!(!message.contains(name), "never echoes the name: {message}");
+    }
+    let (status, paired) = finish("Ana’s \u{2764}\u{FE0F} phone");
+    assert_eq!(status, 201, "{paired}");
+    assert_eq!(remote.device_names(), ["Ana’s \u{2764}\u{FE0F} phone"]);
+}
+
 #[test]
 fn pairing_gives_a_device_its_own_token_and_a_code_works_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -606,7 +1132,13 @@ impl Relay {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let names = ["localhost".to_string(), "127.0.0.1".to_string()];
-        let fingerprint = openwork_runtime::remote::tls::rotate(dir, &names).unwrap();
+        let fingerprint = openwork_runtime::remote::tls::rotate(
+            dir,
+            &names,
+            openwork_runtime::remote::tls::Followers::Forget,
+        )
+        .unwrap()
+        .fingerprint;
         let (cert, key) = openwork_runtime::remote::tls::data_dir_files(dir);
         let certs = CertificateDer::pem_file_iter(&cert)
             .unwrap()

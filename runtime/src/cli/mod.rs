@@ -142,6 +142,10 @@ pub struct ServeArgs {
         env = env_vars::OPENWORK_SERVER_V2_PAIRING_TTL_MS
     )]
     pub pairing_ttl_ms: Option<Duration>,
+    /// Certificate timings, `lifetime_ms=…,renew_before_ms=…,check_ms=…` (see
+    /// `tls::Timings`; for tests, which cannot wait a year for a renewal)
+    #[arg(long, hide = true, value_name = "KEY=MS,…", value_parser = parse_tls_timings)]
+    pub tls_timings: Option<openwork_runtime::remote::tls::Timings>,
     /// Supervisor timings, `key=value,…` (see `Tuning::from_env_value`; for tests)
     #[arg(
         long,
@@ -193,6 +197,13 @@ fn parse_millis(value: &str) -> Result<Duration, String> {
         .parse()
         .map(Duration::from_millis)
         .map_err(|_| "expected a whole number of milliseconds, e.g. 300000".to_string())
+}
+
+/// `--tls-timings`.
+fn parse_tls_timings(value: &str) -> Result<openwork_runtime::remote::tls::Timings, String> {
+    openwork_runtime::remote::tls::Timings::from_flag_value(value).map_err(|e| {
+        format!("{e} (expected key=milliseconds pairs separated by commas, e.g. lifetime_ms=30000,renew_before_ms=20000,check_ms=100)")
+    })
 }
 
 /// `--supervisor-tuning`.
@@ -304,11 +315,24 @@ pub struct JoinArgs {
 /// `tls …` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum TlsCommand {
-    /// Make a new self-signed certificate and key in the data dir (used from the next
-    /// start; paired devices must be given the new fingerprint)
-    Rotate(JsonFlag),
+    /// Make a new self-signed certificate and key in the data dir (a running server
+    /// presents it within a minute); the old key signs a statement that paired devices
+    /// follow to the new certificate
+    Rotate(RotateArgs),
     /// Print the data dir certificate's fingerprint (SHA-256)
     Show(JsonFlag),
+}
+
+/// `tls rotate` flags.
+#[derive(Debug, clap::Args)]
+pub struct RotateArgs {
+    /// Write no statement and drop the kept ones: for a key that may have been stolen;
+    /// every paired device must pair again
+    #[arg(long)]
+    pub forget: bool,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `discover` flags.
@@ -543,6 +567,7 @@ fn serve(args: ServeArgs, settings: Settings) -> Result<ExitCode> {
         tls_key,
         no_mdns,
         pairing_ttl_ms,
+        tls_timings,
         supervisor_tuning,
     } = args;
     // Comma separated in OPENWORK_CORS_ORIGINS, which may have spaces and empty pieces.
@@ -571,6 +596,7 @@ fn serve(args: ServeArgs, settings: Settings) -> Result<ExitCode> {
         },
         tls_files: tls_cert.zip(tls_key),
         mdns: !no_mdns,
+        tls_timings: tls_timings.unwrap_or_default(),
         tokens: settings.tokens,
         pairing_ttl: pairing_ttl_ms.unwrap_or(openwork_runtime::remote::pairing::CODE_TTL),
         tuning: supervisor_tuning.unwrap_or_default(),

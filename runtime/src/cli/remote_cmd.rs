@@ -17,28 +17,79 @@ pub fn tls(command: TlsCommand, settings: &Settings) -> Result<ExitCode> {
     let rotating = matches!(command, TlsCommand::Rotate(_));
     trust::secure_data_dir(&layout, rotating)?;
     let (cert_file, _) = tls::data_dir_files(&layout.data_dir);
-    let (json, fingerprint) = match command {
-        TlsCommand::Rotate(flag) => (
-            flag.json,
-            Some(tls::rotate(&layout.data_dir, &tls::certificate_names())?),
-        ),
-        TlsCommand::Show(flag) => (flag.json, tls::data_dir_fingerprint(&layout.data_dir)?),
-    };
-    if json {
-        let out = json!({ "certificate": cert_file, "fingerprint": fingerprint });
-        print_out(&format!("{out}\n"));
-    } else {
-        match &fingerprint {
-            Some(fingerprint) => {
-                print_out(&format!("{}\nSHA-256 {fingerprint}\n", cert_file.display()))
+    match command {
+        TlsCommand::Rotate(args) => rotate(&layout, &cert_file, args.forget, args.json),
+        TlsCommand::Show(flag) => {
+            let fingerprint = tls::data_dir_fingerprint(&layout.data_dir)?;
+            if flag.json {
+                let out = json!({ "certificate": cert_file, "fingerprint": fingerprint });
+                print_out(&format!("{out}\n"));
+            } else {
+                match &fingerprint {
+                    Some(fingerprint) => {
+                        print_out(&format!("{}\nSHA-256 {fingerprint}\n", cert_file.display()))
+                    }
+                    None => print_out(
+                        "no certificate yet: the first start with remote access makes one\n",
+                    ),
+                }
             }
-            None => print_out("no certificate yet: the first start with remote access makes one\n"),
+            Ok(ExitCode::Ok)
         }
     }
-    if rotating {
-        tracing::info!(
-            "a running server keeps its certificate until it restarts; paired devices need the new fingerprint"
-        );
+}
+
+fn rotate(
+    layout: &DataLayout,
+    cert_file: &std::path::Path,
+    forget: bool,
+    json_out: bool,
+) -> Result<ExitCode> {
+    // The names of what the running server of this data dir is bound to; with none running,
+    // what a server on every address (`::`) would be reached at.
+    let bind = ServerFile::read(&layout.data_dir)
+        .ok()
+        .and_then(|server| server.url.split_once("://").map(|(_, a)| a.to_string()))
+        .and_then(|authority| {
+            authority
+                .trim_end_matches('/')
+                .parse::<std::net::SocketAddr>()
+                .ok()
+        })
+        .map_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), |a| {
+            a.ip()
+        });
+    let followers = if forget {
+        tls::Followers::Forget
+    } else {
+        tls::Followers::Announce
+    };
+    let replaced = tls::rotate(&layout.data_dir, &tls::certificate_names(bind), followers)?;
+    if json_out {
+        let out = json!({
+            "certificate": cert_file,
+            "fingerprint": replaced.fingerprint,
+            "previous": replaced.previous,
+            "announced": replaced.announced,
+        });
+        print_out(&format!("{out}\n"));
+    } else {
+        print_out(&format!(
+            "{}\nSHA-256 {}\n",
+            cert_file.display(),
+            replaced.fingerprint
+        ));
+    }
+    if replaced.previous.is_some() {
+        if replaced.announced {
+            tracing::info!(
+                "a running server of this data dir presents the new certificate within a minute; paired devices follow the statement signed by the old key"
+            );
+        } else {
+            tracing::info!(
+                "a running server of this data dir presents the new certificate within a minute; no statement was written: every paired device must pair again"
+            );
+        }
     }
     Ok(ExitCode::Ok)
 }

@@ -2,7 +2,9 @@
 //! generated from the `#[utoipa::path]` attributes here (see [`super::openapi`]).
 //!
 //! - [`devices`]: the handlers of pairing and paired devices.
+//! - [`certificate`]: the statements that lead paired devices to a renewed certificate.
 
+pub mod certificate;
 pub mod devices;
 
 use std::net::{IpAddr, SocketAddr};
@@ -80,7 +82,7 @@ pub struct AppState {
 impl AppState {
     /// `https` when the server speaks TLS, else `http`.
     pub fn scheme(&self) -> &'static str {
-        if self.remote.fingerprint.is_some() {
+        if self.remote.certificate.is_some() {
             "https"
         } else {
             "http"
@@ -270,7 +272,8 @@ async fn route(
             .insert(proxy::Revocation(device.revoked));
     }
 
-    // The handshake, the health overview and pairing need no token (pids only with one).
+    // The handshake, the health overview, pairing and the certificate's succession need no
+    // token (pids only with one).
     match path.as_str() {
         "/health" => return only(&method, &[Method::GET], || health(state)),
         "/openapi.json" => return only(&method, &[Method::GET], openapi_json),
@@ -294,6 +297,11 @@ async fn route(
                 Method::POST => devices::pair_finish(request, state, peer).await,
                 _ => method_not_allowed(&[Method::POST]),
             };
+        }
+        "/tls/succession" => {
+            return only(&method, &[Method::GET], || {
+                certificate::tls_succession(state, request.uri().query())
+            });
         }
         _ => {}
     }
@@ -636,6 +644,9 @@ pub(super) fn system_runtime(state: &AppState) -> Response<ResponseBody> {
         .to_string_lossy()
         .into_owned();
     body.sidecars = state.supervisor.statuses();
+    if let (Some(tls), Some(fingerprint)) = (body.tls.as_mut(), state.remote.fingerprint()) {
+        tls.fingerprint = fingerprint;
+    }
     response::json(StatusCode::OK, &body)
 }
 

@@ -106,7 +106,7 @@ mod tests {
             all.contains(&"GET /workspaces/active".to_string()),
             "{all:?}"
         );
-        assert_eq!(all.len(), 20, "{all:?}");
+        assert_eq!(all.len(), 21, "{all:?}");
         // Every operation answers with the request id header.
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, operation) in item.as_object().unwrap() {

@@ -108,6 +108,8 @@ pub enum ApiError {
     RequestTimeout,
     /// Every place for an upgraded connection (WebSocket) is taken.
     TooManyUpgrades,
+    /// No succession statement leads from this certificate (or the server has none).
+    UnknownCertificate,
 }
 
 impl ApiError {
@@ -139,6 +141,7 @@ impl ApiError {
         ApiError::DevicesNotSaved,
         ApiError::RequestTimeout,
         ApiError::TooManyUpgrades,
+        ApiError::UnknownCertificate,
     ];
 
     /// The stable machine-readable word a client switches over.
@@ -170,6 +173,7 @@ impl ApiError {
             ApiError::DevicesNotSaved => "devices_not_saved",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::TooManyUpgrades => "too_many_upgrades",
+            ApiError::UnknownCertificate => "unknown_certificate",
         }
     }
 
@@ -202,6 +206,7 @@ impl ApiError {
             ApiError::DevicesNotSaved => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyUpgrades => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UnknownCertificate => StatusCode::NOT_FOUND,
         }
     }
 }

@@ -87,14 +87,109 @@ pub struct DeviceSession {
 /// Why pairing a device failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AddError {
-    /// The name is empty, too long, or has control characters.
-    #[error(
-        "deviceName must be 1 to {MAX_NAME_CHARS} characters without control characters, e.g. \"Ana's phone\""
-    )]
-    BadName,
+    /// The name is empty, too long, or has a character that is not printable.
+    #[error("{0}")]
+    BadName(BadName),
     /// The file could not be written: nothing was paired.
     #[error("the device could not be saved ({0}); nothing was paired, try again")]
     NotSaved(String),
+}
+
+/// What is allowed in a device name, for every refusal.
+const NAME_RULE: &str = "a device name is 1 to 64 printable characters (letters, marks, digits, punctuation, symbols, spaces), with no control, bidirectional, zero-width or other invisible characters, e.g. \"Ana's phone\"";
+
+/// What is wrong with a device name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadName {
+    /// Nothing but spaces.
+    #[error("deviceName is empty: {NAME_RULE}")]
+    Empty,
+    /// Over [`MAX_NAME_CHARS`].
+    #[error("deviceName has {0} characters: {NAME_RULE}")]
+    TooLong(usize),
+    /// A character that could hide or disguise what the name says.
+    #[error("deviceName has U+{code:04X} ({kind}) at character {at}: {NAME_RULE}", code = u32::from(*.ch))]
+    Forbidden {
+        /// The character.
+        ch: char,
+        /// Where (1 = the first character of the trimmed name).
+        at: usize,
+        /// What kind of character it is.
+        kind: &'static str,
+    },
+}
+
+/// Invisible characters whose general category does not say so: Hangul fillers (letters
+/// that render as nothing), the braille blank, the combining grapheme joiner and Khmer's
+/// inherent vowels (marks that Unicode itself advises against using).
+const INVISIBLE: &[char] = &[
+    '\u{115F}', '\u{1160}', '\u{3164}', '\u{FFA0}', '\u{2800}', '\u{034F}', '\u{17B4}', '\u{17B5}',
+];
+
+/// Bidirectional controls: they reorder what follows (`phone\u{202E}gnp.exe` shows as
+/// `phoneexe.png`).
+fn is_bidi_control(ch: char) -> bool {
+    matches!(ch, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Variation selectors: they pick how the character before them is drawn (the emoji form of
+/// ❤ in ❤️), and show nothing of their own.
+fn is_variation_selector(ch: char) -> bool {
+    matches!(ch, '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}' | '\u{180B}'..='\u{180D}' | '\u{180F}')
+}
+
+/// Checks a device name wherever one enters (pairing): trimmed, 1 to [`MAX_NAME_CHARS`]
+/// characters, each printable. Refused: controls (Unicode category Cc), bidirectional
+/// controls, format characters (Cf: zero-width spaces and joiners, the byte order mark,
+/// tags, …), line and paragraph separators (Zl, Zp), private use (Co) and unassigned code
+/// points (Cn, as of Unicode 16), invisible fillers ([`INVISIBLE`]), and a variation
+/// selector that follows no visible character (one after a character, as in ❤️, is
+/// kept). Names stored before these rules are shown as stored.
+pub fn check_name(name: &str) -> std::result::Result<String, BadName> {
+    use unicode_general_category::{GeneralCategory, get_general_category};
+    let name = name.trim();
+    let count = name.chars().count();
+    if count == 0 {
+        return Err(BadName::Empty);
+    }
+    if count > MAX_NAME_CHARS {
+        return Err(BadName::TooLong(count));
+    }
+    let mut previous: Option<char> = None;
+    for (index, ch) in name.chars().enumerate() {
+        let kind = if is_bidi_control(ch) {
+            Some("a bidirectional control")
+        } else if INVISIBLE.contains(&ch) {
+            Some("an invisible character")
+        } else if is_variation_selector(ch) {
+            previous
+                .filter(|p| !p.is_whitespace() && !is_variation_selector(*p))
+                .is_none()
+                .then_some("a variation selector that follows no visible character")
+        } else {
+            match get_general_category(ch) {
+                GeneralCategory::Control => Some("a control character"),
+                GeneralCategory::Format => Some("an invisible formatting character"),
+                GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator => {
+                    Some("a line or paragraph separator")
+                }
+                GeneralCategory::PrivateUse => Some("a private-use character"),
+                GeneralCategory::Unassigned | GeneralCategory::Surrogate => {
+                    Some("an unassigned code point")
+                }
+                _ => None,
+            }
+        };
+        if let Some(kind) = kind {
+            return Err(BadName::Forbidden {
+                ch,
+                at: index + 1,
+                kind,
+            });
+        }
+        previous = Some(ch);
+    }
+    Ok(name.to_string())
 }
 
 impl Devices {
@@ -145,12 +240,12 @@ impl Devices {
     /// Pairs a new device: its entry is written before its token is returned, so a token
     /// that was handed out always works after a restart.
     pub fn add(&self, name: &str) -> std::result::Result<(model::Device, String), AddError> {
-        let name = check_name(name)?;
+        let name = check_name(name).map_err(AddError::BadName)?;
         let token = crate::supervisor::random_secret();
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let stored = StoredDevice {
             id: crate::supervisor::random_secret()[..16].to_string(),
-            name: name.to_string(),
+            name,
             token_sha256: hex::encode(digest),
             created_ms: unix_ms(),
             last_seen_ms: None,
@@ -264,19 +359,6 @@ impl Devices {
     }
 }
 
-/// A device name as it would be kept (trimmed), or [`AddError::BadName`]: pairing checks it
-/// before the code, so a bad name never costs a guess.
-pub fn check_name(name: &str) -> std::result::Result<&str, AddError> {
-    let name = name.trim();
-    if name.is_empty()
-        || name.chars().count() > MAX_NAME_CHARS
-        || name.chars().any(char::is_control)
-    {
-        return Err(AddError::BadName);
-    }
-    Ok(name)
-}
-
 fn public(stored: &StoredDevice) -> model::Device {
     model::Device {
         id: stored.id.clone(),
@@ -333,10 +415,83 @@ mod tests {
         let devices = Devices::load(&dir.path().join("devices.json")).unwrap();
         for bad in ["", "   ", "a\nb", &"x".repeat(MAX_NAME_CHARS + 1)] {
             assert!(
-                matches!(devices.add(bad), Err(AddError::BadName)),
+                matches!(devices.add(bad), Err(AddError::BadName(_))),
                 "{bad:?}"
             );
         }
         assert!(devices.add(&"é".repeat(MAX_NAME_CHARS)).is_ok());
+        assert!(devices.list().iter().all(|d| !d.name.contains('\n')));
+    }
+
+    #[test]
+    fn names_with_bidi_invisible_or_unassigned_characters_are_refused_and_say_what_is_allowed() {
+        let refused = [
+            ("phone\u{202E}gnp.exe", 0x202E, 6, "bidirectional"),
+            ("\u{2067}phone", 0x2067, 1, "bidirectional"),
+            ("pho\u{200F}ne", 0x200F, 4, "bidirectional"),
+            ("ph\u{061C}one", 0x061C, 3, "bidirectional"),
+            ("Ana\u{200B}phone", 0x200B, 4, "invisible formatting"),
+            ("Ana\u{200D}phone", 0x200D, 4, "invisible formatting"),
+            ("\u{FEFF}phone", 0xFEFF, 1, "invisible formatting"),
+            ("phone\u{E0041}", 0xE0041, 6, "invisible formatting"),
+            ("pho\u{00AD}ne", 0x00AD, 4, "invisible formatting"),
+            ("\u{3164}", 0x3164, 1, "invisible character"),
+            ("a\u{115F}b", 0x115F, 2, "invisible character"),
+            ("a\u{2800}", 0x2800, 2, "invisible character"),
+            ("a\u{2028}b", 0x2028, 2, "separator"),
+            ("a\u{2029}b", 0x2029, 2, "separator"),
+            ("a\tb", 0x9, 2, "control"),
+            ("a\u{85}b", 0x85, 2, "control"),
+            ("a\u{E000}", 0xE000, 2, "private-use"),
+            ("a\u{F0000}", 0xF0000, 2, "private-use"),
+            ("a\u{0378}", 0x0378, 2, "unassigned"),
+            ("a\u{E0080}", 0xE0080, 2, "unassigned"),
+            ("\u{FE0F}phone", 0xFE0F, 1, "variation selector"),
+            ("a \u{FE0F}", 0xFE0F, 3, "variation selector"),
+            ("\u{2764}\u{FE0F}\u{FE0F}", 0xFE0F, 3, "variation selector"),
+        ];
+        for (name, code, at, kind) in refused {
+            let err = check_name(name).unwrap_err();
+            let BadName::Forbidden { ch, at: found, .. } = &err else {
+                panic!("{name:?}: {err:?}");
+            };
+            assert_eq!((u32::from(*ch), *found), (code, at), "{name:?}");
+            let message = err.to_string();
+            assert!(message.contains(kind), "{name:?}: {message}");
+            assert!(
+                message.contains(&format!("U+{code:04X}")) && message.contains("1 to 64 printable"),
+                "says what is wrong and what is allowed: {message}"
+            );
+            assert!(!message.contains(name), "never echoes the name: {message}");
+        }
+        for fine in [
+            "Ana's phone",
+            "Ana’s iPhone",
+            "  Büro-Laptop (2)  ",
+            "研究室のMac",
+            "هاتف علي",
+            "नमस्ते फ़ोन",
+            "Ana's \u{2764}\u{FE0F} phone",
+            "tablet\u{00A0}2",
+            "e\u{0301}te\u{0301}",
+        ] {
+            assert_eq!(check_name(fine), Ok(fine.trim().to_string()), "{fine:?}");
+        }
+        assert_eq!(check_name(" \t "), Err(BadName::Empty));
+        assert_eq!(check_name(&"x".repeat(65)), Err(BadName::TooLong(65)));
+    }
+
+    #[test]
+    fn names_stored_before_the_rules_are_shown_as_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("devices.json");
+        let stored = "phone\u{202E}gnp.exe";
+        let text = serde_json::json!({
+            "format": FORMAT,
+            "devices": [{"id": "0123456789abcdef", "name": stored, "tokenSha256": "00".repeat(32), "createdMs": 1, "lastSeenMs": null}],
+        });
+        trust::write_private_atomic(&file, text.to_string().as_bytes()).unwrap();
+        let devices = Devices::load(&file).unwrap();
+        assert_eq!(devices.list()[0].name, stored);
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! | concern | module | what it guarantees |
 //! |---|---|---|
-//! | transport | [`tls`] | TLS 1.3 on every non-loopback bind (plain HTTP there exits 16); a self-signed ECDSA P-256 certificate made on the first remote start (key 0600) and reused, rotated by `tls rotate`, or the user's PEM files; clients pin its SHA-256 |
+//! | transport | [`tls`] | TLS 1.3 on every non-loopback bind (plain HTTP there exits 16); a self-signed ECDSA P-256 certificate made on the first remote start (key 0600), valid a year and renewed while the server runs (a statement signed by the old key leads paired devices to the new one), rotated by `tls rotate`, or the user's PEM files; clients pin its SHA-256 |
 //! | pairing | [`pairing`], [`pake`] | a short single-use code valid 5 minutes, issued only with the host token, never sent: SPAKE2 over it binds the certificate fingerprint the device saw, so a relay cannot pair in the device's place; 5 wrong guesses per source (IPv4 address, IPv6 /64), 4,096 in all |
 //! | joining | [`pair_client`] | the device's side (`openwork-server-v2 join`): learns or pins the certificate, runs the exchange, keeps the token only when the server has proven the code |
 //! | devices | [`devices`] | one token per device, stored as SHA-256 only; revoking it fails its next request and closes its connections, event streams and WebSockets |
@@ -144,11 +144,18 @@ pub struct RemoteState {
     pub devices: Arc<devices::Devices>,
     /// The bound address.
     pub local: SocketAddr,
-    /// The certificate fingerprint when the server speaks TLS.
-    pub fingerprint: Option<String>,
+    /// The certificate presented now, when the server speaks TLS.
+    pub certificate: Option<tls::LiveCertificate>,
 }
 
 impl RemoteState {
+    /// The fingerprint of the certificate presented now, when the server speaks TLS.
+    pub fn fingerprint(&self) -> Option<String> {
+        self.certificate
+            .as_ref()
+            .map(tls::LiveCertificate::fingerprint)
+    }
+
     /// The addresses a device can reach this server at, as `host:port`: the bound address,
     /// or for an unspecified one (`0.0.0.0`, `::`) every non-loopback interface address,
     /// IPv4 first (what a phone on the same Wi-Fi most likely routes).
@@ -178,7 +185,7 @@ impl RemoteState {
         pairing::PairingUrl {
             addresses: addresses.iter().map(ToString::to_string).collect(),
             code: Some(code.to_string()),
-            fingerprint: self.fingerprint.clone(),
+            fingerprint: self.fingerprint(),
         }
         .to_string()
     }

@@ -65,6 +65,9 @@ pub struct ServeOptions {
     pub tls_files: Option<(PathBuf, PathBuf)>,
     /// Advertise over mDNS when the bind is not loopback (`--no-mdns` turns it off).
     pub mdns: bool,
+    /// When the generated certificate is renewed, and how often that is checked (the
+    /// defaults unless a test shortens them).
+    pub tls_timings: tls::Timings,
     /// The tokens given in the environment.
     pub tokens: token::GivenTokens,
     /// How long a pairing code stays valid ([`CODE_TTL`](crate::remote::pairing::CODE_TTL) unless a test shortens it).
@@ -120,23 +123,26 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
         &layout.data_dir.join(layout::HOST_TOKEN_FILE),
     )?;
 
+    let cert_source = match &options.tls_files {
+        Some((cert, key)) => CertSource::User {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        None => CertSource::DataDir,
+    };
+    let cert_names = tls::certificate_names(addr.ip());
     let server_tls = if use_tls {
-        let source = match &options.tls_files {
-            Some((cert, key)) => CertSource::User {
-                cert: cert.clone(),
-                key: key.clone(),
-            },
-            None => CertSource::DataDir,
-        };
         Some(tls::load(
             &layout.data_dir,
-            &source,
-            &tls::certificate_names(),
+            &cert_source,
+            &cert_names,
+            &options.tls_timings,
         )?)
     } else {
         None
     };
-    let fingerprint = server_tls.as_ref().map(|t| t.fingerprint.clone());
+    let fingerprint = server_tls.as_ref().map(|t| t.fingerprint());
+    let certificate = server_tls.as_ref().map(|t| t.certificate.clone());
     let devices = Arc::new(Devices::load(&layout.data_dir.join(layout::DEVICES_FILE))?);
     let pairing_ttl = options.pairing_ttl;
 
@@ -185,7 +191,7 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
         router_config: router_config.is_file().then(|| path_text(&router_config)),
         sidecars: Vec::new(),
         tls: server_tls.as_ref().map(|t| crate::http::model::TlsInfo {
-            fingerprint: t.fingerprint.clone(),
+            fingerprint: t.fingerprint(),
             certificate: path_text(&t.cert_file),
         }),
     };
@@ -253,7 +259,7 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
                 pairing: Pairing::new(pairing_ttl),
                 devices: devices.clone(),
                 local,
-                fingerprint: fingerprint.clone(),
+                certificate: certificate.clone(),
             },
             failures: Default::default(),
             started: std::time::Instant::now(),
@@ -266,6 +272,16 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
             shutdown_rx.clone(),
         ));
         tokio::spawn(save_last_seen(devices.clone()));
+        if let Some(certificate) = &certificate {
+            // A server runs for months: its generated certificate is renewed while it runs.
+            tokio::spawn(tls::keep_current(
+                certificate.clone(),
+                data_dir.clone(),
+                cert_source,
+                cert_names,
+                options.tls_timings,
+            ));
+        }
         tokio::spawn(forward_signals(shutdown.clone()));
 
         let mut stop = shutdown_rx.clone();
@@ -277,18 +293,17 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
                     if let Err(e) = server_file.write(&data_dir) {
                         tracing::warn!(error = %e, "could not write server.json: `openwork-server-v2 pair` will not find this server");
                     }
-                    // Withdrawn (a goodbye is sent) when dropped, at the end of this arm.
-                    let _advertisement = advertise.then(|| {
-                        match crate::remote::mdns::Advertisement::start(local, SERVER_VERSION, fingerprint.as_deref()) {
-                            Ok(advertisement) => Some(advertisement),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot advertise over mDNS; clients must be given the address");
-                                None
-                            }
-                        }
+                    let watch = || certificate.as_ref().map(tls::LiveCertificate::watch);
+                    let following = watch().map(|watch| {
+                        tokio::spawn(follow_in_server_file(watch, server_file, data_dir.clone()))
                     });
+                    // Withdrawn (a goodbye is sent) when the task is aborted, below.
+                    let advertising = advertise.then(|| tokio::spawn(advertise_following(local, watch())));
                     print_ready_line(&ready_line);
                     crate::http::stopping(&mut stop).await;
+                    for task in following.into_iter().chain(advertising) {
+                        task.abort();
+                    }
                     ServerFile::remove_if_ours(&data_dir);
                     Ok(ExitCode::Ok)
                 }
@@ -306,6 +321,50 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
     // The runtime directory stays leased until here.
     drop(sidecars);
     outcome
+}
+
+/// Rewrites `server.json` whenever the certificate is replaced: local commands pin the
+/// certificate it names.
+async fn follow_in_server_file(
+    mut fingerprint: watch::Receiver<String>,
+    mut file: ServerFile,
+    data_dir: PathBuf,
+) {
+    while fingerprint.changed().await.is_ok() {
+        file.fingerprint = Some(fingerprint.borrow_and_update().clone());
+        if let Err(e) = file.write(&data_dir) {
+            tracing::warn!(error = %e, "could not write server.json with the renewed certificate: `openwork-server-v2 pair` will refuse this server until it restarts");
+        }
+    }
+}
+
+/// Advertises the server over mDNS until the task is aborted, and again with the new
+/// fingerprint's prefix in TXT `fp` whenever the certificate is replaced.
+async fn advertise_following(local: SocketAddr, mut fingerprint: Option<watch::Receiver<String>>) {
+    loop {
+        let current = fingerprint.as_mut().map(|f| f.borrow_and_update().clone());
+        let advertisement = match crate::remote::mdns::Advertisement::start(
+            local,
+            SERVER_VERSION,
+            current.as_deref(),
+        ) {
+            Ok(advertisement) => Some(advertisement),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot advertise over mDNS; clients must be given the address");
+                None
+            }
+        };
+        let changed = match fingerprint.as_mut() {
+            Some(fingerprint) => fingerprint.changed().await.is_ok(),
+            None => false,
+        };
+        if !changed {
+            std::future::pending::<()>().await;
+        }
+        // The old advertisement says goodbye first; its drop waits for the daemon, which
+        // must not hold up the one thread that serves requests.
+        let _ = tokio::task::spawn_blocking(move || drop(advertisement)).await;
+    }
 }
 
 /// Writes the paired devices' last-seen times once a minute when they changed (and at

@@ -161,7 +161,7 @@ export type ErrorBody = {
     /**
      * A stable word (one of the codes the API documents): what went wrong, for a program.
      */
-    error: 'bad_request' | 'unauthorized' | 'host_token_required' | 'not_found' | 'unknown_sidecar' | 'method_not_allowed' | 'payload_too_large' | 'unsupported_media_type' | 'misdirected_request' | 'headers_too_large' | 'workspace_not_absolute' | 'workspace_not_found' | 'workspace_not_a_directory' | 'workspace_not_saved' | 'internal_error' | 'opencode_unavailable' | 'opencode_timeout' | 'bad_gateway' | 'opencode_unauthorized' | 'pairing_refused' | 'unknown_pairing_session' | 'pake_required' | 'unknown_device' | 'devices_not_saved' | 'request_timeout' | 'too_many_upgrades';
+    error: 'bad_request' | 'unauthorized' | 'host_token_required' | 'not_found' | 'unknown_sidecar' | 'method_not_allowed' | 'payload_too_large' | 'unsupported_media_type' | 'misdirected_request' | 'headers_too_large' | 'workspace_not_absolute' | 'workspace_not_found' | 'workspace_not_a_directory' | 'workspace_not_saved' | 'internal_error' | 'opencode_unavailable' | 'opencode_timeout' | 'bad_gateway' | 'opencode_unauthorized' | 'pairing_refused' | 'unknown_pairing_session' | 'pake_required' | 'unknown_device' | 'devices_not_saved' | 'request_timeout' | 'too_many_upgrades' | 'unknown_certificate';
     /**
      * What happened and what to do, in words.
      */
@@ -706,6 +706,30 @@ export type Snapshot = {
 export type Stream = 'stdout' | 'stderr' | 'supervisor';
 
 /**
+ * One replacement of the certificate, signed by the key of the certificate it replaced.
+ */
+export type SuccessionStatement = {
+    /**
+     * When it was signed, Unix time in milliseconds.
+     */
+    issuedMs: number;
+    /**
+     * SHA-256 of the new certificate's DER, 64 lowercase hex digits.
+     */
+    newFingerprint: string;
+    /**
+     * The replaced certificate, DER in standard base64: a device checks that its SHA-256
+     * is the fingerprint it pinned, and verifies `signature` with its public key.
+     */
+    oldCertificate: string;
+    /**
+     * ECDSA P-256 SHA-256 signature (DER, standard base64) over the signed message (see
+     * docs/RUNTIME.md, "Following a new certificate").
+     */
+    signature: string;
+};
+
+/**
  * `PUT /workspaces/active`.
  */
 export type SwitchWorkspace = {
@@ -754,6 +778,21 @@ export type TlsInfo = {
      * SHA-256 of the certificate (DER), 64 lowercase hex digits: what a client pins.
      */
     fingerprint: string;
+};
+
+/**
+ * The statements, oldest first: the body of `GET /tls/succession` and the content of
+ * `<data dir>/tls/succession.json`.
+ */
+export type TlsSuccession = {
+    /**
+     * Always 1.
+     */
+    format: number;
+    /**
+     * Oldest first; each leads from its `oldCertificate` to `newFingerprint`.
+     */
+    statements: Array<SuccessionStatement>;
 };
 
 /**
@@ -1783,6 +1822,48 @@ export type RestartSidecarResponses = {
 };
 
 export type RestartSidecarResponse = RestartSidecarResponses[keyof RestartSidecarResponses];
+
+export type TlsSuccessionData = {
+    body?: never;
+    path?: never;
+    query: {
+        /**
+         * The fingerprint the device pinned: SHA-256 of the certificate, 64 hex digits
+         */
+        from: string;
+    };
+    url: '/tls/succession';
+};
+
+export type TlsSuccessionErrors = {
+    /**
+     * `bad_request`: `from` is not 64 hex digits
+     */
+    400: ErrorBody;
+    /**
+     * `unknown_certificate`: nothing leads from `from` (another server's certificate, one replaced with `tls rotate --forget`, or older than the statements kept); also on a server without TLS. Pair again.
+     */
+    404: ErrorBody;
+    /**
+     * `misdirected_request`: on a loopback bind, a Host that is not a loopback name or an --allow-host name (DNS rebinding)
+     */
+    421: ErrorBody;
+    /**
+     * `headers_too_large`: request line and headers over 64 KiB
+     */
+    431: ErrorBody;
+};
+
+export type TlsSuccessionError = TlsSuccessionErrors[keyof TlsSuccessionErrors];
+
+export type TlsSuccessionResponses = {
+    /**
+     * The statements leading from `from`, oldest first; empty when `from` is the certificate presented now
+     */
+    200: TlsSuccession;
+};
+
+export type TlsSuccessionResponse = TlsSuccessionResponses[keyof TlsSuccessionResponses];
 
 export type WorkspacesData = {
     body?: never;

@@ -46,7 +46,7 @@ pub(in crate::http) fn create_pairing(state: &AppState, host: bool) -> Response<
             url: state.remote.pairing_url(&addresses, &issued.code),
             code: issued.code,
             expires_in_seconds: issued.valid_for.as_secs(),
-            fingerprint: state.remote.fingerprint.clone(),
+            fingerprint: state.remote.fingerprint(),
             addresses: addresses.iter().map(ToString::to_string).collect(),
         },
     )
@@ -110,7 +110,7 @@ pub(in crate::http) async fn pair_start(
     match state
         .remote
         .pairing
-        .start(source, &msg_a, state.remote.fingerprint.as_deref())
+        .start(source, &msg_a, state.remote.fingerprint().as_deref())
     {
         Ok(started) => response::json(
             StatusCode::CREATED,
@@ -193,7 +193,7 @@ pub(in crate::http) async fn pair_finish(
                     device_id: device.id,
                     name: device.name,
                     token,
-                    fingerprint: state.remote.fingerprint.clone(),
+                    fingerprint: state.remote.fingerprint(),
                     confirm: BASE64.encode(server_confirm),
                 },
             )
@@ -213,7 +213,7 @@ pub(in crate::http) async fn pair_finish(
                 "no such pairing session from this address (it expired after 60 s, was already confirmed, or its code was used or replaced); start again with POST /pair/start",
             )
         }
-        Err(FinishError::NotPaired(e @ AddError::BadName)) => {
+        Err(FinishError::NotPaired(e @ AddError::BadName(_))) => {
             response::error(ApiError::BadRequest, &e.to_string())
         }
         Err(FinishError::NotPaired(e)) => response::error(

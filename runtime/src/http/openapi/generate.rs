@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
-use crate::http::api::{self, devices};
+use crate::http::api::{self, certificate, devices};
 use crate::http::model;
 use crate::http::response::ApiError;
 use crate::supervisor;
@@ -37,6 +37,7 @@ use crate::supervisor;
         devices::pair_finish,
         devices::list_devices,
         devices::revoke_device,
+        certificate::tls_succession,
         api::proxy_to_opencode,
     ),
     components(schemas(
