@@ -102,9 +102,7 @@ impl Lan {
     /// `program` in the peer's namespace (as root, the peer's own machine).
     pub fn on_peer(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(&self.ip);
-        command
-            .args(["netns", "exec", &self.peer_ns])
-            .arg(program);
+        command.args(["netns", "exec", &self.peer_ns]).arg(program);
         command
     }
 
