@@ -13,15 +13,15 @@ use openwork_tests::netns::{self, Lan};
 use openwork_tests::server::{ServerBuilder, ServerProcess, wait_until};
 use serde_json::Value;
 
-use super::{FAST, wait_for_file};
+use super::{FAST, Rounds, plain_round, wait_for_file};
 
-/// Opens `count` connections (TLS with `tls`), sends each a complete `POST /pair` head that
+/// Opens `count` connections (TLS with `tls`), sends each a complete `POST /pair/start` head that
 /// announces a 4 KiB body, and never sends the body; every connection the server closes or
 /// answers is opened again at once. Writes its counts to `held.json` at the end.
 const STALLED_BODY: &str = r#"
 import json, os, selectors, socket, ssl, sys, time
 host, port, count, duration, out, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6]
-HEAD = (b"POST /pair HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+HEAD = (b"POST /pair/start HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
         b"Content-Length: 4096\r\n\r\n" % host.encode())
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.check_hostname = False
@@ -120,86 +120,6 @@ fn held(dir: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
 }
 
-/// What a client of the user saw during an attack: rounds tried, answered, the slowest.
-#[derive(Debug, Default)]
-struct Rounds {
-    tried: u32,
-    answered: u32,
-    slowest: Duration,
-    failures: Vec<String>,
-}
-
-impl Rounds {
-    /// Runs `round` every 250 ms for `seconds`; it says whether it got its answers.
-    fn run(seconds: u64, mut round: impl FnMut() -> Result<(), String>) -> Rounds {
-        let mut rounds = Rounds::default();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(seconds) {
-            rounds.tried += 1;
-            let sent = Instant::now();
-            match round() {
-                Ok(()) => {
-                    rounds.answered += 1;
-                    rounds.slowest = rounds.slowest.max(sent.elapsed());
-                }
-                Err(why) => rounds
-                    .failures
-                    .push(format!("after {:?}: {why}", sent.elapsed())),
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        rounds
-    }
-
-    /// Panics unless at least `percent` of the rounds were answered.
-    fn assert_answered(&self, percent: u32, server: &ServerProcess) {
-        assert!(
-            self.answered * 100 >= self.tried * percent,
-            "only {} of {} rounds answered during the attack (at least {percent}% must be): {:#?}\n{}",
-            self.answered,
-            self.tried,
-            self.failures,
-            server
-                .stderr()
-                .lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-    }
-}
-
-/// A round of the user's plain HTTP client: the token-less handshake and an authenticated
-/// proxied request, each on a new connection.
-fn plain_round(server: &ServerProcess) -> Result<(), String> {
-    let auth = format!("Bearer {}", server.token);
-    let health = openwork_tests::http::try_request(
-        &server.addr,
-        "GET",
-        "/health",
-        &[],
-        b"",
-        Duration::from_secs(5),
-    );
-    let proxied = openwork_tests::http::try_request(
-        &server.addr,
-        "GET",
-        "/opencode/global/health",
-        &[("Authorization", auth.as_str())],
-        b"",
-        Duration::from_secs(5),
-    );
-    match (health, proxied) {
-        (Ok(h), Ok(p)) if h.status == 200 && p.status == 200 => Ok(()),
-        (health, proxied) => Err(format!(
-            "/health {:?}, proxied {:?}",
-            health.map(|r| r.status),
-            proxied.map(|r| r.status)
-        )),
-    }
-}
-
 /// Sends a raw request head and returns the status line and how long it took to come.
 fn raw_status(addr: &str, head: &str, patience: Duration) -> (String, Duration) {
     raw_status_from(None, addr, head, patience)
@@ -243,7 +163,7 @@ fn raw_status_from(
 /// `Content-Length` over the route's limit is refused before anything is read, and a
 /// connection in the middle of a request without a token can be evicted like an idle one
 /// (the heaviest address first; no one younger than 250 ms). Attack: with `ulimit -n 256`
-/// (96 connections), another user holds 150 connections, each with a complete `POST /pair`
+/// (96 connections), another user holds 150 connections, each with a complete `POST /pair/start`
 /// head announcing a 4 KiB body that never comes, and reopens each one as soon as it is
 /// closed, for 15 s. Before, every new connection (`/health` included) was locked out for as
 /// long as they stayed open.
@@ -284,7 +204,7 @@ fn a_stalled_body_flood_from_another_user_locks_no_one_out() {
         raw_status_from(
             Some("127.0.0.2"),
             &addr,
-            "POST /pair HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n",
+            "POST /pair/start HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n",
             Duration::from_secs(20),
         )
     });
@@ -316,7 +236,7 @@ fn a_stalled_body_flood_from_another_user_locks_no_one_out() {
     // Refused before a byte of the body is read: a `Content-Length` of 100 GB.
     let (status, took) = raw_status(
         &server.addr,
-        "POST /pair HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000000000\r\n\r\n",
+        "POST /pair/start HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000000000\r\n\r\n",
         Duration::from_secs(5),
     );
     assert!(status.starts_with("HTTP/1.1 413"), "{status}");
