@@ -879,6 +879,8 @@ fn every_route_answers_as_the_document_says() {
 type Events = SseReader<std::io::BufReader<std::net::TcpStream>>;
 
 /// Opens `/system/events` with the client token, resuming after `last_event_id` if given.
+/// A read waits at most 10 s: less than the 15 s between keep-alive comments, so a frame
+/// that never comes fails the test instead of hanging it.
 fn subscribe(server: &ServerProcess, last_event_id: Option<&str>) -> Events {
     let auth = format!("Bearer {}", server.token);
     let mut headers = vec![("Authorization", auth.as_str())];
@@ -889,7 +891,7 @@ fn subscribe(server: &ServerProcess, last_event_id: Option<&str>) -> Events {
         &server.addr,
         "/system/events",
         &headers,
-        Duration::from_secs(30),
+        Duration::from_secs(10),
     );
     assert_eq!(status, 200);
     SseReader::new(reader)
@@ -1083,7 +1085,8 @@ fn a_reconnect_within_the_remembered_events_replays_exactly_the_missed_ones() {
         let expected = if n % 2 == 1 { &other } else { &workspace };
         assert_eq!(frame.json()["directory"], canonical(expected));
     }
-    switch_back_and_forth(&server, [&other, &workspace], 1);
+    // (The fifth switch went to `other`: back to the workspace.)
+    switch_back_and_forth(&server, [&workspace, &other], 1);
     let live = next_frame(&mut resumed, &contract).unwrap();
     assert_eq!(label(&live), "workspaceChanged:server");
     assert_eq!(live.id, id(seq + 6));

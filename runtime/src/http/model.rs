@@ -417,6 +417,7 @@ pub struct Capabilities {
 pub struct Snapshot {
     /// This server process's epoch (16 hex digits), the first part of every event id: a
     /// different one means the server was restarted.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{16}$"))]
     pub epoch: String,
     /// The newest event the snapshot includes (0 before the first).
     pub seq: u64,
@@ -437,6 +438,7 @@ pub struct Lagged {
     /// How many events the snapshot stands in for (after the client's position, up to the
     /// snapshot's `seq`); null when the position is not one of this process (`restarted`,
     /// `invalid`).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub missed: Option<u64>,
 }
 
