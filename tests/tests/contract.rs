@@ -901,7 +901,9 @@ fn subscribe(server: &ServerProcess, last_event_id: Option<&str>) -> Events {
 /// reader); `None` when the server ended the stream. Each one must be a documented
 /// `SystemEventData`.
 fn next_frame(events: &mut Events, contract: &Contract) -> Option<openwork_tests::sse::Event> {
-    let frame = events.next_event().expect("a frame, or the end of the stream")?;
+    let frame = events
+        .next_event()
+        .expect("a frame, or the end of the stream")?;
     if let Err(problem) = contract.validate_component("SystemEventData", &frame.json()) {
         panic!("{} {}: does not conform: {problem}", frame.name, frame.data);
     }
@@ -1000,8 +1002,14 @@ fn a_reconnect_to_a_restarted_server_gets_lagged_restarted_and_a_fresh_snapshot(
     let second = ServerBuilder::fixture(dir.path()).start();
     let mut resumed = subscribe(&second, Some(&last_id));
     let lagged = next_frame(&mut resumed, &contract).unwrap();
-    assert_eq!((lagged.name.as_str(), lagged.id.as_deref()), ("lagged", None));
-    assert_eq!(lagged.json(), json!({"reason": "restarted", "missed": null}));
+    assert_eq!(
+        (lagged.name.as_str(), lagged.id.as_deref()),
+        ("lagged", None)
+    );
+    assert_eq!(
+        lagged.json(),
+        json!({"reason": "restarted", "missed": null})
+    );
     let fresh = next_frame(&mut resumed, &contract).unwrap();
     assert_eq!(fresh.name, "snapshot");
     let data = fresh.json();
@@ -1019,7 +1027,11 @@ fn a_reconnect_to_a_restarted_server_gets_lagged_restarted_and_a_fresh_snapshot(
         let mut events = subscribe(&second, Some(id));
         let lagged = next_frame(&mut events, &contract).unwrap();
         assert_eq!(lagged.name, "lagged", "{id}");
-        assert_eq!(lagged.json(), json!({"reason": reason, "missed": null}), "{id}");
+        assert_eq!(
+            lagged.json(),
+            json!({"reason": reason, "missed": null}),
+            "{id}"
+        );
         assert_eq!(next_frame(&mut events, &contract).unwrap().name, "snapshot");
     }
 }
@@ -1158,7 +1170,11 @@ fn restarts_over_the_api_are_budgeted_with_a_clear_429() {
     }
     assert!(wait_until(Duration::from_secs(10), || opencode_starts() == 2));
     server.wait_state("opencode", "running", Duration::from_secs(10));
-    assert_eq!(opencode_starts(), 2, "the second ask restarted opencode again");
+    assert_eq!(
+        opencode_starts(),
+        2,
+        "the second ask restarted opencode again"
+    );
     let (response, _) = restart();
     assert_eq!(response.status, 202, "the second of the burst");
     assert!(wait_until(Duration::from_secs(10), || opencode_starts() == 3));

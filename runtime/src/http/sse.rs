@@ -93,7 +93,15 @@ async fn forward(
             return;
         }
         let mut position = subscription.position;
-        match follow(&bus, &mut subscription.live, &tx, &mut keepalive, &mut position).await {
+        match follow(
+            &bus,
+            &mut subscription.live,
+            &tx,
+            &mut keepalive,
+            &mut position,
+        )
+        .await
+        {
             Followed::End => return,
             Followed::Lagged => subscription = bus.subscribe_after_lag(position),
         }
@@ -260,7 +268,10 @@ mod tests {
     async fn read_all(frames: &mut Frames) -> Vec<String> {
         let mut all = Vec::new();
         while let Some((name, _, data)) = frames.next().await {
-            all.push(format!("{name}:{}", data["sidecar"].as_str().unwrap_or("-")));
+            all.push(format!(
+                "{name}:{}",
+                data["sidecar"].as_str().unwrap_or("-")
+            ));
         }
         all
     }
@@ -280,8 +291,14 @@ mod tests {
             bus.publish("opencode", EventKind::RestartRequested);
         }
         let (name, id, data) = frames.next().await.unwrap();
-        assert_eq!((name.as_str(), id.as_deref()), ("snapshot", Some("0123456789abcdef-1")));
-        assert_eq!((data["epoch"].as_str(), data["seq"].as_u64()), (Some(bus.epoch()), Some(1)));
+        assert_eq!(
+            (name.as_str(), id.as_deref()),
+            ("snapshot", Some("0123456789abcdef-1"))
+        );
+        assert_eq!(
+            (data["epoch"].as_str(), data["seq"].as_u64()),
+            (Some(bus.epoch()), Some(1))
+        );
         let (name, id, data) = frames.next().await.unwrap();
         assert_eq!((name.as_str(), id), ("lagged", None));
         assert_eq!(data, serde_json::json!({"reason": "slow", "missed": burst}));
@@ -293,13 +310,22 @@ mod tests {
         // Live again.
         bus.publish("server", EventKind::ShuttingDown);
         let (name, id, _) = frames.next().await.unwrap();
-        assert_eq!((name.as_str(), id), ("shuttingDown", Some(bus.event_id(head + 1))));
+        assert_eq!(
+            (name.as_str(), id),
+            ("shuttingDown", Some(bus.event_id(head + 1)))
+        );
     }
 
     #[tokio::test]
     async fn every_stream_forwards_the_last_event_and_then_ends() {
         let bus = bus();
-        bus.publish("opencode", EventKind::Ready { pid: 7, startup_ms: 1 });
+        bus.publish(
+            "opencode",
+            EventKind::Ready {
+                pid: 7,
+                startup_ms: 1,
+            },
+        );
         let mut fresh = Frames::new(stream(bus.clone(), None, Vec::new));
         let mut resumed = Frames::new(stream(bus.clone(), Some(&bus.event_id(0)), Vec::new));
         bus.publish("server", EventKind::ShuttingDown);
@@ -307,11 +333,21 @@ mod tests {
         bus.close();
         assert_eq!(
             read_all(&mut fresh).await,
-            ["snapshot:-", "shuttingDown:server", "stopped:opencode", "stopped:server"]
+            [
+                "snapshot:-",
+                "shuttingDown:server",
+                "stopped:opencode",
+                "stopped:server"
+            ]
         );
         assert_eq!(
             read_all(&mut resumed).await,
-            ["ready:opencode", "shuttingDown:server", "stopped:opencode", "stopped:server"]
+            [
+                "ready:opencode",
+                "shuttingDown:server",
+                "stopped:opencode",
+                "stopped:server"
+            ]
         );
         // A stream opened after the last event: the snapshot, the last event, the end.
         let mut late = Frames::new(stream(bus.clone(), None, Vec::new));

@@ -530,7 +530,11 @@ mod tests {
             missed: None,
         };
         assert_eq!(lag_of("ffffffffffffffff-3"), restarted);
-        assert_eq!(lag_of("10925"), restarted, "a bare number: a server before epochs");
+        assert_eq!(
+            lag_of("10925"),
+            restarted,
+            "a bare number: a server before epochs"
+        );
         assert_eq!(lag_of("3"), restarted);
         for garbage in [
             "",
