@@ -249,4 +249,10 @@ fn a_client_knowing_only_the_handshake_and_opencodes_sdk_works_through_the_packe
         "{seen}"
     );
     assert_eq!(seen["resumed"][1]["event"], "snapshot", "{seen}");
+    // A dropped stream is resumed after the last id seen.
+    assert_eq!(
+        seen["reconnectedWith"],
+        json!([null, seen["snapshotId"]]),
+        "{seen}"
+    );
 }

@@ -63,6 +63,37 @@ for await (const frame of followSystemEvents({ baseUrl: url, token, lastEventId:
 }
 again.abort();
 
+// A connection that drops right after the snapshot: with `reconnect`, the reader asks again
+// (after the stream's `retry:`), resuming after the snapshot's id.
+const asked = [];
+const dropping = new AbortController();
+const cutAfterFirstFrame = async (input, init) => {
+  asked.push(init.headers['last-event-id'] ?? null);
+  const response = await fetch(input, init);
+  if (asked.length > 1) {
+    dropping.abort();
+    return response;
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let text = '';
+  while (!text.includes('event: snapshot') || !text.endsWith('\n\n')) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += decoder.decode(value, { stream: true });
+  }
+  await reader.cancel();
+  return new Response(text, { status: response.status, headers: response.headers });
+};
+let snapshotId;
+try {
+  for await (const frame of followSystemEvents({ baseUrl: url, token, reconnect: true, fetch: cutAfterFirstFrame, signal: dropping.signal })) {
+    if (frame.event === 'snapshot') snapshotId = frame.id;
+  }
+} catch (error) {
+  if (!dropping.signal.aborted) throw error;
+}
+
 console.log(
   JSON.stringify({
     baseUrl,
@@ -75,6 +106,8 @@ console.log(
     firstEventId: first?.id,
     firstEventIdIsEpochAndSeq: first?.event === 'snapshot' && first.id === `${first.data.epoch}-${first.data.seq}`,
     resumed,
+    reconnectedWith: asked,
+    snapshotId,
     sidecars: first?.event === 'snapshot' ? first.data.sidecars.map((s) => s.name) : [],
   }),
 );
