@@ -1129,6 +1129,7 @@ fn opencode_unavailable_says_when_to_retry() {
         .expect("Retry-After on a 503")
         .parse()
         .unwrap();
+    eprintln!("503 while a restart is scheduled: Retry-After {retry_after}");
     // The scheduled restart (at most 3.6 s away, less the time to get here) and a second to
     // start, rounded up: more than the 1 s said when no restart is scheduled.
     assert!((2..=5).contains(&retry_after), "Retry-After: {retry_after}");
@@ -1140,13 +1141,16 @@ fn opencode_unavailable_says_when_to_retry() {
 fn restarts_over_the_api_are_budgeted_with_a_clear_429() {
     let mut contract = contract();
     let dir = tempfile::tempdir().unwrap();
-    // A burst of 2, then one every 3 s (the default is 3, then one per 20 s).
-    let refill = Duration::from_secs(3);
+    // A burst of 2, then one every 6 s (the default is 3, then one per 20 s). opencode takes
+    // a second to start, as the real one does: an ask right after another finds the restart
+    // under way.
+    let refill = Duration::from_secs(6);
     let server = ServerBuilder::fixture(dir.path())
         .tuning(&format!(
             "{FAST},restart_burst=2,restart_refill_ms={}",
             refill.as_millis()
         ))
+        .env("FIXTURE_OPENCODE_READY_DELAY_MS", "1000")
         .start();
     let restart = || {
         let path = "/system/sidecars/opencode/restart";
@@ -1161,7 +1165,7 @@ fn restarts_over_the_api_are_budgeted_with_a_clear_429() {
             .count()
     };
 
-    // Asked for twice at once: one restart; the second ask costs nothing.
+    // Asked for twice in a row: one restart; the second ask costs nothing.
     let first_ask = Instant::now();
     for _ in 0..2 {
         let (response, path) = restart();
@@ -1204,6 +1208,9 @@ fn restarts_over_the_api_are_budgeted_with_a_clear_429() {
     let allowed = wait_until(Duration::from_secs(10), || restart().0.status == 202);
     assert!(allowed, "no restart allowed after the wait");
     let waited = first_ask.elapsed();
+    eprintln!(
+        "429 with Retry-After {retry_after} ({message}); allowed again {waited:?} after the burst began"
+    );
     assert!(
         waited >= refill,
         "allowed again {waited:?} after the burst began: before one refill"
