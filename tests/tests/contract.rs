@@ -860,9 +860,9 @@ fn every_route_answers_as_the_document_says() {
     }
 
     // The event stream: every frame's data is a documented SystemEventData. One stream
-    // opens with the snapshot; one with `Last-Event-ID: 0` replays every remembered
-    // numbered event (the starts, announcements, readiness and restarts above); both then
-    // see the switch.
+    // opens with the snapshot; one with `Last-Event-ID: <epoch>-0` (the beginning of this
+    // server process) replays every remembered numbered event (the starts, announcements,
+    // readiness and restarts above); both then see the switch.
     let auth = format!("Bearer {token}");
     let mut fresh = http::stream(
         &server.addr,
@@ -870,10 +870,19 @@ fn every_route_answers_as_the_document_says() {
         &[("Authorization", &auth)],
         Duration::from_secs(30),
     );
+    let snapshot = SseReader::new(&mut fresh.2).next_event().unwrap().unwrap();
+    assert_eq!(snapshot.name, "snapshot");
+    if let Err(problem) = contract.validate_component("SystemEventData", &snapshot.json()) {
+        panic!("the snapshot {} does not conform: {problem}", snapshot.data);
+    }
+    let epoch = snapshot.json()["epoch"].as_str().unwrap().to_string();
     let mut replay = http::stream(
         &server.addr,
         "/system/events",
-        &[("Authorization", &auth), ("Last-Event-ID", "0")],
+        &[
+            ("Authorization", &auth),
+            ("Last-Event-ID", &format!("{epoch}-0")),
+        ],
         Duration::from_secs(30),
     );
     for (status, headers) in [(fresh.0, fresh.1.clone()), (replay.0, replay.1.clone())] {
@@ -913,7 +922,7 @@ fn every_route_answers_as_the_document_says() {
         seen
     };
     let seen = read_until_switch(&mut fresh.2);
-    assert_eq!(seen, ["snapshot", "workspaceChanged"]);
+    assert_eq!(seen, ["workspaceChanged"]);
     let seen = read_until_switch(&mut replay.2);
     for kind in [
         "starting",
@@ -972,4 +981,350 @@ fn every_route_answers_as_the_document_says() {
         missing.is_empty(),
         "documented operations no call checked: {missing:?}"
     );
+}
+
+// Events clients can rely on: what a client of `/system/events` sees over a server's life,
+// read as a client reads it (an `EventSource` resumes with the last `id:` it saw).
+
+/// An open `/system/events` stream.
+type Events = SseReader<std::io::BufReader<std::net::TcpStream>>;
+
+/// Opens `/system/events` with the client token, resuming after `last_event_id` if given.
+/// A read waits at most 10 s: less than the 15 s between keep-alive comments, so a frame
+/// that never comes fails the test instead of hanging it.
+fn subscribe(server: &ServerProcess, last_event_id: Option<&str>) -> Events {
+    let auth = format!("Bearer {}", server.token);
+    let mut headers = vec![("Authorization", auth.as_str())];
+    if let Some(id) = last_event_id {
+        headers.push(("Last-Event-ID", id));
+    }
+    let (status, _, reader) = http::stream(
+        &server.addr,
+        "/system/events",
+        &headers,
+        Duration::from_secs(10),
+    );
+    assert_eq!(status, 200);
+    SseReader::new(reader)
+}
+
+/// The next frame that has data (keep-alive comments and `retry:` are skipped by the
+/// reader); `None` when the server ended the stream. Each one must be a documented
+/// `SystemEventData`.
+fn next_frame(events: &mut Events, contract: &Contract) -> Option<openwork_tests::sse::Event> {
+    let frame = events
+        .next_event()
+        .expect("a frame, or the end of the stream")?;
+    if let Err(problem) = contract.validate_component("SystemEventData", &frame.json()) {
+        panic!("{} {}: does not conform: {problem}", frame.name, frame.data);
+    }
+    Some(frame)
+}
+
+/// A frame as `event:sidecar` (`event:-` for a snapshot or `lagged`).
+fn label(frame: &openwork_tests::sse::Event) -> String {
+    let data = frame.json();
+    format!("{}:{}", frame.name, data["sidecar"].as_str().unwrap_or("-"))
+}
+
+fn contract() -> Contract {
+    Contract::new(contract::checked_in_document())
+}
+
+#[test]
+fn shutdown_is_heard_by_every_subscriber_before_its_stream_ends() {
+    let contract = contract();
+    for how in ["SIGTERM", "POST /system/shutdown"] {
+        let dir = tempfile::tempdir().unwrap();
+        // opencode ignores SIGTERM, so the stop lasts the grace period: time to see that a
+        // new connection is refused meanwhile while the open streams carry on.
+        let mut server = ServerBuilder::fixture(dir.path())
+            .with_router()
+            .tuning(&format!("{FAST},stop_grace_ms=1500"))
+            .env("FIXTURE_OPENCODE_IGNORE_SIGTERM", "1")
+            .start();
+        server.wait_state("opencode-router", "running", Duration::from_secs(10));
+        let mut fresh = subscribe(&server, None);
+        let snapshot = next_frame(&mut fresh, &contract).unwrap();
+        assert_eq!(snapshot.name, "snapshot");
+        // A second client resumes from the snapshot's id: the same events from there.
+        let mut resumed = subscribe(&server, snapshot.id.as_deref());
+
+        match how {
+            "SIGTERM" => server.signal(libc::SIGTERM),
+            _ => {
+                let response =
+                    server.request("POST", "/system/shutdown", Some(&server.host_token), b"");
+                assert_eq!(response.status, 202, "{}", response.text());
+            }
+        }
+        let shutting_down = next_frame(&mut fresh, &contract).unwrap();
+        assert_eq!(label(&shutting_down), "shuttingDown:server", "{how}");
+        let refused = wait_until(Duration::from_secs(1), || {
+            std::net::TcpStream::connect(&server.addr)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+        });
+        assert!(refused, "{how}: new connections are still accepted");
+
+        let mut heard = vec![label(&shutting_down)];
+        let mut ids = vec![shutting_down.id.clone()];
+        while let Some(frame) = next_frame(&mut fresh, &contract) {
+            heard.push(label(&frame));
+            ids.push(frame.id.clone());
+        }
+        assert_eq!(
+            heard,
+            [
+                "shuttingDown:server",
+                "stopped:opencode-router",
+                "stopped:opencode",
+                "stopped:server"
+            ],
+            "{how}: what a subscriber heard before the stream ended"
+        );
+        let epoch = snapshot.json()["epoch"].as_str().unwrap().to_string();
+        for id in &ids {
+            let id = id.as_deref().expect("numbered frames have ids");
+            assert!(id.starts_with(&format!("{epoch}-")), "{id}");
+        }
+        let mut resumed_ids = Vec::new();
+        while let Some(frame) = next_frame(&mut resumed, &contract) {
+            resumed_ids.push(frame.id);
+        }
+        assert_eq!(resumed_ids, ids, "{how}: the resumed stream heard the same");
+        assert!(server.wait_exit(Duration::from_secs(15)).success(), "{how}");
+    }
+}
+
+#[test]
+fn a_reconnect_to_a_restarted_server_gets_lagged_restarted_and_a_fresh_snapshot() {
+    let contract = contract();
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = ServerBuilder::fixture(dir.path()).start();
+    let mut events = subscribe(&first, None);
+    let snapshot = next_frame(&mut events, &contract).unwrap();
+    let first_epoch = snapshot.json()["epoch"].as_str().unwrap().to_string();
+    first.signal(libc::SIGTERM);
+    while next_frame(&mut events, &contract).is_some() {}
+    let last_id = events.last_event_id().unwrap().to_string();
+    assert!(first.wait_exit(Duration::from_secs(15)).success());
+
+    // The same data dir, a new process: its ids are not a continuation of the first's.
+    let second = ServerBuilder::fixture(dir.path()).start();
+    let mut resumed = subscribe(&second, Some(&last_id));
+    let lagged = next_frame(&mut resumed, &contract).unwrap();
+    assert_eq!(
+        (lagged.name.as_str(), lagged.id.as_deref()),
+        ("lagged", None)
+    );
+    assert_eq!(
+        lagged.json(),
+        json!({"reason": "restarted", "missed": null})
+    );
+    let fresh = next_frame(&mut resumed, &contract).unwrap();
+    assert_eq!(fresh.name, "snapshot");
+    let data = fresh.json();
+    let epoch = data["epoch"].as_str().unwrap();
+    assert_ne!(epoch, first_epoch, "each process has its own epoch");
+    assert_eq!(fresh.id, Some(format!("{epoch}-{}", data["seq"])));
+    assert_eq!(data["sidecars"][0]["state"], "running", "{data}");
+
+    // What a browser of a server before epochs would send, and ids this server never gave.
+    for (id, reason) in [
+        ("10925", "restarted"),
+        ("not an id", "invalid"),
+        (&format!("{epoch}-999999") as &str, "invalid"),
+    ] {
+        let mut events = subscribe(&second, Some(id));
+        let lagged = next_frame(&mut events, &contract).unwrap();
+        assert_eq!(lagged.name, "lagged", "{id}");
+        assert_eq!(
+            lagged.json(),
+            json!({"reason": reason, "missed": null}),
+            "{id}"
+        );
+        assert_eq!(next_frame(&mut events, &contract).unwrap().name, "snapshot");
+    }
+}
+
+/// Switches the active workspace `count` times between two directories with the host token:
+/// one `workspaceChanged` event each.
+fn switch_back_and_forth(server: &ServerProcess, dirs: [&Path; 2], count: usize) {
+    for i in 0..count {
+        let response = put_workspace(server, &server.host_token, &switch_body(dirs[i % 2]));
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+}
+
+#[test]
+fn a_reconnect_from_beyond_the_remembered_events_gets_lagged_with_the_count_and_a_snapshot() {
+    let contract = contract();
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let workspace = dir.path().join("workspace");
+    let server = ServerBuilder::fixture(dir.path()).start();
+    let snapshot = next_frame(&mut subscribe(&server, None), &contract).unwrap();
+    let seq = snapshot.json()["seq"].as_u64().unwrap();
+    let epoch = snapshot.json()["epoch"].as_str().unwrap().to_string();
+
+    // The client is away while 300 events happen: more than the 256 remembered.
+    switch_back_and_forth(&server, [&other, &workspace], 300);
+    let mut resumed = subscribe(&server, snapshot.id.as_deref());
+    let lagged = next_frame(&mut resumed, &contract).unwrap();
+    assert_eq!(lagged.name, "lagged");
+    assert_eq!(lagged.json(), json!({"reason": "window", "missed": 300}));
+    let fresh = next_frame(&mut resumed, &contract).unwrap();
+    assert_eq!(fresh.name, "snapshot");
+    assert_eq!(fresh.json()["seq"], seq + 300);
+    assert_eq!(fresh.id, Some(format!("{epoch}-{}", seq + 300)));
+    // Then live.
+    switch_back_and_forth(&server, [&other, &workspace], 1);
+    let live = next_frame(&mut resumed, &contract).unwrap();
+    assert_eq!(label(&live), "workspaceChanged:server");
+    assert_eq!(live.id, Some(format!("{epoch}-{}", seq + 301)));
+}
+
+#[test]
+fn a_reconnect_within_the_remembered_events_replays_exactly_the_missed_ones() {
+    let contract = contract();
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let workspace = dir.path().join("workspace");
+    let server = ServerBuilder::fixture(dir.path()).start();
+    let snapshot = next_frame(&mut subscribe(&server, None), &contract).unwrap();
+    let seq = snapshot.json()["seq"].as_u64().unwrap();
+    let epoch = snapshot.json()["epoch"].as_str().unwrap().to_string();
+    let id = |n: u64| Some(format!("{epoch}-{n}"));
+
+    switch_back_and_forth(&server, [&other, &workspace], 5);
+    // From the snapshot's id: the five events, no snapshot, no lagged; then live.
+    let mut resumed = subscribe(&server, snapshot.id.as_deref());
+    for n in 1..=5 {
+        let frame = next_frame(&mut resumed, &contract).unwrap();
+        assert_eq!(label(&frame), "workspaceChanged:server");
+        assert_eq!(frame.id, id(seq + n));
+        let expected = if n % 2 == 1 { &other } else { &workspace };
+        assert_eq!(frame.json()["directory"], canonical(expected));
+    }
+    // (The fifth switch went to `other`: back to the workspace.)
+    switch_back_and_forth(&server, [&workspace, &other], 1);
+    let live = next_frame(&mut resumed, &contract).unwrap();
+    assert_eq!(label(&live), "workspaceChanged:server");
+    assert_eq!(live.id, id(seq + 6));
+    // From the middle: only what came after it.
+    let mut middle = subscribe(&server, id(seq + 3).as_deref());
+    for n in 4..=6 {
+        assert_eq!(next_frame(&mut middle, &contract).unwrap().id, id(seq + n));
+    }
+}
+
+#[test]
+fn opencode_unavailable_says_when_to_retry() {
+    let mut contract = contract();
+    let dir = tempfile::tempdir().unwrap();
+    // opencode crashes once, a second after its start; the restart waits 3 s (±20%).
+    let server = ServerBuilder::fixture(dir.path())
+        .tuning(&format!("{FAST},backoff_initial_ms=3000"))
+        .env("FIXTURE_OPENCODE_CRASH_AFTER_MS", "1000")
+        .env("FIXTURE_OPENCODE_CRASH_TIMES", "1")
+        .start();
+    server.wait_state("opencode", "backoff", Duration::from_secs(10));
+    let response = server.get("/opencode/global/health");
+    assert_eq!(response.status, 503, "{}", response.text());
+    contract.check("GET", "/opencode/global/health", &response);
+    assert_eq!(response.json()["error"], "opencode_unavailable");
+    let retry_after: u64 = response
+        .header("retry-after")
+        .expect("Retry-After on a 503")
+        .parse()
+        .unwrap();
+    eprintln!("503 while a restart is scheduled: Retry-After {retry_after}");
+    // The scheduled restart (at most 3.6 s away, less the time to get here) and a second to
+    // start, rounded up: more than the 1 s said when no restart is scheduled.
+    assert!((2..=5).contains(&retry_after), "Retry-After: {retry_after}");
+    server.wait_state("opencode", "running", Duration::from_secs(10));
+    assert_eq!(server.get("/opencode/global/health").status, 200);
+}
+
+#[test]
+fn restarts_over_the_api_are_budgeted_with_a_clear_429() {
+    let mut contract = contract();
+    let dir = tempfile::tempdir().unwrap();
+    // A burst of 2, then one every 6 s (the default is 3, then one per 20 s). opencode takes
+    // a second to start, as the real one does: an ask right after another finds the restart
+    // under way.
+    let refill = Duration::from_secs(6);
+    let server = ServerBuilder::fixture(dir.path())
+        .tuning(&format!(
+            "{FAST},restart_burst=2,restart_refill_ms={}",
+            refill.as_millis()
+        ))
+        .env("FIXTURE_OPENCODE_READY_DELAY_MS", "1000")
+        .start();
+    let restart = || {
+        let path = "/system/sidecars/opencode/restart";
+        let response = server.request("POST", path, Some(&server.host_token), b"");
+        (response, path)
+    };
+    let opencode_starts = || {
+        server
+            .starts()
+            .iter()
+            .filter(|s| s["role"] == "opencode")
+            .count()
+    };
+
+    // Asked for twice in a row: one restart; the second ask costs nothing.
+    let first_ask = Instant::now();
+    for _ in 0..2 {
+        let (response, path) = restart();
+        contract.check("POST", path, &response);
+        assert_eq!(response.status, 202, "{}", response.text());
+    }
+    assert!(wait_until(Duration::from_secs(10), || opencode_starts() == 2));
+    server.wait_state("opencode", "running", Duration::from_secs(10));
+    assert_eq!(
+        opencode_starts(),
+        2,
+        "the second ask restarted opencode again"
+    );
+    let (response, _) = restart();
+    assert_eq!(response.status, 202, "the second of the burst");
+    assert!(wait_until(Duration::from_secs(10), || opencode_starts() == 3));
+    server.wait_state("opencode", "running", Duration::from_secs(10));
+
+    // The budget is spent: a clear 429 saying when.
+    let (response, path) = restart();
+    contract.check("POST", path, &response);
+    assert_eq!(response.status, 429, "{}", response.text());
+    assert_eq!(response.json()["error"], "too_many_restarts");
+    let retry_after: u64 = response
+        .header("retry-after")
+        .expect("Retry-After on a 429")
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=refill.as_secs()).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
+    let message = response.json()["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains(&format!("ask again in {retry_after} s")),
+        "{message}"
+    );
+    assert_eq!(opencode_starts(), 3, "a refused ask restarts nothing");
+    // Refused asks cost nothing: one refill after the burst began, one more is allowed.
+    let allowed = wait_until(Duration::from_secs(10), || restart().0.status == 202);
+    assert!(allowed, "no restart allowed after the wait");
+    let waited = first_ask.elapsed();
+    eprintln!(
+        "429 with Retry-After {retry_after} ({message}); allowed again {waited:?} after the burst began"
+    );
+    assert!(
+        waited >= refill,
+        "allowed again {waited:?} after the burst began: before one refill"
+    );
+    assert!(wait_until(Duration::from_secs(10), || opencode_starts() == 4));
 }

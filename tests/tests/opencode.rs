@@ -241,4 +241,18 @@ fn a_client_knowing_only_the_handshake_and_opencodes_sdk_works_through_the_packe
     assert!(seen["sessionTitle"].as_str().unwrap().starts_with("e2e "));
     assert_eq!(seen["firstEvent"], "snapshot");
     assert_eq!(seen["sidecars"], json!(["opencode"]));
+    // The snapshot's id is `<epoch>-<seq>`; an id of another process is told so.
+    assert_eq!(seen["firstEventIdIsEpochAndSeq"], true, "{seen}");
+    assert_eq!(
+        seen["resumed"][0],
+        json!({"event": "lagged", "reason": "restarted", "missed": null}),
+        "{seen}"
+    );
+    assert_eq!(seen["resumed"][1]["event"], "snapshot", "{seen}");
+    // A dropped stream is resumed after the last id seen.
+    assert_eq!(
+        seen["reconnectedWith"],
+        json!([null, seen["snapshotId"]]),
+        "{seen}"
+    );
 }

@@ -338,10 +338,12 @@ fn the_crash_loop_limit_shows_failed_until_a_restart_over_the_api() {
     // It stays failed: no more starts on its own.
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(server.starts().len(), 5);
-    // The proxy says opencode is unavailable, clearly.
+    // The proxy says opencode is unavailable, clearly, and not to ask again too soon: it
+    // comes back only when a restart is asked for.
     let response = server.get("/opencode/global/health");
     assert_eq!(response.status, 503);
     assert_eq!(response.json()["error"], "opencode_unavailable");
+    assert_eq!(response.header("retry-after"), Some("5"));
 
     let response = server.request(
         "POST",

@@ -1,6 +1,7 @@
 // End to end, as a client that knows only the OpenWork handshake and opencode's published SDK:
 // the generated client finds the active workspace's opencode base URL, opencode's SDK creates
-// and lists a session through it, and the typed event reader sees the stream open.
+// and lists a session through it, and the typed event reader sees the stream open (and, resuming
+// with an id of another server process, a `lagged` frame and a fresh snapshot).
 //
 //   OPENWORK_URL=http://127.0.0.1:PORT OPENWORK_TOKEN=... node test/e2e.mjs
 //
@@ -53,6 +54,46 @@ for await (const frame of followSystemEvents({ baseUrl: url, token, signal: abor
 }
 abort.abort();
 
+// An id from another server process (another epoch): told so, then a fresh snapshot.
+const resumed = [];
+const again = new AbortController();
+for await (const frame of followSystemEvents({ baseUrl: url, token, lastEventId: 'ffffffffffffffff-7', signal: again.signal })) {
+  resumed.push(frame.event === 'lagged' ? { event: frame.event, ...frame.data } : { event: frame.event, id: frame.id });
+  if (resumed.length === 2) break;
+}
+again.abort();
+
+// A connection that drops right after the snapshot: with `reconnect`, the reader asks again
+// (after the stream's `retry:`), resuming after the snapshot's id.
+const asked = [];
+const dropping = new AbortController();
+const cutAfterFirstFrame = async (input, init) => {
+  asked.push(init.headers['last-event-id'] ?? null);
+  const response = await fetch(input, init);
+  if (asked.length > 1) {
+    dropping.abort();
+    return response;
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let text = '';
+  while (!text.includes('event: snapshot') || !text.endsWith('\n\n')) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += decoder.decode(value, { stream: true });
+  }
+  await reader.cancel();
+  return new Response(text, { status: response.status, headers: response.headers });
+};
+let snapshotId;
+try {
+  for await (const frame of followSystemEvents({ baseUrl: url, token, reconnect: true, fetch: cutAfterFirstFrame, signal: dropping.signal })) {
+    if (frame.event === 'snapshot') snapshotId = frame.id;
+  }
+} catch (error) {
+  if (!dropping.signal.aborted) throw error;
+}
+
 console.log(
   JSON.stringify({
     baseUrl,
@@ -62,6 +103,11 @@ console.log(
     sessionTitle: found.title,
     sessionDirectory: created.data.directory,
     firstEvent: first?.event,
+    firstEventId: first?.id,
+    firstEventIdIsEpochAndSeq: first?.event === 'snapshot' && first.id === `${first.data.epoch}-${first.data.seq}`,
+    resumed,
+    reconnectedWith: asked,
+    snapshotId,
     sidecars: first?.event === 'snapshot' ? first.data.sidecars.map((s) => s.name) : [],
   }),
 );

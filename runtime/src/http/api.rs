@@ -372,19 +372,20 @@ async fn route(
 #[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/system/events", tag = "system",
     summary = "Supervisor events as Server-Sent Events",
-    description = "Opens with `retry: 2000`, then (without `Last-Event-ID`) an `event: snapshot` frame of every sidecar's status, then numbered frames (`id:` = the event's `seq`, `event:` = its `event` field) as things happen, and `: keepalive` comments every 15 s. `Last-Event-ID` replays the remembered events after it (up to 256) instead of the snapshot. An `event: lagged` frame says how many events a slow reader missed. Every frame's `data:` is one JSON document described by `SystemEventData`.",
-    params(("Last-Event-ID" = Option<u64>, Header, description = "Replay the remembered events after this one")),
+    description = "Opens with `retry: 2000`, then (without `Last-Event-ID`) an `event: snapshot` frame of every sidecar's status, then numbered frames as things happen (`event:` = the event's `event` field), and `: keepalive` comments every 15 s. Every frame's `data:` is one JSON document described by `SystemEventData`.\n\nIds: `id:` is `<epoch>-<seq>`, where the epoch (16 hex digits, also in the snapshot) is drawn anew by every server process and `seq` counts its events from 1; the snapshot frame's id is that of the newest event it includes. `Last-Event-ID` (which an `EventSource` sends when it reconnects) resumes: an id of this process within the 256 remembered events replays exactly the events after it (no snapshot); any other id gets an `event: lagged` frame (`reason`: `restarted` for an id of another server process or a bare number, `window` for one older than the remembered events, `invalid` for anything else; `missed`: how many events the snapshot stands in for, null when unknown) and a fresh snapshot, then live events. A reader that falls 256 events behind gets `lagged` (`slow`) and a fresh snapshot too: the stream never skips events silently.\n\nAt shutdown the stream carries `shuttingDown` (sidecar `server`), each sidecar's `stopped`, and last `stopped` of sidecar `server`, and then ends; a stream that ends without that last event was cut.",
+    params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this id (`<epoch>-<seq>`, as the server sent it)")),
     responses(
         (status = 200, description = "The event stream; each frame's `data:` is a `SystemEventData`", content_type = "text/event-stream", body = model::SystemEventData),
     ),
     security(("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
 ))]
 pub(super) fn system_events(state: &AppState, headers: &http::HeaderMap) -> Response<ResponseBody> {
+    // Not UTF-8 is not an id this server gave: it becomes `invalid`, not "none".
     let last_event_id = headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok());
-    sse::events_response(&state.supervisor, last_event_id, state.shutdown.subscribe())
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
+        .filter(|v| !v.is_empty());
+    sse::events_response(&state.supervisor, last_event_id.as_deref())
 }
 
 #[cfg_attr(feature = "openapi", utoipa::path(
@@ -413,27 +414,47 @@ pub(super) fn shutdown(state: &AppState, host: bool) -> Response<ResponseBody> {
 #[cfg_attr(feature = "openapi", utoipa::path(
     post, path = "/system/sidecars/{name}/restart", tag = "system",
     summary = "Restart a sidecar from any state, `failed` included (host token)",
+    description = "A restart asked for while one is under way (asked for earlier and not yet started, or the sidecar is pending, starting or stopping) is answered 202 and changes nothing. Restarts are budgeted per sidecar: a burst of 3, then one every 20 s; beyond that, 429 `too_many_restarts` with `Retry-After`.",
     params(("name" = String, Path, description = "`opencode` or `opencode-router`")),
     responses(
-        (status = 202, description = "Restarting; its failures are forgotten", body = model::Restarting),
+        (status = 202, description = "Restarting (or already restarting); its failures are forgotten", body = model::Restarting),
         (status = 403, description = "`host_token_required`", body = model::ErrorBody),
         (status = 404, description = "`unknown_sidecar`: no such sidecar runs here", body = model::ErrorBody),
+        (status = 429, description = "`too_many_restarts`: the sidecar's restart budget is spent; `Retry-After` says when the next restart may be asked for", body = model::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a restart is allowed again"))),
     ),
     security(("hostToken" = [])),
 ))]
 pub(super) fn restart_sidecar(state: &AppState, host: bool, name: &str) -> Response<ResponseBody> {
+    use crate::supervisor::RestartAnswer;
     if !host {
         return host_token_required();
     }
-    if state.supervisor.restart(name) {
-        response::json(
+    match state.supervisor.request_restart(name) {
+        RestartAnswer::Restarting | RestartAnswer::AlreadyUnderway => response::json(
             StatusCode::ACCEPTED,
             &model::Restarting {
                 restarting: name.to_string(),
             },
-        )
-    } else {
-        unknown_sidecar(name, &state.supervisor)
+        ),
+        RestartAnswer::TooSoon {
+            retry_after,
+            policy,
+        } => {
+            let seconds = response::retry_after_seconds(retry_after);
+            response::with_retry_after(
+                response::error(
+                    ApiError::TooManyRestarts,
+                    &format!(
+                        "{name} was restarted too often (a burst of {}, then one every {} s): ask again in {seconds} s",
+                        policy.burst,
+                        policy.refill.as_secs_f64()
+                    ),
+                ),
+                retry_after,
+            )
+        }
+        RestartAnswer::Unknown => unknown_sidecar(name, &state.supervisor),
     }
 }
 
@@ -919,8 +940,9 @@ pub(super) fn capabilities(state: &AppState) -> Response<ResponseBody> {
     responses(
         (status = "default", description = "opencode's answer, unchanged"),
         (status = 413, description = "`payload_too_large`: a request body over 64 MiB", body = model::ErrorBody),
-        (status = 503, description = "`opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken", body = model::ErrorBody),
         (status = 502, description = "`bad_gateway` (opencode failed the request) or `opencode_unauthorized` (opencode refused its own password)", body = model::ErrorBody),
+        (status = 503, description = "`opencode_unavailable`: opencode is starting, restarting or failed; `Retry-After` says when to ask again (while a restart is scheduled, the seconds until it plus 1; when `failed`, 5; otherwise 1); or `too_many_upgrades`: every place for a WebSocket is taken (`Retry-After: 5`)", body = model::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 504, description = "`opencode_timeout`: no answer in time", body = model::ErrorBody),
     ),
     security(("clientToken" = []), ("hostToken" = []), ("tokenHeader" = [])),
@@ -933,9 +955,13 @@ pub(super) async fn proxy_to_opencode(
     let Some(endpoint) = state.supervisor.opencode() else {
         // Its connections are to a process that is gone.
         state.proxy.forget();
-        return response::error(
-            ApiError::OpencodeUnavailable,
-            "opencode is not running right now (starting or restarting); retry shortly, or see GET /system/runtime",
+        let retry_after = state.supervisor.opencode_retry_after();
+        return response::with_retry_after(
+            response::error(
+                ApiError::OpencodeUnavailable,
+                "opencode is not running right now (starting, restarting or failed); retry after the seconds in Retry-After, or see GET /system/runtime",
+            ),
+            retry_after,
         );
     };
     let rest = &request.uri().path()[OPENCODE_PREFIX.len()..];
@@ -978,9 +1004,14 @@ pub(super) async fn proxy_to_opencode(
                 request.extensions_mut().insert(reservation);
             }
             Some(None) => {
-                return response::error(
-                    ApiError::TooManyUpgrades,
-                    "every place for a WebSocket (or other upgraded connection) is taken; close one and retry, or raise the server's open-file limit",
+                // No time is known when a place frees; a few seconds spares the server a
+                // client that retries at once.
+                return response::with_retry_after(
+                    response::error(
+                        ApiError::TooManyUpgrades,
+                        "every place for a WebSocket (or other upgraded connection) is taken; close one and retry, or raise the server's open-file limit",
+                    ),
+                    std::time::Duration::from_secs(5),
                 );
             }
             // Not from the front door's accept loop (a test calling the handler): no bound.

@@ -443,22 +443,39 @@ pub struct Capabilities {
     pub mcp: Access,
 }
 
-/// The `data:` of the `snapshot` frame that opens `GET /system/events`.
+/// The `data:` of a `snapshot` frame: every sidecar's status, standing for every event up to
+/// `seq`. It opens `GET /system/events` (without `Last-Event-ID`), and follows a `lagged`
+/// frame. Its frame's `id:` is `<epoch>-<seq>`: a client that reconnects with it gets the
+/// events after it.
 #[derive(Debug, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
+    /// This server process's epoch (16 hex digits), the first part of every event id: a
+    /// different one means the server was restarted.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{16}$"))]
+    pub epoch: String,
+    /// The newest event the snapshot includes (0 before the first).
+    pub seq: u64,
     /// Every sidecar's status.
     pub sidecars: Vec<SidecarStatus>,
 }
 
-/// The `data:` of a `lagged` frame: the reader was too slow and missed events.
+/// The `data:` of a `lagged` frame: the stream could not continue from where the client
+/// was, and a `snapshot` follows instead of the events it missed.
 #[derive(Debug, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Lagged {
-    /// How many.
-    pub missed: u64,
+    /// Why: `restarted` (a `Last-Event-ID` of another server process), `window` (older
+    /// than the 256 remembered events), `slow` (the reader fell that far behind), `invalid`
+    /// (no id this server gave).
+    pub reason: crate::supervisor::events::LagReason,
+    /// How many events the snapshot stands in for (after the client's position, up to the
+    /// snapshot's `seq`); null when the position is not one of this process (`restarted`,
+    /// `invalid`).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub missed: Option<u64>,
 }
 
 /// The `data:` of one `GET /system/events` frame, by its `event:` name: `snapshot`, `lagged`,

@@ -461,9 +461,14 @@ impl Failure {
             Failure::ClientBody(_) => {
                 response::error(ApiError::BadRequest, "the request body could not be read")
             }
-            Failure::Unavailable(_) => response::error(
-                ApiError::OpencodeUnavailable,
-                "opencode is not reachable (it may be restarting); retry shortly",
+            // opencode was running when the request began: it has just gone, and the
+            // supervisor is about to notice and restart it.
+            Failure::Unavailable(_) => response::with_retry_after(
+                response::error(
+                    ApiError::OpencodeUnavailable,
+                    "opencode is not reachable (it may be restarting); retry after the seconds in Retry-After",
+                ),
+                crate::supervisor::RETRY_AFTER_STARTING,
             ),
             Failure::Timeout(what) => response::error(
                 ApiError::OpencodeTimeout,
@@ -1348,11 +1353,12 @@ mod tests {
         let response = send(front, get(front, "/opencode/session")).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
         assert_eq!(
             json_body(response).await,
             serde_json::json!({
                 "error": "opencode_unavailable",
-                "message": "opencode is not reachable (it may be restarting); retry shortly",
+                "message": "opencode is not reachable (it may be restarting); retry after the seconds in Retry-After",
             })
         );
     }
@@ -1390,6 +1396,7 @@ mod tests {
         drop(within("request reaches opencode", socket).await.unwrap());
         let response = within("response", response).await.unwrap().unwrap();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
         assert_eq!(json_body(response).await["error"], "opencode_unavailable");
     }
 

@@ -50,6 +50,25 @@ pub fn error(error: ApiError, message: &str) -> Response<ResponseBody> {
     )
 }
 
+/// `response` with `Retry-After: <seconds>` ([`retry_after_seconds`]).
+pub fn with_retry_after(
+    mut response: Response<ResponseBody>,
+    after: std::time::Duration,
+) -> Response<ResponseBody> {
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(retry_after_seconds(after)),
+    );
+    response
+}
+
+/// A wait as `Retry-After` says it: whole seconds, rounded up, at least 1 (0 would invite a
+/// client to retry at once, in a loop).
+pub fn retry_after_seconds(after: std::time::Duration) -> u64 {
+    let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    seconds.max(1)
+}
+
 /// Every error the API answers with, in one table: its stable code (the body's `error`)
 /// and its status. The OpenAPI document lists the codes as the `error` field's `enum`, so a
 /// client can switch over them; docs/RUNTIME.md's error table mirrors this one, and
@@ -66,6 +85,8 @@ pub enum ApiError {
     NotFound,
     /// No such sidecar runs here.
     UnknownSidecar,
+    /// Restarts of this sidecar were asked for too often (with `Retry-After`).
+    TooManyRestarts,
     /// The route does not take this method (with `Allow`).
     MethodNotAllowed,
     /// The request body is over the route's limit.
@@ -120,6 +141,7 @@ impl ApiError {
         ApiError::HostTokenRequired,
         ApiError::NotFound,
         ApiError::UnknownSidecar,
+        ApiError::TooManyRestarts,
         ApiError::MethodNotAllowed,
         ApiError::PayloadTooLarge,
         ApiError::UnsupportedMediaType,
@@ -152,6 +174,7 @@ impl ApiError {
             ApiError::HostTokenRequired => "host_token_required",
             ApiError::NotFound => "not_found",
             ApiError::UnknownSidecar => "unknown_sidecar",
+            ApiError::TooManyRestarts => "too_many_restarts",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
@@ -185,6 +208,7 @@ impl ApiError {
             ApiError::HostTokenRequired => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::UnknownSidecar => StatusCode::NOT_FOUND,
+            ApiError::TooManyRestarts => StatusCode::TOO_MANY_REQUESTS,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -26,7 +26,7 @@ use crate::remote::pairing::Pairing;
 use crate::remote::tls::{self, CertSource};
 use crate::remote::{RemoteState, ServerFile, TlsMode};
 use crate::source::{self, SourceKind};
-use crate::supervisor::events::{EventBus, EventKind};
+use crate::supervisor::events::{EventBus, EventKind, SERVER};
 use crate::supervisor::logs::LogLimits;
 use crate::supervisor::{SidecarKind, Supervisor, SupervisorConfig, Tuning};
 use crate::workspace::{ActiveWorkspace, Workspace};
@@ -75,6 +75,11 @@ pub struct ServeOptions {
     /// Supervisor timings (the defaults unless a test shortens them).
     pub tuning: Tuning,
 }
+
+/// How long a stop waits for the event streams to hand their last event to their
+/// connections. A client that reads is done in milliseconds; one that does not read must not
+/// hold the stop up for long.
+const STREAM_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs the server until it is told to stop; `Ok(ExitCode::Ok)` after a clean stop.
 pub fn run(options: ServeOptions) -> Result<ExitCode> {
@@ -288,7 +293,7 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
         let result = tokio::select! {
             ready = supervisor.wait_opencode_ready() => match ready {
                 Ok(()) => {
-                    events.publish("server", EventKind::ServerReady { url: base_url.clone() });
+                    events.publish(SERVER, EventKind::ServerReady { url: base_url.clone() });
                     // For `pair`: how local commands reach this server.
                     if let Err(e) = server_file.write(&data_dir) {
                         tracing::warn!(error = %e, "could not write server.json: `openwork-server-v2 pair` will not find this server");
@@ -311,10 +316,21 @@ pub fn run(options: ServeOptions) -> Result<ExitCode> {
             },
             _ = crate::http::stopping(&mut stop) => Ok(ExitCode::Ok),
         };
-        events.publish("server", EventKind::ShuttingDown);
+        // The stop, in the order subscribers hear it: `shuttingDown`, the sidecars' own
+        // events as they stop, then the last event, after which every stream ends. New
+        // connections are refused from here on (the accept loop watches `shutdown`); open
+        // ones, and their streams, are not cut.
         shutdown.send_replace(true);
+        events.publish(SERVER, EventKind::ShuttingDown);
         supervisor.shutdown().await;
         devices.persist_if_changed();
+        events.close();
+        if tokio::time::timeout(STREAM_FLUSH, events.streams_closed())
+            .await
+            .is_err()
+        {
+            tracing::debug!("an event stream did not take its last event in time (a client not reading)");
+        }
         tracing::info!("stopped");
         result
     });

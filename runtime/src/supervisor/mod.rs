@@ -7,11 +7,13 @@
 //! `PR_SET_PDEATHSIG` needs (it fires when the *spawning thread* exits).
 //!
 //! - [`backoff`]: the restart policy (pure).
+//! - [`budget`]: how often a restart may be asked for over the API (pure).
 //! - [`events`]: numbered events for `GET /system/events` and the log.
 //! - [`health`]: HTTP health probes.
 //! - [`logs`]: sidecar output to rotating files and an in-memory tail.
 
 pub mod backoff;
+pub mod budget;
 pub mod contract;
 pub mod events;
 pub mod health;
@@ -29,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::process::{Lifeline, RunRecord};
 use backoff::RestartPolicy;
+use budget::{RestartBudget, RestartBudgetPolicy};
 use events::{EventBus, EventKind};
 use logs::{LogLimits, SidecarLog};
 
@@ -122,6 +125,14 @@ pub struct SidecarStatus {
     #[serde(skip)]
     #[cfg_attr(feature = "openapi", schema(ignore))]
     ready_at: Option<Instant>,
+    /// When the scheduled restart is due, while in `backoff`.
+    #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    restart_due: Option<Instant>,
+    /// A restart was asked for over the API and the sidecar has not been spawned again yet.
+    #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    restart_asked: bool,
 }
 
 impl SidecarStatus {
@@ -153,6 +164,8 @@ pub struct Tuning {
     pub liveness_failures: u32,
     /// How long a sidecar gets after SIGTERM before SIGKILL.
     pub stop_grace: Duration,
+    /// How often a restart may be asked for over the API.
+    pub restart_budget: RestartBudgetPolicy,
 }
 
 impl Default for Tuning {
@@ -165,6 +178,7 @@ impl Default for Tuning {
             liveness_timeout: Duration::from_secs(3),
             liveness_failures: 3,
             stop_grace: Duration::from_secs(5),
+            restart_budget: RestartBudgetPolicy::default(),
         }
     }
 }
@@ -174,7 +188,7 @@ impl Tuning {
     /// `backoff_initial_ms`, `backoff_max_ms`, `delay_reset_ms`, `healthy_reset_ms`,
     /// `crash_window_ms`, `crash_limit` (count), `ready_poll_ms`, `ready_timeout_ms`,
     /// `liveness_interval_ms`, `liveness_timeout_ms`, `liveness_failures` (count),
-    /// `stop_grace_ms`.
+    /// `stop_grace_ms`, `restart_burst` (count), `restart_refill_ms`.
     pub fn from_env_value(value: &str) -> Result<Tuning, String> {
         let mut tuning = Tuning::default();
         for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -199,6 +213,8 @@ impl Tuning {
                 "liveness_timeout_ms" => tuning.liveness_timeout = ms,
                 "liveness_failures" => tuning.liveness_failures = number.max(1) as u32,
                 "stop_grace_ms" => tuning.stop_grace = ms,
+                "restart_burst" => tuning.restart_budget.burst = number.clamp(1, 1000) as u32,
+                "restart_refill_ms" => tuning.restart_budget.refill = ms,
                 other => return Err(format!("unknown setting `{other}`")),
             }
         }
@@ -256,6 +272,34 @@ impl std::fmt::Debug for OpencodeEndpoint {
     }
 }
 
+/// The answer to a restart asked for over the API ([`Supervisor::request_restart`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartAnswer {
+    /// The sidecar is being restarted.
+    Restarting,
+    /// A restart (asked for, or automatic) is already under way: nothing more was done, and
+    /// nothing was counted against the budget.
+    AlreadyUnderway,
+    /// The budget is spent: the next restart may be asked for after this long.
+    TooSoon {
+        /// How long until one is allowed.
+        retry_after: Duration,
+        /// The budget, for the message.
+        policy: RestartBudgetPolicy,
+    },
+    /// No such sidecar.
+    Unknown,
+}
+
+/// `Retry-After` while opencode is down and no restart is scheduled (it is starting or
+/// stopping, or has just died and the supervisor has yet to notice): a start of the real
+/// opencode takes a second or two, so a client asks again about when it may be back.
+pub const RETRY_AFTER_STARTING: Duration = Duration::from_secs(1);
+
+/// `Retry-After` while opencode is `failed`: it comes back only when a restart is asked for,
+/// so clients need not ask often.
+pub const RETRY_AFTER_FAILED: Duration = Duration::from_secs(5);
+
 enum Command {
     Restart,
     Stop(oneshot::Sender<()>),
@@ -266,6 +310,8 @@ struct SidecarHandle {
     status: Arc<Mutex<SidecarStatus>>,
     log: SidecarLog,
     commands: mpsc::UnboundedSender<Command>,
+    /// Restarts asked for over the API.
+    budget: Mutex<RestartBudget>,
 }
 
 /// The running supervisor: cheap to clone, used by the HTTP handlers.
@@ -319,6 +365,8 @@ impl Supervisor {
                 executable: program.clone(),
                 log_file: log.path().to_path_buf(),
                 ready_at: None,
+                restart_due: None,
+                restart_asked: false,
             }));
             let (commands, receiver) = mpsc::unbounded_channel();
             let task = sidecar::SidecarTask {
@@ -341,6 +389,10 @@ impl Supervisor {
                 status,
                 log,
                 commands,
+                budget: Mutex::new(RestartBudget::new(
+                    config.tuning.restart_budget,
+                    Instant::now(),
+                )),
             });
         }
         Ok(Supervisor {
@@ -398,7 +450,57 @@ impl Supervisor {
             .any(|s| s.name == SidecarKind::Opencode.name() && s.state == SidecarState::Running)
     }
 
-    /// Asks for a restart of `name` (from any state, `failed` included); false if there is
+    /// `Retry-After` for a request that finds opencode down: while a restart is scheduled,
+    /// the time until it plus [`RETRY_AFTER_STARTING`]; when `failed`,
+    /// [`RETRY_AFTER_FAILED`]; otherwise [`RETRY_AFTER_STARTING`].
+    pub fn opencode_retry_after(&self) -> Duration {
+        let Some(opencode) = self.handle(SidecarKind::Opencode.name()) else {
+            return RETRY_AFTER_STARTING;
+        };
+        let status = opencode.status.lock().unwrap_or_else(|e| e.into_inner());
+        match (status.state, status.restart_due) {
+            (SidecarState::Failed, _) => RETRY_AFTER_FAILED,
+            (SidecarState::Backoff, Some(due)) => {
+                due.saturating_duration_since(Instant::now()) + RETRY_AFTER_STARTING
+            }
+            _ => RETRY_AFTER_STARTING,
+        }
+    }
+
+    /// A restart asked for over the API: done from any state (`failed` included) unless one
+    /// is already under way (asked for and not yet spawned, or the sidecar is pending,
+    /// starting or stopping), which is left alone, or the sidecar's budget is spent.
+    pub fn request_restart(&self, name: &str) -> RestartAnswer {
+        let Some(sidecar) = self.handle(name) else {
+            return RestartAnswer::Unknown;
+        };
+        {
+            let mut status = sidecar.status.lock().unwrap_or_else(|e| e.into_inner());
+            let underway = status.restart_asked
+                || matches!(
+                    status.state,
+                    SidecarState::Pending | SidecarState::Starting | SidecarState::Stopping
+                );
+            if underway {
+                return RestartAnswer::AlreadyUnderway;
+            }
+            let mut budget = sidecar.budget.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(retry_after) = budget.take(Instant::now()) {
+                return RestartAnswer::TooSoon {
+                    retry_after,
+                    policy: budget.policy(),
+                };
+            }
+            // Until the sidecar task spawns again (and says `starting`), later asks are
+            // this one.
+            status.restart_asked = true;
+        }
+        self.restart(name);
+        RestartAnswer::Restarting
+    }
+
+    /// Asks for a restart of `name` (from any state, `failed` included), without a budget:
+    /// for the server's own needs (the router follows a workspace switch); false if there is
     /// no such sidecar.
     pub fn restart(&self, name: &str) -> bool {
         match self.handle(name) {

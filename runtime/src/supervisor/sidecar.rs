@@ -162,7 +162,11 @@ impl SidecarTask {
                             .note(&format!("{reason}: retrying every second until it works"));
                         tracing::warn!(sidecar = self.kind.name(), "{reason}");
                     }
-                    self.set_state(SidecarState::Backoff);
+                    {
+                        let mut status = self.status();
+                        status.state = SidecarState::Backoff;
+                        status.restart_due = Some(Instant::now() + STARVED_RETRY);
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(STARVED_RETRY) => {}
                         command = self.commands.recv() => match command {
@@ -196,7 +200,11 @@ impl SidecarTask {
             let decision = backoff.on_failure(Instant::now(), healthy_for, rand::random());
             let wake = match decision {
                 Decision::RestartAfter { delay, attempt } => {
-                    self.set_state(SidecarState::Backoff);
+                    {
+                        let mut status = self.status();
+                        status.state = SidecarState::Backoff;
+                        status.restart_due = Some(Instant::now() + delay);
+                    }
                     self.publish(EventKind::Restarting {
                         delay_ms: delay.as_millis() as u64,
                         attempt,
@@ -259,6 +267,12 @@ impl SidecarTask {
     }
 
     async fn run_once(&mut self) -> Outcome {
+        {
+            // This run is the restart that was asked for or scheduled: a later ask is a new one.
+            let mut status = self.status();
+            status.restart_asked = false;
+            status.restart_due = None;
+        }
         // Fresh credentials for every process: one that another user somehow learned (a core
         // dump, a leaked log line) dies with the process it was made for.
         let opencode_now = self.endpoint_rx.borrow().clone();

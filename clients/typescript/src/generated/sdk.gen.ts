@@ -202,7 +202,11 @@ export const revokeDevice = <ThrowOnError extends boolean = false>(options: Opti
 /**
  * Supervisor events as Server-Sent Events
  *
- * Opens with `retry: 2000`, then (without `Last-Event-ID`) an `event: snapshot` frame of every sidecar's status, then numbered frames (`id:` = the event's `seq`, `event:` = its `event` field) as things happen, and `: keepalive` comments every 15 s. `Last-Event-ID` replays the remembered events after it (up to 256) instead of the snapshot. An `event: lagged` frame says how many events a slow reader missed. Every frame's `data:` is one JSON document described by `SystemEventData`.
+ * Opens with `retry: 2000`, then (without `Last-Event-ID`) an `event: snapshot` frame of every sidecar's status, then numbered frames as things happen (`event:` = the event's `event` field), and `: keepalive` comments every 15 s. Every frame's `data:` is one JSON document described by `SystemEventData`.
+ *
+ * Ids: `id:` is `<epoch>-<seq>`, where the epoch (16 hex digits, also in the snapshot) is drawn anew by every server process and `seq` counts its events from 1; the snapshot frame's id is that of the newest event it includes. `Last-Event-ID` (which an `EventSource` sends when it reconnects) resumes: an id of this process within the 256 remembered events replays exactly the events after it (no snapshot); any other id gets an `event: lagged` frame (`reason`: `restarted` for an id of another server process or a bare number, `window` for one older than the remembered events, `invalid` for anything else; `missed`: how many events the snapshot stands in for, null when unknown) and a fresh snapshot, then live events. A reader that falls 256 events behind gets `lagged` (`slow`) and a fresh snapshot too: the stream never skips events silently.
+ *
+ * At shutdown the stream carries `shuttingDown` (sidecar `server`), each sidecar's `stopped`, and last `stopped` of sidecar `server`, and then ends; a stream that ends without that last event was cut.
  */
 export const systemEvents = <ThrowOnError extends boolean = false>(options?: Options<SystemEventsData, ThrowOnError, SystemEventsResponse>) => (options?.client ?? client).sse.get<SystemEventsResponses, SystemEventsErrors, ThrowOnError>({
     security: [
@@ -282,6 +286,8 @@ export const sidecarLogs = <ThrowOnError extends boolean = false>(options: Optio
 
 /**
  * Restart a sidecar from any state, `failed` included (host token)
+ *
+ * A restart asked for while one is under way (asked for earlier and not yet started, or the sidecar is pending, starting or stopping) is answered 202 and changes nothing. Restarts are budgeted per sidecar: a burst of 3, then one every 20 s; beyond that, 429 `too_many_restarts` with `Retry-After`.
  */
 export const restartSidecar = <ThrowOnError extends boolean = false>(options: Options<RestartSidecarData, ThrowOnError>) => (options.client ?? client).post<RestartSidecarResponses, RestartSidecarErrors, ThrowOnError>({
     security: [{ scheme: 'bearer', type: 'http' }],

@@ -161,7 +161,7 @@ export type ErrorBody = {
     /**
      * A stable word (one of the codes the API documents): what went wrong, for a program.
      */
-    error: 'bad_request' | 'unauthorized' | 'host_token_required' | 'not_found' | 'unknown_sidecar' | 'method_not_allowed' | 'payload_too_large' | 'unsupported_media_type' | 'misdirected_request' | 'headers_too_large' | 'workspace_not_absolute' | 'workspace_not_found' | 'workspace_not_a_directory' | 'workspace_not_saved' | 'internal_error' | 'opencode_unavailable' | 'opencode_timeout' | 'bad_gateway' | 'opencode_unauthorized' | 'pairing_refused' | 'unknown_pairing_session' | 'pake_required' | 'unknown_device' | 'devices_not_saved' | 'request_timeout' | 'too_many_upgrades' | 'unknown_certificate';
+    error: 'bad_request' | 'unauthorized' | 'host_token_required' | 'not_found' | 'unknown_sidecar' | 'too_many_restarts' | 'method_not_allowed' | 'payload_too_large' | 'unsupported_media_type' | 'misdirected_request' | 'headers_too_large' | 'workspace_not_absolute' | 'workspace_not_found' | 'workspace_not_a_directory' | 'workspace_not_saved' | 'internal_error' | 'opencode_unavailable' | 'opencode_timeout' | 'bad_gateway' | 'opencode_unauthorized' | 'pairing_refused' | 'unknown_pairing_session' | 'pake_required' | 'unknown_device' | 'devices_not_saved' | 'request_timeout' | 'too_many_upgrades' | 'unknown_certificate';
     /**
      * What happened and what to do, in words.
      */
@@ -177,7 +177,7 @@ export type Event = EventKind & {
      */
     atMs: number;
     /**
-     * Increasing from 1 within one server process.
+     * Increasing from 1 within one server process (the frame's `id:` is `<epoch>-<seq>`).
      */
     seq: number;
     /**
@@ -336,13 +336,28 @@ export type Identity = {
 };
 
 /**
- * The `data:` of a `lagged` frame: the reader was too slow and missed events.
+ * Why a stream could not continue from where the client was, and starts over with a
+ * snapshot (the `reason` of a `lagged` frame).
+ */
+export type LagReason = 'restarted' | 'window' | 'slow' | 'invalid';
+
+/**
+ * The `data:` of a `lagged` frame: the stream could not continue from where the client
+ * was, and a `snapshot` follows instead of the events it missed.
  */
 export type Lagged = {
     /**
-     * How many.
+     * How many events the snapshot stands in for (after the client's position, up to the
+     * snapshot's `seq`); null when the position is not one of this process (`restarted`,
+     * `invalid`).
      */
-    missed: number;
+    missed: number | null;
+    /**
+     * Why: `restarted` (a `Last-Event-ID` of another server process), `window` (older
+     * than the 256 remembered events), `slow` (the reader fell that far behind), `invalid`
+     * (no id this server gave).
+     */
+    reason: LagReason;
 };
 
 /**
@@ -691,9 +706,21 @@ export type SidecarStatus = {
 };
 
 /**
- * The `data:` of the `snapshot` frame that opens `GET /system/events`.
+ * The `data:` of a `snapshot` frame: every sidecar's status, standing for every event up to
+ * `seq`. It opens `GET /system/events` (without `Last-Event-ID`), and follows a `lagged`
+ * frame. Its frame's `id:` is `<epoch>-<seq>`: a client that reconnects with it gets the
+ * events after it.
  */
 export type Snapshot = {
+    /**
+     * This server process's epoch (16 hex digits), the first part of every event id: a
+     * different one means the server was restarted.
+     */
+    epoch: string;
+    /**
+     * The newest event the snapshot includes (0 before the first).
+     */
+    seq: number;
     /**
      * Every sidecar's status.
      */
@@ -966,7 +993,7 @@ export type OpencodeDeleteErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
+     * `opencode_unavailable`: opencode is starting, restarting or failed; `Retry-After` says when to ask again (while a restart is scheduled, the seconds until it plus 1; when `failed`, 5; otherwise 1); or `too_many_upgrades`: every place for a WebSocket is taken (`Retry-After: 5`)
      */
     503: ErrorBody;
     /**
@@ -1018,7 +1045,7 @@ export type OpencodeGetErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
+     * `opencode_unavailable`: opencode is starting, restarting or failed; `Retry-After` says when to ask again (while a restart is scheduled, the seconds until it plus 1; when `failed`, 5; otherwise 1); or `too_many_upgrades`: every place for a WebSocket is taken (`Retry-After: 5`)
      */
     503: ErrorBody;
     /**
@@ -1070,7 +1097,7 @@ export type OpencodeHeadErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
+     * `opencode_unavailable`: opencode is starting, restarting or failed; `Retry-After` says when to ask again (while a restart is scheduled, the seconds until it plus 1; when `failed`, 5; otherwise 1); or `too_many_upgrades`: every place for a WebSocket is taken (`Retry-After: 5`)
      */
     503: ErrorBody;
     /**
@@ -1122,7 +1149,7 @@ export type OpencodeOptionsErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
+     * `opencode_unavailable`: opencode is starting, restarting or failed; `Retry-After` says when to ask again (while a restart is scheduled, the seconds until it plus 1; when `failed`, 5; otherwise 1); or `too_many_upgrades`: every place for a WebSocket is taken (`Retry-After: 5`)
      */
     503: ErrorBody;
     /**
@@ -1174,7 +1201,7 @@ export type OpencodePatchErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
+     * `opencode_unavailable`: opencode is starting, restarting or failed; `Retry-After` says when to ask again (while a restart is scheduled, the seconds until it plus 1; when `failed`, 5; otherwise 1); or `too_many_upgrades`: every place for a WebSocket is taken (`Retry-After: 5`)
      */
     503: ErrorBody;
     /**
@@ -1226,7 +1253,7 @@ export type OpencodePostErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
+     * `opencode_unavailable`: opencode is starting, restarting or failed; `Retry-After` says when to ask again (while a restart is scheduled, the seconds until it plus 1; when `failed`, 5; otherwise 1); or `too_many_upgrades`: every place for a WebSocket is taken (`Retry-After: 5`)
      */
     503: ErrorBody;
     /**
@@ -1278,7 +1305,7 @@ export type OpencodePutErrors = {
      */
     502: ErrorBody;
     /**
-     * `opencode_unavailable`: opencode is starting, restarting or failed; or `too_many_upgrades`: every place for a WebSocket is taken
+     * `opencode_unavailable`: opencode is starting, restarting or failed; `Retry-After` says when to ask again (while a restart is scheduled, the seconds until it plus 1; when `failed`, 5; otherwise 1); or `too_many_upgrades`: every place for a WebSocket is taken (`Retry-After: 5`)
      */
     503: ErrorBody;
     /**
@@ -1517,9 +1544,9 @@ export type SystemEventsData = {
     body?: never;
     headers?: {
         /**
-         * Replay the remembered events after this one
+         * Resume after this id (`<epoch>-<seq>`, as the server sent it)
          */
-        'Last-Event-ID'?: number | null;
+        'Last-Event-ID'?: string | null;
     };
     path?: never;
     query?: never;
@@ -1807,6 +1834,10 @@ export type RestartSidecarErrors = {
      */
     421: ErrorBody;
     /**
+     * `too_many_restarts`: the sidecar's restart budget is spent; `Retry-After` says when the next restart may be asked for
+     */
+    429: ErrorBody;
+    /**
      * `headers_too_large`: request line and headers over 64 KiB
      */
     431: ErrorBody;
@@ -1816,7 +1847,7 @@ export type RestartSidecarError = RestartSidecarErrors[keyof RestartSidecarError
 
 export type RestartSidecarResponses = {
     /**
-     * Restarting; its failures are forgotten
+     * Restarting (or already restarting); its failures are forgotten
      */
     202: Restarting;
 };
