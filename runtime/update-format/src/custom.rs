@@ -133,6 +133,29 @@ impl UpdateTarget {
         .expect("custom data serialises")
     }
 
+    /// The target's name: `<platform>-r<sequence>-<what>`, e.g. `linux-x64-r3-artifact`,
+    /// `linux-x64-r3-opencode.zst`, `linux-x64-r3-opencode-from-1f0c2a3b4c5d.zst` (the
+    /// first 12 hex digits of the `from` content). Flat (no `/`), so every TUF client
+    /// stores it under the same `targets/<sha256>.<name>`.
+    pub fn file_name(&self) -> String {
+        let prefix = format!("{}-r{}", self.platform, self.release.sequence);
+        let sidecar = self.sidecar.as_deref().unwrap_or("sidecar");
+        let from = self
+            .from
+            .as_ref()
+            .map(|f| f.sha256.get(..12).unwrap_or(&f.sha256).to_owned())
+            .unwrap_or_default();
+        match self.kind {
+            Kind::Artifact => format!("{prefix}-artifact"),
+            Kind::Manifest => format!("{prefix}-manifest.json"),
+            Kind::Stub => format!("{prefix}-stub.zst"),
+            Kind::StubDelta => format!("{prefix}-stub-from-{from}.zst"),
+            Kind::Sidecar => format!("{prefix}-{sidecar}.zst"),
+            Kind::SidecarDelta => format!("{prefix}-{sidecar}-from-{from}.zst"),
+            Kind::Unknown => format!("{prefix}-unknown"),
+        }
+    }
+
     /// Our object in `target`, if it has one; an error if it has one we cannot read or
     /// whose shape contradicts its kind.
     pub fn of(target: &Target) -> Result<Option<Self>> {
