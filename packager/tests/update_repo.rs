@@ -264,13 +264,14 @@ fn real_releases_are_read_back_by_tough_and_by_our_client() {
     // tough, from the same root: the same targets, the same bytes.
     let store = work.path().join("tough");
     let repository = tough_load(&repo_dir, &anchor(&repo_dir), &store).unwrap();
-    let names: Vec<String> = repository
+    let mut names: Vec<String> = repository
         .targets()
         .signed
         .targets
         .keys()
         .map(|n| n.raw().to_owned())
         .collect();
+    names.sort();
     assert_eq!(names, ours.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
     let (delta_name, _) = ours
         .iter()
