@@ -34,7 +34,10 @@ fn tiny_stub(body: &str) -> PathBuf {
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
-    let name = format!("stub-{:x}", body.len() * 31 + body.bytes().map(usize::from).sum::<usize>());
+    let name = format!(
+        "stub-{:x}",
+        body.len() * 31 + body.bytes().map(usize::from).sum::<usize>()
+    );
     let out = dir.path().join(&name);
     if !out.exists() {
         let src = dir.path().join(format!("{name}.rs"));
@@ -102,8 +105,23 @@ impl Keys {
                 .expect("openssl runs (apt-get install openssl)");
             assert!(output.status.success(), "openssl {args:?}: {output:?}");
         };
-        openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "timestamp.pem"]);
-        openssl(&["ec", "-in", "timestamp.pem", "-pubout", "-out", "timestamp.pub.pem"]);
+        openssl(&[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "timestamp.pem",
+        ]);
+        openssl(&[
+            "ec",
+            "-in",
+            "timestamp.pem",
+            "-pubout",
+            "-out",
+            "timestamp.pub.pem",
+        ]);
         Self { dir }
     }
 
@@ -215,17 +233,34 @@ fn real_releases_are_read_back_by_tough_and_by_our_client() {
 
     let stub_a = tiny_stub("");
     let stub_b = tiny_stub("println!(\"server 2\");");
-    let versions = [("1.18.33", &stub_a), ("1.18.34", &stub_a), ("1.19.5", &stub_b)];
+    let versions = [
+        ("1.18.33", &stub_a),
+        ("1.18.34", &stub_a),
+        ("1.19.5", &stub_b),
+    ];
     let mut binaries = Vec::new();
     for (sequence, (version, stub)) in versions.iter().enumerate() {
         let binary = opencode(version);
         let artifact = artifact(work.path(), stub, &binary, version);
         let report = publish::publish(&repo, &config, &request(vec![artifact], 2), now()).unwrap();
         let release = report.release.expect("a new release");
-        assert_eq!((release.sequence, release.opencode.as_str()), (sequence as u64 + 1, *version));
+        assert_eq!(
+            (release.sequence, release.opencode.as_str()),
+            (sequence as u64 + 1, *version)
+        );
         binaries.push(std::fs::read(binary).unwrap());
-        let deltas = report.files.iter().filter(|f| f.kind == Kind::SidecarDelta).count();
-        assert_eq!(deltas, sequence.min(2), "release {}: {:?}", sequence + 1, report.files);
+        let deltas = report
+            .files
+            .iter()
+            .filter(|f| f.kind == Kind::SidecarDelta)
+            .count();
+        assert_eq!(
+            deltas,
+            sequence.min(2),
+            "release {}: {:?}",
+            sequence + 1,
+            report.files
+        );
     }
 
     // Our client, from the first root, through every check.
@@ -248,7 +283,9 @@ fn real_releases_are_read_back_by_tough_and_by_our_client() {
             .iter()
             .find(|b| delta::content_of(b) == *custom.from.as_ref().unwrap())
             .expect("the delta's from is an earlier release's opencode");
-        let bytes = state.fetch_target(&mut DirectoryFetch(repo_dir.clone()), name).unwrap();
+        let bytes = state
+            .fetch_target(&mut DirectoryFetch(repo_dir.clone()), name)
+            .unwrap();
         let rebuilt = delta::reconstruct(
             custom.kind.encoding(),
             Some((custom.from.as_ref().unwrap(), from)),
@@ -256,7 +293,7 @@ fn real_releases_are_read_back_by_tough_and_by_our_client() {
             &custom.to,
         )
         .unwrap();
-        assert!(binaries.iter().any(|b| *b == rebuilt));
+        assert!(binaries.contains(&rebuilt));
         checked += 1;
     }
     assert_eq!(checked, 3);
@@ -272,14 +309,19 @@ fn real_releases_are_read_back_by_tough_and_by_our_client() {
         .map(|n| n.raw().to_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ours.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        names,
+        ours.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()
+    );
     let (delta_name, _) = ours
         .iter()
         .find(|(_, c)| c.kind == Kind::SidecarDelta && c.release.sequence == 3)
         .unwrap();
     assert_eq!(
         tough_read(&repository, delta_name).unwrap(),
-        state.fetch_target(&mut DirectoryFetch(repo_dir.clone()), delta_name).unwrap()
+        state
+            .fetch_target(&mut DirectoryFetch(repo_dir.clone()), delta_name)
+            .unwrap()
     );
 
     // A re-run of the last publish: nothing new, nothing rewritten.
@@ -287,7 +329,10 @@ fn real_releases_are_read_back_by_tough_and_by_our_client() {
     let again = artifact(work.path(), &stub_b, &opencode("1.19.5"), "1.19.5");
     let report = publish::publish(&repo, &config, &request(vec![again], 2), now()).unwrap();
     assert!(report.release.is_none() && report.already_published.len() == 1);
-    assert_eq!(std::fs::read(repo_dir.join("metadata/timestamp.json")).unwrap(), timestamp);
+    assert_eq!(
+        std::fs::read(repo_dir.join("metadata/timestamp.json")).unwrap(),
+        timestamp
+    );
 
     // `verify` lists the three releases.
     let listed = publish::verify(&repo, &anchor(&repo_dir), now()).unwrap();
@@ -313,8 +358,13 @@ fn small() -> Small {
     for (n, body) in ["", "println!(\"2\");"].iter().enumerate() {
         let sidecar = tiny_stub(&format!("{body} let _ = {n};"));
         let artifact = artifact(work.path(), &tiny_stub(body), &sidecar, &format!("0.0.{n}"));
-        publish::publish(&Repository::new(&repo), &config, &request(vec![artifact], 1), now())
-            .unwrap();
+        publish::publish(
+            &Repository::new(&repo),
+            &config,
+            &request(vec![artifact], 1),
+            now(),
+        )
+        .unwrap();
     }
     Small {
         work,
@@ -329,7 +379,10 @@ fn small() -> Small {
 fn both_refuse(small: &Small, attack: impl FnOnce(&Small)) -> (FormatError, String) {
     let mut state = TrustedState::from_anchor(&anchor(&small.repo)).unwrap();
     our_refresh(&small.repo, &mut state).unwrap();
-    let store = small.work.path().join(format!("tough-{}", fastrand_suffix()));
+    let store = small
+        .work
+        .path()
+        .join(format!("tough-{}", fastrand_suffix()));
     tough_load(&small.repo, &anchor(&small.repo), &store).unwrap();
     attack(small);
     let ours = our_refresh(&small.repo, &mut state).unwrap_err();
@@ -367,7 +420,16 @@ fn a_kept_older_timestamp_served_again_is_refused_by_both() {
     let (ours, theirs) = both_refuse(&small, |s| {
         std::fs::write(metadata(s, "timestamp.json"), &kept).unwrap();
     });
-    assert!(matches!(ours, FormatError::Rollback { role: Role::Timestamp, .. }), "{ours}");
+    assert!(
+        matches!(
+            ours,
+            FormatError::Rollback {
+                role: Role::Timestamp,
+                ..
+            }
+        ),
+        "{ours}"
+    );
     assert!(theirs.to_lowercase().contains("version"), "{theirs}");
 }
 
@@ -380,7 +442,16 @@ fn an_expired_timestamp_is_refused_by_both() {
         let long_ago = now() - Duration::days(30);
         publish::refresh_timestamp(&Repository::new(&s.repo), &s.config, long_ago).unwrap();
     });
-    assert!(matches!(ours, FormatError::Expired { role: Role::Timestamp, .. }), "{ours}");
+    assert!(
+        matches!(
+            ours,
+            FormatError::Expired {
+                role: Role::Timestamp,
+                ..
+            }
+        ),
+        "{ours}"
+    );
     assert!(theirs.to_lowercase().contains("expired"), "{theirs}");
 }
 
@@ -399,7 +470,10 @@ fn targets_from_another_release_are_refused_by_both() {
     let mut state = TrustedState::from_anchor(&anchor(&small.repo)).unwrap();
     let ours = our_refresh(&small.repo, &mut state).unwrap_err();
     assert!(
-        matches!(ours, FormatError::Length { .. } | FormatError::HashMismatch { .. }),
+        matches!(
+            ours,
+            FormatError::Length { .. } | FormatError::HashMismatch { .. }
+        ),
         "{ours}"
     );
     let store = small.work.path().join("tough-fresh");
@@ -421,10 +495,21 @@ fn a_timestamp_signed_by_another_key_is_refused_by_both() {
             version: current.timestamp.version + 1,
             ..current.timestamp
         };
-        let bytes = Signed::sign(forged, &[&attacker as &dyn Signer]).unwrap().to_bytes();
+        let bytes = Signed::sign(forged, &[&attacker as &dyn Signer])
+            .unwrap()
+            .to_bytes();
         std::fs::write(metadata(s, "timestamp.json"), bytes).unwrap();
     });
-    assert!(matches!(ours, FormatError::Threshold { role: Role::Timestamp, .. }), "{ours}");
+    assert!(
+        matches!(
+            ours,
+            FormatError::Threshold {
+                role: Role::Timestamp,
+                ..
+            }
+        ),
+        "{ours}"
+    );
     assert!(theirs.to_lowercase().contains("signature"), "{theirs}");
 }
 
@@ -451,7 +536,12 @@ fn a_tampered_target_is_refused_by_both() {
         .fetch_target(&mut DirectoryFetch(small.repo.clone()), &name)
         .unwrap_err();
     assert!(matches!(ours, FormatError::HashMismatch { .. }), "{ours}");
-    let repository = tough_load(&small.repo, &anchor(&small.repo), &small.work.path().join("t")).unwrap();
+    let repository = tough_load(
+        &small.repo,
+        &anchor(&small.repo),
+        &small.work.path().join("t"),
+    )
+    .unwrap();
     let theirs = tough_read(&repository, &name).unwrap_err();
     assert!(theirs.to_lowercase().contains("hash"), "{theirs}");
 }
@@ -465,15 +555,28 @@ fn a_root_rotation_is_followed_by_both_clients() {
     let new_keys = Keys::new();
     let new = new_keys.config("new.toml", None);
     let repo = Repository::new(&small.repo);
-    assert_eq!(publish::rotate_root(&repo, &small.config, &new, now()).unwrap(), 2);
+    assert_eq!(
+        publish::rotate_root(&repo, &small.config, &new, now()).unwrap(),
+        2
+    );
     let mut state = TrustedState::from_anchor(&anchor(&small.repo)).unwrap();
     our_refresh(&small.repo, &mut state).unwrap();
     assert_eq!(state.root().version, 2);
-    let repository = tough_load(&small.repo, &anchor(&small.repo), &small.work.path().join("r")).unwrap();
+    let repository = tough_load(
+        &small.repo,
+        &anchor(&small.repo),
+        &small.work.path().join("r"),
+    )
+    .unwrap();
     assert_eq!(u64::from(repository.root().signed.version), 2);
     // The old keys can no longer publish.
     let error = publish::refresh_timestamp(&repo, &small.config, now()).unwrap_err();
-    assert!(error.to_string().contains("is not a timestamp key of root version 2"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("is not a timestamp key of root version 2"),
+        "{error}"
+    );
     // The new ones can, and clients accept it.
     publish::refresh_timestamp(&repo, &new, now()).unwrap();
     our_refresh(&small.repo, &mut state).unwrap();
@@ -492,13 +595,27 @@ fn a_publish_killed_before_its_timestamp_leaves_the_repository_as_it_was() {
     let config = keys.config("keys.toml", None);
     publish::init(&Repository::new(&repo_dir), &config, now()).unwrap();
     let first = artifact(work.path(), &tiny_stub(""), &opencode("1.18.33"), "1.18.33");
-    publish::publish(&Repository::new(&repo_dir), &config, &request(vec![first], 1), now()).unwrap();
+    publish::publish(
+        &Repository::new(&repo_dir),
+        &config,
+        &request(vec![first], 1),
+        now(),
+    )
+    .unwrap();
     let timestamp = std::fs::read(repo_dir.join("metadata/timestamp.json")).unwrap();
     let second = artifact(work.path(), &tiny_stub(""), &opencode("1.18.34"), "1.18.34");
     let targets_before = std::fs::read_dir(repo_dir.join("targets")).unwrap().count();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_openwork-packager"))
-        .args(["update-repo", "publish", "--level", "19", "--deltas", "1", "--repo"])
+        .args([
+            "update-repo",
+            "publish",
+            "--level",
+            "19",
+            "--deltas",
+            "1",
+            "--repo",
+        ])
         .arg(&repo_dir)
         .arg("--keys")
         .arg(&config_path)
@@ -512,18 +629,37 @@ fn a_publish_killed_before_its_timestamp_leaves_the_repository_as_it_was() {
     // compression of 185 MB that follows takes far longer than this wait's steps.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while std::fs::read_dir(repo_dir.join("targets")).unwrap().count() == targets_before {
-        assert!(std::time::Instant::now() < deadline, "publish wrote no target in 2 minutes");
-        assert!(child.try_wait().unwrap().is_none(), "publish ended before it was killed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "publish wrote no target in 2 minutes"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "publish ended before it was killed"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(std::fs::read(repo_dir.join("metadata/timestamp.json")).unwrap(), timestamp);
+    assert_eq!(
+        std::fs::read(repo_dir.join("metadata/timestamp.json")).unwrap(),
+        timestamp
+    );
     let mut state = TrustedState::from_anchor(&anchor(&repo_dir)).unwrap();
     our_refresh(&repo_dir, &mut state).unwrap();
-    assert_eq!(state.targets().unwrap().version, 2, "still the first release");
+    assert_eq!(
+        state.targets().unwrap().version,
+        2,
+        "still the first release"
+    );
 
-    let report = publish::publish(&Repository::new(&repo_dir), &config, &request(vec![second], 1), now()).unwrap();
+    let report = publish::publish(
+        &Repository::new(&repo_dir),
+        &config,
+        &request(vec![second], 1),
+        now(),
+    )
+    .unwrap();
     assert_eq!(report.release.unwrap().sequence, 2);
     our_refresh(&repo_dir, &mut state).unwrap();
     assert_eq!(state.targets().unwrap().version, 3);
@@ -540,7 +676,10 @@ fn a_timestamp_key_on_a_pkcs11_token_signs_what_both_clients_accept() {
     let conf = hsm.path().join("softhsm2.conf");
     std::fs::write(
         &conf,
-        format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display()),
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
     )
     .unwrap();
     // SAFETY: set before this process loads the module (its only reader, at C_Initialize);
@@ -554,12 +693,36 @@ fn a_timestamp_key_on_a_pkcs11_token_signs_what_both_clients_accept() {
             .unwrap_or_else(|e| panic!("{program} ({e}); apt-get install softhsm2 opensc"));
         assert!(output.status.success(), "{program} {args:?}: {output:?}");
     };
-    tool("softhsm2-util", &["--init-token", "--free", "--label", "update", "--pin", "123456", "--so-pin", "654321"]);
+    tool(
+        "softhsm2-util",
+        &[
+            "--init-token",
+            "--free",
+            "--label",
+            "update",
+            "--pin",
+            "123456",
+            "--so-pin",
+            "654321",
+        ],
+    );
     tool(
         "pkcs11-tool",
         &[
-            "--module", module.to_str().unwrap(), "--token-label", "update", "--login", "--pin", "123456",
-            "--keypairgen", "--key-type", "EC:prime256v1", "--label", "timestamp", "--id", "75",
+            "--module",
+            module.to_str().unwrap(),
+            "--token-label",
+            "update",
+            "--login",
+            "--pin",
+            "123456",
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            "timestamp",
+            "--id",
+            "75",
         ],
     );
     let keys = Keys::new();
@@ -584,8 +747,15 @@ fn a_timestamp_key_on_a_pkcs11_token_signs_what_both_clients_accept() {
     // A wrong PIN is a credentials error that names the token, not the PIN.
     std::fs::write(keys.dir.path().join("pin"), "000000").unwrap();
     let error = publish::refresh_timestamp(&repo, &config, now()).unwrap_err();
-    assert_eq!(error.exit_code(), openwork_payload::ExitCode::Credentials, "{error}");
-    assert!(error.to_string().contains("\"update\"") && !error.to_string().contains("000000"), "{error}");
+    assert_eq!(
+        error.exit_code(),
+        openwork_payload::ExitCode::Credentials,
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("\"update\"") && !error.to_string().contains("000000"),
+        "{error}"
+    );
 }
 
 fn softhsm_module() -> PathBuf {

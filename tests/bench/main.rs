@@ -230,7 +230,11 @@ impl SoakArgs {
 #[derive(Debug, Args)]
 struct UpdateArgs {
     /// opencode versions of the chain, oldest first (linux-x64 packages on the registry)
-    #[arg(long, value_delimiter = ',', default_value = "1.18.29,1.18.30,1.18.31,1.18.32,1.18.33,1.18.34,1.19.5")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1.18.29,1.18.30,1.18.31,1.18.32,1.18.33,1.18.34,1.19.5"
+    )]
     versions: Vec<String>,
     /// Deltas from how many previous releases the publisher writes
     #[arg(long, default_value_t = 3, value_name = "N")]

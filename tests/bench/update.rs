@@ -79,7 +79,11 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     if settings.versions.len() < 2 {
         bail!("the chain needs at least two versions");
     }
-    if std::process::Command::new("zstd").arg("--version").output().is_err() {
+    if std::process::Command::new("zstd")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         bail!("the floor is measured with the zstd CLI: apt-get install zstd");
     }
     let target = targets::by_name("linux-x64").context("the linux-x64 target")?;
@@ -91,7 +95,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     let mut binaries = Vec::new();
     for version in &settings.versions {
         progress(format_args!("opencode {version} (registry or cache)"));
-        binaries.push(openwork_packager::fetch::ensure_registry_opencode("linux-x64", version)?);
+        binaries.push(openwork_packager::fetch::ensure_registry_opencode(
+            "linux-x64",
+            version,
+        )?);
     }
 
     // The artifacts, packed as `release` packs; kept by version and stub between runs.
@@ -99,7 +106,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     for (version, binary) in settings.versions.iter().zip(&binaries) {
         let out = work.join(format!("artifact-{version}-{}", &stub_content.sha256[..12]));
         if !out.exists() {
-            progress(format_args!("packing opencode {version} at the release level"));
+            progress(format_args!(
+                "packing opencode {version} at the release level"
+            ));
             pack::pack(&PackRequest {
                 stub: stub.clone(),
                 sidecars: vec![("opencode".into(), binary.clone())],
@@ -171,8 +180,12 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         .iter()
         .map(|n| repo_dir.join("metadata").join(n))
         .chain([
-            repo_dir.join("metadata").join(format!("{}.snapshot.json", current.snapshot.version)),
-            repo_dir.join("metadata").join(format!("{}.targets.json", current.targets.version)),
+            repo_dir
+                .join("metadata")
+                .join(format!("{}.snapshot.json", current.snapshot.version)),
+            repo_dir
+                .join("metadata")
+                .join(format!("{}.targets.json", current.targets.version)),
         ])
         .map(|p| measure::file_size(&p))
         .sum::<anyhow::Result<u64>>()?;
@@ -336,11 +349,18 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
             "publisher: zstd level {}, deltas from the last {} releases; per release {}",
             settings.level,
             settings.deltas,
-            encode.iter().map(|s| format!("{s:.0} s")).collect::<Vec<_>>().join(", ")
+            encode
+                .iter()
+                .map(|s| format!("{s:.0} s"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     );
     rows.push(Row::info(
-        format!("publisher: repository size after {} releases", settings.versions.len()),
+        format!(
+            "publisher: repository size after {} releases",
+            settings.versions.len()
+        ),
         Quantity::bytes(repo.size()?),
     ));
     rows.push(Row::skipped(
@@ -381,9 +401,14 @@ fn keys(work: &Path) -> anyhow::Result<KeysConfig> {
     for role in ["root", "targets", "snapshot", "timestamp"] {
         let file = dir.join(format!("{role}.der"));
         if !file.exists() {
-            std::fs::write(&file, openwork_update_format::key::InMemoryKey::generate_pkcs8())?;
+            std::fs::write(
+                &file,
+                openwork_update_format::key::InMemoryKey::generate_pkcs8(),
+            )?;
         }
-        text.push_str(&format!("[{role}]\nkeys = [{{ key = \"file:{role}.der\" }}]\n\n"));
+        text.push_str(&format!(
+            "[{role}]\nkeys = [{{ key = \"file:{role}.der\" }}]\n\n"
+        ));
     }
     let path = dir.join("update-keys.toml");
     std::fs::write(&path, text)?;
@@ -424,7 +449,10 @@ fn floor(work: &Path, old: &Path, new: &Path) -> anyhow::Result<(u64, f64)> {
     let seconds = started.elapsed().as_secs_f64();
     let bytes = measure::file_size(&out)?;
     std::fs::remove_file(&out)?;
-    std::fs::write(&record, json!({"bytes": bytes, "seconds": seconds}).to_string())?;
+    std::fs::write(
+        &record,
+        json!({"bytes": bytes, "seconds": seconds}).to_string(),
+    )?;
     Ok((bytes, seconds))
 }
 
@@ -440,7 +468,9 @@ fn bun_version(bytes: &[u8]) -> String {
                 .iter()
                 .position(|b| !(b.is_ascii_digit() || *b == b'.'))
                 .map_or(bytes.len(), |n| start + n);
-            String::from_utf8_lossy(&bytes[start..end]).trim_end_matches('.').to_owned()
+            String::from_utf8_lossy(&bytes[start..end])
+                .trim_end_matches('.')
+                .to_owned()
         })
         .unwrap_or_else(|| "?".into())
 }
@@ -455,7 +485,10 @@ fn split_bun(bytes: &[u8]) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
         .context("no .bun section")?;
     let start = section.sh_offset as usize;
     let end = start + section.sh_size as usize;
-    let js = bytes.get(start..end).context(".bun is outside the file")?.to_vec();
+    let js = bytes
+        .get(start..end)
+        .context(".bun is outside the file")?
+        .to_vec();
     let mut rest = bytes[..start].to_vec();
     rest.extend_from_slice(&bytes[end..]);
     Ok((js, rest))

@@ -151,7 +151,10 @@ pub fn run(args: UpdateRepoArgs) -> Result<()> {
         UpdateRepoCommand::Timestamp(RepoKeys { repo, keys }) => {
             let keys = KeysConfig::load(&keys)?;
             let version = publish::refresh_timestamp(&Repository::new(&repo), &keys, now)?;
-            print_out(&format!("{}: timestamp version {version}\n", repo.display()));
+            print_out(&format!(
+                "{}: timestamp version {version}\n",
+                repo.display()
+            ));
         }
         UpdateRepoCommand::RotateRoot(RotateArgs {
             repo: RepoKeys { repo, keys },

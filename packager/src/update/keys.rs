@@ -219,10 +219,14 @@ impl KeysConfig {
 
 fn key_source(raw: RawKey, base: &Path) -> Result<KeySource, String> {
     let secret = |text: &str| SecretRef::parse(text, base).map_err(|e| e.to_string());
-    let given = [raw.key.is_some(), raw.pkcs11.is_some(), raw.command.is_some()]
-        .into_iter()
-        .filter(|g| *g)
-        .count();
+    let given = [
+        raw.key.is_some(),
+        raw.pkcs11.is_some(),
+        raw.command.is_some(),
+    ]
+    .into_iter()
+    .filter(|g| *g)
+    .count();
     if given != 1 {
         return Err(format!(
             "a key needs exactly one of key = \"file:…\", pkcs11 = {{ … }} or command = [...]; \
@@ -397,9 +401,12 @@ impl Signer for LoadedKey {
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
-        x509_certificate::Signer::<x509_certificate::Signature>::try_sign(self.key.as_ref(), message)
-            .map(Vec::from)
-            .map_err(|e| SignError(e.to_string()))
+        x509_certificate::Signer::<x509_certificate::Signature>::try_sign(
+            self.key.as_ref(),
+            message,
+        )
+        .map(Vec::from)
+        .map_err(|e| SignError(e.to_string()))
     }
 }
 
@@ -448,8 +455,14 @@ mod tests {
     fn mistakes_are_named() {
         let cases = [
             ("[root]\nkeys = []\n", "threshold 1 with 0 key(s)"),
-            ("[root]\nkeys = [{ key = \"file:a\" }]\nthreshold = 2\n", "threshold 2 with 1"),
-            ("[targets]\nkeys = [{ key = \"hunter2\" }]\n", "not a secret reference"),
+            (
+                "[root]\nkeys = [{ key = \"file:a\" }]\nthreshold = 2\n",
+                "threshold 2 with 1",
+            ),
+            (
+                "[targets]\nkeys = [{ key = \"hunter2\" }]\n",
+                "not a secret reference",
+            ),
             (
                 "[timestamp]\nkeys = [{ command = [\"sign\", \"{file}\"], public-key = \"file:p\" }]\n",
                 "\"{out}\"",
@@ -462,7 +475,10 @@ mod tests {
                 "[snapshot]\nkeys = [{ key = \"file:a\", pkcs11 = { module = \"m\", key-label = \"k\", pin = \"env:P\" } }]\n",
                 "exactly one of",
             ),
-            ("[snapshot]\nkeys = [{ pkcs11 = { module = \"m\", pin = \"env:P\" } }]\n", "key-label or key-id"),
+            (
+                "[snapshot]\nkeys = [{ pkcs11 = { module = \"m\", pin = \"env:P\" } }]\n",
+                "key-label or key-id",
+            ),
             ("[snapshots]\nkeys = []\n", "unknown field"),
         ];
         for (text, expected) in cases {
@@ -474,10 +490,26 @@ mod tests {
 
     #[test]
     fn a_missing_secret_is_a_credentials_error_that_names_the_reference_only() {
-        let config = parse("[targets]\nkeys = [{ key = \"env:OPENWORK_TEST_UNSET_UPDATE_KEY\" }]\n").unwrap();
+        let config =
+            parse("[targets]\nkeys = [{ key = \"env:OPENWORK_TEST_UNSET_UPDATE_KEY\" }]\n")
+                .unwrap();
         let error = config.signers(Role::Targets).err().unwrap();
-        assert!(matches!(error, UpdateError::MissingSecret { role: Role::Targets, .. }), "{error}");
-        assert!(error.to_string().contains("env:OPENWORK_TEST_UNSET_UPDATE_KEY"), "{error}");
+        assert!(
+            matches!(
+                error,
+                UpdateError::MissingSecret {
+                    role: Role::Targets,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("env:OPENWORK_TEST_UNSET_UPDATE_KEY"),
+            "{error}"
+        );
         assert_eq!(error.exit_code(), openwork_payload::ExitCode::Credentials);
     }
 }

@@ -152,10 +152,12 @@ fn previous(
 ) -> Vec<(String, Target, UpdateTarget)> {
     let mut found: Vec<_> = ours
         .iter()
-        .filter(|(_, _, c)| c.platform == platform && c.kind == kind && c.sidecar.as_deref() == sidecar)
+        .filter(|(_, _, c)| {
+            c.platform == platform && c.kind == kind && c.sidecar.as_deref() == sidecar
+        })
         .cloned()
         .collect();
-    found.sort_by(|a, b| b.2.release.sequence.cmp(&a.2.release.sequence));
+    found.sort_by_key(|f| std::cmp::Reverse(f.2.release.sequence));
     let mut seen = std::collections::BTreeSet::new();
     found.retain(|(_, _, c)| seen.insert(c.to.sha256.clone()));
     found.truncate(count);
@@ -251,9 +253,23 @@ pub fn publish(
             targets.targets.insert(name, target);
             Ok(())
         };
-        add(Kind::Artifact, None, None, &release.artifact, artifact.clone(), 0.0)?;
+        add(
+            Kind::Artifact,
+            None,
+            None,
+            &release.artifact,
+            artifact.clone(),
+            0.0,
+        )?;
         let manifest = delta::content_of(&release.manifest_json);
-        add(Kind::Manifest, None, None, &release.manifest_json, manifest, 0.0)?;
+        add(
+            Kind::Manifest,
+            None,
+            None,
+            &release.manifest_json,
+            manifest,
+            0.0,
+        )?;
         let mut contents: Vec<(Kind, Kind, Option<&str>, &[u8])> = Vec::new();
         if let Some(stub) = &release.stub {
             contents.push((Kind::Stub, Kind::StubDelta, None, stub));
@@ -265,10 +281,23 @@ pub fn publish(
             let to = delta::content_of(bytes);
             let started = Instant::now();
             let compressed = delta::compress(bytes, request.level)?;
-            add(full_kind, sidecar, None, &compressed, to.clone(), started.elapsed().as_secs_f64())?;
+            add(
+                full_kind,
+                sidecar,
+                None,
+                &compressed,
+                to.clone(),
+                started.elapsed().as_secs_f64(),
+            )?;
             // The stub: a delta from the previous release's only; sidecars: from the last N.
-            let count = if full_kind == Kind::Stub { 1 } else { request.deltas };
-            for (name, target, old) in previous(&existing, &release.platform, full_kind, sidecar, count) {
+            let count = if full_kind == Kind::Stub {
+                1
+            } else {
+                request.deltas
+            };
+            for (name, target, old) in
+                previous(&existing, &release.platform, full_kind, sidecar, count)
+            {
                 if old.to == to {
                     continue;
                 }
@@ -279,7 +308,14 @@ pub fn publish(
                 let seconds = started.elapsed().as_secs_f64();
                 // Kept only where it saves something over the compressed content.
                 if patch.len() < compressed.len() {
-                    add(delta_kind, sidecar, Some(old.to.clone()), &patch, to.clone(), seconds)?;
+                    add(
+                        delta_kind,
+                        sidecar,
+                        Some(old.to.clone()),
+                        &patch,
+                        to.clone(),
+                        seconds,
+                    )?;
                 } else {
                     discarded_seconds += seconds;
                 }
@@ -316,7 +352,10 @@ pub fn refresh_timestamp(
     let version = timestamp.version;
     let bytes = super::repo::sign(timestamp, &signers)?;
     crate::pack::write_atomically(
-        &repo.dir().join(openwork_update_format::METADATA_DIR).join("timestamp.json"),
+        &repo
+            .dir()
+            .join(openwork_update_format::METADATA_DIR)
+            .join("timestamp.json"),
         &bytes,
         false,
     )
@@ -352,7 +391,13 @@ pub fn rotate_root(
     let mut chain = repo.root_chain()?;
     chain.update_root(&bytes)?;
     repo.write_root(root, &signers)?;
-    repo.commit(Some(&current), Some(current.targets.clone()), new, &online, now)?;
+    repo.commit(
+        Some(&current),
+        Some(current.targets.clone()),
+        new,
+        &online,
+        now,
+    )?;
     Ok(version)
 }
 

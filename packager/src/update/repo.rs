@@ -91,22 +91,22 @@ impl Repository {
     /// The current timestamp, snapshot and targets under the latest root.
     pub fn current(&self) -> Result<Current, UpdateError> {
         let root = self.root_chain()?.root().clone();
-        let timestamp = metadata::verify::<Timestamp>(
-            &fs_err::read(self.metadata("timestamp.json"))?,
-            &root,
-        )?
-        .signed;
-        let pin = timestamp.meta.get(SNAPSHOT_META).ok_or_else(|| {
-            self.refuse("its timestamp pins no snapshot.json")
-        })?;
+        let timestamp =
+            metadata::verify::<Timestamp>(&fs_err::read(self.metadata("timestamp.json"))?, &root)?
+                .signed;
+        let pin = timestamp
+            .meta
+            .get(SNAPSHOT_META)
+            .ok_or_else(|| self.refuse("its timestamp pins no snapshot.json"))?;
         let snapshot = metadata::verify::<Snapshot>(
             &fs_err::read(self.metadata(&Role::Snapshot.file_name(pin.version)))?,
             &root,
         )?
         .signed;
-        let pin = snapshot.meta.get(TARGETS_META).ok_or_else(|| {
-            self.refuse("its snapshot pins no targets.json")
-        })?;
+        let pin = snapshot
+            .meta
+            .get(TARGETS_META)
+            .ok_or_else(|| self.refuse("its snapshot pins no targets.json"))?;
         let targets = metadata::verify::<Targets>(
             &fs_err::read(self.metadata(&Role::Targets.file_name(pin.version)))?,
             &root,

@@ -167,7 +167,10 @@ fn token_public_point(session: &Session, key: &FoundKey, token: &str) -> Result<
     let no_public_key = || -> Error {
         Pkcs11Error::NoCertificate {
             token: token.to_owned(),
-            key: format!("{} (nor its public key object, which signing update metadata needs)", key.name),
+            key: format!(
+                "{} (nor its public key object, which signing update metadata needs)",
+                key.name
+            ),
         }
         .into()
     };

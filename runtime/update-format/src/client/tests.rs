@@ -514,7 +514,7 @@ fn a_threshold_that_is_not_met_is_refused() {
         &root_keys,
     );
     publisher.put_root(2, root);
-    let (mut state, _) = {
+    let (state, _) = {
         publisher.release(1, &[("a", b"first")]);
         client(&publisher)
     };
