@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+pub use crate::error::FetchError;
 use crate::error::{Error, Result};
 use crate::metadata::{
     MetaFile, Role, RoleBody, Root, Signed, Snapshot, Target, Targets, Timestamp, sha256_of, verify,
@@ -69,20 +70,6 @@ pub trait Fetch {
     /// rather than return more than `limit` bytes.
     fn fetch(&mut self, path: &str, limit: u64)
     -> std::result::Result<Option<Vec<u8>>, FetchError>;
-}
-
-/// Why a fetch failed.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// The file is longer than the limit (an endless or oversized download).
-    #[error("longer than the limit of {limit} bytes")]
-    TooLarge {
-        /// The limit.
-        limit: u64,
-    },
-    /// Anything else (connection, status, I/O), in the transport's words.
-    #[error("{0}")]
-    Transport(String),
 }
 
 /// Where a client keeps the metadata it trusts between runs.

@@ -1,8 +1,7 @@
 //! What can be wrong with a repository, a role file or a download, with the fields a
 //! caller or a test matches on.
 
-use crate::key::KeyId;
-use crate::metadata::Role;
+use crate::ids::{KeyId, Role};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +140,7 @@ pub enum Error {
         file: String,
         /// What the transport said.
         #[source]
-        source: crate::client::FetchError,
+        source: FetchError,
     },
     /// The trusted state could not be saved.
     #[error("cannot save the trusted {file}: {source}")]
@@ -164,3 +163,17 @@ pub enum Error {
 
 /// `Result` of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a fetch failed (what a [`crate::client::Fetch`] transport returns).
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The file is longer than the limit (an endless or oversized download).
+    #[error("longer than the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// Anything else (connection, status, I/O), in the transport's words.
+    #[error("{0}")]
+    Transport(String),
+}

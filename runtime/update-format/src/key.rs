@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+pub use crate::ids::KeyId;
 
 /// `keytype` of the keys this crate verifies.
 pub const KEY_TYPE: &str = "ecdsa";
@@ -38,17 +39,6 @@ const P256_SPKI_PREFIX: [u8; 26] = [
 ];
 /// An uncompressed P-256 point: 0x04, x, y.
 const P256_POINT_LEN: usize = 65;
-
-/// A key ID: lower-case hex SHA-256 of the key's canonical JSON.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct KeyId(pub String);
-
-impl fmt::Display for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// A public key as a root lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,7 @@
 //! anything), and a tool anyone can install (`tuftool`) can audit a repository we publish.
 //!
 //! - [`cjson`]: the OLPC canonical JSON that signatures cover.
+//! - [`ids`]: the role and key-ID names the others share.
 //! - [`key`]: ECDSA P-256 public keys in TUF's `ecdsa` form, key IDs, signature checks.
 //! - [`metadata`]: the four roles, their signed envelopes, signing them.
 //! - [`client`]: the client's checks of TUF's "detailed client workflow", in order, on a
@@ -39,6 +40,7 @@ pub mod client;
 pub mod custom;
 pub mod delta;
 pub mod error;
+pub mod ids;
 pub mod key;
 pub mod metadata;
 
