@@ -157,6 +157,7 @@ fn request(artifacts: Vec<PathBuf>, deltas: usize) -> PublishRequest {
         stubs: Default::default(),
         deltas,
         level: LEVEL,
+        full_level: LEVEL,
     }
 }
 

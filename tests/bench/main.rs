@@ -239,13 +239,19 @@ struct UpdateArgs {
     /// Deltas from how many previous releases the publisher writes
     #[arg(long, default_value_t = 3, value_name = "N")]
     deltas: usize,
-    /// zstd level of the publisher
+    /// zstd level of the publisher's deltas
     #[arg(long, default_value_t = openwork_update_format::delta::LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
     level: i32,
+    /// zstd level of the publisher's whole compressed contents [default: --level]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22))]
+    full_level: Option<i32>,
     /// A stub of an earlier server build: the first release carries it, so that the second
     /// publishes (and the figures count) a stub delta
     #[arg(long, value_name = "FILE")]
     previous_stub: Option<PathBuf>,
+    /// This release stub instead of building one from the tree
+    #[arg(long, value_name = "FILE")]
+    stub: Option<PathBuf>,
     /// Where artifacts, the repository and the floor's records are kept between runs
     /// [default: <workspace>/.local/bench/work/update]
     #[arg(long, value_name = "DIR")]
@@ -262,7 +268,9 @@ impl UpdateArgs {
             versions,
             deltas,
             level,
+            full_level,
             previous_stub,
+            stub,
             work_dir,
             json,
         } = self;
@@ -273,9 +281,11 @@ impl UpdateArgs {
             versions,
             deltas,
             level,
+            full_level: full_level.unwrap_or(level),
             work_dir: work_dir.unwrap_or_else(|| bench_dir.join("work").join("update")),
             json: json.unwrap_or_else(|| bench_dir.join("update.json")),
             previous_stub,
+            stub,
         }
     }
 }

@@ -41,8 +41,10 @@ pub struct Settings {
     pub versions: Vec<String>,
     /// Deltas from how many previous releases the publisher writes.
     pub deltas: usize,
-    /// zstd level of the publisher.
+    /// zstd level of the publisher's deltas.
     pub level: i32,
+    /// zstd level of the publisher's whole compressed contents.
+    pub full_level: i32,
     /// Where artifacts, the repository and the floor's files are made (and kept between
     /// runs, so that a second run re-packs nothing).
     pub work_dir: PathBuf,
@@ -50,6 +52,8 @@ pub struct Settings {
     pub json: PathBuf,
     /// A stub of an earlier server build, to measure the stub delta with.
     pub previous_stub: Option<PathBuf>,
+    /// The release stub to use instead of building one.
+    pub stub: Option<PathBuf>,
 }
 
 /// The targets docs/BENCHMARKS.md records.
@@ -89,7 +93,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     let target = targets::by_name("linux-x64").context("the linux-x64 target")?;
     std::fs::create_dir_all(&settings.work_dir)?;
     let work = measure::absolute(&settings.work_dir)?;
-    let stub = measure::release_stub(target)?;
+    let stub = match &settings.stub {
+        Some(stub) => measure::absolute(stub)?,
+        None => measure::release_stub(target)?,
+    };
     let stub_content = delta::content_of(&std::fs::read(&stub)?);
 
     let mut binaries = Vec::new();
@@ -125,8 +132,23 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         artifacts.push(out);
     }
 
+    // The floor, with the zstd CLI, on the other core while the publisher works.
+    let floors = {
+        let work = work.clone();
+        let binaries = binaries.clone();
+        std::thread::spawn(move || -> anyhow::Result<Vec<(u64, f64)>> {
+            binaries
+                .windows(2)
+                .map(|pair| floor(&work, &pair[0], &pair[1]))
+                .collect()
+        })
+    };
+
     // The repository, published release by release.
-    let repo_dir = work.join(format!("repository-{}-{}", settings.deltas, settings.level));
+    let repo_dir = work.join(format!(
+        "repository-{}-{}-{}",
+        settings.deltas, settings.level, settings.full_level
+    ));
     if repo_dir.exists() {
         std::fs::remove_dir_all(&repo_dir)?;
     }
@@ -158,6 +180,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
                 stubs: stubs.clone(),
                 deltas: settings.deltas,
                 level: settings.level,
+                full_level: settings.full_level,
             },
             time::OffsetDateTime::now_utc(),
         )?;
@@ -190,6 +213,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
         .map(|p| measure::file_size(&p))
         .sum::<anyhow::Result<u64>>()?;
 
+    let floors = floors
+        .join()
+        .map_err(|_| anyhow::anyhow!("the floor's thread panicked"))??;
     let mut steps = Vec::new();
     for i in 1..settings.versions.len() {
         let sequence = i as u64 + 1;
@@ -215,7 +241,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
             .min_by_key(|(_, l)| *l)
             .context("the release has no stub target")?;
         let with_server = (opencode_only + stub_bytes).min(full);
-        let (floor, floor_seconds) = floor(&work, &binaries[i - 1], &binaries[i])?;
+        let (floor, floor_seconds) = floors[i - 1];
         steps.push(Step {
             from: settings.versions[i - 1].clone(),
             to: settings.versions[i].clone(),
@@ -346,8 +372,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
             Quantity::seconds(median(encode.clone())),
         )
         .note(format!(
-            "publisher: zstd level {}, deltas from the last {} releases; per release {}",
+            "publisher: deltas at zstd level {}, whole contents at level {}, deltas from the last {} releases; per release {}",
             settings.level,
+            settings.full_level,
             settings.deltas,
             encode
                 .iter()
@@ -375,9 +402,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<Report> {
     let report = Report {
         benchmark: "update".into(),
         context: format!(
-            "opencode linux-x64 {} with the release stub, published at zstd level {} with deltas from the last {} releases",
+            "opencode linux-x64 {} with the release stub, published with deltas at zstd level {} (whole contents at {}) from the last {} releases",
             settings.versions.join(" -> "),
             settings.level,
+            settings.full_level,
             settings.deltas
         ),
         rows,
@@ -433,7 +461,7 @@ fn floor(work: &Path, old: &Path, new: &Path) -> anyhow::Result<(u64, f64)> {
         old.display(),
         new.display()
     ));
-    let out = work.join("floor.zst");
+    let out = work.join(format!("floor-{}.zst", key(new)?));
     let started = Instant::now();
     let status = std::process::Command::new("zstd")
         .args(["-q", "-f", "-19", "--long=28"])

@@ -63,9 +63,12 @@ pub struct PublishArgs {
     /// Deltas from the sidecars of this many previous releases
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub deltas: usize,
-    /// zstd level of deltas and compressed contents
+    /// zstd level of deltas
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22), default_value_t = openwork_update_format::delta::LEVEL)]
     pub level: i32,
+    /// zstd level of the whole compressed stub and sidecars (the fallback) [default: --level]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22))]
+    pub full_level: Option<i32>,
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
@@ -110,6 +113,7 @@ pub fn run(args: UpdateRepoArgs) -> Result<()> {
             stubs,
             deltas,
             level,
+            full_level,
             json,
         }) => {
             let keys = KeysConfig::load(&keys)?;
@@ -119,6 +123,7 @@ pub fn run(args: UpdateRepoArgs) -> Result<()> {
                 stubs,
                 deltas,
                 level,
+                full_level: full_level.unwrap_or(level),
             };
             let report = publish::publish(&Repository::new(&repo), &keys, &request, now)?;
             if json {
