@@ -466,7 +466,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Update(args) => {
-            update::run(&args.into_settings())?.print();
+            let settings = args.into_settings();
+            let report = update::run(&settings)?;
+            report.print();
+            // The section docs/BENCHMARKS.md keeps, beside the JSON.
+            std::fs::write(
+                settings.json.with_extension("md"),
+                report.render_markdown(),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::All(AllArgs {
