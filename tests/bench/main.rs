@@ -470,10 +470,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = update::run(&settings)?;
             report.print();
             // The section docs/BENCHMARKS.md keeps, beside the JSON.
-            std::fs::write(
-                settings.json.with_extension("md"),
-                report.render_markdown(),
-            )?;
+            std::fs::write(settings.json.with_extension("md"), report.render_markdown())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::All(AllArgs {

@@ -428,11 +428,11 @@ pub fn verify(
     state.refresh(&mut files, &mut NoStore, now, Default::default())?;
     let mut listed: BTreeMap<(u64, String), ListedRelease> = BTreeMap::new();
     for (name, target) in &state.targets().expect("refreshed").targets {
-        let bytes = repo.read_target(name, target)?;
+        // Every file is read and checked against its signed length and SHA-256.
+        repo.read_target(name, target)?;
         let Some(custom) = UpdateTarget::of(target)? else {
             continue;
         };
-        let _ = bytes;
         let entry = listed
             .entry((custom.release.sequence, custom.platform.clone()))
             .or_insert_with(|| ListedRelease {

@@ -23,7 +23,6 @@
 //! Expiry is checked against one time fixed at the start of a refresh (5.1), so a refresh
 //! that runs across an expiry cannot accept one role and refuse the next inconsistently.
 
-use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
@@ -532,12 +531,6 @@ fn not_found(path: &str) -> Error {
         file: path.to_owned(),
         source: FetchError::Transport("the repository has no such file".into()),
     }
-}
-
-/// Parses a role file without checking anything: for tools that show what a file claims
-/// (never for deciding anything).
-pub fn peek<T: DeserializeOwned>(bytes: &[u8]) -> Option<Signed<T>> {
-    serde_json::from_slice(bytes).ok()
 }
 
 #[cfg(test)]
