@@ -21,7 +21,7 @@
 //! --long=28`); the publisher's time for it is in docs/UPDATES.md.
 
 use sha2::{Digest, Sha256};
-use zstd::zstd_safe::{CCtx, CParameter, DCtx, DParameter};
+use zstd::zstd_safe::{CParameter, DCtx, DParameter};
 
 use crate::custom::{Content, Encoding};
 use crate::error::{Error, Result};
@@ -44,31 +44,44 @@ pub fn window_log_for(reference_len: usize, new_len: usize) -> u32 {
 
 /// A delta from `reference` to `new` (`reference` empty: plain compression with the same
 /// parameters).
+///
+/// Through zstd's streaming encoder, fed in 128 KiB pieces as the zstd CLI feeds it, with
+/// the size pledged: measured on opencode 1.18.29 -> 1.18.30 (185 MB each), the one-shot
+/// `ZSTD_compress2` with the same parameters and reference gave 983 KB in 28 s, the
+/// streaming encoder 236 KB in 15 s.
 pub fn diff(reference: &[u8], new: &[u8], level: i32) -> Result<Vec<u8>> {
-    let fail = |what: &str, code: usize| Error::Decode {
+    use std::io::Write;
+    let fail = |what: &str, e: std::io::Error| Error::Decode {
         what: format!("the zstd encoder ({what})"),
-        reason: zstd::zstd_safe::get_error_name(code).to_owned(),
+        reason: e.to_string(),
     };
-    let mut cctx = CCtx::create();
     let window_log = window_log_for(reference.len(), new.len());
+    let out = Vec::with_capacity(new.len() / 8);
+    let mut encoder = if reference.is_empty() {
+        zstd::stream::write::Encoder::new(out, level)
+    } else {
+        zstd::stream::write::Encoder::with_ref_prefix(out, level, reference)
+    }
+    .map_err(|e| fail("starting", e))?;
     for parameter in [
-        CParameter::CompressionLevel(level),
         CParameter::WindowLog(window_log),
         CParameter::EnableLongDistanceMatching(true),
         CParameter::ContentSizeFlag(true),
         CParameter::ChecksumFlag(true),
     ] {
-        cctx.set_parameter(parameter)
-            .map_err(|c| fail("parameters", c))?;
+        encoder
+            .set_parameter(parameter)
+            .map_err(|e| fail("parameters", e))?;
     }
-    if !reference.is_empty() {
-        cctx.ref_prefix(reference)
-            .map_err(|c| fail("reference", c))?;
+    encoder
+        .set_pledged_src_size(Some(new.len() as u64))
+        .map_err(|e| fail("parameters", e))?;
+    for piece in new.chunks(128 * 1024) {
+        encoder
+            .write_all(piece)
+            .map_err(|e| fail("compressing", e))?;
     }
-    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(new.len()));
-    cctx.compress2(&mut out, new)
-        .map_err(|c| fail("compressing", c))?;
-    Ok(out)
+    encoder.finish().map_err(|e| fail("compressing", e))
 }
 
 /// Plain compression of `content` (a `stub` or `sidecar` target).
