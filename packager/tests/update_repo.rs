@@ -383,7 +383,7 @@ fn both_refuse(small: &Small, attack: impl FnOnce(&Small)) -> (FormatError, Stri
     let store = small
         .work
         .path()
-        .join(format!("tough-{}", fastrand_suffix()));
+        .join(format!("tough-{}", next_store_index()));
     tough_load(&small.repo, &anchor(&small.repo), &store).unwrap();
     attack(small);
     let ours = our_refresh(&small.repo, &mut state).unwrap_err();
@@ -403,7 +403,7 @@ fn both_refuse(small: &Small, attack: impl FnOnce(&Small)) -> (FormatError, Stri
     (ours, theirs)
 }
 
-fn fastrand_suffix() -> u64 {
+fn next_store_index() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
