@@ -37,6 +37,15 @@ pub enum Error {
     /// facts as fields, and every `Result` here would otherwise carry their size.
     #[error(transparent)]
     Sign(Box<openwork_signer::Error>),
+    /// Writing or reading the update repository (`update-repo`).
+    #[error(transparent)]
+    Update(Box<crate::update::UpdateError>),
+}
+
+impl From<crate::update::UpdateError> for Error {
+    fn from(error: crate::update::UpdateError) -> Self {
+        Error::Update(Box::new(error))
+    }
 }
 
 impl From<openwork_signer::Error> for Error {
@@ -66,6 +75,7 @@ impl Error {
             Error::Io(_) => ExitCode::Io,
             Error::Fetch(e) => e.exit_code(),
             Error::Sign(e) => e.exit_code(),
+            Error::Update(e) => e.exit_code(),
         }
     }
 }

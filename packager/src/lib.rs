@@ -18,6 +18,7 @@ pub mod relock;
 pub mod router;
 pub mod stage;
 pub mod stub;
+pub mod update;
 pub mod version;
 
 pub use error::{Error, ExitCode, Result};

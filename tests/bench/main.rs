@@ -32,6 +32,8 @@ mod report;
 mod serve;
 #[cfg(unix)]
 mod soak;
+#[cfg(unix)]
+mod update;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -66,6 +68,11 @@ enum Command {
     /// hangs, restarts seen in /system/events, and the server's memory, descriptors and
     /// processes over time
     Soak(SoakArgs),
+    /// Bytes a client downloads for each update along a chain of real opencode releases
+    /// (linux-x64 1.18.29 -> ... -> 1.19.5) beside the full artifact and the zstd
+    /// --patch-from floor, the Bun-changing step on its own with the parts-aware experiment,
+    /// and the publisher's cost (encode time, repository size)
+    Update(UpdateArgs),
     /// Every benchmark: extraction, serve, then release (--runs and --artifact apply to
     /// extraction and serve; the rest, and release, take their defaults: a release takes
     /// about a minute); --markdown writes all the tables into one document
@@ -216,6 +223,69 @@ impl SoakArgs {
                     .join("soak.json")
             }),
             artifact,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct UpdateArgs {
+    /// opencode versions of the chain, oldest first (linux-x64 packages on the registry)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1.18.29,1.18.30,1.18.31,1.18.32,1.18.33,1.18.34,1.19.5"
+    )]
+    versions: Vec<String>,
+    /// Deltas from how many previous releases the publisher writes
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    deltas: usize,
+    /// zstd level of the publisher's deltas
+    #[arg(long, default_value_t = openwork_update_format::delta::LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+    level: i32,
+    /// zstd level of the publisher's whole compressed contents [default: --level]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22))]
+    full_level: Option<i32>,
+    /// A stub of an earlier server build: the first release carries it, so that the second
+    /// publishes (and the figures count) a stub delta
+    #[arg(long, value_name = "FILE")]
+    previous_stub: Option<PathBuf>,
+    /// This release stub instead of building one from the tree
+    #[arg(long, value_name = "FILE")]
+    stub: Option<PathBuf>,
+    /// Where artifacts, the repository and the floor's records are kept between runs
+    /// [default: <workspace>/.local/bench/work/update]
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Where the JSON results go [default: <workspace>/.local/bench/update.json]
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+impl UpdateArgs {
+    #[cfg(unix)]
+    fn into_settings(self) -> update::Settings {
+        let UpdateArgs {
+            versions,
+            deltas,
+            level,
+            full_level,
+            previous_stub,
+            stub,
+            work_dir,
+            json,
+        } = self;
+        let bench_dir = openwork_tests::workspace_root()
+            .join(".local")
+            .join("bench");
+        update::Settings {
+            versions,
+            deltas,
+            level,
+            full_level: full_level.unwrap_or(level),
+            work_dir: work_dir.unwrap_or_else(|| bench_dir.join("work").join("update")),
+            json: json.unwrap_or_else(|| bench_dir.join("update.json")),
+            previous_stub,
+            stub,
         }
     }
 }
@@ -393,6 +463,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Soak(args) => {
             soak::run(&args.into_settings())?.print();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Update(args) => {
+            let settings = args.into_settings();
+            let report = update::run(&settings)?;
+            report.print();
+            // The section docs/BENCHMARKS.md keeps, beside the JSON.
+            std::fs::write(settings.json.with_extension("md"), report.render_markdown())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::All(AllArgs {

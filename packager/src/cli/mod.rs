@@ -1,6 +1,7 @@
 //! The packager's command line: clap types converted into library requests.
 
 mod build_router;
+mod update_repo;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -52,6 +53,9 @@ pub enum Command {
     /// Print the CI release matrix from targets/ as one line of JSON
     /// (`{"include": [{"target", "runner", "triple", "artifact", "signing", …}]}`)
     Matrix,
+    /// The update channel's signed repository: create it, publish a release into it (with
+    /// deltas), re-sign its timestamp, rotate its root keys, verify it as a client would
+    UpdateRepo(update_repo::UpdateRepoArgs),
 }
 
 /// `release` arguments.
@@ -281,7 +285,7 @@ fn parse_sha256(value: &str) -> std::result::Result<String, String> {
     }
 }
 
-fn parse_sidecar(value: &str) -> std::result::Result<(String, PathBuf), String> {
+pub(crate) fn parse_sidecar(value: &str) -> std::result::Result<(String, PathBuf), String> {
     let (name, path) = value
         .split_once('=')
         .ok_or_else(|| format!("expected NAME=FILE, got {value:?}"))?;
@@ -334,6 +338,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::BuildRouter(args) => build_router::run(args, &constants, lock),
         Command::Stage(args) => run_stage(args, &constants, lock),
         Command::Lock(_) => unreachable!("handled above"),
+        Command::UpdateRepo(args) => update_repo::run(args),
         Command::Matrix => {
             let matrix = openwork_packager::matrix::matrix();
             print_out(&format!(
@@ -639,7 +644,7 @@ fn print_report(report: &pack::PackReport, json: bool) {
 }
 
 /// Prints to stdout; a closed pipe is not an error.
-fn print_out(text: &str) {
+pub(crate) fn print_out(text: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout
         .write_all(text.as_bytes())

@@ -721,6 +721,27 @@ pub fn ensure_pinned_opencode(target_name: &str) -> Result<PathBuf> {
     Ok(fetch_opencode_npm(&request)?.path)
 }
 
+/// opencode `version` for `target_name` from the npm registry through the default cache,
+/// for versions the lock does not pin: the update channel's tests and benchmark measure a
+/// chain of real releases (1.18.29 … 1.19.5) that no release is built from. The tarball is
+/// checked against the SHA-512 integrity the registry announces before anything is
+/// unpacked from it, as for every npm fetch; nothing else vouches for it (the warning says
+/// so), so it is for measuring, never for a release.
+pub fn ensure_registry_opencode(target_name: &str, version: &str) -> Result<PathBuf> {
+    let target = targets::by_name(target_name).ok_or_else(|| FetchError::UnknownTarget {
+        name: target_name.to_owned(),
+        known: targets::all()
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })?;
+    let mut request = FetchRequest::new(target, version);
+    request.pin_from(&InputsLock::built_in(), Input::Opencode, &Source::Npm);
+    request.allow_unpinned = true;
+    Ok(fetch_opencode_npm(&request)?.path)
+}
+
 fn cache_hit(
     entry: &Entry,
     want: &Want<'_>,

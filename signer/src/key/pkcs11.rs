@@ -102,6 +102,98 @@ pub fn load(
     SigningIdentity::new(Box::new(key), certificate, chain)
 }
 
+/// Logs in to the token and returns its key alone, without a certificate: for signatures
+/// over messages (the update channel's metadata) rather than files. The public key is the
+/// token's public-key object with the key's ID (or, for a key without one, its label), as
+/// `pkcs11-tool --keypairgen` and every HSM's key generation leave it; the pair is checked
+/// by signing a probe and verifying it with that public key. Only EC P-256 keys.
+pub fn load_key(config: &Pkcs11Config) -> Result<Box<dyn KeyInfoSigner + Send + Sync>> {
+    let context = module(&config.module)?;
+    let (slot, token) = find_token(&context, config)?;
+    let session = context
+        .open_ro_session(slot)
+        .map_err(|e| token_error(&token, "cannot open a session", e))?;
+    login(&session, &config.pin, &token)?;
+    let found = find_key(&session, config, &token)?;
+    if !matches!(found.kind, KeyKind::Ecdsa(EcdsaCurve::Secp256r1)) {
+        return Err(Pkcs11Error::UnsupportedKey {
+            kind: "",
+            key: found.name,
+            token,
+            found: format!("{:?}", found.kind),
+            supported: "EC P-256 keys (update metadata is signed with ECDSA P-256)",
+        }
+        .into());
+    }
+    let point = token_public_point(&session, &found, &token)?;
+    let key = Pkcs11Key {
+        kind: found.kind,
+        public_key: bytes::Bytes::from(point.clone()),
+        handle: found.handle,
+        session: Mutex::new(session),
+    };
+    let probe = b"openwork-signer: does this key belong to this public key?";
+    let signature = key
+        .sign_on_token(probe)
+        .map_err(|e| token_error(&token, &format!("the key {} cannot sign", found.name), e))?;
+    let holds = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+        .ok()
+        .zip(p256::ecdsa::Signature::from_der(&signature).ok())
+        .is_some_and(|(public, signature)| {
+            p256::ecdsa::signature::Verifier::verify(&public, probe, &signature).is_ok()
+        });
+    if !holds {
+        return Err(Pkcs11Error::KeyMismatch {
+            key: found.name,
+            token,
+            certificate: "public key object with its ID".into(),
+        }
+        .into());
+    }
+    Ok(Box::new(key))
+}
+
+/// The uncompressed EC point of the public-key object that goes with `key`.
+fn token_public_point(session: &Session, key: &FoundKey, token: &str) -> Result<Vec<u8>> {
+    let mut template = vec![Attribute::Class(ObjectClass::PUBLIC_KEY)];
+    if key.id.is_empty() {
+        template.push(Attribute::Label(key.label.clone()));
+    } else {
+        template.push(Attribute::Id(key.id.clone()));
+    }
+    let found = session
+        .find_objects(&template)
+        .map_err(|e| token_error(token, "cannot search for public keys", e))?;
+    let no_public_key = || -> Error {
+        Pkcs11Error::NoCertificate {
+            token: token.to_owned(),
+            key: format!(
+                "{} (nor its public key object, which signing update metadata needs)",
+                key.name
+            ),
+        }
+        .into()
+    };
+    let handle = found.first().ok_or_else(no_public_key)?;
+    let attributes = session
+        .get_attributes(*handle, &[AttributeType::EcPoint])
+        .map_err(|e| token_error(token, "cannot read the public key", e))?;
+    let point = attributes
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::EcPoint(p) => Some(p),
+            _ => None,
+        })
+        .ok_or_else(no_public_key)?;
+    // PKCS#11 says CKA_EC_POINT is the DER OCTET STRING of the point; some modules give
+    // the bare point.
+    match point.as_slice() {
+        [0x04, 0x41, rest @ ..] if rest.len() == 65 => Ok(rest.to_vec()),
+        bare if bare.len() == 65 && bare[0] == 0x04 => Ok(bare.to_vec()),
+        _ => Err(no_public_key()),
+    }
+}
+
 /// The module at `path`, loaded and initialized once for the process and never unloaded:
 /// PKCS#11 allows one `C_Initialize` per process, and a module unloaded while another
 /// identity still uses it takes that identity's sessions with it (SoftHSM then crashes).
